@@ -1,0 +1,247 @@
+//! The agent's sync loop: source → compile → dataplane, level-triggered. Any change (or a
+//! pod whose interface is not there yet) leads to a full recompile and a diff against the maps.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::compile::{compile, NodeInput, Tables};
+use crate::dataplane::{interfaces, Dataplane, Iface};
+use crate::flows::{enrich, sink};
+use crate::model::{Cluster, PodKey};
+use crate::source::kube::KubeSource;
+use crate::source::manifests::{digest_dir, ManifestFolder};
+
+/// How the agent was asked to run.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// Standalone: a folder of manifests. `None`: the Kubernetes API.
+    pub manifests: Option<PathBuf>,
+    pub node: String,
+    pub pin_dir: PathBuf,
+    pub status_file: Option<PathBuf>,
+    /// Flow log: a file path, or `-` for stdout.
+    pub flow_log: PathBuf,
+    pub log_allowed: bool,
+}
+
+/// Written after every sync (atomically): what is in force.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Digest of the manifests applied (standalone mode).
+    pub digest: String,
+    pub revision: u32,
+    pub endpoints: BTreeMap<String, EndpointStatus>,
+    /// Local pods whose host interface was not found (not enforced yet).
+    pub pending: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointStatus {
+    pub ifname: String,
+    pub attached: bool,
+}
+
+enum Source {
+    Folder(ManifestFolder),
+    Kube(Box<KubeSource>),
+}
+
+/// A snapshot of the desired state.
+struct Desired {
+    cluster: Cluster,
+    errors: Vec<String>,
+    digest: String,
+}
+
+impl Source {
+    fn snapshot(&mut self) -> anyhow::Result<Desired> {
+        match self {
+            Source::Folder(f) => {
+                let snap = f.read().with_context(|| format!("reading manifests in {}", f.dir().display()))?;
+                Ok(Desired {
+                    cluster: snap.cluster,
+                    errors: snap.errors.iter().map(|e| e.to_string()).collect(),
+                    digest: snap.digest,
+                })
+            }
+            Source::Kube(k) => {
+                let (cluster, errors) = k.snapshot();
+                Ok(Desired { cluster, errors, digest: String::new() })
+            }
+        }
+    }
+}
+
+fn open_flow_log(path: &std::path::Path) -> anyhow::Result<Box<dyn Write + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the flow log {}", path.display()))?;
+    Ok(Box::new(std::io::LineWriter::new(f)))
+}
+
+fn write_status(path: &std::path::Path, status: &Status) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Runs the agent until SIGINT/SIGTERM. The datapath (pinned maps and links) stays in force
+/// after it exits.
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let mut dp = Dataplane::open(&opts.pin_dir).context("opening the datapath")?;
+    tracing::info!(pin_dir = %opts.pin_dir.display(), revision = dp.revision(), "datapath loaded");
+
+    let ctx = Arc::new(RwLock::new(enrich::Context::default()));
+    let ring = dp.take_events().expect("taken once");
+    let out = open_flow_log(&opts.flow_log)?;
+    let filter = sink::Filter { allowed: opts.log_allowed };
+    let flow_ctx = ctx.clone();
+    let flows = tokio::spawn(async move {
+        if let Err(e) = sink::run(ring, flow_ctx, out, filter).await {
+            tracing::error!(error = %format!("{e:#}"), "flow log stopped");
+        }
+    });
+
+    let mut source = match &opts.manifests {
+        Some(dir) => Source::Folder(ManifestFolder::new(dir.clone())),
+        None => {
+            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+            Source::Kube(Box::new(KubeSource::start(client).await.context("starting the API watches")?))
+        }
+    };
+    let changed = match &source {
+        Source::Kube(k) => Some(k.changed.clone()),
+        Source::Folder(_) => None,
+    };
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut applied_digest: Option<String> = None;
+    let mut dirty = true;
+    let mut pending_since: Option<Instant> = None;
+    let mut last_errors: Vec<String> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = async { match &changed { Some(n) => n.notified().await, None => std::future::pending().await } } => {
+                // Debounce: let a burst of watch events settle into one sync.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                dirty = true;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+        if let Some(dir) = &opts.manifests {
+            match digest_dir(dir) {
+                Ok(d) if applied_digest.as_ref() != Some(&d) => dirty = true,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot read the manifests folder"),
+            }
+        }
+        // Pods whose interface is missing are retried every half second.
+        if pending_since.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
+            dirty = true;
+        }
+        if !dirty {
+            continue;
+        }
+        dirty = false;
+        let desired = match source.snapshot() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading the desired state");
+                continue;
+            }
+        };
+        if desired.errors != last_errors {
+            for e in &desired.errors {
+                tracing::error!(error = %e, "invalid object (not applied)");
+            }
+            last_errors = desired.errors.clone();
+        }
+        match sync_once(&mut dp, &opts, &desired, &ctx) {
+            Ok(status) => {
+                pending_since = if status.pending.is_empty() { None } else { Some(Instant::now()) };
+                applied_digest = Some(desired.digest.clone());
+                if let Some(path) = &opts.status_file {
+                    if let Err(e) = write_status(path, &status) {
+                        tracing::warn!(error = %format!("{e:#}"), "status file");
+                    }
+                }
+            }
+            Err(e) => {
+                // The maps keep their last state; retry on the next tick.
+                tracing::error!(error = %format!("{e:#}"), "sync failed; enforcing the previous state");
+                pending_since = Some(Instant::now());
+            }
+        }
+    }
+    flows.abort();
+    tracing::info!("agent stopping; the datapath stays in force");
+    Ok(())
+}
+
+fn sync_once(
+    dp: &mut Dataplane,
+    opts: &AgentOptions,
+    desired: &Desired,
+    ctx: &Arc<RwLock<enrich::Context>>,
+) -> anyhow::Result<Status> {
+    let started = Instant::now();
+    let host_ips: Vec<IpAddr> = interfaces::host_addresses().context("listing this node's addresses")?;
+    let tables: Tables = compile(&desired.cluster, &NodeInput { name: opts.node.clone(), host_ips });
+    let routes = interfaces::host_routes().context("reading host routes")?;
+    let mut ifaces: BTreeMap<PodKey, Iface> = BTreeMap::new();
+    let mut pending = Vec::new();
+    for (pod, plan) in &tables.endpoints {
+        let ips: Vec<IpAddr> =
+            plan.ipv4.map(IpAddr::V4).into_iter().chain(plan.ipv6.map(IpAddr::V6)).collect();
+        match interfaces::pod_iface(&routes, &ips) {
+            Some(i) => {
+                ifaces.insert(pod.clone(), i);
+            }
+            None => pending.push(pod.to_string()),
+        }
+    }
+    let report = dp.sync(&tables, &ifaces).context("writing the datapath maps")?;
+    if !report.attached.is_empty() || !report.detached.is_empty() || report.entries_written > 0 {
+        tracing::info!(
+            endpoints = report.endpoints,
+            attached = ?report.attached,
+            detached = ?report.detached,
+            entries_written = report.entries_written,
+            entries_removed = report.entries_removed,
+            revision = report.revision,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "synced"
+        );
+    }
+    let endpoints = ifaces
+        .iter()
+        .map(|(p, i)| (p.to_string(), EndpointStatus { ifname: i.name.clone(), attached: true }))
+        .collect();
+    *ctx.write().expect("flow context lock poisoned") =
+        enrich::Context::new(&opts.node, &desired.cluster, tables, dp.endpoint_pods());
+    Ok(Status {
+        digest: desired.digest.clone(),
+        revision: report.revision,
+        endpoints,
+        pending,
+        errors: desired.errors.clone(),
+    })
+}

@@ -1,0 +1,149 @@
+//! The kernel's lookup, emulated on [`Tables`]: what `explain` shows, and what the tests check
+//! the compiled entries with.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::tables::{Allow, Direction, Peer, PortPrefix, PrefixOwner, Proto, RuleId, Tables};
+use crate::model::{PodKey, PolicyKey};
+
+/// What the datapath decides for a new flow of a local pod.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict {
+    pub decision: Decision,
+    /// The peer's identity: its longest matching prefix in [`Tables::prefixes`] (`None` only
+    /// for [`Decision::NotLocal`]).
+    pub peer_prefix: Option<IpNet>,
+    pub peer_owner: Option<PrefixOwner>,
+    /// The policies isolating the pod in this direction.
+    pub isolated_by: BTreeSet<PolicyKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The pod is not an endpoint of these tables: this node's programs never see the flow.
+    NotLocal,
+    /// No policy isolates the pod in this direction.
+    NotIsolated,
+    /// The peer is this node (kubelet probes): always allowed.
+    Host,
+    /// Allowed by this rule, through this entry (the first of the kernel's probes that hit).
+    Rule { id: RuleId, allow: Allow },
+    /// Isolated and no entry matched.
+    Denied,
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        !matches!(self.decision, Decision::Denied)
+    }
+}
+
+/// Evaluates a new flow of `local` in `direction` with `peer` (the source for ingress, the
+/// destination for egress), IP protocol number `proto` and destination port `port` (ignored
+/// for protocols without ports).
+///
+/// Lookup order, as in the datapath:
+/// 1. no endpoint → not ours; not isolated in this direction → allowed without a rule;
+/// 2. peer identity = longest prefix match in the identity trie; the host → allowed;
+/// 3. probes (identity, proto, port), (identity, any), (any peer, proto, port), (any, any),
+///    each a longest-prefix match on the port; protocols without ports only do the `any`
+///    protocol probes. The first hit decides.
+pub fn evaluate(
+    tables: &Tables,
+    local: &PodKey,
+    direction: Direction,
+    peer: IpAddr,
+    proto: u8,
+    port: u16,
+) -> Verdict {
+    let Some(plan) = tables.endpoints.get(local) else {
+        return Verdict {
+            decision: Decision::NotLocal,
+            peer_prefix: None,
+            peer_owner: None,
+            isolated_by: BTreeSet::new(),
+        };
+    };
+    let isolated_by = match direction {
+        Direction::Ingress => plan.ingress_isolated_by.clone(),
+        Direction::Egress => plan.egress_isolated_by.clone(),
+    };
+    let (prefix, owner) = identity_of(tables, peer);
+    let verdict = |decision| Verdict {
+        decision,
+        peer_prefix: Some(prefix),
+        peer_owner: Some(owner.clone()),
+        isolated_by: isolated_by.clone(),
+    };
+    if isolated_by.is_empty() {
+        return verdict(Decision::NotIsolated);
+    }
+    if owner == PrefixOwner::Host {
+        return verdict(Decision::Host);
+    }
+
+    let proto = match proto {
+        enforcer_common::proto::TCP => Some(Proto::Tcp),
+        enforcer_common::proto::UDP => Some(Proto::Udp),
+        enforcer_common::proto::SCTP => Some(Proto::Sctp),
+        _ => None,
+    };
+    for peer in [Peer::Prefix(prefix), Peer::Any] {
+        let probes = proto
+            .map(|p| (p, port))
+            .into_iter()
+            .chain([(Proto::Any, 0)]);
+        for (proto, port) in probes {
+            let lo = Allow {
+                direction,
+                peer,
+                proto,
+                ports: PortPrefix { port: 0, len: 0 },
+            };
+            let hi = Allow {
+                direction,
+                peer,
+                proto,
+                ports: PortPrefix {
+                    port: u16::MAX,
+                    len: 16,
+                },
+            };
+            let hit = plan
+                .allows
+                .range(lo..=hi)
+                .filter(|(a, _)| a.ports.contains(port))
+                .max_by_key(|(a, _)| a.ports.len);
+            if let Some((allow, id)) = hit {
+                return verdict(Decision::Rule {
+                    id: *id,
+                    allow: *allow,
+                });
+            }
+        }
+    }
+    verdict(Decision::Denied)
+}
+
+/// The longest prefix of [`Tables::prefixes`] containing `addr`, with its owner.
+pub fn identity_of(tables: &Tables, addr: IpAddr) -> (IpNet, PrefixOwner) {
+    let max = match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    for len in (0..=max).rev() {
+        let net = IpNet::new(addr, len)
+            .expect("len within the family's maximum")
+            .trunc();
+        if let Some(owner) = tables.prefixes.get(&net) {
+            return (net, owner.clone());
+        }
+    }
+    // Tables always hold both default routes; a hand-built one may not.
+    let any = IpNet::new(addr, 0).expect("0 is a valid length").trunc();
+    (any, PrefixOwner::Cidr)
+}

@@ -1,0 +1,396 @@
+//! The policy compiler: a pure function from the cluster model to the tables the kernel reads
+//! for one node (no I/O, no clock, no globals; the same input always gives the same output).
+//!
+//! Identity model: every address the policies can tell apart is a prefix of
+//! [`Tables::prefixes`] (pod addresses, host addresses, ipBlock `cidr`s and `except`s, and both
+//! default routes), and an address's identity is its longest matching prefix there. Because
+//! every `cidr` and `except` is itself in the table, "address in `cidr` and in no `except`"
+//! is exactly "identity prefix inside `cidr` and inside no `except`", so an ipBlock becomes
+//! the list of table prefixes it covers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::model::{
+    Cluster, Labels, NetworkPolicy, PeerSpec, Pod, PodKey, PortRef, PortSpec, Protocol, Rule,
+    NAMESPACE_NAME_LABEL,
+};
+
+mod evaluate;
+pub mod tables;
+
+pub use evaluate::{evaluate, identity_of, Decision, Verdict};
+pub use tables::*;
+
+#[cfg(test)]
+mod tests;
+
+/// The node the tables are compiled for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInput {
+    /// Matched against `spec.nodeName`; pods without one are local too.
+    pub name: String,
+    /// This node's addresses: traffic from/to them is always allowed (kubelet probes).
+    pub host_ips: Vec<IpAddr>,
+}
+
+impl NodeInput {
+    pub fn is_local(&self, pod: &Pod) -> bool {
+        pod.node.as_deref().is_none_or(|n| n == self.name)
+    }
+}
+
+/// Compiles the allow entries of every local pod of `node`.
+pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
+    let prefixes = identity_prefixes(cluster, node);
+    let index = ClusterIndex::new(cluster, &prefixes);
+
+    let mut endpoints: BTreeMap<PodKey, EndpointPlan> = cluster
+        .pods
+        .values()
+        .filter(|p| node.is_local(p) && !p.ips.is_empty())
+        .map(|p| {
+            let plan = EndpointPlan {
+                ipv4: p.ips.iter().find_map(|ip| match ip {
+                    IpAddr::V4(a) => Some(*a),
+                    IpAddr::V6(_) => None,
+                }),
+                ipv6: p.ips.iter().find_map(|ip| match ip {
+                    IpAddr::V6(a) => Some(*a),
+                    IpAddr::V4(_) => None,
+                }),
+                ..EndpointPlan::default()
+            };
+            (p.key.clone(), plan)
+        })
+        .collect();
+
+    let mut rules = Vec::new();
+    for policy in cluster.policies.values() {
+        // Ids are handed out to every counted rule, selected or not, so a rule keeps its id
+        // whichever node compiles it.
+        let first_id = rules.len() as RuleId + 1;
+        for (index, _) in policy.effective_ingress().iter().enumerate() {
+            rules.push(RuleRef {
+                policy: policy.key.clone(),
+                direction: Direction::Ingress,
+                index,
+            });
+        }
+        for (index, _) in policy.effective_egress().iter().enumerate() {
+            rules.push(RuleRef {
+                policy: policy.key.clone(),
+                direction: Direction::Egress,
+                index,
+            });
+        }
+
+        let selected: Vec<&Pod> = index
+            .pods_in(&policy.key.namespace)
+            .filter(|p| endpoints.contains_key(&p.key) && policy.pod_selector.matches(&p.labels))
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        compile_policy(policy, first_id, &selected, &index, &mut endpoints);
+    }
+
+    Tables {
+        prefixes,
+        endpoints,
+        rules,
+    }
+}
+
+/// Adds one policy's isolation and allows to the endpoints of the local pods it selects.
+fn compile_policy(
+    policy: &NetworkPolicy,
+    first_id: RuleId,
+    selected: &[&Pod],
+    index: &ClusterIndex<'_>,
+    endpoints: &mut BTreeMap<PodKey, EndpointPlan>,
+) {
+    let ingress = policy.effective_ingress();
+    let egress = policy.effective_egress();
+    let resolved_ingress: Vec<Peers> = ingress
+        .iter()
+        .map(|r| index.resolve_peers(policy, r))
+        .collect();
+    let resolved_egress: Vec<Peers> = egress
+        .iter()
+        .map(|r| index.resolve_peers(policy, r))
+        .collect();
+
+    for pod in selected {
+        let plan = endpoints
+            .get_mut(&pod.key)
+            .expect("selected pods are endpoints");
+        if policy.types.ingress {
+            plan.ingress_isolated_by.insert(policy.key.clone());
+        }
+        if policy.types.egress {
+            plan.egress_isolated_by.insert(policy.key.clone());
+        }
+        let mut id = first_id;
+        for (rule, peers) in ingress.iter().zip(&resolved_ingress) {
+            add_rule(plan, Direction::Ingress, id, rule, peers, Some(pod), index);
+            id += 1;
+        }
+        for (rule, peers) in egress.iter().zip(&resolved_egress) {
+            add_rule(plan, Direction::Egress, id, rule, peers, None, index);
+            id += 1;
+        }
+    }
+}
+
+/// The peers of one rule, independent of the selected pod.
+enum Peers {
+    Any,
+    Prefixes(BTreeSet<IpNet>),
+}
+
+/// Adds the allows of one rule. `destination` is the pod named ports are resolved on for
+/// ingress (the selected pod); for egress (`None`) each peer is its own destination.
+fn add_rule(
+    plan: &mut EndpointPlan,
+    direction: Direction,
+    id: RuleId,
+    rule: &Rule,
+    peers: &Peers,
+    destination: Option<&Pod>,
+    index: &ClusterIndex<'_>,
+) {
+    let mut add = |peer: Peer, proto: Proto, ports: PortPrefix| {
+        let entry = plan
+            .allows
+            .entry(Allow {
+                direction,
+                peer,
+                proto,
+                ports,
+            })
+            .or_insert(id);
+        *entry = (*entry).min(id);
+    };
+    let peer_list: Vec<Peer> = match peers {
+        Peers::Any => vec![Peer::Any],
+        Peers::Prefixes(set) => set.iter().map(|p| Peer::Prefix(*p)).collect(),
+    };
+    if rule.ports.is_empty() {
+        for peer in &peer_list {
+            add(*peer, Proto::Any, PortPrefix::ALL);
+        }
+        return;
+    }
+    for spec in &rule.ports {
+        let proto = proto_of(spec.protocol);
+        match (&spec.port, destination) {
+            (Some(PortRef::Name(name)), Some(dst)) => {
+                if let Some(n) = dst.named_port(name, spec.protocol) {
+                    for peer in &peer_list {
+                        add(*peer, proto, PortPrefix::single(n));
+                    }
+                }
+            }
+            (Some(PortRef::Name(name)), None) => {
+                // Egress: the peer is the destination, so each pod address gets its own port.
+                let candidates: Box<dyn Iterator<Item = (IpNet, &Pod)>> = match peers {
+                    Peers::Any => Box::new(index.pod_prefixes.iter().map(|(n, p)| (*n, *p))),
+                    Peers::Prefixes(set) => Box::new(
+                        set.iter()
+                            .filter_map(|n| Some((*n, *index.prefix_pods.get(n)?))),
+                    ),
+                };
+                for (net, pod) in candidates {
+                    if let Some(n) = pod.named_port(name, spec.protocol) {
+                        add(Peer::Prefix(net), proto, PortPrefix::single(n));
+                    }
+                }
+            }
+            _ => {
+                for ports in port_prefixes(spec) {
+                    for peer in &peer_list {
+                        add(*peer, proto, ports);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn proto_of(p: Protocol) -> Proto {
+    match p {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+        Protocol::Sctp => Proto::Sctp,
+    }
+}
+
+/// The port prefixes of a numeric (or absent) port entry.
+fn port_prefixes(spec: &PortSpec) -> Vec<PortPrefix> {
+    match (&spec.port, spec.end_port) {
+        (None, _) => vec![PortPrefix::ALL],
+        (Some(PortRef::Number(start)), end) => port_range_prefixes(*start, end.unwrap_or(*start)),
+        (Some(PortRef::Name(_)), _) => Vec::new(),
+    }
+}
+
+/// The minimal set of port prefixes covering exactly `start..=end` (empty when start > end).
+pub fn port_range_prefixes(start: u16, end: u16) -> Vec<PortPrefix> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (u32::from(start), u32::from(end));
+    while lo <= hi {
+        // The largest aligned block starting at `lo` that stays within `hi`.
+        let mut size_log2 = if lo == 0 {
+            16
+        } else {
+            lo.trailing_zeros().min(16)
+        };
+        while lo + (1 << size_log2) - 1 > hi {
+            size_log2 -= 1;
+        }
+        out.push(PortPrefix {
+            port: lo as u16,
+            len: 16 - size_log2 as u8,
+        });
+        lo += 1 << size_log2;
+    }
+    out
+}
+
+/// The host-length prefix of one address.
+pub fn host_prefix(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// Every prefix of the identity tries, with its owner (pod over host over cidr).
+fn identity_prefixes(cluster: &Cluster, node: &NodeInput) -> BTreeMap<IpNet, PrefixOwner> {
+    let mut prefixes = BTreeMap::new();
+    prefixes.insert("0.0.0.0/0".parse().expect("valid"), PrefixOwner::Cidr);
+    prefixes.insert("::/0".parse().expect("valid"), PrefixOwner::Cidr);
+    for policy in cluster.policies.values() {
+        let rules = policy.ingress.iter().chain(&policy.egress).flatten();
+        for peer in rules.flat_map(|r| &r.peers) {
+            if let PeerSpec::IpBlock { cidr, except } = peer {
+                for net in std::iter::once(cidr).chain(except) {
+                    prefixes.insert(net.trunc(), PrefixOwner::Cidr);
+                }
+            }
+        }
+    }
+    for ip in &node.host_ips {
+        prefixes.insert(host_prefix(*ip), PrefixOwner::Host);
+    }
+    // Reverse key order so that, should two pods claim one address, the first pod keeps it.
+    for pod in cluster.pods.values().rev() {
+        for ip in &pod.ips {
+            prefixes.insert(host_prefix(*ip), PrefixOwner::Pod(pod.key.clone()));
+        }
+    }
+    prefixes
+}
+
+/// Lookups the compiler needs, built once per compile.
+struct ClusterIndex<'a> {
+    prefixes: &'a BTreeMap<IpNet, PrefixOwner>,
+    pods_by_namespace: BTreeMap<&'a str, Vec<&'a Pod>>,
+    /// Labels of each namespace that has pods or a Namespace object. A namespace without an
+    /// object (standalone manifests) only has its `kubernetes.io/metadata.name` label.
+    namespace_labels: BTreeMap<&'a str, std::borrow::Cow<'a, Labels>>,
+    /// Every pod-owned prefix with its pod, in prefix order.
+    pod_prefixes: Vec<(IpNet, &'a Pod)>,
+    prefix_pods: BTreeMap<IpNet, &'a Pod>,
+}
+
+impl<'a> ClusterIndex<'a> {
+    fn new(cluster: &'a Cluster, prefixes: &'a BTreeMap<IpNet, PrefixOwner>) -> Self {
+        let mut pods_by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for pod in cluster.pods.values() {
+            pods_by_namespace
+                .entry(pod.key.namespace.as_str())
+                .or_default()
+                .push(pod);
+        }
+        let mut namespace_labels: BTreeMap<&str, std::borrow::Cow<'a, Labels>> = cluster
+            .namespaces
+            .values()
+            .map(|ns| (ns.name.as_str(), std::borrow::Cow::Borrowed(&ns.labels)))
+            .collect();
+        for ns in pods_by_namespace.keys() {
+            namespace_labels.entry(ns).or_insert_with(|| {
+                std::borrow::Cow::Owned(Labels::from([(
+                    NAMESPACE_NAME_LABEL.to_owned(),
+                    (*ns).to_owned(),
+                )]))
+            });
+        }
+        let pod_prefixes: Vec<(IpNet, &Pod)> = prefixes
+            .iter()
+            .filter_map(|(net, owner)| match owner {
+                PrefixOwner::Pod(key) => Some((*net, cluster.pods.get(key)?)),
+                _ => None,
+            })
+            .collect();
+        let prefix_pods = pod_prefixes.iter().copied().collect();
+        ClusterIndex {
+            prefixes,
+            pods_by_namespace,
+            namespace_labels,
+            pod_prefixes,
+            prefix_pods,
+        }
+    }
+
+    fn pods_in(&self, namespace: &str) -> impl Iterator<Item = &'a Pod> + '_ {
+        self.pods_by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    /// The peers a rule of `policy` names.
+    fn resolve_peers(&self, policy: &NetworkPolicy, rule: &Rule) -> Peers {
+        if rule.peers.is_empty() {
+            return Peers::Any;
+        }
+        let mut out = BTreeSet::new();
+        for peer in &rule.peers {
+            match peer {
+                PeerSpec::Selector { namespace, pod } => {
+                    let namespaces: Vec<&str> = match namespace {
+                        None => vec![policy.key.namespace.as_str()],
+                        Some(sel) => self
+                            .namespace_labels
+                            .iter()
+                            .filter(|(_, labels)| sel.matches(labels))
+                            .map(|(name, _)| *name)
+                            .collect(),
+                    };
+                    for ns in namespaces {
+                        for p in self.pods_in(ns) {
+                            if pod.as_ref().is_none_or(|sel| sel.matches(&p.labels)) {
+                                out.extend(p.ips.iter().map(|ip| host_prefix(*ip)));
+                            }
+                        }
+                    }
+                }
+                PeerSpec::IpBlock { cidr, except } => {
+                    let cidr = cidr.trunc();
+                    // In IpNet order, the prefixes inside `cidr` follow it contiguously.
+                    for net in self.prefixes.range(cidr..).map(|(n, _)| *n) {
+                        if !cidr.contains(&net) {
+                            break;
+                        }
+                        if !except.iter().any(|e| e.contains(&net)) {
+                            out.insert(net);
+                        }
+                    }
+                }
+            }
+        }
+        Peers::Prefixes(out)
+    }
+}

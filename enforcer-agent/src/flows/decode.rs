@@ -1,0 +1,147 @@
+//! Raw ring-buffer records to typed events (pure).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use enforcer_common::{direction, family, flow, proto, reason::DropReason};
+
+/// A decoded kernel flow event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub ep_id: u32,
+    pub rule: u32,
+    pub len: u32,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// Host order. For ICMP: type and code.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub egress: bool,
+    pub dropped: bool,
+    /// `Err(raw)` for a reason this agent does not know (a newer kernel object).
+    pub reason: Option<Result<DropReason, u8>>,
+    pub tcp_flags: u8,
+    pub reply: bool,
+    pub fragment: bool,
+    pub peer_identity: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("flow event of {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
+    #[error("flow event with unknown address family {0}")]
+    Family(u8),
+}
+
+fn addr(fam: u8, a: [u8; 16]) -> Result<IpAddr, DecodeError> {
+    match fam {
+        family::IPV4 => Ok(IpAddr::V4(Ipv4Addr::new(a[12], a[13], a[14], a[15]))),
+        family::IPV6 => Ok(IpAddr::V6(Ipv6Addr::from(a))),
+        // Dropped before the IP header was read (e.g. unsupported ethertype).
+        0 => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        f => Err(DecodeError::Family(f)),
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let expected = std::mem::size_of::<flow::FlowEvent>();
+    if bytes.len() < expected {
+        return Err(DecodeError::Size { got: bytes.len(), expected });
+    }
+    // SAFETY: the length is checked; FlowEvent is plain old data (any bit pattern is valid);
+    // read_unaligned has no alignment requirement.
+    let e: flow::FlowEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const flow::FlowEvent) };
+    Ok(Event {
+        ts_ns: e.ts_ns,
+        ifindex: e.ifindex,
+        ep_id: e.ep_id,
+        rule: e.rule,
+        len: e.len,
+        src: addr(e.family, e.src)?,
+        dst: addr(e.family, e.dst)?,
+        // Network order in the record (for ICMP echo: the identifier).
+        sport: u16::from_be(e.sport),
+        dport: u16::from_be(e.dport),
+        proto: e.proto,
+        egress: e.direction == direction::EGRESS,
+        dropped: e.verdict == flow::verdict::DROPPED,
+        reason: (e.reason != 0).then(|| DropReason::try_from(e.reason)),
+        tcp_flags: e.tcp_flags,
+        reply: e.flags & flow::EV_F_REPLY != 0,
+        fragment: e.flags & flow::EV_F_FRAGMENT != 0,
+        peer_identity: e.peer_identity,
+    })
+}
+
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        proto::TCP => "TCP".into(),
+        proto::UDP => "UDP".into(),
+        proto::SCTP => "SCTP".into(),
+        proto::ICMP => "ICMP".into(),
+        proto::ICMPV6 => "ICMPv6".into(),
+        0 => "unknown".into(),
+        n => format!("proto-{n}"),
+    }
+}
+
+pub fn tcp_flags_text(f: u8) -> String {
+    const NAMES: [(u8, &str); 6] =
+        [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"), (0x20, "URG")];
+    NAMES.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(e: flow::FlowEvent) -> Vec<u8> {
+        // SAFETY: FlowEvent is repr(C) plain data.
+        unsafe {
+            std::slice::from_raw_parts(&e as *const _ as *const u8, std::mem::size_of::<flow::FlowEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_v4_drop() {
+        let mut src = [0u8; 16];
+        src[10] = 0xff;
+        src[11] = 0xff;
+        src[12..].copy_from_slice(&[10, 244, 1, 10]);
+        let mut dst = src;
+        dst[15] = 11;
+        let e = decode(&raw(flow::FlowEvent {
+            ts_ns: 5,
+            src,
+            dst,
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            family: family::IPV4,
+            proto: proto::TCP,
+            direction: direction::INGRESS,
+            verdict: flow::verdict::DROPPED,
+            reason: DropReason::PolicyDenied as u8,
+            tcp_flags: 0x02,
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(e.src, "10.244.1.10".parse::<IpAddr>().unwrap());
+        assert_eq!(e.dst, "10.244.1.11".parse::<IpAddr>().unwrap());
+        assert_eq!((e.sport, e.dport), (40000, 80));
+        assert!(e.dropped && !e.egress);
+        assert_eq!(e.reason, Some(Ok(DropReason::PolicyDenied)));
+        assert_eq!(tcp_flags_text(e.tcp_flags), "SYN");
+    }
+
+    #[test]
+    fn unknown_reason_stays_a_number_and_short_records_fail() {
+        let e = decode(&raw(flow::FlowEvent { family: family::IPV6, reason: 200, verdict: 1, ..Default::default() })).unwrap();
+        assert_eq!(e.reason, Some(Err(200)));
+        assert!(matches!(decode(&[0u8; 10]), Err(DecodeError::Size { .. })));
+        assert_eq!(decode(&raw(flow::FlowEvent { family: 9, ..Default::default() })), Err(DecodeError::Family(9)));
+    }
+}

@@ -1,0 +1,170 @@
+//! Attribution: which pods a flow is between, and which policy decided it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::decode::{protocol_name, tcp_flags_text, Event};
+use crate::compile::tables::{Direction, Tables};
+use crate::model::{Cluster, PodKey};
+
+/// Schema id of a flow record; bumped on any incompatible change.
+pub const SCHEMA: &str = "enforcer.flow/v1";
+
+/// One end of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowEnd {
+    pub ip: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The rule that allowed a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleAttribution {
+    pub policy: String,
+    pub direction: Direction,
+    pub index: usize,
+}
+
+/// A flow record: one line of the flow log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    pub schema: &'static str,
+    pub time: String,
+    pub node: String,
+    /// `allowed` or `dropped`.
+    pub verdict: &'static str,
+    /// As the local pod sees it: `ingress` (into the pod) or `egress` (out of it).
+    pub direction: Direction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub protocol: String,
+    pub src: FlowEnd,
+    pub dst: FlowEnd,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tcp_flags: String,
+    pub length: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reply: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fragment: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleAttribution>,
+    /// For a policy drop: the policies that isolate the local pod in this direction.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<String>,
+    /// One sentence for humans.
+    pub detail: String,
+}
+
+/// What the agent knows when an event arrives.
+#[derive(Default)]
+pub struct Context {
+    pub node: String,
+    pub tables: Tables,
+    /// Every pod address in the cluster.
+    pub pods_by_ip: BTreeMap<IpAddr, (PodKey, BTreeMap<String, String>)>,
+    /// Endpoint id → (local pod, host interface).
+    pub endpoints: BTreeMap<u32, (PodKey, String)>,
+}
+
+impl Context {
+    pub fn new(node: &str, cluster: &Cluster, tables: Tables, endpoints: BTreeMap<u32, (PodKey, String)>) -> Self {
+        let mut pods_by_ip = BTreeMap::new();
+        for pod in cluster.pods.values() {
+            for ip in &pod.ips {
+                pods_by_ip.insert(*ip, (pod.key.clone(), pod.labels.clone()));
+            }
+        }
+        Context { node: node.into(), tables, pods_by_ip, endpoints }
+    }
+
+    fn end(&self, ip: IpAddr, port: Option<u16>) -> FlowEnd {
+        let pod = self.pods_by_ip.get(&ip);
+        FlowEnd {
+            ip,
+            port,
+            namespace: pod.map(|(k, _)| k.namespace.clone()),
+            pod: pod.map(|(k, _)| k.name.clone()),
+            labels: pod.map(|(_, l)| l.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Builds the record of an event; `time` is the wall-clock time of the event.
+    pub fn record(&self, ev: &Event, time: String) -> FlowRecord {
+        let has_ports = matches!(ev.proto, 6 | 17 | 132);
+        let (sport, dport) = if has_ports { (Some(ev.sport), Some(ev.dport)) } else { (None, None) };
+        let direction = if ev.egress { Direction::Egress } else { Direction::Ingress };
+        let local = self.endpoints.get(&ev.ep_id);
+        let reason = ev.reason.map(|r| match r {
+            Ok(r) => r.name().to_string(),
+            Err(raw) => format!("unknown_{raw}"),
+        });
+        let rule = self.tables.rule(ev.rule).map(|r| RuleAttribution {
+            policy: r.policy.to_string(),
+            direction: r.direction,
+            index: r.index,
+        });
+        let plan = local.and_then(|(pod, _)| self.tables.endpoints.get(pod));
+        let policy_drop = matches!(ev.reason, Some(Ok(enforcer_common::reason::DropReason::PolicyDenied)));
+        let isolated_by: Vec<String> = match (plan, policy_drop) {
+            (Some(p), true) => match direction {
+                Direction::Ingress => p.ingress_isolated_by.iter().map(|k| k.to_string()).collect(),
+                Direction::Egress => p.egress_isolated_by.iter().map(|k| k.to_string()).collect(),
+            },
+            _ => Vec::new(),
+        };
+        let src = self.end(ev.src, sport);
+        let dst = self.end(ev.dst, dport);
+        let who = local.map(|(p, _)| p.to_string()).unwrap_or_else(|| format!("endpoint {}", ev.ep_id));
+        let detail = match (&ev.reason, ev.dropped) {
+            (_, false) => match &rule {
+                Some(r) => format!("allowed by {} {} rule {}", r.policy, dir_word(r.direction), r.index),
+                None => format!("allowed: {who} is not isolated for {}", dir_word(direction)),
+            },
+            (Some(Ok(enforcer_common::reason::DropReason::PolicyDenied)), true) => format!(
+                "{who} is isolated for {} by {} and no rule allows this flow",
+                dir_word(direction),
+                if isolated_by.is_empty() { "a policy".to_string() } else { isolated_by.join(", ") }
+            ),
+            (Some(Ok(r)), true) => format!("dropped at {who}: {}", r.name().replace('_', " ")),
+            (_, true) => format!("dropped at {who}"),
+        };
+        FlowRecord {
+            schema: SCHEMA,
+            time,
+            node: self.node.clone(),
+            verdict: if ev.dropped { "dropped" } else { "allowed" },
+            direction,
+            reason,
+            protocol: protocol_name(ev.proto),
+            src,
+            dst,
+            tcp_flags: if ev.proto == 6 { tcp_flags_text(ev.tcp_flags) } else { String::new() },
+            length: ev.len,
+            interface: local.map(|(_, i)| i.clone()),
+            reply: ev.reply,
+            fragment: ev.fragment,
+            rule,
+            isolated_by,
+            detail,
+        }
+    }
+}
+
+fn dir_word(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}

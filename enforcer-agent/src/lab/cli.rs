@@ -1,0 +1,431 @@
+//! `enforcer lab ...`: arguments and command implementations.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use super::instance::{self, AgentStatus, Lab, LabState};
+use super::probe::run_probes;
+use super::scenario::{self, compare, Probe, Results, Scenario, StepResult};
+use super::servers::{endpoints_for, ServerSet};
+use super::topology::{self, Topology};
+
+/// Subcommands of `enforcer lab`.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Run a scenario (FORMAT.md) against the agent in network namespaces; compare with expected.json.
+    Run(RunArgs),
+    /// Bring up a scenario's first step (or the built-in demo) with its agent and leave it running.
+    Up(UpArgs),
+    /// Show the pods, interfaces, addresses and agent of a running lab.
+    Status(StatusArgs),
+    /// Run a command inside a pod's network namespace of a running lab.
+    Exec(ExecArgs),
+    /// Probe every pod pair of a running lab and print the matrices.
+    Probe(ProbeArgs),
+    /// Remove a running lab (agent, namespaces, pins, state).
+    Down(DownArgs),
+    /// Run the built-in demo: traffic every 2 s and the agent's flow log, until Ctrl-C.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenario directory.
+    pub scenario: PathBuf,
+    /// Print the results as JSON (expected.json format) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Compare with this file instead of SCENARIO/expected.json.
+    #[arg(long, value_name = "FILE")]
+    pub expected: Option<PathBuf>,
+    /// Leave the lab (and its agent) running at the end; remove it later with `lab down`.
+    #[arg(long)]
+    pub keep: bool,
+    /// Instance name (default: r<pid>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Time a probe may take before it counts as failed.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Scenario directory (default: the built-in demo).
+    pub scenario: Option<PathBuf>,
+    /// Instance name.
+    #[arg(long, default_value = "demo")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Instance name (default: the only running instance, else `demo`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Pod as NAMESPACE/NAME.
+    pub pod: String,
+    /// Instance name (default: the only running instance, else `demo`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Command and arguments (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// probes.yaml (default: the probes of the scenario/demo the lab was brought up with).
+    pub probes: Option<PathBuf>,
+    /// Instance name (default: the only running instance, else `demo`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print JSON (expected.json format, one step).
+    #[arg(long)]
+    pub json: bool,
+    /// Time a probe may take before it counts as failed.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Instance name (default: the only running instance, else `demo`).
+    #[arg(long, conflicts_with = "all")]
+    pub name: Option<String>,
+    /// Remove every lab instance and every enf-* network namespace.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Instance name.
+    #[arg(long, default_value = "demo")]
+    pub name: String,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+}
+
+/// The built-in demo scenario.
+pub const DEMO_CLUSTER: &str = include_str!("demo/cluster.yaml");
+pub const DEMO_POLICIES: &str = include_str!("demo/policies.yaml");
+pub const DEMO_PROBES: &str = include_str!("demo/probes.yaml");
+
+pub fn demo_scenario() -> Scenario {
+    Scenario::from_strs("demo", DEMO_CLUSTER, DEMO_POLICIES, DEMO_PROBES)
+        .expect("the built-in demo scenario is valid (checked by a unit test)")
+}
+
+/// Runs one `enforcer lab` command. Needs a tokio runtime with timers, I/O and signals (the
+/// multi-thread one of `#[tokio::main]`). `lab exec` exits the process with the command's code.
+pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
+    match cmd {
+        LabCommand::Run(args) => cmd_run(args).await,
+        LabCommand::Up(args) => interruptible(cmd_up(args)).await,
+        LabCommand::Status(args) => cmd_status(args),
+        LabCommand::Exec(args) => cmd_exec(args),
+        LabCommand::Probe(args) => interruptible(cmd_probe(args)).await,
+        LabCommand::Down(args) => cmd_down(args),
+        LabCommand::Demo(args) => super::demo::run_demo(args).await,
+    }
+}
+
+/// Runs `fut`, abandoning it (which drops, and so removes, any lab it owns) on SIGINT/SIGTERM.
+pub(crate) async fn interruptible<T>(
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        res = fut => res,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted (SIGINT); lab resources removed"),
+        _ = term.recv() => bail!("terminated (SIGTERM); lab resources removed"),
+    }
+}
+
+async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
+    let scenario = Scenario::load(&args.scenario)
+        .with_context(|| format!("loading scenario {}", args.scenario.display()))?;
+    let expected = match &args.expected {
+        Some(path) => Some(Results::load(path)?),
+        None => scenario.expected.clone(),
+    };
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("r{}", std::process::id()));
+    let results = interruptible(run_scenario(&scenario, &name, args.keep, timeout)).await?;
+
+    if args.json {
+        println!("{}", results.to_json_pretty());
+    } else {
+        print_tables(&scenario, &results, expected.as_ref());
+    }
+    if let Some(expected) = expected {
+        let cmp = compare(&expected, &results);
+        eprintln!("{cmp}");
+        if !cmp.is_match() {
+            bail!(
+                "{} of {} probe results differ from the expected ones",
+                cmp.mismatches.len(),
+                cmp.judged
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Builds the lab, runs every step, and returns the measured results. The lab is removed when
+/// this returns (or is abandoned), unless `keep`.
+pub async fn run_scenario(
+    scenario: &Scenario,
+    name: &str,
+    keep: bool,
+    timeout: Duration,
+) -> anyhow::Result<Results> {
+    let mut lab = Lab::create(name)?;
+    lab.sync_pods(&scenario.steps[0].pods)?;
+    lab.start_agent(keep)?;
+    let mut results = Results::default();
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let started = Instant::now();
+        lab.sync_pods(&step.pods)
+            .with_context(|| format!("building the pods of step {}", step.label()))?;
+        lab.apply(step).await?;
+        let applied = started.elapsed();
+        let pods = lab.topo.pods();
+        let servers = ServerSet::start(&pods, &endpoints_for(&step.probes))?;
+        let probes = run_probes(&pods, &step.probes, timeout).await?;
+        servers.stop().await;
+        eprintln!(
+            "step {} ({}): {} pods, {} policies; agent applied in {:.2}s; {} probes in {:.2}s",
+            i + 1,
+            step.label(),
+            pods.len(),
+            step.policy_count,
+            applied.as_secs_f64(),
+            step.probes.len(),
+            (started.elapsed() - applied).as_secs_f64()
+        );
+        results.steps.push(StepResult { probes });
+    }
+    if keep {
+        lab.set_probes_file(&probes_yaml(&scenario.steps[scenario.steps.len() - 1].probes))?;
+        let state = lab.detach()?;
+        eprintln!("kept lab {name:?}; remove it with `enforcer lab down --name {name}`");
+        print_up_summary(&state);
+    }
+    Ok(results)
+}
+
+fn probes_yaml(probes: &[Probe]) -> String {
+    serde_yaml::to_string(probes).expect("probes serialize")
+}
+
+fn print_tables(scenario: &Scenario, results: &Results, expected: Option<&Results>) {
+    for (i, step) in results.steps.iter().enumerate() {
+        let label = scenario.steps.get(i).map(|s| s.label()).unwrap_or("?");
+        for probe in &step.probes {
+            let exp = scenario::expected_probe(expected, i, &probe.probe());
+            println!("step {} ({label})  {}", i + 1, probe.probe());
+            println!("{}", scenario::render_matrix(probe, exp));
+        }
+    }
+    println!("legend: . connected  X blocked  - not judged  ! differs from expected");
+}
+
+async fn cmd_up(args: UpArgs) -> anyhow::Result<()> {
+    let scenario = match &args.scenario {
+        Some(dir) => Scenario::load(dir)
+            .with_context(|| format!("loading scenario {}", dir.display()))?,
+        None => demo_scenario(),
+    };
+    let state = up(&scenario, &args.name).await?.detach()?;
+    print_up_summary(&state);
+    Ok(())
+}
+
+/// Builds the first step of `scenario` with a detached agent and waits until it applied it.
+pub(crate) async fn up(scenario: &Scenario, name: &str) -> anyhow::Result<Lab> {
+    let step = &scenario.steps[0];
+    let mut lab = Lab::create(name)?;
+    lab.sync_pods(&step.pods)?;
+    lab.start_agent(true)?;
+    lab.set_probes_file(&probes_yaml(&step.probes))?;
+    lab.apply(step).await?;
+    lab.save_state()?;
+    Ok(lab)
+}
+
+fn print_up_summary(state: &LabState) {
+    let name = &state.name;
+    println!("lab {name:?} is up (node namespace {})", state.node_netns);
+    print_pods(state);
+    match state.agent_pid {
+        Some(pid) => println!("agent: pid {pid}, log {}", state.paths.agent_log.display()),
+        None => println!("agent: not started"),
+    }
+    println!("manifests: {} (edit and save: the agent re-applies)", state.paths.manifests_dir.display());
+    println!("flow log:  {}", state.paths.flow_log.display());
+    println!();
+    println!("try:");
+    if let Some(pod) = state.pods.first() {
+        let other = state.pods.get(1).unwrap_or(pod);
+        println!("  enforcer lab exec {} --name {name} -- ping -c1 {}", pod.key(), other.ipv4);
+    }
+    println!("  enforcer lab probe --name {name}");
+    println!("  enforcer lab status --name {name}");
+    println!("  tail -f {}", state.paths.flow_log.display());
+    println!("  enforcer lab down --name {name}");
+}
+
+fn print_pods(state: &LabState) {
+    let width = state.pods.iter().map(|p| p.key().len()).max().unwrap_or(3).max(3);
+    println!("  {:width$}  {:16}  {:7}  {:15}  IPv6", "POD", "NETNS", "IFACE", "IPv4");
+    for p in &state.pods {
+        let v6 = p.ipv6.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+        println!("  {:width$}  {:16}  {:7}  {:15}  {v6}", p.key(), p.netns, p.ifname, p.ipv4.to_string());
+    }
+}
+
+/// `--name` when given; else the only instance there is; else `demo`.
+pub(crate) fn resolve_name(name: Option<String>) -> String {
+    name.unwrap_or_else(|| {
+        let all = instance::all_instances();
+        if all.len() == 1 {
+            all[0].clone()
+        } else {
+            "demo".to_owned()
+        }
+    })
+}
+
+fn cmd_status(args: StatusArgs) -> anyhow::Result<()> {
+    let name = resolve_name(args.name);
+    let state = LabState::load(&name)?;
+    let alive = state.agent_pid.is_some_and(instance::pid_alive);
+    let agent_status: Option<AgentStatus> = std::fs::read_to_string(&state.paths.status_file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if args.json {
+        let out = serde_json::json!({
+            "lab": state,
+            "agent_alive": alive,
+            "agent_status": agent_status,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("json values serialize"));
+        return Ok(());
+    }
+    println!("lab {name:?} (node namespace {}, state {})", state.node_netns, state.paths.state_dir.display());
+    print_pods(&state);
+    match state.agent_pid {
+        Some(pid) => println!("agent: pid {pid} ({})", if alive { "running" } else { "NOT running" }),
+        None => println!("agent: none"),
+    }
+    if let Some(st) = agent_status {
+        let attached = st.endpoints.values().filter(|e| e.attached).count();
+        println!(
+            "agent status: digest {}, {attached}/{} endpoints attached, {} pending, {} errors",
+            st.digest.as_deref().unwrap_or("-"),
+            st.endpoints.len(),
+            st.pending.len(),
+            st.errors.len()
+        );
+        for err in &st.errors {
+            println!("  error: {err}");
+        }
+    }
+    if !alive {
+        println!("agent.log tail:\n{}", instance::log_tail(&state.paths.agent_log, 10));
+    }
+    Ok(())
+}
+
+fn cmd_exec(args: ExecArgs) -> anyhow::Result<()> {
+    let name = resolve_name(args.name);
+    let state = LabState::load(&name)?;
+    let pod = state.pod(&args.pod).with_context(|| {
+        let known: Vec<String> = state.pods.iter().map(|p| p.key()).collect();
+        format!("no pod {:?} in lab {name:?} (pods: {})", args.pod, known.join(", "))
+    })?;
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .args(&args.command)
+        .status()
+        .with_context(|| format!("running ip netns exec {} {}", pod.netns, args.command.join(" ")))?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(1));
+    std::process::exit(code);
+}
+
+async fn cmd_probe(args: ProbeArgs) -> anyhow::Result<()> {
+    let name = resolve_name(args.name);
+    let state = LabState::load(&name)?;
+    let path = args
+        .probes
+        .or_else(|| state.probes_file.clone())
+        .context("no probes file given and the lab has none recorded")?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let probes: Vec<Probe> = serde_yaml::from_str::<Option<Vec<Probe>>>(&text)
+        .with_context(|| format!("parsing {}", path.display()))?
+        .unwrap_or_default();
+    let topo = Topology::attach(&name, &state.pods)?;
+    let pods = topo.pods();
+    let servers = ServerSet::start(&pods, &endpoints_for(&probes))?;
+    let results = run_probes(&pods, &probes, Duration::from_millis(args.timeout_ms)).await;
+    servers.stop().await;
+    let results = Results {
+        steps: vec![StepResult { probes: results? }],
+    };
+    if args.json {
+        println!("{}", results.to_json_pretty());
+    } else {
+        for probe in &results.steps[0].probes {
+            println!("{}", probe.probe());
+            println!("{}", scenario::render_matrix(probe, None));
+        }
+        println!("legend: . connected  X blocked  - not judged");
+    }
+    Ok(())
+}
+
+fn cmd_down(args: DownArgs) -> anyhow::Result<()> {
+    if args.all {
+        let names = instance::all_instances();
+        for name in &names {
+            instance::down_instance(name);
+            println!("removed lab {name:?}");
+        }
+        for ns in topology::list_netns(topology::NETNS_PREFIX) {
+            topology::delete_netns(&ns);
+            println!("removed network namespace {ns}");
+        }
+        if names.is_empty() {
+            println!("no lab instances found");
+        }
+        return Ok(());
+    }
+    let name = resolve_name(args.name);
+    if instance::down_instance(&name) {
+        println!("removed lab {name:?}");
+    } else {
+        println!("no lab {name:?} found");
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Probing: clients created in the source pod's namespace connect to the destination pod.
+//! All probes of a step run concurrently, so a step costs about one timeout.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use socket2::{Domain, Protocol, Type};
+use tokio::time::{timeout, Instant};
+
+use super::scenario::{Family, Matrix, Probe, ProbeResult, Proto};
+use super::topology::LivePod;
+
+/// Default time a probe may take before it counts as failed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// UDP requests are re-sent this often (up to [`UDP_SENDS`] times) to survive a first packet
+/// lost while ARP/ND resolves.
+const UDP_RESEND: Duration = Duration::from_millis(200);
+const UDP_SENDS: u32 = 3;
+
+/// A client socket created in the source pod's namespace, not yet connected.
+fn client_socket(from: &LivePod, to: SocketAddr, protocol: Proto) -> anyhow::Result<socket2::Socket> {
+    let (ty, proto) = match protocol {
+        Proto::Tcp => (Type::STREAM, Protocol::TCP),
+        Proto::Udp => (Type::DGRAM, Protocol::UDP),
+    };
+    let socket = from.netns.socket(Domain::for_address(to), ty, Some(proto))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Runs one connection attempt with a socket created earlier in the source namespace.
+async fn attempt(socket: socket2::Socket, to: SocketAddr, protocol: Proto, limit: Duration) -> bool {
+    match protocol {
+        Proto::Tcp => {
+            let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+            matches!(timeout(limit, socket.connect(to)).await, Ok(Ok(_)))
+        }
+        Proto::Udp => {
+            let Ok(socket) = tokio::net::UdpSocket::from_std(socket.into()) else {
+                return false;
+            };
+            udp_exchange(&socket, to, limit).await
+        }
+    }
+}
+
+async fn udp_exchange(socket: &tokio::net::UdpSocket, to: SocketAddr, limit: Duration) -> bool {
+    if socket.connect(to).await.is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + limit;
+    let request = format!("enforcer-lab probe {to} {:?}", Instant::now());
+    let mut buf = [0u8; 256];
+    let mut sends = 0;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if sends < UDP_SENDS {
+            sends += 1;
+            let _ = socket.send(request.as_bytes()).await;
+        }
+        let wait = if sends < UDP_SENDS {
+            UDP_RESEND.min(deadline - now)
+        } else {
+            deadline - now
+        };
+        match timeout(wait, socket.recv(&mut buf)).await {
+            Ok(Ok(n)) if &buf[..n] == request.as_bytes() => return true,
+            Ok(Ok(_)) => {}
+            // Port unreachable: nothing listens; a policy drop would be silent.
+            Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => return false,
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+}
+
+/// Probes one connection from `from` to `to` (used by the demo traffic generator).
+pub async fn connect_once(
+    from: &LivePod,
+    to: SocketAddr,
+    protocol: Proto,
+    limit: Duration,
+) -> anyhow::Result<bool> {
+    let socket = client_socket(from, to, protocol)
+        .with_context(|| format!("creating a client socket in pod {}", from.state.key()))?;
+    Ok(attempt(socket, to, protocol, limit).await)
+}
+
+/// The matrix skeleton of a probe: every pod pair, self cells and pairs that cannot be judged
+/// (IPv6 probe, a pod without IPv6) set to `null`, others to `false` until measured.
+fn empty_matrix(pods: &[Arc<LivePod>], family: Family) -> Matrix {
+    let mut matrix = Matrix::new();
+    for from in pods {
+        let row: BTreeMap<String, Option<bool>> = pods
+            .iter()
+            .map(|to| {
+                let judged = from.state.key() != to.state.key()
+                    && from.state.ip(family).is_some()
+                    && to.state.ip(family).is_some();
+                (to.state.key(), judged.then_some(false))
+            })
+            .collect();
+        matrix.insert(from.state.key(), row);
+    }
+    matrix
+}
+
+/// Runs every probe for every ordered pair of distinct pods, all at once, and returns one
+/// result per probe in the probes' order. Servers must already be listening.
+pub async fn run_probes(
+    pods: &[Arc<LivePod>],
+    probes: &[Probe],
+    limit: Duration,
+) -> anyhow::Result<Vec<ProbeResult>> {
+    let mut results: Vec<ProbeResult> = probes
+        .iter()
+        .map(|p| ProbeResult {
+            family: p.family,
+            matrix: empty_matrix(pods, p.family()),
+            port: p.port,
+            protocol: p.protocol,
+        })
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for from in pods {
+        // Create all of this pod's client sockets with one switch into its namespace.
+        let mut jobs = Vec::new();
+        for (i, probe) in probes.iter().enumerate() {
+            for to in pods {
+                if results[i].matrix[&from.state.key()][&to.state.key()].is_none() {
+                    continue;
+                }
+                let addr = to
+                    .state
+                    .addr(probe.family(), probe.port)
+                    .expect("judged cells have an address of the probe's family");
+                jobs.push((i, to.state.key(), addr, probe.protocol));
+            }
+        }
+        let sockets = from.netns.run(|| {
+            jobs.iter()
+                .map(|(_, _, addr, proto)| {
+                    let (ty, p) = match proto {
+                        Proto::Tcp => (Type::STREAM, Protocol::TCP),
+                        Proto::Udp => (Type::DGRAM, Protocol::UDP),
+                    };
+                    let s = socket2::Socket::new(Domain::for_address(*addr), ty, Some(p))?;
+                    s.set_nonblocking(true)?;
+                    Ok(s)
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })?;
+        let sockets =
+            sockets.with_context(|| format!("creating client sockets in pod {}", from.state.key()))?;
+        for ((i, to_key, addr, proto), socket) in jobs.into_iter().zip(sockets) {
+            let from_key = from.state.key();
+            tasks.spawn(async move {
+                let ok = attempt(socket, addr, proto, limit).await;
+                (i, from_key, to_key, ok)
+            });
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, from, to, ok) = joined.context("probe task failed")?;
+        results[i]
+            .matrix
+            .get_mut(&from)
+            .and_then(|row| row.get_mut(&to))
+            .map(|cell| *cell = Some(ok));
+    }
+    Ok(results)
+}

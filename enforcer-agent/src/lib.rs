@@ -1,0 +1,18 @@
+//! The enforcer agent as a library: each module is one job (see DESIGN.md).
+//!
+//! - [`model`]: pods, namespaces and policies as plain data, converted from API objects.
+//! - [`compile`]: pure function from the model to the tables the kernel reads.
+//! - [`dataplane`]: loads, pins and attaches the programs; writes map diffs.
+//! - [`source`]: where the cluster state comes from (manifest folder, Kubernetes API).
+//! - [`flows`]: decodes flow events and writes the denied-flow log.
+//! - [`lab`]: the network-namespace lab.
+//! - [`netns`]: entering network namespaces.
+
+pub mod agent;
+pub mod compile;
+pub mod dataplane;
+pub mod flows;
+pub mod lab;
+pub mod model;
+pub mod netns;
+pub mod source;

@@ -1,0 +1,311 @@
+//! Pods, namespaces and NetworkPolicies as plain data: what the compiler reads.
+//!
+//! Objects enter through [`convert`] (re-exported here), which applies the API server's
+//! defaulting and validation, so everything in a [`Cluster`] is already valid: the compiler
+//! never has to reject anything.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+mod convert;
+
+pub use convert::{namespace_from_k8s, network_policy_from_k8s, pod_from_k8s, InvalidObject};
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+/// Labels of a pod or namespace.
+pub type Labels = BTreeMap<String, String>;
+
+/// The label the API server sets on every namespace.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+macro_rules! namespaced_key {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name {
+            pub namespace: String,
+            pub name: String,
+        }
+
+        impl $name {
+            pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+                Self { namespace: namespace.into(), name: name.into() }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}/{}", self.namespace, self.name)
+            }
+        }
+
+        /// Parses `namespace/name` (both parts non-empty).
+        impl FromStr for $name {
+            type Err = KeyParseError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s.split_once('/') {
+                    Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                        Ok(Self::new(ns, name))
+                    }
+                    _ => Err(KeyParseError { input: s.to_owned() }),
+                }
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+namespaced_key!(
+    /// A pod's identity, written `namespace/name`.
+    PodKey
+);
+namespaced_key!(
+    /// A NetworkPolicy's identity, written `namespace/name`.
+    PolicyKey
+);
+
+/// A `namespace/name` string that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not of the form namespace/name")]
+pub struct KeyParseError {
+    pub input: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// Always holds [`NAMESPACE_NAME_LABEL`].
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub key: PodKey,
+    pub labels: Labels,
+    /// `status.podIPs` in order (the first of each family is the one the endpoint uses). Empty
+    /// for host-network pods (their address is the node's) and finished pods (`Succeeded`,
+    /// `Failed`), which policies neither select nor isolate.
+    pub ips: Vec<IpAddr>,
+    /// Every `spec.containers[].ports[]` entry, for named-port resolution.
+    pub ports: Vec<ContainerPort>,
+    /// `spec.nodeName`; `None` for a standalone manifest (local to whichever node reads it).
+    pub node: Option<String>,
+}
+
+impl Pod {
+    /// The number of the container port called `name` with `protocol`, if any.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .map(|p| p.number)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub number: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// The Kubernetes spelling (`TCP`, `UDP`, `SCTP`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    /// Parses the Kubernetes spelling (case-sensitive, as the API server is).
+    pub fn from_k8s(s: &str) -> Option<Self> {
+        Protocol::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A label selector; all terms are AND-ed, and the empty selector matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSelector {
+    pub match_labels: Labels,
+    pub match_expressions: Vec<Requirement>,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| r.matches(labels))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+}
+
+/// One `matchExpressions` term.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    In {
+        key: String,
+        values: Vec<String>,
+    },
+    /// Matches when the key is absent too, as in Kubernetes.
+    NotIn {
+        key: String,
+        values: Vec<String>,
+    },
+    Exists {
+        key: String,
+    },
+    DoesNotExist {
+        key: String,
+    },
+}
+
+impl Requirement {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        match self {
+            Requirement::In { key, values } => labels.get(key).is_some_and(|v| values.contains(v)),
+            Requirement::NotIn { key, values } => {
+                labels.get(key).is_none_or(|v| !values.contains(v))
+            }
+            Requirement::Exists { key } => labels.contains_key(key),
+            Requirement::DoesNotExist { key } => !labels.contains_key(key),
+        }
+    }
+}
+
+/// Which directions a policy isolates (its `policyTypes`, after defaulting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyTypes {
+    pub ingress: bool,
+    pub egress: bool,
+}
+
+/// A validated, defaulted `networking.k8s.io/v1` NetworkPolicy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    pub key: PolicyKey,
+    pub pod_selector: LabelSelector,
+    /// `spec.ingress` in order (`None` when absent; `Some(vec![])` allows nothing). Only counts
+    /// when `types.ingress`.
+    pub ingress: Option<Vec<Rule>>,
+    /// `spec.egress` in order. Only counts when `types.egress`.
+    pub egress: Option<Vec<Rule>>,
+    pub types: PolicyTypes,
+}
+
+impl NetworkPolicy {
+    /// The rules that count for isolation in one direction (empty when the policy's types
+    /// leave that direction out).
+    pub fn effective_ingress(&self) -> &[Rule] {
+        match (&self.ingress, self.types.ingress) {
+            (Some(rules), true) => rules,
+            _ => &[],
+        }
+    }
+
+    pub fn effective_egress(&self) -> &[Rule] {
+        match (&self.egress, self.types.egress) {
+            (Some(rules), true) => rules,
+            _ => &[],
+        }
+    }
+}
+
+/// One ingress or egress rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// `from`/`to`; empty = every peer.
+    pub peers: Vec<PeerSpec>,
+    /// `ports`; empty = every port and protocol.
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerSpec {
+    /// `podSelector` and/or `namespaceSelector` (at least one is `Some`). `namespace: None` =
+    /// the policy's own namespace; `pod: None` = every pod of the selected namespaces.
+    Selector {
+        namespace: Option<LabelSelector>,
+        pod: Option<LabelSelector>,
+    },
+    /// `cidr` and `except`, canonical (host bits cleared), every except strictly inside `cidr`.
+    IpBlock { cidr: IpNet, except: Vec<IpNet> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    /// `None` = every port of `protocol`.
+    pub port: Option<PortRef>,
+    /// Inclusive range end; only with a numeric `port`, and never below it.
+    pub end_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+/// Everything the compiler looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<PodKey, Pod>,
+    pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
+}
+
+impl Cluster {
+    pub fn insert_namespace(&mut self, ns: Namespace) {
+        self.namespaces.insert(ns.name.clone(), ns);
+    }
+
+    pub fn insert_pod(&mut self, pod: Pod) {
+        self.pods.insert(pod.key.clone(), pod);
+    }
+
+    pub fn insert_policy(&mut self, policy: NetworkPolicy) {
+        self.policies.insert(policy.key.clone(), policy);
+    }
+}

@@ -1,0 +1,596 @@
+//! Conversion from k8s-openapi objects, with the API server's defaulting and validation
+//! (`pkg/apis/networking/validation`, `pkg/apis/networking/v1/defaults.go`): whatever the API
+//! server would reject is rejected here, naming the object, the field and the reason.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    ContainerPort, LabelSelector, Labels, Namespace, NetworkPolicy, PeerSpec, Pod, PodKey,
+    PolicyKey, PolicyTypes, PortRef, PortSpec, Protocol, Requirement, Rule, NAMESPACE_NAME_LABEL,
+};
+
+/// An object the API server would not have accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {name}: {field}: {reason}")]
+pub struct InvalidObject {
+    /// `Pod`, `Namespace` or `NetworkPolicy`.
+    pub kind: &'static str,
+    /// `namespace/name` (just `name` for a Namespace).
+    pub name: String,
+    /// JSON-path-like location, e.g. `spec.ingress[0].from[1].ipBlock.except[0]`.
+    pub field: String,
+    pub reason: String,
+}
+
+/// Namespace of an object without `metadata.namespace` (what `kubectl apply` would use).
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// Builds [`InvalidObject`]s for one object.
+struct Ctx {
+    kind: &'static str,
+    name: String,
+}
+
+impl Ctx {
+    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> InvalidObject {
+        InvalidObject {
+            kind: self.kind,
+            name: self.name.clone(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn object_name(kind: &'static str, meta: &meta::ObjectMeta) -> Result<String, InvalidObject> {
+    match meta.name.as_deref() {
+        Some(name) if !name.is_empty() => Ok(name.to_owned()),
+        _ => Err(InvalidObject {
+            kind,
+            name: String::new(),
+            field: "metadata.name".into(),
+            reason: "required".into(),
+        }),
+    }
+}
+
+fn object_namespace(meta: &meta::ObjectMeta) -> String {
+    match meta.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => ns.to_owned(),
+        _ => DEFAULT_NAMESPACE.to_owned(),
+    }
+}
+
+pub fn namespace_from_k8s(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
+    let name = object_name("Namespace", &ns.metadata)?;
+    let ctx = Ctx {
+        kind: "Namespace",
+        name: name.clone(),
+    };
+    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+    validate_labels(&ctx, "metadata.labels", &labels)?;
+    labels
+        .entry(NAMESPACE_NAME_LABEL.to_owned())
+        .or_insert_with(|| name.clone());
+    Ok(Namespace { name, labels })
+}
+
+pub fn pod_from_k8s(pod: &core::Pod) -> Result<Pod, InvalidObject> {
+    let key = PodKey::new(
+        object_namespace(&pod.metadata),
+        object_name("Pod", &pod.metadata)?,
+    );
+    let ctx = Ctx {
+        kind: "Pod",
+        name: key.to_string(),
+    };
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    validate_labels(&ctx, "metadata.labels", &labels)?;
+
+    let mut ips = Vec::new();
+    let status = pod.status.as_ref();
+    match status
+        .and_then(|s| s.pod_ips.as_ref())
+        .filter(|v| !v.is_empty())
+    {
+        Some(pod_ips) => {
+            for (i, ip) in pod_ips.iter().enumerate() {
+                let field = format!("status.podIPs[{i}].ip");
+                ips.push(parse_ip(&ctx, &field, &ip.ip)?);
+            }
+        }
+        None => {
+            if let Some(ip) = status
+                .and_then(|s| s.pod_ip.as_deref())
+                .filter(|s| !s.is_empty())
+            {
+                ips.push(parse_ip(&ctx, "status.podIP", ip)?);
+            }
+        }
+    }
+
+    let mut ports = Vec::new();
+    let spec = pod.spec.as_ref();
+    for (c, container) in spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        for (p, port) in container
+            .ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let field = format!("spec.containers[{c}].ports[{p}]");
+            let number = u16::try_from(port.container_port)
+                .ok()
+                .filter(|n| *n != 0)
+                .ok_or_else(|| {
+                    ctx.err(
+                        format!("{field}.containerPort"),
+                        "must be between 1 and 65535",
+                    )
+                })?;
+            let protocol = parse_protocol(&ctx, &format!("{field}.protocol"), &port.protocol)?;
+            if let Some(name) = &port.name {
+                validate_port_name(&ctx, &format!("{field}.name"), name)?;
+            }
+            ports.push(ContainerPort {
+                name: port.name.clone(),
+                number,
+                protocol,
+            });
+        }
+    }
+
+    // A host-network pod's addresses are its node's: it has no veth to enforce on, and owning
+    // the node's address would take the host identity (always allowed) away from kubelet.
+    // A finished pod's address may already belong to a new pod.
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let finished = matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    if host_network || finished {
+        ips.clear();
+    }
+
+    let node = spec
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty());
+    Ok(Pod {
+        key,
+        labels,
+        ips,
+        ports,
+        node,
+    })
+}
+
+pub fn network_policy_from_k8s(np: &net::NetworkPolicy) -> Result<NetworkPolicy, InvalidObject> {
+    let key = PolicyKey::new(
+        object_namespace(&np.metadata),
+        object_name("NetworkPolicy", &np.metadata)?,
+    );
+    let ctx = Ctx {
+        kind: "NetworkPolicy",
+        name: key.to_string(),
+    };
+    let empty = net::NetworkPolicySpec::default();
+    let spec = np.spec.as_ref().unwrap_or(&empty);
+
+    let pod_selector = match &spec.pod_selector {
+        Some(sel) => convert_selector(&ctx, "spec.podSelector", sel)?,
+        None => LabelSelector::default(),
+    };
+
+    let ingress = match &spec.ingress {
+        None => None,
+        Some(rules) => Some(
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let base = format!("spec.ingress[{i}]");
+                    convert_rule(&ctx, &base, "from", r.from.as_deref(), r.ports.as_deref())
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let egress = match &spec.egress {
+        None => None,
+        Some(rules) => Some(
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let base = format!("spec.egress[{i}]");
+                    convert_rule(&ctx, &base, "to", r.to.as_deref(), r.ports.as_deref())
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+
+    let types = match spec.policy_types.as_deref() {
+        // defaults.go: "Any policy that does not specify policyTypes implies at least Ingress",
+        // plus Egress when egress rules are present.
+        None | Some([]) => PolicyTypes {
+            ingress: true,
+            egress: egress.as_ref().is_some_and(|e| !e.is_empty()),
+        },
+        Some(list) => {
+            if list.len() > 2 {
+                return Err(ctx.err("spec.policyTypes", "must have at most 2 items"));
+            }
+            let mut types = PolicyTypes::default();
+            for (i, t) in list.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => types.ingress = true,
+                    "Egress" => types.egress = true,
+                    other => {
+                        return Err(ctx.err(
+                            format!("spec.policyTypes[{i}]"),
+                            format!("unsupported value {other:?}: supported values: \"Ingress\", \"Egress\""),
+                        ))
+                    }
+                }
+            }
+            types
+        }
+    };
+
+    Ok(NetworkPolicy {
+        key,
+        pod_selector,
+        ingress,
+        egress,
+        types,
+    })
+}
+
+fn convert_rule(
+    ctx: &Ctx,
+    base: &str,
+    peers_name: &str,
+    peers: Option<&[net::NetworkPolicyPeer]>,
+    ports: Option<&[net::NetworkPolicyPort]>,
+) -> Result<Rule, InvalidObject> {
+    let ports = ports
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| convert_port(ctx, &format!("{base}.ports[{i}]"), p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let peers = peers
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| convert_peer(ctx, &format!("{base}.{peers_name}[{i}]"), p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Rule { peers, ports })
+}
+
+fn convert_port(
+    ctx: &Ctx,
+    base: &str,
+    p: &net::NetworkPolicyPort,
+) -> Result<PortSpec, InvalidObject> {
+    let protocol = parse_protocol(ctx, &format!("{base}.protocol"), &p.protocol)?;
+    let port = match &p.port {
+        None => None,
+        Some(IntOrString::Int(n)) => Some(PortRef::Number(port_number(
+            ctx,
+            &format!("{base}.port"),
+            *n,
+        )?)),
+        Some(IntOrString::String(name)) => {
+            validate_port_name(ctx, &format!("{base}.port"), name)?;
+            Some(PortRef::Name(name.clone()))
+        }
+    };
+    let end_port = match (p.end_port, &port) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ctx.err(
+                format!("{base}.endPort"),
+                "may not be specified when `port` is not specified",
+            ))
+        }
+        (Some(_), Some(PortRef::Name(_))) => {
+            return Err(ctx.err(
+                format!("{base}.endPort"),
+                "may not be specified when `port` is non-numeric",
+            ))
+        }
+        (Some(end), Some(PortRef::Number(start))) => {
+            let end = port_number(ctx, &format!("{base}.endPort"), end)?;
+            if end < *start {
+                return Err(ctx.err(
+                    format!("{base}.endPort"),
+                    "must be greater than or equal to `port`",
+                ));
+            }
+            Some(end)
+        }
+    };
+    Ok(PortSpec {
+        protocol,
+        port,
+        end_port,
+    })
+}
+
+fn convert_peer(
+    ctx: &Ctx,
+    base: &str,
+    p: &net::NetworkPolicyPeer,
+) -> Result<PeerSpec, InvalidObject> {
+    let count = [
+        p.pod_selector.is_some(),
+        p.namespace_selector.is_some(),
+        p.ip_block.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if count == 0 {
+        return Err(ctx.err(base, "must specify a peer"));
+    }
+    if let Some(block) = &p.ip_block {
+        if count > 1 {
+            return Err(ctx.err(
+                base,
+                "may not specify more than 1 peer when `ipBlock` is specified",
+            ));
+        }
+        let cidr_field = format!("{base}.ipBlock.cidr");
+        if block.cidr.is_empty() {
+            return Err(ctx.err(cidr_field, "required"));
+        }
+        let cidr = parse_cidr(ctx, &cidr_field, &block.cidr)?;
+        let mut except = Vec::new();
+        for (i, e) in block
+            .except
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let field = format!("{base}.ipBlock.except[{i}]");
+            let e_net = parse_cidr(ctx, &field, e)?;
+            if !(cidr.contains(&e_net) && e_net.prefix_len() > cidr.prefix_len()) {
+                return Err(ctx.err(field, format!("{e:?} must be a strict subset of `cidr`")));
+            }
+            except.push(e_net);
+        }
+        return Ok(PeerSpec::IpBlock { cidr, except });
+    }
+    let namespace = p
+        .namespace_selector
+        .as_ref()
+        .map(|s| convert_selector(ctx, &format!("{base}.namespaceSelector"), s))
+        .transpose()?;
+    let pod = p
+        .pod_selector
+        .as_ref()
+        .map(|s| convert_selector(ctx, &format!("{base}.podSelector"), s))
+        .transpose()?;
+    Ok(PeerSpec::Selector { namespace, pod })
+}
+
+fn convert_selector(
+    ctx: &Ctx,
+    base: &str,
+    sel: &meta::LabelSelector,
+) -> Result<LabelSelector, InvalidObject> {
+    let match_labels: Labels = sel.match_labels.clone().unwrap_or_default();
+    validate_labels(ctx, &format!("{base}.matchLabels"), &match_labels)?;
+    let mut match_expressions = Vec::new();
+    for (i, req) in sel
+        .match_expressions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let field = format!("{base}.matchExpressions[{i}]");
+        validate_label_key(ctx, &format!("{field}.key"), &req.key)?;
+        let values = req.values.clone().unwrap_or_default();
+        let key = req.key.clone();
+        let needs_values = match req.operator.as_str() {
+            "In" | "NotIn" => true,
+            "Exists" | "DoesNotExist" => false,
+            other => {
+                return Err(ctx.err(
+                    format!("{field}.operator"),
+                    format!("not a valid selector operator: {other:?}"),
+                ))
+            }
+        };
+        if needs_values && values.is_empty() {
+            return Err(ctx.err(
+                format!("{field}.values"),
+                "must be specified when `operator` is 'In' or 'NotIn'",
+            ));
+        }
+        if !needs_values && !values.is_empty() {
+            return Err(ctx.err(
+                format!("{field}.values"),
+                "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            ));
+        }
+        for (j, v) in values.iter().enumerate() {
+            validate_label_value(ctx, &format!("{field}.values[{j}]"), v)?;
+        }
+        match_expressions.push(match req.operator.as_str() {
+            "In" => Requirement::In { key, values },
+            "NotIn" => Requirement::NotIn { key, values },
+            "Exists" => Requirement::Exists { key },
+            _ => Requirement::DoesNotExist { key },
+        });
+    }
+    Ok(LabelSelector {
+        match_labels,
+        match_expressions,
+    })
+}
+
+fn parse_protocol(ctx: &Ctx, field: &str, p: &Option<String>) -> Result<Protocol, InvalidObject> {
+    match p.as_deref() {
+        None => Ok(Protocol::Tcp),
+        Some(s) => Protocol::from_k8s(s).ok_or_else(|| {
+            ctx.err(
+                field,
+                format!("unsupported value {s:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
+            )
+        }),
+    }
+}
+
+fn port_number(ctx: &Ctx, field: &str, n: i32) -> Result<u16, InvalidObject> {
+    u16::try_from(n)
+        .ok()
+        .filter(|n| *n != 0)
+        .ok_or_else(|| ctx.err(field, format!("{n} must be between 1 and 65535, inclusive")))
+}
+
+fn parse_ip(ctx: &Ctx, field: &str, s: &str) -> Result<IpAddr, InvalidObject> {
+    sloppy_ip(s).ok_or_else(|| ctx.err(field, format!("{s:?} is not a valid IP address")))
+}
+
+/// Go's `ParseIPSloppy`: IPv4 octets may carry leading zeros (read as decimal).
+fn sloppy_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if s.contains(':') {
+        return None;
+    }
+    let octets: Vec<&str> = s.split('.').collect();
+    if octets.len() != 4 {
+        return None;
+    }
+    let mut out = [0u8; 4];
+    for (o, text) in out.iter_mut().zip(&octets) {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = text.parse().ok()?;
+    }
+    Some(IpAddr::from(out))
+}
+
+/// Go's `ParseCIDRSloppy`: the address may have host bits set (they are masked here).
+fn parse_cidr(ctx: &Ctx, field: &str, s: &str) -> Result<IpNet, InvalidObject> {
+    let invalid = || {
+        ctx.err(
+            field,
+            format!("{s:?} is not a valid CIDR (e.g. 10.0.0.0/8 or fd00::/8)"),
+        )
+    };
+    let (addr, len) = s.split_once('/').ok_or_else(invalid)?;
+    let addr = sloppy_ip(addr).ok_or_else(invalid)?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let len: u8 = len.parse().map_err(|_| invalid())?;
+    IpNet::new(addr, len)
+        .map(|n| n.trunc())
+        .map_err(|_| invalid())
+}
+
+/// `IsValidPortName` (IANA_SVC_NAME).
+fn validate_port_name(ctx: &Ctx, field: &str, name: &str) -> Result<(), InvalidObject> {
+    let reason = if name.is_empty() || name.len() > 15 {
+        Some("must be no more than 15 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
+    } else if name.contains("--") {
+        Some("must not contain consecutive hyphens")
+    } else if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        Some("must contain at least one letter (a-z)")
+    } else if name.starts_with('-') || name.ends_with('-') {
+        Some("must not begin or end with a hyphen")
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(ctx.err(field, format!("{name:?}: {r}"))),
+        None => Ok(()),
+    }
+}
+
+fn validate_labels(
+    ctx: &Ctx,
+    base: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), InvalidObject> {
+    for (k, v) in labels {
+        validate_label_key(ctx, base, k)?;
+        validate_label_value(ctx, &format!("{base}.{k}"), v)?;
+    }
+    Ok(())
+}
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters (empty allowed by callers
+/// that want it).
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A DNS-1123 subdomain: lowercase labels separated by dots, at most 253 characters.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && !s.is_empty()
+        && s.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
+/// A qualified name: `[prefix/]name`.
+fn validate_label_key(ctx: &Ctx, field: &str, key: &str) -> Result<(), InvalidObject> {
+    let ok = match key.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(key),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ctx.err(
+            field,
+            format!("{key:?} is not a valid label key (a qualified name)"),
+        ))
+    }
+}
+
+fn validate_label_value(ctx: &Ctx, field: &str, value: &str) -> Result<(), InvalidObject> {
+    if value.is_empty() || is_label_name(value) {
+        Ok(())
+    } else {
+        Err(ctx.err(field, format!("{value:?} is not a valid label value")))
+    }
+}

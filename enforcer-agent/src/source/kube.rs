@@ -1,0 +1,150 @@
+//! The Kubernetes API as the source (`enforcer agent` in a DaemonSet): reflector stores of all
+//! Namespaces, Pods and NetworkPolicies. Every watch event only wakes the sync loop, which
+//! snapshots the stores and recompiles (level-triggered: a re-list converges to the same maps).
+//! This is the only module holding a `kube::Client`.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use tokio::sync::Notify;
+
+use super::objects::{cluster_of, ApiObject, LastGood, Object, ObjectKey};
+use crate::model::Cluster;
+
+pub struct KubeSource {
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    policies: Store<NetworkPolicy>,
+    /// Woken on every watch event.
+    pub changed: Arc<Notify>,
+    last_good: LastGood,
+}
+
+fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => changed.notify_one(),
+                // The watcher retries with backoff; the stores keep their last state meanwhile.
+                Err(e) => tracing::warn!(error = %e, kind = K::kind(&()).as_ref(), "watch error"),
+            }
+        }
+    });
+    store
+}
+
+impl KubeSource {
+    /// Starts the watches and waits until every store has its first full list.
+    pub async fn start(client: Client) -> anyhow::Result<Self> {
+        let changed = Arc::new(Notify::new());
+        let namespaces = watch(Api::<Namespace>::all(client.clone()), changed.clone());
+        let pods = watch(Api::<Pod>::all(client.clone()), changed.clone());
+        let policies = watch(Api::<NetworkPolicy>::all(client), changed.clone());
+        namespaces.wait_until_ready().await?;
+        pods.wait_until_ready().await?;
+        policies.wait_until_ready().await?;
+        Ok(KubeSource { namespaces, pods, policies, changed, last_good: LastGood::default() })
+    }
+
+    /// The cluster as the stores hold it now, with the objects that did not convert.
+    pub fn snapshot(&mut self) -> (Cluster, Vec<String>) {
+        let api: Vec<ApiObject> = self
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| ApiObject::Namespace(Box::new((**n).clone())))
+            .chain(self.pods.state().iter().map(|p| ApiObject::Pod(Box::new((**p).clone()))))
+            .chain(self.policies.state().iter().map(|p| ApiObject::Policy(Box::new((**p).clone()))))
+            .collect();
+        let (objects, errors) = convert_all(&api, &self.last_good);
+        self.last_good.replace(objects.clone());
+        (cluster_of(objects.values()), errors)
+    }
+}
+
+/// Converts API objects, keeping the last good version of any that does not convert.
+pub fn convert_all(
+    api: &[ApiObject],
+    last_good: &LastGood,
+) -> (std::collections::BTreeMap<ObjectKey, Object>, Vec<String>) {
+    let mut objects = std::collections::BTreeMap::new();
+    let mut errors = Vec::new();
+    for a in api {
+        let key = a.key();
+        match a.convert() {
+            // Pods that are finished hold no IP worth enforcing for.
+            Ok(o) => {
+                objects.insert(key, o);
+            }
+            Err(e) => {
+                let kept = last_good.get(&key).cloned();
+                errors.push(format!(
+                    "{e}{}",
+                    if kept.is_some() { " (its last good version stays in force)" } else { "" }
+                ));
+                if let Some(o) = kept {
+                    objects.insert(key, o);
+                }
+            }
+        }
+    }
+    (objects, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Objects as the API server returns them in a list (recorded shape, trimmed).
+    const POD_LIST: &str = r#"{"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"1234"},"items":[
+      {"metadata":{"name":"web-7d9","namespace":"prod","uid":"u1","labels":{"app":"web"},"ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-7d","uid":"r1"}]},
+       "spec":{"nodeName":"node-1","containers":[{"name":"web","image":"nginx","ports":[{"containerPort":8080,"name":"http","protocol":"TCP"}]}]},
+       "status":{"phase":"Running","podIP":"10.244.1.5","podIPs":[{"ip":"10.244.1.5"},{"ip":"fd00::5"}]}},
+      {"metadata":{"name":"pending","namespace":"prod","uid":"u2"},"spec":{"containers":[{"name":"c","image":"x"}]},"status":{"phase":"Pending"}}]}"#;
+
+    #[test]
+    fn converts_a_recorded_pod_list() {
+        let list: k8s_openapi::List<Pod> = serde_json::from_str(POD_LIST).unwrap();
+        let api: Vec<ApiObject> = list.items.into_iter().map(|p| ApiObject::Pod(Box::new(p))).collect();
+        let (objects, errors) = convert_all(&api, &LastGood::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        let cluster = cluster_of(objects.values());
+        let web = cluster.pods.values().find(|p| p.key.name == "web-7d9").unwrap();
+        assert_eq!(web.ips.len(), 2);
+        assert_eq!(web.node.as_deref(), Some("node-1"));
+        assert_eq!(web.named_port("http", crate::model::Protocol::Tcp), Some(8080));
+        assert!(cluster.pods.values().any(|p| p.key.name == "pending" && p.ips.is_empty()));
+    }
+
+    #[test]
+    fn an_invalid_policy_keeps_its_last_good_version() {
+        let good: NetworkPolicy = serde_json::from_str(
+            r#"{"metadata":{"name":"p","namespace":"prod"},"spec":{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.0.0.0/8"}}]}]}}"#,
+        )
+        .unwrap();
+        let bad: NetworkPolicy = serde_json::from_str(
+            r#"{"metadata":{"name":"p","namespace":"prod"},"spec":{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.0.0.0/8","except":["11.0.0.0/16"]}}]}]}}"#,
+        )
+        .unwrap();
+        let (first, _) = convert_all(&[ApiObject::Policy(Box::new(good))], &LastGood::default());
+        let mut last = LastGood::default();
+        last.replace(first.clone());
+        let (second, errors) = convert_all(&[ApiObject::Policy(Box::new(bad))], &last);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("except"), "{}", errors[0]);
+        assert_eq!(first, second);
+    }
+}

@@ -1,0 +1,242 @@
+//! A folder of manifests as the source of truth (`enforcer agent --manifests DIR`): every
+//! `*.yaml`, `*.yml` and `*.json` file, every document in it; Namespaces, Pods and
+//! NetworkPolicies (and `List`s of them). The folder is re-read whenever its content changes.
+//!
+//! Bad input loses nothing: a document that does not parse or an object the API server would
+//! reject is reported (file, document, field, why) and the object's last good version, if any,
+//! stays in force; a file that is not valid YAML keeps all its objects' last good versions.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::objects::{cluster_of, ApiObject, LastGood, Object, ObjectKey};
+use crate::model::Cluster;
+
+/// A problem with one document of one file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based document number in the file (0: the file as a whole).
+    pub document: usize,
+    pub message: String,
+    /// Whether an earlier version of the object stays in force.
+    pub kept_last_good: bool,
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.document > 0 {
+            write!(f, " (document {})", self.document)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if self.kept_last_good {
+            write!(f, " (its last good version stays in force)")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the folder held at one read.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub cluster: Cluster,
+    pub errors: Vec<ManifestError>,
+    /// [`digest_dir`] of exactly the bytes that were read.
+    pub digest: String,
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.is_file()
+        && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+}
+
+/// The manifest files of a folder with their contents, in name order.
+fn read_files(dir: &Path) -> io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_manifest(p))
+        .collect();
+    paths.sort();
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        match std::fs::read(&p) {
+            Ok(bytes) => out.push((p, bytes)),
+            // Removed between listing and reading: it is simply gone.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn digest_of(files: &[(PathBuf, Vec<u8>)]) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (p, bytes) in files {
+        p.file_name().hash(&mut h);
+        bytes.hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// A digest of the folder's manifest files (names and contents). The agent reports the digest
+/// of what it applied; the lab waits for the digest of what it wrote. Same binary, same hash.
+pub fn digest_dir(dir: &Path) -> io::Result<String> {
+    Ok(digest_of(&read_files(dir)?))
+}
+
+/// Parses one file into typed objects, with an error per bad document.
+pub fn parse_file(text: &str) -> (Vec<(usize, ApiObject)>, Vec<(usize, String)>) {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                // A syntax error ends the stream: later documents cannot be located.
+                errors.push((n, format!("not valid YAML: {e}")));
+                break;
+            }
+        };
+        if value.is_null() {
+            continue; // empty document or comments only
+        }
+        collect(value, n, &mut objects, &mut errors);
+    }
+    (objects, errors)
+}
+
+fn collect(value: serde_yaml::Value, n: usize, objects: &mut Vec<(usize, ApiObject)>, errors: &mut Vec<(usize, String)>) {
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let api = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let parsed = match (api.as_str(), kind.as_str()) {
+        ("v1", "List") => {
+            match value.get("items").and_then(|i| i.as_sequence()) {
+                Some(items) => items.iter().for_each(|item| collect(item.clone(), n, objects, errors)),
+                None => errors.push((n, "List without items".into())),
+            }
+            return;
+        }
+        ("v1", "Namespace") => serde_yaml::from_value(value).map(|o| ApiObject::Namespace(Box::new(o))),
+        ("v1", "Pod") => serde_yaml::from_value(value).map(|o| ApiObject::Pod(Box::new(o))),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            serde_yaml::from_value(value).map(|o| ApiObject::Policy(Box::new(o)))
+        }
+        ("", _) | (_, "") => {
+            errors.push((n, "not a Kubernetes object: apiVersion and kind are required".into()));
+            return;
+        }
+        _ => {
+            // Other kinds (Services, Deployments...) are not ours to enforce: ignored quietly.
+            return;
+        }
+    };
+    match parsed {
+        Ok(o) => objects.push((n, o)),
+        Err(e) => errors.push((n, format!("{kind}: {e}"))),
+    }
+}
+
+/// The folder and what was last good in it.
+pub struct ManifestFolder {
+    dir: PathBuf,
+    last_good: LastGood,
+    /// The keys each file held at the last read, to keep them when the file breaks.
+    file_keys: BTreeMap<PathBuf, Vec<ObjectKey>>,
+}
+
+impl ManifestFolder {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ManifestFolder { dir: dir.into(), last_good: LastGood::default(), file_keys: BTreeMap::new() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the folder.
+    pub fn read(&mut self) -> io::Result<Snapshot> {
+        let files = read_files(&self.dir)?;
+        let digest = digest_of(&files);
+        let mut objects: BTreeMap<ObjectKey, Object> = BTreeMap::new();
+        let mut errors = Vec::new();
+        let mut file_keys = BTreeMap::new();
+        for (path, bytes) in &files {
+            let mut keys = Vec::new();
+            let text = match std::str::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(self.keep_file(path, 0, format!("not UTF-8: {e}"), &mut objects, &mut keys));
+                    file_keys.insert(path.clone(), keys);
+                    continue;
+                }
+            };
+            let (parsed, parse_errors) = parse_file(text);
+            let broken = parse_errors.iter().any(|(_, m)| m.starts_with("not valid YAML"));
+            for (n, api) in parsed {
+                let key = api.key();
+                match api.convert() {
+                    Ok(o) => {
+                        keys.push(key.clone());
+                        objects.insert(key, o);
+                    }
+                    Err(invalid) => {
+                        let kept = self.last_good.get(&key).cloned();
+                        errors.push(ManifestError {
+                            file: path.clone(),
+                            document: n,
+                            message: invalid.to_string(),
+                            kept_last_good: kept.is_some(),
+                        });
+                        if let Some(o) = kept {
+                            keys.push(key.clone());
+                            objects.insert(key, o);
+                        }
+                    }
+                }
+            }
+            for (n, message) in parse_errors {
+                if broken {
+                    errors.push(self.keep_file(path, n, message, &mut objects, &mut keys));
+                } else {
+                    errors.push(ManifestError { file: path.clone(), document: n, message, kept_last_good: false });
+                }
+            }
+            file_keys.insert(path.clone(), keys);
+        }
+        self.last_good.replace(objects.clone());
+        self.file_keys = file_keys;
+        Ok(Snapshot { cluster: cluster_of(objects.values()), errors, digest })
+    }
+
+    /// A file that could not be read whole keeps the last good version of every object it held.
+    fn keep_file(
+        &self,
+        path: &Path,
+        document: usize,
+        message: String,
+        objects: &mut BTreeMap<ObjectKey, Object>,
+        keys: &mut Vec<ObjectKey>,
+    ) -> ManifestError {
+        let mut kept = false;
+        for key in self.file_keys.get(path).into_iter().flatten() {
+            if objects.contains_key(key) {
+                continue; // read again from the part of the file that parsed
+            }
+            if let Some(o) = self.last_good.get(key) {
+                objects.insert(key.clone(), o.clone());
+                keys.push(key.clone());
+                kept = true;
+            }
+        }
+        ManifestError { file: path.into(), document, message, kept_last_good: kept }
+    }
+}
+
+#[cfg(test)]
+mod tests;

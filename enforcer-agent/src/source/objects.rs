@@ -1,0 +1,91 @@
+//! Turning parsed API objects into model objects, keeping the last good version of an object
+//! that became invalid.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+
+use crate::model::{self, Cluster, InvalidObject};
+
+/// Identity of an object across versions: kind and `namespace/name`.
+pub type ObjectKey = (&'static str, String);
+
+/// One object of the model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(model::Namespace),
+    Pod(model::Pod),
+    Policy(model::NetworkPolicy),
+}
+
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Namespace(n) => ("Namespace", n.name.clone()),
+            Object::Pod(p) => ("Pod", p.key.to_string()),
+            Object::Policy(p) => ("NetworkPolicy", p.key.to_string()),
+        }
+    }
+}
+
+/// A typed API object as read from a manifest or the API.
+pub enum ApiObject {
+    Namespace(Box<core::Namespace>),
+    Pod(Box<core::Pod>),
+    Policy(Box<net::NetworkPolicy>),
+}
+
+impl ApiObject {
+    pub fn convert(&self) -> Result<Object, InvalidObject> {
+        Ok(match self {
+            ApiObject::Namespace(n) => Object::Namespace(model::namespace_from_k8s(n)?),
+            ApiObject::Pod(p) => Object::Pod(model::pod_from_k8s(p)?),
+            ApiObject::Policy(p) => Object::Policy(model::network_policy_from_k8s(p)?),
+        })
+    }
+
+    /// The key of the object even when it does not convert (for keeping its last good version).
+    pub fn key(&self) -> ObjectKey {
+        let (kind, meta) = match self {
+            ApiObject::Namespace(n) => ("Namespace", &n.metadata),
+            ApiObject::Pod(p) => ("Pod", &p.metadata),
+            ApiObject::Policy(p) => ("NetworkPolicy", &p.metadata),
+        };
+        let name = meta.name.clone().unwrap_or_default();
+        match kind {
+            "Namespace" => (kind, name),
+            _ => (kind, format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), name)),
+        }
+    }
+}
+
+/// Builds the cluster from objects.
+pub fn cluster_of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Cluster {
+    let mut cluster = Cluster::default();
+    for o in objects {
+        match o {
+            Object::Namespace(n) => cluster.insert_namespace(n.clone()),
+            Object::Pod(p) => cluster.insert_pod(p.clone()),
+            Object::Policy(p) => cluster.insert_policy(p.clone()),
+        }
+    }
+    cluster
+}
+
+/// Remembers the last good version of every object, so that an object edited into an invalid
+/// state keeps being enforced as it was (and a new invalid object is simply not applied).
+#[derive(Default)]
+pub struct LastGood {
+    objects: BTreeMap<ObjectKey, Object>,
+}
+
+impl LastGood {
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.objects.get(key)
+    }
+
+    pub fn replace(&mut self, objects: BTreeMap<ObjectKey, Object>) {
+        self.objects = objects;
+    }
+}

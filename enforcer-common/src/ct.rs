@@ -1,0 +1,117 @@
+//! Connection tracking and fragment tracking.
+
+/// TCP/flow states of a [`CtEntry`].
+pub mod state {
+    /// Originator sent a SYN, no answer yet.
+    pub const SYN_SENT: u8 = 1;
+    /// Traffic seen both ways (or a non-TCP flow).
+    pub const ESTABLISHED: u8 = 2;
+    /// A FIN was seen; the entry expires quickly.
+    pub const CLOSING: u8 = 3;
+    /// A RST was seen, or both FINs: the connection is over.
+    pub const CLOSED: u8 = 4;
+}
+
+/// Idle timeouts, in nanoseconds.
+pub mod timeout {
+    const S: u64 = 1_000_000_000;
+    pub const TCP_SYN: u64 = 60 * S;
+    pub const TCP_ESTABLISHED: u64 = 6 * 3600 * S;
+    pub const TCP_CLOSING: u64 = 10 * S;
+    /// After a RST or a completed close, the tuple must open anew (a late duplicate packet
+    /// is re-checked against the policy, not waved through).
+    pub const TCP_CLOSED: u64 = 0;
+    pub const UDP: u64 = 120 * S;
+    pub const OTHER: u64 = 60 * S;
+    /// How long a first fragment's verdict stands for its later fragments.
+    pub const FRAGMENT: u64 = 30 * S;
+}
+
+/// Key of `CONNTRACK`: a connection of one endpoint, with its two ends in a canonical order
+/// (the lower `(addr, port)` first) so that both directions find the same entry in one lookup.
+/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    /// Endpoint id (host order).
+    pub ep_id: u32,
+    /// Lower end's address, network order.
+    pub addr_lo: [u8; 16],
+    /// Higher end's address, network order.
+    pub addr_hi: [u8; 16],
+    /// Lower end's port, network order (ICMP echo: identifier on the requester's side).
+    pub port_lo: u16,
+    /// Higher end's port, network order.
+    pub port_hi: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+
+/// The originator of the connection is the lower end of the key.
+pub const CT_F_ORIG_LO: u8 = 1 << 0;
+/// FIN seen from the lower end.
+pub const CT_F_FIN_LO: u8 = 1 << 1;
+/// FIN seen from the higher end.
+pub const CT_F_FIN_HI: u8 = 1 << 2;
+/// A packet was seen from the responder (the connection is answered).
+pub const CT_F_REPLIED: u8 = 1 << 3;
+
+/// Value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    /// Last packet time, `bpf_ktime_get_ns` (host order).
+    pub last_seen_ns: u64,
+    /// Packets and bytes in the originating direction.
+    pub packets_orig: u64,
+    pub bytes_orig: u64,
+    /// Packets and bytes in the reply direction.
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
+    /// Policy revision the connection was last checked under.
+    pub revision: u32,
+    /// Rule that allowed it (0 when allowed without a rule: not isolated, or the host).
+    pub rule: u32,
+    /// `state::*`.
+    pub state: u8,
+    /// Direction of the first packet, as the pod sees it (`direction::*`).
+    pub origin_dir: u8,
+    /// `CT_F_*` flags.
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+
+/// Key of `FRAGMENTS`: one datagram of one endpoint, as it travels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub ep_id: u32,
+    /// IPv4 identification (16 bits, zero-extended) or IPv6 fragment identification, as read
+    /// from the packet (network order).
+    pub id: u32,
+    /// Source and destination, network order (IPv4-mapped for IPv4).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub proto: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 44);
+
+/// Value of `FRAGMENTS`: what happened to the first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragEntry {
+    pub first_seen_ns: u64,
+    /// Source and destination port of the first fragment, network order (for reports).
+    pub sport: u16,
+    pub dport: u16,
+    /// `flow::verdict::*` of the first fragment.
+    pub verdict: u8,
+    /// `reason::DropReason` of the first fragment when it was dropped.
+    pub reason: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);

@@ -1,0 +1,68 @@
+//! Flow events: what the programs report to the agent over the `FLOW_EVENTS` ring buffer.
+
+pub mod verdict {
+    pub const ALLOWED: u8 = 0;
+    pub const DROPPED: u8 = 1;
+}
+
+/// How often (at most) one flow's drops are reported: the rest are only counted.
+pub const DROP_REPORT_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// `is_reply`/flags bits of [`FlowEvent::flags`].
+pub const EV_F_REPLY: u8 = 1 << 0;
+/// The packet was a non-first fragment.
+pub const EV_F_FRAGMENT: u8 = 1 << 1;
+
+/// Key of `DROP_RATELIMIT`: one flow of one endpoint as it travels (not canonical).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub ep_id: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub reason: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
+
+/// A flow event. Addresses are IPv4-mapped for IPv4; ports in network order (for ICMP:
+/// `sport` = type, `dport` = code).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC), host order.
+    pub ts_ns: u64,
+    /// Host-side veth the packet passed.
+    pub ifindex: u32,
+    /// Endpoint id of the local pod.
+    pub ep_id: u32,
+    /// Rule that decided (0: none; for a drop, no rule allowed it).
+    pub rule: u32,
+    /// Packet length in bytes.
+    pub len: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// `family::*`
+    pub family: u8,
+    pub proto: u8,
+    /// `direction::*` as the pod sees it.
+    pub direction: u8,
+    /// `verdict::*`
+    pub verdict: u8,
+    /// `reason::DropReason` as u8 (0 for allowed).
+    pub reason: u8,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+    /// `EV_F_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 1],
+    /// Peer identity found for the packet.
+    pub peer_identity: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 72);

@@ -1,0 +1,61 @@
+//! Kernel object names: each constant is the map's name in the ELF object, in the kernel and
+//! the file name of its pin. At most 15 characters (kernel names are 16 bytes with the NUL).
+//! A layout change of a key or value means a new name, so an old pin is never misread.
+
+/// `ifindex (u32, host order)` → [`crate::endpoint::EndpointInfo`]: the local pod behind a
+/// host-side veth. Written by the agent before it attaches the programs; read per packet.
+pub const ENDPOINTS: &str = "ENDPOINTS";
+/// LPM trie `IPv4 prefix` → identity (u32, host order). Written by the agent; read per new flow.
+pub const IDENTITY_V4: &str = "IDENTITY_V4";
+/// LPM trie `IPv6 prefix` → identity (u32, host order).
+pub const IDENTITY_V6: &str = "IDENTITY_V6";
+/// LPM trie [`crate::policy::PolicyKey`] → rule id (u32, host order): what is allowed.
+pub const POLICY: &str = "POLICY";
+/// LRU hash [`crate::ct::CtKey`] → [`crate::ct::CtEntry`]: connection tracking, written by
+/// the programs; the agent only reads it (and may flush it).
+pub const CONNTRACK: &str = "CONNTRACK";
+/// LRU hash [`crate::ct::FragKey`] → [`crate::ct::FragEntry`]: the verdict of a datagram's
+/// first fragment, which its later fragments follow.
+pub const FRAGMENTS: &str = "FRAGMENTS";
+/// Array of one [`crate::policy::Config`]: the policy revision in force.
+pub const CONFIG: &str = "CONFIG";
+/// LRU hash [`crate::flow::FlowKey`] → last report time (u64 ns): rate-limits drop reports.
+pub const DROP_RATELIMIT: &str = "DROP_RATELIMIT";
+/// Ring buffer of [`crate::flow::FlowEvent`].
+pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+/// Per-CPU array of u64 counters, indexed by [`crate::reason::Counter`].
+pub const COUNTERS: &str = "COUNTERS";
+
+/// Every map that is pinned (all of them).
+pub const ALL: [&str; 10] = [
+    ENDPOINTS,
+    IDENTITY_V4,
+    IDENTITY_V6,
+    POLICY,
+    CONNTRACK,
+    FRAGMENTS,
+    CONFIG,
+    DROP_RATELIMIT,
+    FLOW_EVENTS,
+    COUNTERS,
+];
+
+/// Program names (the ELF section functions).
+pub mod programs {
+    /// Packets leaving the pod: attached at TC ingress of the host-side veth.
+    pub const POD_EGRESS: &str = "pod_egress";
+    /// Packets entering the pod: attached at TC egress of the host-side veth.
+    pub const POD_INGRESS: &str = "pod_ingress";
+}
+
+/// Sizes of the maps (entries).
+pub mod sizes {
+    pub const ENDPOINTS: u32 = 16_384;
+    pub const IDENTITY: u32 = 1_048_576;
+    pub const POLICY: u32 = 4_194_304;
+    pub const CONNTRACK: u32 = 262_144;
+    pub const FRAGMENTS: u32 = 16_384;
+    pub const DROP_RATELIMIT: u32 = 65_536;
+    /// Bytes of the flow-event ring buffer (a power of two, multiple of the page size).
+    pub const FLOW_EVENTS_BYTES: u32 = 4 * 1024 * 1024;
+}

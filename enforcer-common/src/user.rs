@@ -1,0 +1,15 @@
+//! Userspace conveniences (feature `user`): `aya::Pod` impls.
+
+use crate::{ct, endpoint, flow, policy};
+
+// SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and byte arrays with
+// explicit padding fields, so every bit pattern is valid and there is no uninitialised padding.
+unsafe impl aya::Pod for endpoint::EndpointInfo {}
+unsafe impl aya::Pod for policy::PolicyKey {}
+unsafe impl aya::Pod for policy::Config {}
+unsafe impl aya::Pod for ct::CtKey {}
+unsafe impl aya::Pod for ct::CtEntry {}
+unsafe impl aya::Pod for ct::FragKey {}
+unsafe impl aya::Pod for ct::FragEntry {}
+unsafe impl aya::Pod for flow::FlowKey {}
+unsafe impl aya::Pod for flow::FlowEvent {}

@@ -1,0 +1,154 @@
+//! Connection tracking: one LRU entry per connection and endpoint, found from either
+//! direction with one lookup (the key orders the two ends canonically).
+
+use enforcer_common::{
+    ct::{self, state, timeout, CtEntry, CtKey},
+    proto,
+};
+
+use crate::parse::{Packet, Tuple, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// Reads 16 bytes as two big-endian words (no memcmp on this target).
+#[inline(always)]
+fn words(a: &[u8; 16]) -> (u64, u64) {
+    // SAFETY: both reads are within the 16-byte array; read_unaligned has no alignment needs.
+    unsafe {
+        let p = a.as_ptr() as *const u64;
+        (
+            u64::from_be(core::ptr::read_unaligned(p)),
+            u64::from_be(core::ptr::read_unaligned(p.add(1))),
+        )
+    }
+}
+
+#[inline(always)]
+pub fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    words(a) == words(b)
+}
+
+/// The canonical key of a tuple, and whether the tuple's source is the key's lower end.
+#[inline(always)]
+pub fn key_of(ep_id: u32, t: &Tuple) -> (CtKey, bool) {
+    let s = words(&t.src);
+    let d = words(&t.dst);
+    let src_lo = (s.0, s.1, u16::from_be(t.sport)) <= (d.0, d.1, u16::from_be(t.dport));
+    let key = if src_lo {
+        CtKey {
+            ep_id,
+            addr_lo: t.src,
+            addr_hi: t.dst,
+            port_lo: t.sport,
+            port_hi: t.dport,
+            proto: t.proto,
+            _pad: [0; 3],
+        }
+    } else {
+        CtKey {
+            ep_id,
+            addr_lo: t.dst,
+            addr_hi: t.src,
+            port_lo: t.dport,
+            port_hi: t.sport,
+            proto: t.proto,
+            _pad: [0; 3],
+        }
+    };
+    (key, src_lo)
+}
+
+/// The connection's first packet as a tuple (its originator as source).
+#[inline(always)]
+pub fn origin_tuple(key: &CtKey, e: &CtEntry) -> Tuple {
+    if e.flags & ct::CT_F_ORIG_LO != 0 {
+        Tuple {
+            src: key.addr_lo,
+            dst: key.addr_hi,
+            sport: key.port_lo,
+            dport: key.port_hi,
+            proto: key.proto,
+        }
+    } else {
+        Tuple {
+            src: key.addr_hi,
+            dst: key.addr_lo,
+            sport: key.port_hi,
+            dport: key.port_lo,
+            proto: key.proto,
+        }
+    }
+}
+
+#[inline(always)]
+pub fn expired(e: &CtEntry, p: u8, now: u64) -> bool {
+    let limit = if p == proto::TCP {
+        match e.state {
+            state::SYN_SENT => timeout::TCP_SYN,
+            state::CLOSING => timeout::TCP_CLOSING,
+            state::CLOSED => timeout::TCP_CLOSED,
+            _ => timeout::TCP_ESTABLISHED,
+        }
+    } else if p == proto::UDP {
+        timeout::UDP
+    } else {
+        timeout::OTHER
+    };
+    now.wrapping_sub(e.last_seen_ns) > limit
+}
+
+/// A fresh entry for a connection whose first packet is `pkt`.
+#[inline(always)]
+pub fn new_entry(pkt: &Packet, src_lo: bool, dir: u8, rule: u32, rev: u32, now: u64, len: u32) -> CtEntry {
+    let f = pkt.tcp_flags;
+    let st = if pkt.tuple.proto != proto::TCP {
+        state::ESTABLISHED
+    } else if f & TCP_RST != 0 {
+        // A RST never opens anything; the entry only records that the flow was allowed.
+        state::CLOSED
+    } else if f & TCP_FIN != 0 {
+        state::CLOSING
+    } else if f & TCP_SYN != 0 && f & TCP_ACK == 0 {
+        state::SYN_SENT
+    } else {
+        // Mid-stream (e.g. the agent's conntrack was lost): allowed by policy, so track it.
+        state::ESTABLISHED
+    };
+    CtEntry {
+        last_seen_ns: now,
+        packets_orig: 1,
+        bytes_orig: len as u64,
+        packets_reply: 0,
+        bytes_reply: 0,
+        revision: rev,
+        rule,
+        state: st,
+        origin_dir: dir,
+        flags: if src_lo { ct::CT_F_ORIG_LO } else { 0 },
+        _pad: [0; 5],
+    }
+}
+
+/// Accounts a packet of a tracked connection and advances the TCP state.
+#[inline(always)]
+pub fn track(e: &mut CtEntry, pkt: &Packet, from_lo: bool, is_reply: bool, now: u64, len: u32) {
+    e.last_seen_ns = now;
+    if is_reply {
+        e.packets_reply += 1;
+        e.bytes_reply += len as u64;
+        e.flags |= ct::CT_F_REPLIED;
+    } else {
+        e.packets_orig += 1;
+        e.bytes_orig += len as u64;
+    }
+    if pkt.tuple.proto != proto::TCP {
+        return;
+    }
+    let f = pkt.tcp_flags;
+    if f & TCP_RST != 0 {
+        e.state = state::CLOSED;
+    } else if f & TCP_FIN != 0 {
+        e.flags |= if from_lo { ct::CT_F_FIN_LO } else { ct::CT_F_FIN_HI };
+        e.state = state::CLOSING;
+    } else if is_reply && e.state == state::SYN_SENT {
+        e.state = state::ESTABLISHED;
+    }
+}

@@ -1,0 +1,61 @@
+//! The maps. Each static's name is the kernel map name and the pin file name; the same string
+//! is a const in `enforcer_common::maps`, which documents key, value, writer and reader.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use enforcer_common::{
+    ct::{CtEntry, CtKey, FragEntry, FragKey},
+    endpoint::EndpointInfo,
+    flow::FlowKey,
+    maps::sizes,
+    policy::{Config, PolicyKey},
+    reason::counter,
+};
+
+/// ifindex of the host-side veth → the local pod. Written by the agent.
+#[map]
+pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(sizes::ENDPOINTS, 0);
+
+/// IPv4 prefix → identity. Written by the agent.
+#[map]
+pub static IDENTITY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(sizes::IDENTITY, 0);
+
+/// IPv6 prefix → identity. Written by the agent.
+#[map]
+pub static IDENTITY_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(sizes::IDENTITY, 0);
+
+/// (policy set, direction, protocol, identity, port prefix) → rule id. Written by the agent.
+#[map]
+pub static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(sizes::POLICY, 0);
+
+/// Connections. LRU so that a full table evicts the coldest entry instead of refusing new
+/// connections; an evicted connection's next packet is checked as new (fails closed).
+#[map]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(sizes::CONNTRACK, 0);
+
+/// First-fragment verdicts for the later fragments of the same datagram.
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(sizes::FRAGMENTS, 0);
+
+/// Global settings: the policy revision.
+#[map]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Last drop report per flow, for the report rate limit.
+#[map]
+pub static DROP_RATELIMIT: LruHashMap<FlowKey, u64> =
+    LruHashMap::pinned(sizes::DROP_RATELIMIT, 0);
+
+/// Flow events for the agent.
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::pinned(sizes::FLOW_EVENTS_BYTES, 0);
+
+/// Per-CPU scratch space for the parsed packet (not pinned: it holds nothing between runs).
+#[map]
+pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `enforcer_common::reason::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::LEN, 0);

@@ -1,0 +1,294 @@
+//! Packet parsing: Ethernet, IPv4 (with options), IPv6 (with a bounded walk of extension
+//! headers), the ports of TCP/UDP/SCTP, ICMP/ICMPv6 types and, for ICMP errors, the tuple of the
+//! packet the error is about.
+//!
+//! Every read goes through `bpf_skb_load_bytes` (`TcContext::load`): it copies from linear and
+//! paged data alike and fails on a short packet, so there is no direct-packet-access bounds
+//! check to get wrong and no non-linear skb whose headers we would silently miss. A read that
+//! fails is `Malformed`: the packet is dropped, never passed unchecked.
+
+use aya_ebpf::programs::TcContext;
+use enforcer_common::{family, proto, reason::DropReason};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_ARP: u16 = 0x0806;
+
+/// IPv6 extension headers walked before giving up (`ExtensionHeaderLimit`).
+const MAX_EXT_HEADERS: usize = 8;
+
+const NH_HOPOPTS: u8 = 0;
+const NH_ROUTING: u8 = 43;
+const NH_FRAGMENT: u8 = 44;
+const NH_AUTH: u8 = 51;
+const NH_DSTOPTS: u8 = 60;
+const NH_MOBILITY: u8 = 135;
+
+/// What kind of packet this is, beyond its tuple.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An ordinary packet (its ports, if any, are in the tuple).
+    Plain,
+    /// ARP, IPv6 neighbour discovery or MLD: link control that never leaves the link.
+    LinkControl,
+    /// An ICMP/ICMPv6 error; `inner` holds the tuple of the packet it reports on.
+    IcmpError,
+}
+
+/// Fragment position of the packet.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    None,
+    /// Offset zero with more fragments: carries the L4 header.
+    First,
+    /// Offset non-zero: no L4 header; follows the first fragment's verdict.
+    Later,
+}
+
+/// A connection tuple; addresses IPv4-mapped for IPv4, ports in network order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+#[repr(C)]
+pub struct Packet {
+    pub family: u8,
+    pub kind: Kind,
+    pub frag: Frag,
+    /// Fragment identification (IPv4: 16 bits zero-extended), network order.
+    pub frag_id: u32,
+    pub tcp_flags: u8,
+    pub tuple: Tuple,
+    /// Valid for `Kind::IcmpError`.
+    pub inner: Tuple,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize) -> Result<T, DropReason> {
+    ctx.load::<T>(off).map_err(|_| DropReason::Malformed)
+}
+
+#[inline(always)]
+fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+}
+
+/// Protocols whose first four L4 bytes are source and destination port.
+#[inline(always)]
+pub fn has_ports(p: u8) -> bool {
+    p == proto::TCP || p == proto::UDP || p == proto::SCTP
+}
+
+impl Tuple {
+    pub const ZERO: Tuple = Tuple { src: [0; 16], dst: [0; 16], sport: 0, dport: 0, proto: 0 };
+}
+
+impl Packet {
+    pub const fn new() -> Self {
+        Packet {
+            family: 0,
+            kind: Kind::Plain,
+            frag: Frag::None,
+            frag_id: 0,
+            tcp_flags: 0,
+            tuple: Tuple::ZERO,
+            inner: Tuple::ZERO,
+        }
+    }
+}
+
+/// Parses the packet into `pkt` (which keeps what was parsed when an error is returned, for
+/// the drop report). ARP and IPv6 ND/MLD come back as `Kind::LinkControl`.
+#[inline(always)]
+pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), DropReason> {
+    let ethertype = u16::from_be(load::<u16>(ctx, 12)?);
+    let l4 = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, pkt)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, pkt)?,
+        ETH_P_ARP => {
+            pkt.kind = Kind::LinkControl;
+            return Ok(());
+        }
+        // VLAN tags (0x8100, 0x88a8) included: a pod has no business sending tagged frames,
+        // and an IP packet behind a tag must not bypass the policy.
+        _ => return Err(DropReason::UnsupportedEthertype),
+    };
+    if pkt.frag == Frag::Later {
+        return Ok(());
+    }
+    parse_l4(ctx, pkt, l4)
+}
+
+/// Returns the L4 offset.
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
+    let vihl = load::<u8>(ctx, ETH_HLEN)?;
+    let ihl = (vihl & 0x0f) as usize;
+    if vihl >> 4 != 4 || ihl < 5 {
+        return Err(DropReason::Malformed);
+    }
+    let frag_off = u16::from_be(load::<u16>(ctx, ETH_HLEN + 6)?);
+    let offset = frag_off & 0x1fff;
+    let more = frag_off & 0x2000 != 0;
+    pkt.family = family::IPV4;
+    pkt.tuple.proto = load::<u8>(ctx, ETH_HLEN + 9)?;
+    pkt.tuple.src = mapped_v4(load::<[u8; 4]>(ctx, ETH_HLEN + 12)?);
+    pkt.tuple.dst = mapped_v4(load::<[u8; 4]>(ctx, ETH_HLEN + 16)?);
+    if offset != 0 || more {
+        pkt.frag_id = load::<u16>(ctx, ETH_HLEN + 4)? as u32;
+        pkt.frag = if offset != 0 { Frag::Later } else { Frag::First };
+    }
+    // Options (ihl > 5) are skipped by length, never interpreted: nothing in them changes
+    // which policy applies.
+    Ok(ETH_HLEN + ihl * 4)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
+    let v = load::<u8>(ctx, ETH_HLEN)?;
+    if v >> 4 != 6 {
+        return Err(DropReason::Malformed);
+    }
+    pkt.family = family::IPV6;
+    pkt.tuple.src = load::<[u8; 16]>(ctx, ETH_HLEN + 8)?;
+    pkt.tuple.dst = load::<[u8; 16]>(ctx, ETH_HLEN + 24)?;
+    let mut nh = load::<u8>(ctx, ETH_HLEN + 6)?;
+    let mut off = ETH_HLEN + 40;
+    // Bounded walk: the verifier needs a bound, and so do we (a chain longer than this is
+    // dropped, not skipped).
+    for _ in 0..MAX_EXT_HEADERS {
+        match nh {
+            NH_HOPOPTS | NH_ROUTING | NH_DSTOPTS | NH_MOBILITY => {
+                let hdr = load::<[u8; 2]>(ctx, off)?;
+                nh = hdr[0];
+                off += (hdr[1] as usize + 1) * 8;
+            }
+            NH_AUTH => {
+                let hdr = load::<[u8; 2]>(ctx, off)?;
+                nh = hdr[0];
+                off += (hdr[1] as usize + 2) * 4;
+            }
+            NH_FRAGMENT => {
+                let hdr = load::<[u8; 8]>(ctx, off)?;
+                nh = hdr[0];
+                let fo = u16::from_be_bytes([hdr[2], hdr[3]]);
+                let offset = fo >> 3;
+                let more = fo & 1 != 0;
+                off += 8;
+                // An atomic fragment (offset 0, no more) is a whole datagram: parse it as such.
+                if offset != 0 || more {
+                    pkt.frag_id = u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+                    pkt.frag = if offset != 0 { Frag::Later } else { Frag::First };
+                }
+                if offset != 0 {
+                    pkt.tuple.proto = nh;
+                    return Ok(off);
+                }
+            }
+            _ => {
+                pkt.tuple.proto = nh;
+                return Ok(off);
+            }
+        }
+    }
+    Err(DropReason::ExtensionHeaderLimit)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4: usize) -> Result<(), DropReason> {
+    let p = pkt.tuple.proto;
+    if has_ports(p) {
+        let ports = load::<[u16; 2]>(ctx, l4)?;
+        pkt.tuple.sport = ports[0];
+        pkt.tuple.dport = ports[1];
+        if p == proto::TCP {
+            pkt.tcp_flags = load::<u8>(ctx, l4 + 13)?;
+        }
+        return Ok(());
+    }
+    if p == proto::ICMP && pkt.family == family::IPV4 {
+        let hdr = load::<[u8; 8]>(ctx, l4)?;
+        match hdr[0] {
+            // Echo request / reply: the identifier plays the requester's port, so that the
+            // reply finds the request's connection.
+            8 => pkt.tuple.sport = u16::from_ne_bytes([hdr[4], hdr[5]]),
+            0 => pkt.tuple.dport = u16::from_ne_bytes([hdr[4], hdr[5]]),
+            // Destination unreachable, source quench, redirect, time exceeded, parameter
+            // problem: errors about an earlier packet, whose header follows.
+            3 | 4 | 5 | 11 | 12 => {
+                pkt.kind = Kind::IcmpError;
+                parse_inner_ipv4(ctx, pkt, l4 + 8)?;
+            }
+            _ => {}
+        }
+        return Ok(());
+    }
+    if p == proto::ICMPV6 && pkt.family == family::IPV6 {
+        let hdr = load::<[u8; 8]>(ctx, l4)?;
+        match hdr[0] {
+            128 => pkt.tuple.sport = u16::from_ne_bytes([hdr[4], hdr[5]]),
+            129 => pkt.tuple.dport = u16::from_ne_bytes([hdr[4], hdr[5]]),
+            1..=4 => {
+                pkt.kind = Kind::IcmpError;
+                parse_inner_ipv6(ctx, pkt, l4 + 8)?;
+            }
+            // MLD (130-132, 143) and neighbour discovery (133-137).
+            130..=137 | 143 => pkt.kind = Kind::LinkControl,
+            _ => {}
+        }
+    }
+    // Other protocols have no ports: only rules without ports can allow them.
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_inner_ipv4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), DropReason> {
+    let vihl = load::<u8>(ctx, off)?;
+    let ihl = (vihl & 0x0f) as usize;
+    if vihl >> 4 != 4 || ihl < 5 {
+        return Err(DropReason::Malformed);
+    }
+    pkt.inner.proto = load::<u8>(ctx, off + 9)?;
+    pkt.inner.src = mapped_v4(load::<[u8; 4]>(ctx, off + 12)?);
+    pkt.inner.dst = mapped_v4(load::<[u8; 4]>(ctx, off + 16)?);
+    inner_ports(ctx, pkt, off + ihl * 4, 8)
+}
+
+#[inline(always)]
+fn parse_inner_ipv6(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), DropReason> {
+    pkt.inner.proto = load::<u8>(ctx, off + 6)?;
+    pkt.inner.src = load::<[u8; 16]>(ctx, off + 8)?;
+    pkt.inner.dst = load::<[u8; 16]>(ctx, off + 24)?;
+    inner_ports(ctx, pkt, off + 40, 128)
+}
+
+/// Ports of the packet inside an ICMP error (its first 8 L4 bytes are always quoted).
+#[inline(always)]
+fn inner_ports(ctx: &TcContext, pkt: &mut Packet, l4: usize, echo: u8) -> Result<(), DropReason> {
+    let p = pkt.inner.proto;
+    if has_ports(p) {
+        let ports = load::<[u16; 2]>(ctx, l4)?;
+        pkt.inner.sport = ports[0];
+        pkt.inner.dport = ports[1];
+    } else if p == proto::ICMP || p == proto::ICMPV6 {
+        let hdr = load::<[u8; 8]>(ctx, l4)?;
+        if hdr[0] == echo {
+            pkt.inner.sport = u16::from_ne_bytes([hdr[4], hdr[5]]);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Counters and flow events.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use enforcer_common::{
+    flow::{verdict, FlowEvent, FlowKey, DROP_REPORT_INTERVAL_NS},
+    reason::{counter, DropReason},
+};
+
+use crate::maps::{COUNTERS, DROP_RATELIMIT, FLOW_EVENTS};
+use crate::parse::Packet;
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+/// What to put in an event besides the packet.
+pub struct Report {
+    pub ifindex: u32,
+    pub ep_id: u32,
+    pub direction: u8,
+    pub len: u32,
+    pub peer_identity: u32,
+    pub flags: u8,
+}
+
+/// Reports a drop, at most once per `DROP_REPORT_INTERVAL_NS` per flow; the rest are counted.
+#[inline(always)]
+pub fn drop_event(pkt: &Packet, r: &Report, reason: DropReason) {
+    count(counter::DROP_BASE + reason as u32);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = FlowKey {
+        ep_id: r.ep_id,
+        src: pkt.tuple.src,
+        dst: pkt.tuple.dst,
+        sport: pkt.tuple.sport,
+        dport: pkt.tuple.dport,
+        proto: pkt.tuple.proto,
+        direction: r.direction,
+        reason: reason as u8,
+        _pad: 0,
+    };
+    if let Some(last) = DROP_RATELIMIT.get_ptr_mut(&key) {
+        // SAFETY: a valid map value pointer; a racing writer can only make us report twice.
+        unsafe {
+            if now.wrapping_sub(*last) < DROP_REPORT_INTERVAL_NS {
+                count(counter::EVENTS_RATE_LIMITED);
+                return;
+            }
+            *last = now;
+        }
+    } else {
+        let _ = DROP_RATELIMIT.insert(&key, &now, 0);
+    }
+    emit(pkt, r, verdict::DROPPED, reason as u8, 0, now);
+}
+
+/// Reports a newly allowed connection (once per connection).
+#[inline(always)]
+pub fn allow_event(pkt: &Packet, r: &Report, rule: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(pkt, r, verdict::ALLOWED, 0, rule, now);
+}
+
+#[inline(always)]
+fn emit(pkt: &Packet, r: &Report, verdict: u8, reason: u8, rule: u32, now: u64) {
+    let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
+        // Lost events are counted, never waited for: the verdict does not depend on them.
+        count(counter::EVENTS_LOST);
+        return;
+    };
+    entry.write(FlowEvent {
+        ts_ns: now,
+        ifindex: r.ifindex,
+        ep_id: r.ep_id,
+        rule,
+        len: r.len,
+        src: pkt.tuple.src,
+        dst: pkt.tuple.dst,
+        sport: pkt.tuple.sport,
+        dport: pkt.tuple.dport,
+        family: pkt.family,
+        proto: pkt.tuple.proto,
+        direction: r.direction,
+        verdict,
+        reason,
+        tcp_flags: pkt.tcp_flags,
+        flags: r.flags,
+        _pad: [0],
+        peer_identity: r.peer_identity,
+    });
+    entry.submit(0);
+}

@@ -1,0 +1,160 @@
+//! Developer commands. Every command echoes what it runs and names the failing command.
+
+mod ebpf_build;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "enforcer developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (Debian packages, bpf-linker); idempotent.
+    Setup,
+    /// Build the eBPF object (a no-op when nothing changed).
+    BuildEbpf,
+    /// Set up, then run every test: unit, kernel (test_run), netns labs and scenarios.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build and run the live demo lab (pods, demo policies, denied-flow log).
+    Lab {
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// Per-packet cost benchmark (BPF_PROG_TEST_RUN with repeat) at 10, 1,000, 10,000 policies.
+    Bench,
+    /// rustfmt check and clippy.
+    Lint,
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").into()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("command failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace());
+    c
+}
+
+const APT_PACKAGES: &[&str] = &[
+    // eBPF toolchain: Debian's rustc with a prebuilt core for bpfel-unknown-none.
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    // to build bpf-linker against LLVM 22
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    // labs
+    "iproute2",
+    "iputils-ping",
+    "procps",
+];
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn setup() -> Result<()> {
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        eprintln!("installing Debian packages: {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !ebpf_build::bpf_linker_present() {
+        let llvm = "/usr/lib/llvm-22";
+        let path = format!("{llvm}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(cargo()
+            .args(["install", "bpf-linker", "--version", "0.13.0"])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", llvm)
+            .env("PATH", path))?;
+    }
+    ebpf_build::detect_toolchain().map_err(anyhow::Error::msg)?;
+    if !Path::new("/sys/fs/bpf").exists() || !is_bpffs("/sys/fs/bpf") {
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    eprintln!("setup: everything is in place");
+    Ok(())
+}
+
+fn is_bpffs(path: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(path) && l.contains(" bpf ")))
+        .unwrap_or(false)
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    let ws = workspace();
+    ebpf_build::build_ebpf(&ws, &ws.join("target/bpf")).map_err(anyhow::Error::msg)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf => {
+            let obj = build_ebpf()?;
+            eprintln!("eBPF object: {}", obj.display());
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            build_ebpf()?;
+            // Kernel and lab tests share the machine's bpffs and create network namespaces:
+            // they run as root and serialise where they must (see tests/).
+            run(cargo().args(["test", "--workspace", "--no-fail-fast", "--"]).args(&args))
+        }
+        Cmd::Lab { duration } => {
+            setup()?;
+            run(cargo().args(["build", "--release", "-p", "enforcer-agent"]))?;
+            let mut cmd = Command::new(workspace().join("target/release/enforcer"));
+            cmd.args(["lab", "demo"]);
+            if let Some(d) = duration {
+                cmd.args(["--duration", &d.to_string()]);
+            }
+            run(&mut cmd)
+        }
+        Cmd::Bench => {
+            setup()?;
+            run(cargo().args(["bench", "-p", "enforcer-tests", "--bench", "datapath"]))
+        }
+        Cmd::Lint => {
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+        }
+    }
+}
