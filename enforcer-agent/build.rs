@@ -9,15 +9,26 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let workspace = manifest.parent().expect("the agent crate sits in the workspace").to_path_buf();
+    let workspace = manifest
+        .parent()
+        .expect("the agent crate sits in the workspace")
+        .to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("enforcer.bpf.o");
     println!("cargo:rerun-if-env-changed=ENFORCER_BPF_OBJECT");
     if let Some(prebuilt) = std::env::var_os("ENFORCER_BPF_OBJECT") {
-        println!("cargo:rerun-if-changed={}", PathBuf::from(&prebuilt).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            PathBuf::from(&prebuilt).display()
+        );
         std::fs::copy(&prebuilt, &out).expect("copying ENFORCER_BPF_OBJECT");
         return;
     }
-    for dir in ["enforcer-ebpf/src", "enforcer-ebpf/Cargo.toml", "enforcer-ebpf/Cargo.lock", "enforcer-common/src"] {
+    for dir in [
+        "enforcer-ebpf/src",
+        "enforcer-ebpf/Cargo.toml",
+        "enforcer-ebpf/Cargo.lock",
+        "enforcer-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     let target_dir = workspace.join("target/bpf");

@@ -65,7 +65,9 @@ impl Source {
     fn snapshot(&mut self) -> anyhow::Result<Desired> {
         match self {
             Source::Folder(f) => {
-                let snap = f.read().with_context(|| format!("reading manifests in {}", f.dir().display()))?;
+                let snap = f
+                    .read()
+                    .with_context(|| format!("reading manifests in {}", f.dir().display()))?;
                 Ok(Desired {
                     cluster: snap.cluster,
                     errors: snap.errors.iter().map(|e| e.to_string()).collect(),
@@ -74,7 +76,11 @@ impl Source {
             }
             Source::Kube(k) => {
                 let (cluster, errors) = k.snapshot();
-                Ok(Desired { cluster, errors, digest: String::new() })
+                Ok(Desired {
+                    cluster,
+                    errors,
+                    digest: String::new(),
+                })
             }
         }
     }
@@ -96,7 +102,8 @@ fn write_status(path: &std::path::Path, status: &Status) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Runs the agent until SIGINT/SIGTERM. The datapath (pinned maps and links) stays in force
@@ -108,7 +115,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let ctx = Arc::new(RwLock::new(enrich::Context::default()));
     let ring = dp.take_events().expect("taken once");
     let out = open_flow_log(&opts.flow_log)?;
-    let filter = sink::Filter { allowed: opts.log_allowed };
+    let filter = sink::Filter {
+        allowed: opts.log_allowed,
+    };
     let flow_ctx = ctx.clone();
     let flows = tokio::spawn(async move {
         if let Err(e) = sink::run(ring, flow_ctx, out, filter).await {
@@ -119,8 +128,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut source = match &opts.manifests {
         Some(dir) => Source::Folder(ManifestFolder::new(dir.clone())),
         None => {
-            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-            Source::Kube(Box::new(KubeSource::start(client).await.context("starting the API watches")?))
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            Source::Kube(Box::new(
+                KubeSource::start(client)
+                    .await
+                    .context("starting the API watches")?,
+            ))
         }
     };
     let changed = match &source {
@@ -150,7 +165,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             match digest_dir(dir) {
                 Ok(d) if applied_digest.as_ref() != Some(&d) => dirty = true,
                 Ok(_) => {}
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot read the manifests folder"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read the manifests folder")
+                }
             }
         }
         // Pods whose interface is missing are retried every half second.
@@ -176,7 +193,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
         match sync_once(&mut dp, &opts, &desired, &ctx) {
             Ok(status) => {
-                pending_since = if status.pending.is_empty() { None } else { Some(Instant::now()) };
+                pending_since = if status.pending.is_empty() {
+                    None
+                } else {
+                    Some(Instant::now())
+                };
                 applied_digest = Some(desired.digest.clone());
                 if let Some(path) = &opts.status_file {
                     if let Err(e) = write_status(path, &status) {
@@ -203,14 +224,25 @@ fn sync_once(
     ctx: &Arc<RwLock<enrich::Context>>,
 ) -> anyhow::Result<Status> {
     let started = Instant::now();
-    let host_ips: Vec<IpAddr> = interfaces::host_addresses().context("listing this node's addresses")?;
-    let tables: Tables = compile(&desired.cluster, &NodeInput { name: opts.node.clone(), host_ips });
+    let host_ips: Vec<IpAddr> =
+        interfaces::host_addresses().context("listing this node's addresses")?;
+    let tables: Tables = compile(
+        &desired.cluster,
+        &NodeInput {
+            name: opts.node.clone(),
+            host_ips,
+        },
+    );
     let routes = interfaces::host_routes().context("reading host routes")?;
     let mut ifaces: BTreeMap<PodKey, Iface> = BTreeMap::new();
     let mut pending = Vec::new();
     for (pod, plan) in &tables.endpoints {
-        let ips: Vec<IpAddr> =
-            plan.ipv4.map(IpAddr::V4).into_iter().chain(plan.ipv6.map(IpAddr::V6)).collect();
+        let ips: Vec<IpAddr> = plan
+            .ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(plan.ipv6.map(IpAddr::V6))
+            .collect();
         match interfaces::pod_iface(&routes, &ips) {
             Some(i) => {
                 ifaces.insert(pod.clone(), i);
@@ -218,7 +250,9 @@ fn sync_once(
             None => pending.push(pod.to_string()),
         }
     }
-    let report = dp.sync(&tables, &ifaces).context("writing the datapath maps")?;
+    let report = dp
+        .sync(&tables, &ifaces)
+        .context("writing the datapath maps")?;
     if !report.attached.is_empty() || !report.detached.is_empty() || report.entries_written > 0 {
         tracing::info!(
             endpoints = report.endpoints,
@@ -233,7 +267,15 @@ fn sync_once(
     }
     let endpoints = ifaces
         .iter()
-        .map(|(p, i)| (p.to_string(), EndpointStatus { ifname: i.name.clone(), attached: true }))
+        .map(|(p, i)| {
+            (
+                p.to_string(),
+                EndpointStatus {
+                    ifname: i.name.clone(),
+                    attached: true,
+                },
+            )
+        })
         .collect();
     *ctx.write().expect("flow context lock poisoned") =
         enrich::Context::new(&opts.node, &desired.cluster, tables, dp.endpoint_pods());

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use enforcer_agent::{agent, lab, netns};
 
 #[derive(Parser)]
-#[command(name = "enforcer", version, about = "eBPF NetworkPolicy enforcer and flow monitor")]
+#[command(
+    name = "enforcer",
+    version,
+    about = "eBPF NetworkPolicy enforcer and flow monitor"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -51,7 +55,10 @@ struct AgentArgs {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,8 +68,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Agent(a) => {
             if let Some(path) = &a.netns {
                 // Before the runtime starts: threads inherit the namespace of their creator.
-                let ns = netns::Netns::open(path).with_context(|| format!("opening {}", path.display()))?;
-                std::mem::forget(ns.enter().with_context(|| format!("entering {}", path.display()))?);
+                let ns = netns::Netns::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                std::mem::forget(
+                    ns.enter()
+                        .with_context(|| format!("entering {}", path.display()))?,
+                );
             }
             let opts = agent::AgentOptions {
                 manifests: a.manifests,

@@ -147,6 +147,8 @@ mod tests {
     #[test]
     fn open_missing_namespace_names_the_path() {
         let err = Netns::open_named("enf-does-not-exist-xyz").unwrap_err();
-        assert!(err.to_string().contains("/run/netns/enf-does-not-exist-xyz"));
+        assert!(err
+            .to_string()
+            .contains("/run/netns/enf-does-not-exist-xyz"));
     }
 }

@@ -137,11 +137,13 @@ fn decide(
     rep: &mut Report,
     isolated: bool,
 ) -> Result<(), DropReason> {
-    let peer = if dir == direction::EGRESS { &pkt.tuple.dst } else { &pkt.tuple.src };
-    let ident = policy::identity_of(pkt.family, peer);
-    rep.peer_identity = ident;
+    // The peer's identity is only needed off the established path (new flows, ICMP errors,
+    // re-checks): one LPM lookup saved on most packets.
+    let peer = if dir == direction::EGRESS { pkt.tuple.dst } else { pkt.tuple.src };
 
     if pkt.kind == Kind::IcmpError {
+        let ident = policy::identity_of(pkt.family, &peer);
+        rep.peer_identity = ident;
         // An error never opens a connection: it passes when it is about one of ours.
         let (key, _) = conntrack::key_of(ep.ep_id, &pkt.inner);
         // SAFETY: only tested for presence.
@@ -191,6 +193,8 @@ fn decide(
         }
     }
 
+    let ident = policy::identity_of(pkt.family, &peer);
+    rep.peer_identity = ident;
     let rule = check(ep, dir, ident, pkt.tuple.proto, pkt.tuple.dport, isolated)
         .ok_or(DropReason::PolicyDenied)?;
     let entry = conntrack::new_entry(pkt, from_lo, dir, rule, rev, now, rep.len);

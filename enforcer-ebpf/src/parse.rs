@@ -136,20 +136,21 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), DropReason> {
 /// Returns the L4 offset.
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
-    let vihl = load::<u8>(ctx, ETH_HLEN)?;
-    let ihl = (vihl & 0x0f) as usize;
-    if vihl >> 4 != 4 || ihl < 5 {
+    // One copy of the fixed header: each load is a helper call.
+    let h = load::<[u8; 20]>(ctx, ETH_HLEN)?;
+    let ihl = (h[0] & 0x0f) as usize;
+    if h[0] >> 4 != 4 || ihl < 5 {
         return Err(DropReason::Malformed);
     }
-    let frag_off = u16::from_be(load::<u16>(ctx, ETH_HLEN + 6)?);
+    let frag_off = u16::from_be_bytes([h[6], h[7]]);
     let offset = frag_off & 0x1fff;
     let more = frag_off & 0x2000 != 0;
     pkt.family = family::IPV4;
-    pkt.tuple.proto = load::<u8>(ctx, ETH_HLEN + 9)?;
-    pkt.tuple.src = mapped_v4(load::<[u8; 4]>(ctx, ETH_HLEN + 12)?);
-    pkt.tuple.dst = mapped_v4(load::<[u8; 4]>(ctx, ETH_HLEN + 16)?);
+    pkt.tuple.proto = h[9];
+    pkt.tuple.src = mapped_v4([h[12], h[13], h[14], h[15]]);
+    pkt.tuple.dst = mapped_v4([h[16], h[17], h[18], h[19]]);
     if offset != 0 || more {
-        pkt.frag_id = load::<u16>(ctx, ETH_HLEN + 4)? as u32;
+        pkt.frag_id = u16::from_ne_bytes([h[4], h[5]]) as u32;
         pkt.frag = if offset != 0 { Frag::Later } else { Frag::First };
     }
     // Options (ihl > 5) are skipped by length, never interpreted: nothing in them changes
@@ -159,14 +160,14 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
-    let v = load::<u8>(ctx, ETH_HLEN)?;
-    if v >> 4 != 6 {
+    let h = load::<[u8; 8]>(ctx, ETH_HLEN)?;
+    if h[0] >> 4 != 6 {
         return Err(DropReason::Malformed);
     }
     pkt.family = family::IPV6;
     pkt.tuple.src = load::<[u8; 16]>(ctx, ETH_HLEN + 8)?;
     pkt.tuple.dst = load::<[u8; 16]>(ctx, ETH_HLEN + 24)?;
-    let mut nh = load::<u8>(ctx, ETH_HLEN + 6)?;
+    let mut nh = h[6];
     let mut off = ETH_HLEN + 40;
     // Bounded walk: the verifier needs a bound, and so do we (a chain longer than this is
     // dropped, not skipped).
@@ -211,13 +212,17 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4: usize) -> Result<(), DropReason> {
     let p = pkt.tuple.proto;
+    if p == proto::TCP {
+        let h = load::<[u8; 14]>(ctx, l4)?;
+        pkt.tuple.sport = u16::from_ne_bytes([h[0], h[1]]);
+        pkt.tuple.dport = u16::from_ne_bytes([h[2], h[3]]);
+        pkt.tcp_flags = h[13];
+        return Ok(());
+    }
     if has_ports(p) {
         let ports = load::<[u16; 2]>(ctx, l4)?;
         pkt.tuple.sport = ports[0];
         pkt.tuple.dport = ports[1];
-        if p == proto::TCP {
-            pkt.tcp_flags = load::<u8>(ctx, l4 + 13)?;
-        }
         return Ok(());
     }
     if p == proto::ICMP && pkt.family == family::IPV4 {

@@ -100,7 +100,13 @@ pub fn cluster(yaml: &[&str]) -> Cluster {
 
 pub fn tables(policies: &str) -> Tables {
     let cluster = cluster(&[CLUSTER, policies]);
-    compile(&cluster, &NodeInput { name: "node".into(), host_ips: vec![ip(NODE_IP)] })
+    compile(
+        &cluster,
+        &NodeInput {
+            name: "node".into(),
+            host_ips: vec![ip(NODE_IP)],
+        },
+    )
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -116,12 +122,20 @@ pub struct Fixture {
 impl Fixture {
     pub fn new(policies: &str) -> Fixture {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/enforcer/test-{}-{n}", std::process::id()));
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/enforcer/test-{}-{n}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&pin_dir);
         let mut dp = Dataplane::open(&pin_dir).expect("loading the datapath");
         let events = dp.take_events().expect("first take");
         let pod = PodKey::new("x", "a");
-        let mut f = Fixture { dp, events, pin_dir, pod };
+        let mut f = Fixture {
+            dp,
+            events,
+            pin_dir,
+            pod,
+        };
         f.apply(policies);
         f
     }
@@ -130,12 +144,18 @@ impl Fixture {
     pub fn apply(&mut self, policies: &str) {
         let t = tables(policies);
         assert!(t.endpoints.contains_key(&self.pod), "x/a must be local");
-        self.dp.sync_for_test_run(&t, &self.pod, TEST_IFINDEX).expect("syncing the maps");
+        self.dp
+            .sync_for_test_run(&t, &self.pod, TEST_IFINDEX)
+            .expect("syncing the maps");
     }
 
     fn run(&self, program: &str, pkt: &[u8]) -> u32 {
         let prog = self.dp.program(program).expect("program loaded");
-        let opts = TestRunOptions { data_in: Some(pkt), repeat: 1, ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            repeat: 1,
+            ..Default::default()
+        };
         prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
     }
 

@@ -76,7 +76,11 @@ pub fn echo(v6: bool, request: bool, id: u16) -> Vec<u8> {
 /// An ICMP error (v4: destination unreachable/port unreachable; v6: destination unreachable)
 /// quoting `inner` (an IP packet without Ethernet header).
 pub fn icmp_error(v6: bool, inner: &[u8]) -> Vec<u8> {
-    let mut h = if v6 { vec![1, 4, 0, 0, 0, 0, 0, 0] } else { vec![3, 3, 0, 0, 0, 0, 0, 0] };
+    let mut h = if v6 {
+        vec![1, 4, 0, 0, 0, 0, 0, 0]
+    } else {
+        vec![3, 3, 0, 0, 0, 0, 0, 0]
+    };
     h.extend_from_slice(inner);
     h
 }
@@ -119,7 +123,8 @@ pub fn ip(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8], o: &IpOpts) -> Vec<u8>
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             // Chain: extension headers, then the fragment header, then the payload.
-            let mut chain: Vec<(u8, Vec<u8>)> = o.ipv6_ext.iter().map(|&t| (t, vec![0u8; 8])).collect();
+            let mut chain: Vec<(u8, Vec<u8>)> =
+                o.ipv6_ext.iter().map(|&t| (t, vec![0u8; 8])).collect();
             if let Some(f) = o.frag {
                 let mut fh = vec![0u8; 8];
                 let fo = (f.offset << 3) | u16::from(f.more);
@@ -152,7 +157,11 @@ pub fn ip(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8], o: &IpOpts) -> Vec<u8>
 
 /// An Ethernet frame around an IP packet.
 pub fn eth(ip_packet: &[u8]) -> Vec<u8> {
-    let ethertype: u16 = if ip_packet.first().is_some_and(|b| b >> 4 == 6) { 0x86dd } else { 0x0800 };
+    let ethertype: u16 = if ip_packet.first().is_some_and(|b| b >> 4 == 6) {
+        0x86dd
+    } else {
+        0x0800
+    };
     frame(ethertype, ip_packet)
 }
 
@@ -165,12 +174,24 @@ pub fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
 
 /// A complete TCP frame.
 pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    eth(&ip(src.parse().unwrap(), dst.parse().unwrap(), TCP, &tcp_hdr(sport, dport, flags), &IpOpts::default()))
+    eth(&ip(
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        TCP,
+        &tcp_hdr(sport, dport, flags),
+        &IpOpts::default(),
+    ))
 }
 
 /// A complete UDP frame.
 pub fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
-    eth(&ip(src.parse().unwrap(), dst.parse().unwrap(), UDP, &udp_hdr(sport, dport, b"ping"), &IpOpts::default()))
+    eth(&ip(
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        UDP,
+        &udp_hdr(sport, dport, b"ping"),
+        &IpOpts::default(),
+    ))
 }
 
 fn checksum(b: &[u8]) -> u16 {

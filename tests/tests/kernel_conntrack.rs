@@ -53,10 +53,22 @@ fn replies_of_an_allowed_connection_pass_and_new_connections_are_checked() {
     assert_eq!(f.ingress(&tcp(B, A, 80, 40000, SYN | ACK)), PASS, "reply");
     assert_eq!(f.egress(&tcp(A, B, 40000, 80, ACK)), PASS);
     assert_eq!(f.ingress(&tcp(B, A, 80, 40000, ACK)), PASS, "reply data");
-    assert_eq!(f.ingress(&tcp(B, A, 80, 40001, SYN)), DROP, "other port pair: a new connection");
-    assert_eq!(f.ingress(&tcp(B, A, 40000, 80, SYN)), DROP, "b connecting to a");
+    assert_eq!(
+        f.ingress(&tcp(B, A, 80, 40001, SYN)),
+        DROP,
+        "other port pair: a new connection"
+    );
+    assert_eq!(
+        f.ingress(&tcp(B, A, 40000, 80, SYN)),
+        DROP,
+        "b connecting to a"
+    );
     // UDP and ICMP echo the same way.
-    assert_eq!(f.egress(&udp(A, B, 5000, 80)), DROP, "egress rule is TCP only");
+    assert_eq!(
+        f.egress(&udp(A, B, 5000, 80)),
+        DROP,
+        "egress rule is TCP only"
+    );
     assert_eq!(f.counter(counter::CT_CREATED), 1);
 }
 
@@ -78,14 +90,34 @@ spec:
     let a = enforcer_tests::ip(A);
     let b = enforcer_tests::ip(B);
     let o = IpOpts::default();
-    assert_eq!(f.egress(&eth(&ip(a, b, ICMP, &echo(false, true, 77), &o))), PASS);
-    assert_eq!(f.ingress(&eth(&ip(b, a, ICMP, &echo(false, false, 77), &o))), PASS, "echo reply");
-    assert_eq!(f.ingress(&eth(&ip(b, a, ICMP, &echo(false, true, 78), &o))), DROP, "echo request into a");
+    assert_eq!(
+        f.egress(&eth(&ip(a, b, ICMP, &echo(false, true, 77), &o))),
+        PASS
+    );
+    assert_eq!(
+        f.ingress(&eth(&ip(b, a, ICMP, &echo(false, false, 77), &o))),
+        PASS,
+        "echo reply"
+    );
+    assert_eq!(
+        f.ingress(&eth(&ip(b, a, ICMP, &echo(false, true, 78), &o))),
+        DROP,
+        "echo request into a"
+    );
     let a6 = enforcer_tests::ip("fd00:10:244:1::10");
     let b6 = enforcer_tests::ip("fd00:10:244:2::11");
-    assert_eq!(f.egress(&eth(&ip(a6, b6, ICMPV6, &echo(true, true, 9), &o))), PASS);
-    assert_eq!(f.ingress(&eth(&ip(b6, a6, ICMPV6, &echo(true, false, 9), &o))), PASS);
-    assert_eq!(f.ingress(&eth(&ip(b6, a6, ICMPV6, &echo(true, true, 10), &o))), DROP);
+    assert_eq!(
+        f.egress(&eth(&ip(a6, b6, ICMPV6, &echo(true, true, 9), &o))),
+        PASS
+    );
+    assert_eq!(
+        f.ingress(&eth(&ip(b6, a6, ICMPV6, &echo(true, false, 9), &o))),
+        PASS
+    );
+    assert_eq!(
+        f.ingress(&eth(&ip(b6, a6, ICMPV6, &echo(true, true, 10), &o))),
+        DROP
+    );
 }
 
 #[test]
@@ -99,19 +131,51 @@ fn icmp_errors_pass_only_for_tracked_connections() {
     let o = IpOpts::default();
     assert_eq!(f.egress(&tcp(A, B, 40000, 80, SYN)), PASS);
     let quoted = ip(a, b, TCP, &tcp_hdr(40000, 80, SYN)[..8], &o);
-    assert_eq!(f.ingress(&eth(&ip(b, a, ICMP, &icmp_error(false, &quoted), &o))), PASS, "related");
+    assert_eq!(
+        f.ingress(&eth(&ip(b, a, ICMP, &icmp_error(false, &quoted), &o))),
+        PASS,
+        "related"
+    );
     let unrelated = ip(a, b, TCP, &tcp_hdr(40999, 80, SYN)[..8], &o);
-    assert_eq!(f.ingress(&eth(&ip(b, a, ICMP, &icmp_error(false, &unrelated), &o))), DROP);
+    assert_eq!(
+        f.ingress(&eth(&ip(b, a, ICMP, &icmp_error(false, &unrelated), &o))),
+        DROP
+    );
     let ev = f.drain_events();
-    assert!(ev.iter().any(|e| e.dropped && e.reason == Some(Ok(DropReason::IcmpErrorUnrelated))), "{ev:?}");
+    assert!(
+        ev.iter()
+            .any(|e| e.dropped && e.reason == Some(Ok(DropReason::IcmpErrorUnrelated))),
+        "{ev:?}"
+    );
     // IPv6: packet too big / unreachable about a tracked connection.
     let a6 = enforcer_tests::ip("fd00:10:244:1::10");
     let b6 = enforcer_tests::ip("fd00:10:244:2::11");
-    assert_eq!(f.egress(&tcp("fd00:10:244:1::10", "fd00:10:244:2::11", 40000, 80, SYN)), PASS);
+    assert_eq!(
+        f.egress(&tcp(
+            "fd00:10:244:1::10",
+            "fd00:10:244:2::11",
+            40000,
+            80,
+            SYN
+        )),
+        PASS
+    );
     let quoted6 = ip(a6, b6, TCP, &tcp_hdr(40000, 80, SYN)[..8], &o);
-    assert_eq!(f.ingress(&eth(&ip(b6, a6, ICMPV6, &icmp_error(true, &quoted6), &o))), PASS);
+    assert_eq!(
+        f.ingress(&eth(&ip(b6, a6, ICMPV6, &icmp_error(true, &quoted6), &o))),
+        PASS
+    );
     let unrelated6 = ip(a6, b6, TCP, &tcp_hdr(1, 80, SYN)[..8], &o);
-    assert_eq!(f.ingress(&eth(&ip(b6, a6, ICMPV6, &icmp_error(true, &unrelated6), &o))), DROP);
+    assert_eq!(
+        f.ingress(&eth(&ip(
+            b6,
+            a6,
+            ICMPV6,
+            &icmp_error(true, &unrelated6),
+            &o
+        ))),
+        DROP
+    );
 }
 
 #[test]
@@ -123,7 +187,11 @@ fn a_reset_connection_expires_and_its_late_packets_are_checked_as_new() {
     assert_eq!(f.egress(&tcp(A, B, 40000, 80, SYN)), PASS);
     assert_eq!(f.ingress(&tcp(B, A, 80, 40000, SYN | ACK)), PASS);
     assert_eq!(f.egress(&tcp(A, B, 40000, 80, RST)), PASS);
-    assert_eq!(f.ingress(&tcp(B, A, 80, 40000, ACK)), DROP, "the connection is over");
+    assert_eq!(
+        f.ingress(&tcp(B, A, 80, 40000, ACK)),
+        DROP,
+        "the connection is over"
+    );
 }
 
 #[test]
@@ -153,7 +221,10 @@ fn revoking_a_policy_stops_established_connections_at_their_next_packet() {
     f.apply(DENY_ALL);
     assert_eq!(f.ingress(&tcp(B, A, 40000, 80, ACK)), DROP, "revoked");
     let ev = f.drain_events();
-    assert!(ev.iter().any(|e| e.reason == Some(Ok(DropReason::Revoked))), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| e.reason == Some(Ok(DropReason::Revoked))),
+        "{ev:?}"
+    );
     // The entry is gone: b's next packet is a new flow, denied; a's egress is not isolated.
     assert_eq!(f.ingress(&tcp(B, A, 40000, 80, ACK)), DROP);
     assert_eq!(f.egress(&tcp(A, B, 80, 40000, ACK)), PASS);

@@ -25,7 +25,10 @@ fn a_drop_is_reported_once_per_flow_and_second_and_counted_always() {
     }
     let mut f = Fixture::new(POLICY);
     for _ in 0..5 {
-        assert_eq!(f.ingress(&tcp("10.244.2.12", "10.244.1.10", 40000, 80, SYN)), DROP);
+        assert_eq!(
+            f.ingress(&tcp("10.244.2.12", "10.244.1.10", 40000, 80, SYN)),
+            DROP
+        );
     }
     let ev = f.drain_events();
     let drops: Vec<_> = ev.iter().filter(|e| e.dropped).collect();
@@ -37,10 +40,16 @@ fn a_drop_is_reported_once_per_flow_and_second_and_counted_always() {
     assert!(!d.egress);
     assert_eq!(d.reason, Some(Ok(DropReason::PolicyDenied)));
     assert_eq!(d.tcp_flags, SYN);
-    assert_eq!(f.counter(counter::DROP_BASE + DropReason::PolicyDenied as u32), 5);
+    assert_eq!(
+        f.counter(counter::DROP_BASE + DropReason::PolicyDenied as u32),
+        5
+    );
     assert_eq!(f.counter(counter::EVENTS_RATE_LIMITED), 4);
     // Another flow is reported on its own.
-    assert_eq!(f.ingress(&tcp("10.244.2.12", "10.244.1.10", 40001, 80, SYN)), DROP);
+    assert_eq!(
+        f.ingress(&tcp("10.244.2.12", "10.244.1.10", 40001, 80, SYN)),
+        DROP
+    );
     assert_eq!(f.drain_events().iter().filter(|e| e.dropped).count(), 1);
 }
 
@@ -50,8 +59,14 @@ fn a_new_connection_is_reported_once_with_its_rule() {
         return;
     }
     let mut f = Fixture::new(POLICY);
-    assert_eq!(f.ingress(&tcp("10.244.2.11", "10.244.1.10", 40000, 80, SYN)), PASS);
-    assert_eq!(f.ingress(&tcp("10.244.2.11", "10.244.1.10", 40000, 80, ACK)), PASS);
+    assert_eq!(
+        f.ingress(&tcp("10.244.2.11", "10.244.1.10", 40000, 80, SYN)),
+        PASS
+    );
+    assert_eq!(
+        f.ingress(&tcp("10.244.2.11", "10.244.1.10", 40000, 80, ACK)),
+        PASS
+    );
     let ev = f.drain_events();
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert!(!ev[0].dropped);
@@ -67,8 +82,15 @@ fn the_flow_record_names_pods_and_the_isolating_policy() {
         return;
     }
     let mut f = Fixture::new(POLICY);
-    assert_eq!(f.ingress(&tcp("10.244.2.12", "10.244.1.10", 40000, 80, SYN)), DROP);
-    let ev = f.drain_events().into_iter().find(|e| e.dropped).expect("a drop event");
+    assert_eq!(
+        f.ingress(&tcp("10.244.2.12", "10.244.1.10", 40000, 80, SYN)),
+        DROP
+    );
+    let ev = f
+        .drain_events()
+        .into_iter()
+        .find(|e| e.dropped)
+        .expect("a drop event");
     let t = tables(POLICY);
     let c = cluster(&[CLUSTER, POLICY]);
     let ctx = Context::new("node", &c, t, f.dp.endpoint_pods());
@@ -83,6 +105,13 @@ fn the_flow_record_names_pods_and_the_isolating_policy() {
     assert_eq!(json["dst"]["port"], 80);
     assert_eq!(json["isolated_by"][0], "x/a-in");
     assert_eq!(json["schema"], "enforcer.flow/v1");
-    assert!(rec.detail.contains("x/a is isolated for ingress by x/a-in"), "{}", rec.detail);
-    assert_eq!(f.dp.endpoint_pods().values().next().map(|(p, _)| p.clone()), Some(PodKey::new("x", "a")));
+    assert!(
+        rec.detail.contains("x/a is isolated for ingress by x/a-in"),
+        "{}",
+        rec.detail
+    );
+    assert_eq!(
+        f.dp.endpoint_pods().values().next().map(|(p, _)| p.clone()),
+        Some(PodKey::new("x", "a"))
+    );
 }

@@ -19,8 +19,15 @@ spec:
 "#;
 
 fn udp_frag(src: &str, dst: &str, dport: u16, frag: Frag) -> Vec<u8> {
-    let o = IpOpts { frag: Some(frag), ..Default::default() };
-    let l4 = if frag.offset == 0 { udp_hdr(5000, dport, &[0u8; 64]) } else { vec![0u8; 64] };
+    let o = IpOpts {
+        frag: Some(frag),
+        ..Default::default()
+    };
+    let l4 = if frag.offset == 0 {
+        udp_hdr(5000, dport, &[0u8; 64])
+    } else {
+        vec![0u8; 64]
+    };
     eth(&ip(addr(src), addr(dst), UDP, &l4, &o))
 }
 
@@ -30,17 +37,55 @@ fn later_fragments_follow_the_first_fragment() {
         return;
     }
     let f = Fixture::new(POLICY);
-    for (src, dst) in [("10.244.2.11", "10.244.1.10"), ("fd00:10:244:2::11", "fd00:10:244:1::10")] {
-        let first = Frag { offset: 0, more: true, id: 7 };
-        let later = Frag { offset: 9, more: false, id: 7 };
-        assert_eq!(f.ingress(&udp_frag(src, dst, 53, first)), PASS, "{src}: allowed first fragment");
-        assert_eq!(f.ingress(&udp_frag(src, dst, 53, later)), PASS, "{src}: its later fragment");
-        let first = Frag { offset: 0, more: true, id: 8 };
-        let later = Frag { offset: 9, more: false, id: 8 };
-        assert_eq!(f.ingress(&udp_frag(src, dst, 54, first)), DROP, "{src}: denied first fragment");
-        assert_eq!(f.ingress(&udp_frag(src, dst, 54, later)), DROP, "{src}: its later fragment");
+    for (src, dst) in [
+        ("10.244.2.11", "10.244.1.10"),
+        ("fd00:10:244:2::11", "fd00:10:244:1::10"),
+    ] {
+        let first = Frag {
+            offset: 0,
+            more: true,
+            id: 7,
+        };
+        let later = Frag {
+            offset: 9,
+            more: false,
+            id: 7,
+        };
+        assert_eq!(
+            f.ingress(&udp_frag(src, dst, 53, first)),
+            PASS,
+            "{src}: allowed first fragment"
+        );
+        assert_eq!(
+            f.ingress(&udp_frag(src, dst, 53, later)),
+            PASS,
+            "{src}: its later fragment"
+        );
+        let first = Frag {
+            offset: 0,
+            more: true,
+            id: 8,
+        };
+        let later = Frag {
+            offset: 9,
+            more: false,
+            id: 8,
+        };
+        assert_eq!(
+            f.ingress(&udp_frag(src, dst, 54, first)),
+            DROP,
+            "{src}: denied first fragment"
+        );
+        assert_eq!(
+            f.ingress(&udp_frag(src, dst, 54, later)),
+            DROP,
+            "{src}: its later fragment"
+        );
     }
-    assert_eq!(f.counter(counter::DROP_BASE + DropReason::FragmentOfDropped as u32), 2);
+    assert_eq!(
+        f.counter(counter::DROP_BASE + DropReason::FragmentOfDropped as u32),
+        2
+    );
 }
 
 #[test]
@@ -49,12 +94,33 @@ fn a_fragment_without_a_first_fragment_never_enters_an_isolated_pod() {
         return;
     }
     let f = Fixture::new(POLICY);
-    let later = Frag { offset: 100, more: true, id: 99 };
-    assert_eq!(f.ingress(&udp_frag("10.244.2.11", "10.244.1.10", 53, later)), DROP);
-    assert_eq!(f.ingress(&udp_frag("fd00:10:244:2::11", "fd00:10:244:1::10", 53, later)), DROP);
-    assert_eq!(f.counter(counter::DROP_BASE + DropReason::FragmentWithoutHead as u32), 2);
+    let later = Frag {
+        offset: 100,
+        more: true,
+        id: 99,
+    };
+    assert_eq!(
+        f.ingress(&udp_frag("10.244.2.11", "10.244.1.10", 53, later)),
+        DROP
+    );
+    assert_eq!(
+        f.ingress(&udp_frag(
+            "fd00:10:244:2::11",
+            "fd00:10:244:1::10",
+            53,
+            later
+        )),
+        DROP
+    );
+    assert_eq!(
+        f.counter(counter::DROP_BASE + DropReason::FragmentWithoutHead as u32),
+        2
+    );
     // Egress of x/a is not isolated: the same fragment may leave.
-    assert_eq!(f.egress(&udp_frag("10.244.1.10", "10.244.2.11", 53, later)), PASS);
+    assert_eq!(
+        f.egress(&udp_frag("10.244.1.10", "10.244.2.11", 53, later)),
+        PASS
+    );
 }
 
 #[test]
@@ -64,8 +130,19 @@ fn ipv4_options_are_skipped_by_length_and_ports_still_decide() {
     }
     let f = Fixture::new(POLICY);
     // Record route (7), 11 bytes, padded: IHL 8.
-    let o = IpOpts { ipv4_options: vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0], ..Default::default() };
-    let pkt = |dport| eth(&ip(addr("10.244.2.11"), addr("10.244.1.10"), TCP, &tcp_hdr(1000, dport, SYN), &o));
+    let o = IpOpts {
+        ipv4_options: vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0],
+        ..Default::default()
+    };
+    let pkt = |dport| {
+        eth(&ip(
+            addr("10.244.2.11"),
+            addr("10.244.1.10"),
+            TCP,
+            &tcp_hdr(1000, dport, SYN),
+            &o,
+        ))
+    };
     assert_eq!(f.ingress(&pkt(80)), PASS);
     assert_eq!(f.ingress(&pkt(22)), DROP);
 }
@@ -76,15 +153,38 @@ fn ipv6_extension_headers_are_walked_and_ports_still_decide() {
         return;
     }
     let f = Fixture::new(POLICY);
-    let o = IpOpts { ipv6_ext: vec![0, 60, 43], ..Default::default() };
-    let pkt = |dport| eth(&ip(addr("fd00:10:244:2::11"), addr("fd00:10:244:1::10"), TCP, &tcp_hdr(1000, dport, SYN), &o));
+    let o = IpOpts {
+        ipv6_ext: vec![0, 60, 43],
+        ..Default::default()
+    };
+    let pkt = |dport| {
+        eth(&ip(
+            addr("fd00:10:244:2::11"),
+            addr("fd00:10:244:1::10"),
+            TCP,
+            &tcp_hdr(1000, dport, SYN),
+            &o,
+        ))
+    };
     assert_eq!(f.ingress(&pkt(80)), PASS);
     assert_eq!(f.ingress(&pkt(22)), DROP);
     // A chain longer than the walk is dropped, not skipped.
-    let long = IpOpts { ipv6_ext: vec![60; 9], ..Default::default() };
-    let pkt = eth(&ip(addr("fd00:10:244:2::11"), addr("fd00:10:244:1::10"), TCP, &tcp_hdr(1000, 80, SYN), &long));
+    let long = IpOpts {
+        ipv6_ext: vec![60; 9],
+        ..Default::default()
+    };
+    let pkt = eth(&ip(
+        addr("fd00:10:244:2::11"),
+        addr("fd00:10:244:1::10"),
+        TCP,
+        &tcp_hdr(1000, 80, SYN),
+        &long,
+    ));
     assert_eq!(f.ingress(&pkt), DROP);
-    assert_eq!(f.counter(counter::DROP_BASE + DropReason::ExtensionHeaderLimit as u32), 1);
+    assert_eq!(
+        f.counter(counter::DROP_BASE + DropReason::ExtensionHeaderLimit as u32),
+        1
+    );
 }
 
 #[test]
@@ -95,9 +195,25 @@ fn unknown_protocols_need_a_rule_without_ports() {
     let f = Fixture::new(POLICY);
     let o = IpOpts::default();
     let gre = |src: &str| eth(&ip(addr(src), addr("10.244.1.10"), 47, &[0u8; 8], &o));
-    assert_eq!(f.ingress(&gre("10.244.2.11")), DROP, "y/b only has port rules");
-    assert_eq!(f.ingress(&gre("10.244.2.12")), PASS, "y/c has a rule without ports");
-    let icmp = |src: &str| eth(&ip(addr(src), addr("10.244.1.10"), ICMP, &echo(false, true, 1), &o));
+    assert_eq!(
+        f.ingress(&gre("10.244.2.11")),
+        DROP,
+        "y/b only has port rules"
+    );
+    assert_eq!(
+        f.ingress(&gre("10.244.2.12")),
+        PASS,
+        "y/c has a rule without ports"
+    );
+    let icmp = |src: &str| {
+        eth(&ip(
+            addr(src),
+            addr("10.244.1.10"),
+            ICMP,
+            &echo(false, true, 1),
+            &o,
+        ))
+    };
     assert_eq!(f.ingress(&icmp("10.244.2.11")), DROP);
     assert_eq!(f.ingress(&icmp("10.244.2.12")), PASS);
 }
@@ -109,16 +225,31 @@ fn truncated_headers_are_dropped_as_malformed() {
     }
     let f = Fixture::new("");
     let full = tcp("10.244.2.11", "10.244.1.10", 1000, 80, SYN);
-    assert_eq!(f.ingress(&full[..14 + 20 + 2]), DROP, "TCP header cut after 2 bytes");
+    assert_eq!(
+        f.ingress(&full[..14 + 20 + 2]),
+        DROP,
+        "TCP header cut after 2 bytes"
+    );
     // (BPF_PROG_TEST_RUN itself refuses frames shorter than Ethernet + IPv4 header.)
     let mut long_ihl = full.clone();
     long_ihl[14] = 0x4f;
-    assert_eq!(f.ingress(&long_ihl), DROP, "IHL claims 60 bytes of header: the ports are past the end");
+    assert_eq!(
+        f.ingress(&long_ihl),
+        DROP,
+        "IHL claims 60 bytes of header: the ports are past the end"
+    );
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x44;
     assert_eq!(f.ingress(&bad_ihl), DROP, "IHL below 5");
-    assert_eq!(f.counter(counter::DROP_BASE + DropReason::Malformed as u32), 3);
-    assert_eq!(f.ingress(&full), PASS, "not isolated: the whole packet passes");
+    assert_eq!(
+        f.counter(counter::DROP_BASE + DropReason::Malformed as u32),
+        3
+    );
+    assert_eq!(
+        f.ingress(&full),
+        PASS,
+        "not isolated: the whole packet passes"
+    );
 }
 
 #[test]
@@ -128,13 +259,36 @@ fn arp_and_neighbour_discovery_pass_other_ethertypes_are_dropped() {
     }
     let f = Fixture::new(POLICY);
     assert_eq!(f.ingress(&frame(0x0806, &[0u8; 28])), PASS, "ARP");
-    assert_eq!(f.egress(&frame(0x0806, &[0u8; 28])), PASS, "ARP from the pod");
-    let ns = eth(&ip(addr("fe80::1"), addr("ff02::1:ff00:10"), ICMPV6, &neighbour_solicitation(), &IpOpts::default()));
+    assert_eq!(
+        f.egress(&frame(0x0806, &[0u8; 28])),
+        PASS,
+        "ARP from the pod"
+    );
+    let ns = eth(&ip(
+        addr("fe80::1"),
+        addr("ff02::1:ff00:10"),
+        ICMPV6,
+        &neighbour_solicitation(),
+        &IpOpts::default(),
+    ));
     assert_eq!(f.ingress(&ns), PASS, "neighbour solicitation");
-    let ns_out = eth(&ip(addr("fe80::2"), addr("ff02::1:ff00:1"), ICMPV6, &neighbour_solicitation(), &IpOpts::default()));
+    let ns_out = eth(&ip(
+        addr("fe80::2"),
+        addr("ff02::1:ff00:1"),
+        ICMPV6,
+        &neighbour_solicitation(),
+        &IpOpts::default(),
+    ));
     assert_eq!(f.egress(&ns_out), PASS, "from the pod's link-local address");
     let vlan = frame(0x8100, &tcp("10.244.2.11", "10.244.1.10", 1, 80, SYN)[12..]);
-    assert_eq!(f.ingress(&vlan), DROP, "VLAN-tagged IP must not bypass policy");
+    assert_eq!(
+        f.ingress(&vlan),
+        DROP,
+        "VLAN-tagged IP must not bypass policy"
+    );
     assert_eq!(f.ingress(&frame(0x88cc, &[0u8; 40])), DROP, "LLDP");
-    assert_eq!(f.counter(counter::DROP_BASE + DropReason::UnsupportedEthertype as u32), 2);
+    assert_eq!(
+        f.counter(counter::DROP_BASE + DropReason::UnsupportedEthertype as u32),
+        2
+    );
 }

@@ -49,7 +49,9 @@ fn nightly_has_rust_src() -> bool {
         .filter(|o| o.status.success())
         .map(|o| {
             let sysroot = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").is_dir()
+            Path::new(&sysroot)
+                .join("lib/rustlib/src/rust/library/core")
+                .is_dir()
         })
         .unwrap_or(false)
 }
@@ -57,10 +59,12 @@ fn nightly_has_rust_src() -> bool {
 /// Picks the toolchain, or says exactly what is missing.
 pub fn detect_toolchain() -> Result<EbpfToolchain, String> {
     if !bpf_linker_present() {
-        return Err("bpf-linker is not installed: run `cargo xtask setup` (it runs \
+        return Err(
+            "bpf-linker is not installed: run `cargo xtask setup` (it runs \
              `cargo install bpf-linker --no-default-features --features llvm-22` against \
              Debian's llvm-22-dev)"
-            .into());
+                .into(),
+        );
     }
     if Path::new(DEBIAN_RUSTC).is_file() && Path::new(DEBIAN_BPF_CORE).is_dir() {
         return Ok(EbpfToolchain::Debian);
@@ -98,7 +102,8 @@ pub fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf, String
     ] {
         cmd.env_remove(var);
     }
-    cmd.current_dir(&crate_dir).env("PATH", path_with_cargo_bin());
+    cmd.current_dir(&crate_dir)
+        .env("PATH", path_with_cargo_bin());
     match toolchain {
         EbpfToolchain::Debian => {
             cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
@@ -118,7 +123,9 @@ pub fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf, String
     }
     cmd.arg("--target-dir").arg(target_dir);
     eprintln!("+ ({toolchain:?}) {cmd:?}");
-    let status = cmd.status().map_err(|e| format!("running {cargo:?}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running {cargo:?}: {e}"))?;
     if !status.success() {
         return Err(format!("building enforcer-ebpf failed ({status}): {cmd:?}"));
     }

@@ -40,7 +40,10 @@ enum Cmd {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").into()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .into()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -113,7 +116,10 @@ fn setup() -> Result<()> {
 
 fn is_bpffs(path: &str) -> bool {
     std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(path) && l.contains(" bpf ")))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(path) && l.contains(" bpf "))
+        })
         .unwrap_or(false)
 }
 
@@ -136,7 +142,9 @@ fn main() -> Result<()> {
             build_ebpf()?;
             // Kernel and lab tests share the machine's bpffs and create network namespaces:
             // they run as root and serialise where they must (see tests/).
-            run(cargo().args(["test", "--workspace", "--no-fail-fast", "--"]).args(&args))
+            run(cargo()
+                .args(["test", "--workspace", "--no-fail-fast", "--"])
+                .args(&args))
         }
         Cmd::Lab { duration } => {
             setup()?;
@@ -154,7 +162,14 @@ fn main() -> Result<()> {
         }
         Cmd::Lint => {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-            run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
         }
     }
 }

@@ -60,7 +60,11 @@ impl PortPrefix {
         PortPrefix { port, len: 16 }
     }
     pub fn contains(&self, port: u16) -> bool {
-        let mask = if self.len == 0 { 0 } else { u16::MAX << (16 - self.len as u32) };
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u16::MAX << (16 - self.len as u32)
+        };
         port & mask == self.port & mask
     }
 }

@@ -8,7 +8,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf";
 
 pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into the zeroed struct we own; `c` is NUL-terminated.
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
@@ -26,7 +28,13 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
         let target = std::ffi::CString::new(DEFAULT_ROOT).expect("no NUL");
         // SAFETY: valid NUL-terminated strings; no data argument.
         let rc = unsafe {
-            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());
@@ -34,7 +42,10 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
     std::fs::create_dir_all(dir)?;
     if !is_bpffs(dir) {
-        return Err(io::Error::other(format!("{} is not on a bpf filesystem", dir.display())));
+        return Err(io::Error::other(format!(
+            "{} is not on a bpf filesystem",
+            dir.display()
+        )));
     }
     Ok(())
 }

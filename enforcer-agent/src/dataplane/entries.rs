@@ -29,8 +29,13 @@ impl Identities {
             .values()
             .copied()
             .max()
-            .map_or(identity::FIRST_ALLOCATED, |m| (m + 1).max(identity::FIRST_ALLOCATED));
-        Identities { by_prefix: existing, next }
+            .map_or(identity::FIRST_ALLOCATED, |m| {
+                (m + 1).max(identity::FIRST_ALLOCATED)
+            });
+        Identities {
+            by_prefix: existing,
+            next,
+        }
     }
 
     /// The identities the tables need: kept where a prefix already has one, new otherwise.
@@ -75,7 +80,9 @@ pub fn policy_entries(plan: &EndpointPlan, ids: &BTreeMap<IpNet, u32>) -> BTreeM
             allow.ports.port,
         );
         let len = POLICY_KEY_FIXED_BITS + allow.ports.len as u32;
-        out.entry((len, key)).and_modify(|r: &mut u32| *r = (*r).min(rule)).or_insert(rule);
+        out.entry((len, key))
+            .and_modify(|r: &mut u32| *r = (*r).min(rule))
+            .or_insert(rule);
     }
     out
 }
@@ -89,7 +96,12 @@ pub fn endpoint_info(plan: &EndpointPlan, ep_id: u32, policy_set: u32) -> Endpoi
     if plan.egress_isolated() {
         flags |= F_EGRESS_ISOLATED;
     }
-    let mut info = EndpointInfo { ep_id, policy_set, flags, ..Default::default() };
+    let mut info = EndpointInfo {
+        ep_id,
+        policy_set,
+        flags,
+        ..Default::default()
+    };
     if let Some(v4) = plan.ipv4 {
         info.flags |= F_HAS_V4;
         info.ipv4 = v4.octets();
@@ -115,17 +127,28 @@ mod tests {
     #[test]
     fn identities_are_stable_and_host_is_shared() {
         let mut t = Tables::default();
-        t.prefixes.insert("10.0.0.1/32".parse().unwrap(), PrefixOwner::Host);
-        t.prefixes.insert("10.0.0.2/32".parse().unwrap(), PrefixOwner::Cidr);
+        t.prefixes
+            .insert("10.0.0.1/32".parse().unwrap(), PrefixOwner::Host);
+        t.prefixes
+            .insert("10.0.0.2/32".parse().unwrap(), PrefixOwner::Cidr);
         let mut ids = Identities::adopt(BTreeMap::new());
         let a = ids.assign(&t);
         ids.by_prefix = a.clone();
-        t.prefixes.insert("10.0.0.3/32".parse().unwrap(), PrefixOwner::Cidr);
+        t.prefixes
+            .insert("10.0.0.3/32".parse().unwrap(), PrefixOwner::Cidr);
         let b = ids.assign(&t);
         assert_eq!(a[&"10.0.0.1/32".parse::<IpNet>().unwrap()], identity::HOST);
-        assert_eq!(a[&"10.0.0.2/32".parse::<IpNet>().unwrap()], b[&"10.0.0.2/32".parse::<IpNet>().unwrap()]);
-        assert_ne!(b[&"10.0.0.3/32".parse::<IpNet>().unwrap()], b[&"10.0.0.2/32".parse::<IpNet>().unwrap()]);
-        assert!(b.values().all(|&id| id == identity::HOST || id >= identity::FIRST_ALLOCATED));
+        assert_eq!(
+            a[&"10.0.0.2/32".parse::<IpNet>().unwrap()],
+            b[&"10.0.0.2/32".parse::<IpNet>().unwrap()]
+        );
+        assert_ne!(
+            b[&"10.0.0.3/32".parse::<IpNet>().unwrap()],
+            b[&"10.0.0.2/32".parse::<IpNet>().unwrap()]
+        );
+        assert!(b
+            .values()
+            .all(|&id| id == identity::HOST || id >= identity::FIRST_ALLOCATED));
     }
 
     #[test]
@@ -141,12 +164,26 @@ mod tests {
         };
         plan.allows.insert(allow, 4);
         plan.allows.insert(
-            Allow { direction: Direction::Egress, peer: Peer::Any, proto: Proto::Any, ports: PortPrefix::ALL },
+            Allow {
+                direction: Direction::Egress,
+                peer: Peer::Any,
+                proto: Proto::Any,
+                ports: PortPrefix::ALL,
+            },
             2,
         );
         let e = policy_entries(&plan, &ids);
         assert_eq!(e.len(), 2);
-        assert_eq!(e[&(POLICY_KEY_FIXED_BITS + 15, PolicyKey::new(0, 0, 6, 300, 80))], 4);
-        assert_eq!(e[&(POLICY_KEY_FIXED_BITS, PolicyKey::new(0, 1, 0, identity::ANY, 0))], 2);
+        assert_eq!(
+            e[&(POLICY_KEY_FIXED_BITS + 15, PolicyKey::new(0, 0, 6, 300, 80))],
+            4
+        );
+        assert_eq!(
+            e[&(
+                POLICY_KEY_FIXED_BITS,
+                PolicyKey::new(0, 1, 0, identity::ANY, 0)
+            )],
+            2
+        );
     }
 }

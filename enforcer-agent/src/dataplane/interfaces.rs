@@ -35,7 +35,10 @@ pub fn parse_ipv4_routes(text: &str) -> BTreeMap<IpAddr, String> {
             continue;
         }
         if let Ok(dst) = u32::from_str_radix(f[1], 16) {
-            out.insert(IpAddr::V4(Ipv4Addr::from(dst.swap_bytes())), f[0].to_string());
+            out.insert(
+                IpAddr::V4(Ipv4Addr::from(dst.swap_bytes())),
+                f[0].to_string(),
+            );
         }
     }
     out
@@ -68,7 +71,10 @@ pub fn ifindex(name: &str) -> Option<u32> {
 pub fn pod_iface(routes: &BTreeMap<IpAddr, String>, ips: &[IpAddr]) -> Option<Iface> {
     ips.iter().find_map(|ip| {
         let name = routes.get(ip)?;
-        Some(Iface { name: name.clone(), ifindex: ifindex(name)? })
+        Some(Iface {
+            name: name.clone(),
+            ifindex: ifindex(name)?,
+        })
     })
 }
 
@@ -116,12 +122,16 @@ mod tests {
 
     #[test]
     fn ipv4_host_routes_only() {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                     lxc1\t0A01F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
                     eth0\t0000F40A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
         let r = parse_ipv4_routes(text);
         assert_eq!(r.len(), 1);
-        assert_eq!(r.get(&"10.244.1.10".parse().unwrap()).map(String::as_str), Some("lxc1"));
+        assert_eq!(
+            r.get(&"10.244.1.10".parse().unwrap()).map(String::as_str),
+            Some("lxc1")
+        );
     }
 
     #[test]
@@ -131,6 +141,10 @@ mod tests {
                     00000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001       lo\n";
         let r = parse_ipv6_routes(text);
         assert_eq!(r.len(), 1);
-        assert_eq!(r.get(&"fd00:10:244:1::10".parse().unwrap()).map(String::as_str), Some("lxc3"));
+        assert_eq!(
+            r.get(&"fd00:10:244:1::10".parse().unwrap())
+                .map(String::as_str),
+            Some("lxc3")
+        );
     }
 }

@@ -44,17 +44,45 @@ pub static BPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/enforce
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("preparing bpffs at {path}")]
-    Bpffs { path: PathBuf, #[source] source: std::io::Error },
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("loading the eBPF object (pins under {pin_dir})")]
-    Load { pin_dir: PathBuf, #[source] source: Box<aya::EbpfError> },
+    Load {
+        pin_dir: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
     #[error("program {name}")]
-    Program { name: &'static str, #[source] source: ProgramError },
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
     #[error("map {name}: {op}")]
-    Map { name: &'static str, op: &'static str, #[source] source: MapError },
+    Map {
+        name: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
     #[error("attaching {program} to {ifname}")]
-    Attach { program: &'static str, ifname: String, #[source] source: ProgramError },
+    Attach {
+        program: &'static str,
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("pinning the {program} link of {ifname} at {path}")]
-    PinLink { program: &'static str, ifname: String, path: PathBuf, #[source] source: Box<dyn std::error::Error + Send + Sync> },
+    PinLink {
+        program: &'static str,
+        ifname: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -107,34 +135,49 @@ impl Dataplane {
     /// Loads the programs with every map pinned under `pin_dir` (reusing pins that exist, so a
     /// restarted agent adopts the datapath in force) and reads back what the maps hold.
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        bpffs::ensure_dir(pin_dir)
-            .map_err(|source| DataplaneError::Bpffs { path: pin_dir.into(), source })?;
+        bpffs::ensure_dir(pin_dir).map_err(|source| DataplaneError::Bpffs {
+            path: pin_dir.into(),
+            source,
+        })?;
         let mut loader = EbpfLoader::new();
         let pins: Vec<(&'static str, PathBuf)> =
             names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(BPF_OBJECT).map_err(|source| DataplaneError::Load {
-            pin_dir: pin_dir.into(),
-            source: Box::new(source),
-        })?;
+        let mut ebpf = loader
+            .load(BPF_OBJECT)
+            .map_err(|source| DataplaneError::Load {
+                pin_dir: pin_dir.into(),
+                source: Box::new(source),
+            })?;
         for name in [names::programs::POD_EGRESS, names::programs::POD_INGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .expect("the object defines both programs")
                 .try_into()
                 .map_err(|source| DataplaneError::Program { name, source })?;
-            prog.load().map_err(|source| DataplaneError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
         }
-        let mut take = |name: &'static str| ebpf.take_map(name).expect("the object defines every map in names::ALL");
-        let endpoints_map = HashMap::try_from(take(names::ENDPOINTS)).map_err(map_err(names::ENDPOINTS, "open"))?;
-        let id_v4 = LpmTrie::try_from(take(names::IDENTITY_V4)).map_err(map_err(names::IDENTITY_V4, "open"))?;
-        let id_v6 = LpmTrie::try_from(take(names::IDENTITY_V6)).map_err(map_err(names::IDENTITY_V6, "open"))?;
-        let policy = LpmTrie::try_from(take(names::POLICY)).map_err(map_err(names::POLICY, "open"))?;
-        let config = Array::try_from(take(names::CONFIG)).map_err(map_err(names::CONFIG, "open"))?;
-        let counters = PerCpuArray::try_from(take(names::COUNTERS)).map_err(map_err(names::COUNTERS, "open"))?;
-        let events = RingBuf::try_from(take(names::FLOW_EVENTS)).map_err(map_err(names::FLOW_EVENTS, "open"))?;
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .expect("the object defines every map in names::ALL")
+        };
+        let endpoints_map =
+            HashMap::try_from(take(names::ENDPOINTS)).map_err(map_err(names::ENDPOINTS, "open"))?;
+        let id_v4 = LpmTrie::try_from(take(names::IDENTITY_V4))
+            .map_err(map_err(names::IDENTITY_V4, "open"))?;
+        let id_v6 = LpmTrie::try_from(take(names::IDENTITY_V6))
+            .map_err(map_err(names::IDENTITY_V6, "open"))?;
+        let policy =
+            LpmTrie::try_from(take(names::POLICY)).map_err(map_err(names::POLICY, "open"))?;
+        let config =
+            Array::try_from(take(names::CONFIG)).map_err(map_err(names::CONFIG, "open"))?;
+        let counters = PerCpuArray::try_from(take(names::COUNTERS))
+            .map_err(map_err(names::COUNTERS, "open"))?;
+        let events = RingBuf::try_from(take(names::FLOW_EVENTS))
+            .map_err(map_err(names::FLOW_EVENTS, "open"))?;
 
         let mut dp = Dataplane {
             ebpf,
@@ -177,7 +220,10 @@ impl Dataplane {
             let mut key = k.data();
             let set = u32::from_be_bytes(key.set);
             key.set = [0; 4];
-            by_set.entry(set).or_default().insert((k.prefix_len(), key), rule);
+            by_set
+                .entry(set)
+                .or_default()
+                .insert((k.prefix_len(), key), rule);
         }
         let mut eps = Vec::new();
         for item in self.endpoints_map.iter() {
@@ -185,11 +231,19 @@ impl Dataplane {
         }
         for (ifindex, info) in eps {
             let entries = by_set.remove(&info.policy_set).unwrap_or_default();
-            let attached = self.link_path(ifindex, names::programs::POD_EGRESS).exists();
+            let attached = self
+                .link_path(ifindex, names::programs::POD_EGRESS)
+                .exists();
             self.next_ep_id = self.next_ep_id.max(info.ep_id + 1);
             self.endpoints.insert(
                 ifindex,
-                EndpointState { pod: None, ifname: String::new(), info, entries, attached },
+                EndpointState {
+                    pod: None,
+                    ifname: String::new(),
+                    info,
+                    entries,
+                    attached,
+                },
             );
         }
         // Entries of sets no endpoint uses are leftovers of an interrupted update.
@@ -204,7 +258,9 @@ impl Dataplane {
     }
 
     fn link_path(&self, ifindex: u32, program: &str) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{ifindex}-{program}"))
+        self.pin_dir
+            .join("links")
+            .join(format!("{ifindex}-{program}"))
     }
 
     /// The flow-event ring buffer (once: the flow reader owns it).
@@ -215,7 +271,12 @@ impl Dataplane {
     /// The counters summed over CPUs, by `enforcer_common::reason::counter` index.
     pub fn counters(&self) -> Vec<u64> {
         (0..counter::LEN)
-            .map(|i| self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .map(|i| {
+                self.counters
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0)
+            })
             .collect()
     }
 
@@ -234,7 +295,11 @@ impl Dataplane {
     /// Makes the maps and attachments match `tables` for the local pods whose interfaces are
     /// known (`ifaces`). Pods without an interface are left out (reported as pending by the
     /// caller) and picked up by a later sync.
-    pub fn sync(&mut self, tables: &Tables, ifaces: &BTreeMap<PodKey, Iface>) -> Result<SyncReport> {
+    pub fn sync(
+        &mut self,
+        tables: &Tables,
+        ifaces: &BTreeMap<PodKey, Iface>,
+    ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let mut changed = false;
 
@@ -251,7 +316,9 @@ impl Dataplane {
         // 2. endpoints.
         let mut keep = BTreeMap::new();
         for (pod, plan) in &tables.endpoints {
-            let Some(iface) = ifaces.get(pod) else { continue };
+            let Some(iface) = ifaces.get(pod) else {
+                continue;
+            };
             keep.insert(iface.ifindex, ());
             let desired = entries::policy_entries(plan, &ids);
             let state = match self.endpoints.remove(&iface.ifindex) {
@@ -263,7 +330,11 @@ impl Dataplane {
                         pod: None,
                         ifname: iface.name.clone(),
                         // Parity 1 "in force" with no entries: the first write goes to parity 0.
-                        info: EndpointInfo { ep_id, policy_set: entries::set_id(ep_id, 1), ..Default::default() },
+                        info: EndpointInfo {
+                            ep_id,
+                            policy_set: entries::set_id(ep_id, 1),
+                            ..Default::default()
+                        },
                         entries: BTreeMap::new(),
                         attached: false,
                     }
@@ -308,13 +379,22 @@ impl Dataplane {
         }
 
         // Endpoints that are gone: detach, then forget their record and entries.
-        let gone: Vec<u32> = self.endpoints.keys().filter(|i| !keep.contains_key(i)).copied().collect();
+        let gone: Vec<u32> = self
+            .endpoints
+            .keys()
+            .filter(|i| !keep.contains_key(i))
+            .copied()
+            .collect();
         for ifindex in gone {
             let state = self.endpoints.remove(&ifindex).expect("listed above");
             self.detach(ifindex);
             let _ = self.endpoints_map.remove(&ifindex);
             report.entries_removed += self.remove_entries(state.info.policy_set, &state.entries);
-            report.detached.push(if state.ifname.is_empty() { ifindex.to_string() } else { state.ifname });
+            report.detached.push(if state.ifname.is_empty() {
+                ifindex.to_string()
+            } else {
+                state.ifname
+            });
             changed = true;
         }
 
@@ -322,12 +402,25 @@ impl Dataplane {
         if changed || report.entries_written > 0 {
             self.revision = self.revision.wrapping_add(1);
             self.config
-                .set(0, Config { revision: self.revision, flags: 0 }, 0)
+                .set(
+                    0,
+                    Config {
+                        revision: self.revision,
+                        flags: 0,
+                    },
+                    0,
+                )
                 .map_err(map_err(names::CONFIG, "set"))?;
         }
 
         // 4. stale prefixes.
-        let stale: Vec<IpNet> = self.ids.by_prefix.keys().filter(|n| !ids.contains_key(n)).copied().collect();
+        let stale: Vec<IpNet> = self
+            .ids
+            .by_prefix
+            .keys()
+            .filter(|n| !ids.contains_key(n))
+            .copied()
+            .collect();
         for net in &stale {
             self.remove_identity(net);
         }
@@ -342,19 +435,31 @@ impl Dataplane {
         match net {
             IpNet::V4(n) => self
                 .id_v4
-                .insert(&Key::new(n.prefix_len() as u32, n.network().octets()), id, 0)
+                .insert(
+                    &Key::new(n.prefix_len() as u32, n.network().octets()),
+                    id,
+                    0,
+                )
                 .map_err(map_err(names::IDENTITY_V4, "insert")),
             IpNet::V6(n) => self
                 .id_v6
-                .insert(&Key::new(n.prefix_len() as u32, n.network().octets()), id, 0)
+                .insert(
+                    &Key::new(n.prefix_len() as u32, n.network().octets()),
+                    id,
+                    0,
+                )
                 .map_err(map_err(names::IDENTITY_V6, "insert")),
         }
     }
 
     fn remove_identity(&mut self, net: &IpNet) {
         let _ = match net {
-            IpNet::V4(n) => self.id_v4.remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
-            IpNet::V6(n) => self.id_v6.remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
+            IpNet::V4(n) => self
+                .id_v4
+                .remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
+            IpNet::V6(n) => self
+                .id_v6
+                .remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
         };
     }
 
@@ -370,8 +475,12 @@ impl Dataplane {
     /// Attaches both programs to a host-side veth and pins the links, so the datapath stays
     /// in force when the agent exits.
     fn attach(&mut self, iface: &Iface) -> Result<()> {
-        std::fs::create_dir_all(self.pin_dir.join("links"))
-            .map_err(|source| DataplaneError::Bpffs { path: self.pin_dir.join("links"), source })?;
+        std::fs::create_dir_all(self.pin_dir.join("links")).map_err(|source| {
+            DataplaneError::Bpffs {
+                path: self.pin_dir.join("links"),
+                source,
+            }
+        })?;
         for (program, hook) in [
             (names::programs::POD_EGRESS, TcAttachType::Ingress),
             (names::programs::POD_INGRESS, TcAttachType::Egress),
@@ -389,19 +498,38 @@ impl Dataplane {
                 .program_mut(program)
                 .expect("loaded in open")
                 .try_into()
-                .map_err(|source| DataplaneError::Program { name: program, source })?;
+                .map_err(|source| DataplaneError::Program {
+                    name: program,
+                    source,
+                })?;
             let id = prog
-                .attach_with_options(&iface.name, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(|source| DataplaneError::Attach { program, ifname: iface.name.clone(), source })?;
+                .attach_with_options(
+                    &iface.name,
+                    hook,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|source| DataplaneError::Attach {
+                    program,
+                    ifname: iface.name.clone(),
+                    source,
+                })?;
             let link = prog
                 .take_link(id)
-                .map_err(|source| DataplaneError::Attach { program, ifname: iface.name.clone(), source })?;
-            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| DataplaneError::PinLink {
-                program,
-                ifname: iface.name.clone(),
-                path: path.clone(),
-                source: Box::new(e),
-            })?;
+                .map_err(|source| DataplaneError::Attach {
+                    program,
+                    ifname: iface.name.clone(),
+                    source,
+                })?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(
+                    |e: aya::programs::links::LinkError| DataplaneError::PinLink {
+                        program,
+                        ifname: iface.name.clone(),
+                        path: path.clone(),
+                        source: Box::new(e),
+                    },
+                )?;
             fd.pin(&path).map_err(|e| DataplaneError::PinLink {
                 program,
                 ifname: iface.name.clone(),
@@ -438,8 +566,19 @@ impl Dataplane {
 
     /// Writes an endpoint record for an arbitrary ifindex without attaching (test runs use the
     /// loopback's ifindex 1, where `BPF_PROG_TEST_RUN` runs packets).
-    pub fn sync_for_test_run(&mut self, tables: &Tables, pod: &PodKey, ifindex: u32) -> Result<SyncReport> {
-        let ifaces = BTreeMap::from([(pod.clone(), Iface { name: String::from("lo"), ifindex })]);
+    pub fn sync_for_test_run(
+        &mut self,
+        tables: &Tables,
+        pod: &PodKey,
+        ifindex: u32,
+    ) -> Result<SyncReport> {
+        let ifaces = BTreeMap::from([(
+            pod.clone(),
+            Iface {
+                name: String::from("lo"),
+                ifindex,
+            },
+        )]);
         // Mark as attached so sync does not try to attach to the loopback.
         if let Some(s) = self.endpoints.get_mut(&ifindex) {
             s.attached = true;
@@ -451,7 +590,11 @@ impl Dataplane {
                 EndpointState {
                     pod: Some(pod.clone()),
                     ifname: "lo".into(),
-                    info: EndpointInfo { ep_id, policy_set: entries::set_id(ep_id, 1), ..Default::default() },
+                    info: EndpointInfo {
+                        ep_id,
+                        policy_set: entries::set_id(ep_id, 1),
+                        ..Default::default()
+                    },
                     entries: BTreeMap::new(),
                     attached: true,
                 },

@@ -49,11 +49,15 @@ fn addr(fam: u8, a: [u8; 16]) -> Result<IpAddr, DecodeError> {
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let expected = std::mem::size_of::<flow::FlowEvent>();
     if bytes.len() < expected {
-        return Err(DecodeError::Size { got: bytes.len(), expected });
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
     }
     // SAFETY: the length is checked; FlowEvent is plain old data (any bit pattern is valid);
     // read_unaligned has no alignment requirement.
-    let e: flow::FlowEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const flow::FlowEvent) };
+    let e: flow::FlowEvent =
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const flow::FlowEvent) };
     Ok(Event {
         ts_ns: e.ts_ns,
         ifindex: e.ifindex,
@@ -89,9 +93,20 @@ pub fn protocol_name(p: u8) -> String {
 }
 
 pub fn tcp_flags_text(f: u8) -> String {
-    const NAMES: [(u8, &str); 6] =
-        [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"), (0x20, "URG")];
-    NAMES.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
+    const NAMES: [(u8, &str); 6] = [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x20, "URG"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 #[cfg(test)]
@@ -101,7 +116,10 @@ mod tests {
     fn raw(e: flow::FlowEvent) -> Vec<u8> {
         // SAFETY: FlowEvent is repr(C) plain data.
         unsafe {
-            std::slice::from_raw_parts(&e as *const _ as *const u8, std::mem::size_of::<flow::FlowEvent>())
+            std::slice::from_raw_parts(
+                &e as *const _ as *const u8,
+                std::mem::size_of::<flow::FlowEvent>(),
+            )
         }
         .to_vec()
     }
@@ -139,9 +157,21 @@ mod tests {
 
     #[test]
     fn unknown_reason_stays_a_number_and_short_records_fail() {
-        let e = decode(&raw(flow::FlowEvent { family: family::IPV6, reason: 200, verdict: 1, ..Default::default() })).unwrap();
+        let e = decode(&raw(flow::FlowEvent {
+            family: family::IPV6,
+            reason: 200,
+            verdict: 1,
+            ..Default::default()
+        }))
+        .unwrap();
         assert_eq!(e.reason, Some(Err(200)));
         assert!(matches!(decode(&[0u8; 10]), Err(DecodeError::Size { .. })));
-        assert_eq!(decode(&raw(flow::FlowEvent { family: 9, ..Default::default() })), Err(DecodeError::Family(9)));
+        assert_eq!(
+            decode(&raw(flow::FlowEvent {
+                family: 9,
+                ..Default::default()
+            })),
+            Err(DecodeError::Family(9))
+        );
     }
 }

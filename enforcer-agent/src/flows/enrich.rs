@@ -79,14 +79,24 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(node: &str, cluster: &Cluster, tables: Tables, endpoints: BTreeMap<u32, (PodKey, String)>) -> Self {
+    pub fn new(
+        node: &str,
+        cluster: &Cluster,
+        tables: Tables,
+        endpoints: BTreeMap<u32, (PodKey, String)>,
+    ) -> Self {
         let mut pods_by_ip = BTreeMap::new();
         for pod in cluster.pods.values() {
             for ip in &pod.ips {
                 pods_by_ip.insert(*ip, (pod.key.clone(), pod.labels.clone()));
             }
         }
-        Context { node: node.into(), tables, pods_by_ip, endpoints }
+        Context {
+            node: node.into(),
+            tables,
+            pods_by_ip,
+            endpoints,
+        }
     }
 
     fn end(&self, ip: IpAddr, port: Option<u16>) -> FlowEnd {
@@ -103,8 +113,16 @@ impl Context {
     /// Builds the record of an event; `time` is the wall-clock time of the event.
     pub fn record(&self, ev: &Event, time: String) -> FlowRecord {
         let has_ports = matches!(ev.proto, 6 | 17 | 132);
-        let (sport, dport) = if has_ports { (Some(ev.sport), Some(ev.dport)) } else { (None, None) };
-        let direction = if ev.egress { Direction::Egress } else { Direction::Ingress };
+        let (sport, dport) = if has_ports {
+            (Some(ev.sport), Some(ev.dport))
+        } else {
+            (None, None)
+        };
+        let direction = if ev.egress {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
         let local = self.endpoints.get(&ev.ep_id);
         let reason = ev.reason.map(|r| match r {
             Ok(r) => r.name().to_string(),
@@ -116,26 +134,44 @@ impl Context {
             index: r.index,
         });
         let plan = local.and_then(|(pod, _)| self.tables.endpoints.get(pod));
-        let policy_drop = matches!(ev.reason, Some(Ok(enforcer_common::reason::DropReason::PolicyDenied)));
+        let policy_drop = matches!(
+            ev.reason,
+            Some(Ok(enforcer_common::reason::DropReason::PolicyDenied))
+        );
         let isolated_by: Vec<String> = match (plan, policy_drop) {
             (Some(p), true) => match direction {
-                Direction::Ingress => p.ingress_isolated_by.iter().map(|k| k.to_string()).collect(),
+                Direction::Ingress => p
+                    .ingress_isolated_by
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect(),
                 Direction::Egress => p.egress_isolated_by.iter().map(|k| k.to_string()).collect(),
             },
             _ => Vec::new(),
         };
         let src = self.end(ev.src, sport);
         let dst = self.end(ev.dst, dport);
-        let who = local.map(|(p, _)| p.to_string()).unwrap_or_else(|| format!("endpoint {}", ev.ep_id));
+        let who = local
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_else(|| format!("endpoint {}", ev.ep_id));
         let detail = match (&ev.reason, ev.dropped) {
             (_, false) => match &rule {
-                Some(r) => format!("allowed by {} {} rule {}", r.policy, dir_word(r.direction), r.index),
+                Some(r) => format!(
+                    "allowed by {} {} rule {}",
+                    r.policy,
+                    dir_word(r.direction),
+                    r.index
+                ),
                 None => format!("allowed: {who} is not isolated for {}", dir_word(direction)),
             },
             (Some(Ok(enforcer_common::reason::DropReason::PolicyDenied)), true) => format!(
                 "{who} is isolated for {} by {} and no rule allows this flow",
                 dir_word(direction),
-                if isolated_by.is_empty() { "a policy".to_string() } else { isolated_by.join(", ") }
+                if isolated_by.is_empty() {
+                    "a policy".to_string()
+                } else {
+                    isolated_by.join(", ")
+                }
             ),
             (Some(Ok(r)), true) => format!("dropped at {who}: {}", r.name().replace('_', " ")),
             (_, true) => format!("dropped at {who}"),
@@ -150,7 +186,11 @@ impl Context {
             protocol: protocol_name(ev.proto),
             src,
             dst,
-            tcp_flags: if ev.proto == 6 { tcp_flags_text(ev.tcp_flags) } else { String::new() },
+            tcp_flags: if ev.proto == 6 {
+                tcp_flags_text(ev.tcp_flags)
+            } else {
+                String::new()
+            },
             length: ev.len,
             interface: local.map(|(_, i)| i.clone()),
             reply: ev.reply,

@@ -19,7 +19,10 @@ pub struct Filter {
 /// Wall-clock time of a `CLOCK_MONOTONIC` timestamp (what `bpf_ktime_get_ns` returns).
 pub fn wall_time(ts_ns: u64) -> SystemTime {
     let now_wall = SystemTime::now();
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let now_mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
@@ -52,7 +55,10 @@ pub async fn run(
                 continue;
             }
             let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
-            let rec = ctx.read().expect("flow context lock poisoned").record(&ev, time);
+            let rec = ctx
+                .read()
+                .expect("flow context lock poisoned")
+                .record(&ev, time);
             serde_json::to_writer(&mut out, &rec)?;
             out.write_all(b"\n")?;
         }

@@ -199,7 +199,7 @@ pub async fn run_scenario(
 ) -> anyhow::Result<Results> {
     let mut lab = Lab::create(name)?;
     lab.sync_pods(&scenario.steps[0].pods)?;
-    lab.start_agent(keep)?;
+    lab.start_agent(keep, &[])?;
     let mut results = Results::default();
     for (i, step) in scenario.steps.iter().enumerate() {
         let started = Instant::now();
@@ -224,7 +224,9 @@ pub async fn run_scenario(
         results.steps.push(StepResult { probes });
     }
     if keep {
-        lab.set_probes_file(&probes_yaml(&scenario.steps[scenario.steps.len() - 1].probes))?;
+        lab.set_probes_file(&probes_yaml(
+            &scenario.steps[scenario.steps.len() - 1].probes,
+        ))?;
         let state = lab.detach()?;
         eprintln!("kept lab {name:?}; remove it with `enforcer lab down --name {name}`");
         print_up_summary(&state);
@@ -250,21 +252,26 @@ fn print_tables(scenario: &Scenario, results: &Results, expected: Option<&Result
 
 async fn cmd_up(args: UpArgs) -> anyhow::Result<()> {
     let scenario = match &args.scenario {
-        Some(dir) => Scenario::load(dir)
-            .with_context(|| format!("loading scenario {}", dir.display()))?,
+        Some(dir) => {
+            Scenario::load(dir).with_context(|| format!("loading scenario {}", dir.display()))?
+        }
         None => demo_scenario(),
     };
-    let state = up(&scenario, &args.name).await?.detach()?;
+    let state = up(&scenario, &args.name, &[]).await?.detach()?;
     print_up_summary(&state);
     Ok(())
 }
 
 /// Builds the first step of `scenario` with a detached agent and waits until it applied it.
-pub(crate) async fn up(scenario: &Scenario, name: &str) -> anyhow::Result<Lab> {
+pub(crate) async fn up(
+    scenario: &Scenario,
+    name: &str,
+    agent_args: &[&str],
+) -> anyhow::Result<Lab> {
     let step = &scenario.steps[0];
     let mut lab = Lab::create(name)?;
     lab.sync_pods(&step.pods)?;
-    lab.start_agent(true)?;
+    lab.start_agent(true, agent_args)?;
     lab.set_probes_file(&probes_yaml(&step.probes))?;
     lab.apply(step).await?;
     lab.save_state()?;
@@ -279,13 +286,20 @@ fn print_up_summary(state: &LabState) {
         Some(pid) => println!("agent: pid {pid}, log {}", state.paths.agent_log.display()),
         None => println!("agent: not started"),
     }
-    println!("manifests: {} (edit and save: the agent re-applies)", state.paths.manifests_dir.display());
+    println!(
+        "manifests: {} (edit and save: the agent re-applies)",
+        state.paths.manifests_dir.display()
+    );
     println!("flow log:  {}", state.paths.flow_log.display());
     println!();
     println!("try:");
     if let Some(pod) = state.pods.first() {
         let other = state.pods.get(1).unwrap_or(pod);
-        println!("  enforcer lab exec {} --name {name} -- ping -c1 {}", pod.key(), other.ipv4);
+        println!(
+            "  enforcer lab exec {} --name {name} -- ping -c1 {}",
+            pod.key(),
+            other.ipv4
+        );
     }
     println!("  enforcer lab probe --name {name}");
     println!("  enforcer lab status --name {name}");
@@ -294,11 +308,26 @@ fn print_up_summary(state: &LabState) {
 }
 
 fn print_pods(state: &LabState) {
-    let width = state.pods.iter().map(|p| p.key().len()).max().unwrap_or(3).max(3);
-    println!("  {:width$}  {:16}  {:7}  {:15}  IPv6", "POD", "NETNS", "IFACE", "IPv4");
+    let width = state
+        .pods
+        .iter()
+        .map(|p| p.key().len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    println!(
+        "  {:width$}  {:16}  {:7}  {:15}  IPv6",
+        "POD", "NETNS", "IFACE", "IPv4"
+    );
     for p in &state.pods {
         let v6 = p.ipv6.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-        println!("  {:width$}  {:16}  {:7}  {:15}  {v6}", p.key(), p.netns, p.ifname, p.ipv4.to_string());
+        println!(
+            "  {:width$}  {:16}  {:7}  {:15}  {v6}",
+            p.key(),
+            p.netns,
+            p.ifname,
+            p.ipv4.to_string()
+        );
     }
 }
 
@@ -327,13 +356,23 @@ fn cmd_status(args: StatusArgs) -> anyhow::Result<()> {
             "agent_alive": alive,
             "agent_status": agent_status,
         });
-        println!("{}", serde_json::to_string_pretty(&out).expect("json values serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("json values serialize")
+        );
         return Ok(());
     }
-    println!("lab {name:?} (node namespace {}, state {})", state.node_netns, state.paths.state_dir.display());
+    println!(
+        "lab {name:?} (node namespace {}, state {})",
+        state.node_netns,
+        state.paths.state_dir.display()
+    );
     print_pods(&state);
     match state.agent_pid {
-        Some(pid) => println!("agent: pid {pid} ({})", if alive { "running" } else { "NOT running" }),
+        Some(pid) => println!(
+            "agent: pid {pid} ({})",
+            if alive { "running" } else { "NOT running" }
+        ),
         None => println!("agent: none"),
     }
     if let Some(st) = agent_status {
@@ -350,7 +389,10 @@ fn cmd_status(args: StatusArgs) -> anyhow::Result<()> {
         }
     }
     if !alive {
-        println!("agent.log tail:\n{}", instance::log_tail(&state.paths.agent_log, 10));
+        println!(
+            "agent.log tail:\n{}",
+            instance::log_tail(&state.paths.agent_log, 10)
+        );
     }
     Ok(())
 }
@@ -360,13 +402,23 @@ fn cmd_exec(args: ExecArgs) -> anyhow::Result<()> {
     let state = LabState::load(&name)?;
     let pod = state.pod(&args.pod).with_context(|| {
         let known: Vec<String> = state.pods.iter().map(|p| p.key()).collect();
-        format!("no pod {:?} in lab {name:?} (pods: {})", args.pod, known.join(", "))
+        format!(
+            "no pod {:?} in lab {name:?} (pods: {})",
+            args.pod,
+            known.join(", ")
+        )
     })?;
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", &pod.netns])
         .args(&args.command)
         .status()
-        .with_context(|| format!("running ip netns exec {} {}", pod.netns, args.command.join(" ")))?;
+        .with_context(|| {
+            format!(
+                "running ip netns exec {} {}",
+                pod.netns,
+                args.command.join(" ")
+            )
+        })?;
     use std::os::unix::process::ExitStatusExt;
     let code = status
         .code()
@@ -381,7 +433,8 @@ async fn cmd_probe(args: ProbeArgs) -> anyhow::Result<()> {
         .probes
         .or_else(|| state.probes_file.clone())
         .context("no probes file given and the lab has none recorded")?;
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let probes: Vec<Probe> = serde_yaml::from_str::<Option<Vec<Probe>>>(&text)
         .with_context(|| format!("parsing {}", path.display()))?
         .unwrap_or_default();
@@ -428,4 +481,64 @@ fn cmd_down(args: DownArgs) -> anyhow::Result<()> {
         println!("no lab {name:?} found");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(subcommand)]
+        cmd: LabCommand,
+    }
+
+    fn parse(args: &[&str]) -> LabCommand {
+        Wrapper::try_parse_from(std::iter::once("lab").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .cmd
+    }
+
+    #[test]
+    fn parses_every_subcommand() {
+        let LabCommand::Run(run) = parse(&["run", "sc", "--json", "--keep", "--timeout-ms", "500"])
+        else {
+            panic!("not run")
+        };
+        assert_eq!(
+            (run.scenario, run.json, run.keep, run.timeout_ms),
+            ("sc".into(), true, true, 500)
+        );
+        let LabCommand::Exec(exec) =
+            parse(&["exec", "x/a", "--name", "n", "--", "ip", "-br", "addr"])
+        else {
+            panic!("not exec")
+        };
+        assert_eq!(exec.pod, "x/a");
+        assert_eq!(exec.name.as_deref(), Some("n"));
+        assert_eq!(exec.command, ["ip", "-br", "addr"]);
+        let LabCommand::Up(up) = parse(&["up"]) else {
+            panic!("not up")
+        };
+        assert_eq!((up.scenario, up.name.as_str()), (None, "demo"));
+        assert!(matches!(
+            parse(&["down", "--all"]),
+            LabCommand::Down(DownArgs { all: true, .. })
+        ));
+        assert!(matches!(
+            parse(&["probe", "p.yaml", "--json"]),
+            LabCommand::Probe(ProbeArgs { json: true, .. })
+        ));
+        assert!(matches!(parse(&["status"]), LabCommand::Status(_)));
+        assert!(matches!(
+            parse(&["demo", "--duration", "5"]),
+            LabCommand::Demo(DemoArgs {
+                duration: Some(5),
+                ..
+            })
+        ));
+        assert!(Wrapper::try_parse_from(["lab", "down", "--all", "--name", "x"]).is_err());
+    }
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde_json::Value;
 
 use super::cli::{demo_scenario, interruptible, up, DemoArgs};
+use super::instance::{log_tail, pid_alive};
 use super::probe::connect_once;
 use super::scenario::{Family, Proto};
 use super::servers::{Endpoint, ServerSet};
@@ -31,29 +32,111 @@ struct Flow {
     allowed: bool,
 }
 
-const fn flow(from: &'static str, to: &'static str, port: u16, protocol: Proto, family: Family, allowed: bool) -> Flow {
-    Flow { from, to, port, protocol, family, allowed }
+const fn flow(
+    from: &'static str,
+    to: &'static str,
+    port: u16,
+    protocol: Proto,
+    family: Family,
+    allowed: bool,
+) -> Flow {
+    Flow {
+        from,
+        to,
+        port,
+        protocol,
+        family,
+        allowed,
+    }
 }
 
 const TRAFFIC: &[Flow] = &[
-    flow("prod/frontend", "prod/backend", 8080, Proto::Tcp, Family::IPv4, true),
-    flow("prod/frontend", "prod/backend", 8080, Proto::Tcp, Family::IPv6, true),
-    flow("prod/frontend", "prod/backend", 8125, Proto::Udp, Family::IPv4, true),
-    flow("prod/backend", "prod/db", 5432, Proto::Tcp, Family::IPv4, true),
-    flow("dev/debug", "prod/frontend", 80, Proto::Tcp, Family::IPv6, true),
-    flow("prod/frontend", "prod/db", 5432, Proto::Tcp, Family::IPv4, false),
-    flow("dev/debug", "prod/backend", 8080, Proto::Tcp, Family::IPv4, false),
-    flow("dev/scanner", "prod/frontend", 80, Proto::Tcp, Family::IPv4, false),
-    flow("dev/scanner", "prod/db", 5432, Proto::Tcp, Family::IPv6, false),
+    flow(
+        "prod/frontend",
+        "prod/backend",
+        8080,
+        Proto::Tcp,
+        Family::IPv4,
+        true,
+    ),
+    flow(
+        "prod/frontend",
+        "prod/backend",
+        8080,
+        Proto::Tcp,
+        Family::IPv6,
+        true,
+    ),
+    flow(
+        "prod/frontend",
+        "prod/backend",
+        8125,
+        Proto::Udp,
+        Family::IPv4,
+        true,
+    ),
+    flow(
+        "prod/backend",
+        "prod/db",
+        5432,
+        Proto::Tcp,
+        Family::IPv4,
+        true,
+    ),
+    flow(
+        "dev/debug",
+        "prod/frontend",
+        80,
+        Proto::Tcp,
+        Family::IPv6,
+        true,
+    ),
+    flow(
+        "prod/frontend",
+        "prod/db",
+        5432,
+        Proto::Tcp,
+        Family::IPv4,
+        false,
+    ),
+    flow(
+        "dev/debug",
+        "prod/backend",
+        8080,
+        Proto::Tcp,
+        Family::IPv4,
+        false,
+    ),
+    flow(
+        "dev/scanner",
+        "prod/frontend",
+        80,
+        Proto::Tcp,
+        Family::IPv4,
+        false,
+    ),
+    flow(
+        "dev/scanner",
+        "prod/db",
+        5432,
+        Proto::Tcp,
+        Family::IPv6,
+        false,
+    ),
 ];
 
 pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let scenario = demo_scenario();
-    let lab = interruptible(up(&scenario, &args.name)).await?;
+    // Allowed connections are logged too, so the flow log shows both outcomes.
+    let lab = interruptible(up(&scenario, &args.name, &["--log-allowed"])).await?;
     let pods = lab.topo.pods();
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for f in TRAFFIC {
-        let ep = Endpoint { port: f.port, protocol: f.protocol, family: f.family };
+        let ep = Endpoint {
+            port: f.port,
+            protocol: f.protocol,
+            family: f.family,
+        };
         if !endpoints.contains(&ep) {
             endpoints.push(ep);
         }
@@ -63,13 +146,20 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         "demo lab {:?} is up: {} pods, agent pid {}; traffic every {}s{}; Ctrl-C to stop",
         args.name,
         pods.len(),
-        lab.state().agent_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        lab.agent_pid()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into()),
         ROUND.as_secs(),
-        args.duration.map(|d| format!(" for {d}s")).unwrap_or_default()
+        args.duration
+            .map(|d| format!(" for {d}s"))
+            .unwrap_or_default()
     );
-    println!("(in another terminal: enforcer lab status --name {0}; enforcer lab probe --name {0})", args.name);
+    println!(
+        "(in another terminal: enforcer lab status --name {0}; enforcer lab probe --name {0})",
+        args.name
+    );
     let tail = tokio::spawn(tail_flows(lab.paths.flow_log.clone()));
-    let traffic = traffic_loop(&lab.topo);
+    let traffic = traffic_loop(&lab.topo, lab.agent_pid(), &lab.paths.agent_log);
     let stop = async {
         match args.duration {
             Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
@@ -93,15 +183,26 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     res
 }
 
-async fn traffic_loop(topo: &Topology) -> anyhow::Result<()> {
+async fn traffic_loop(
+    topo: &Topology,
+    agent_pid: Option<u32>,
+    agent_log: &Path,
+) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(ROUND);
     for round in 1u64.. {
         ticker.tick().await;
+        if let Some(pid) = agent_pid.filter(|pid| !pid_alive(*pid)) {
+            anyhow::bail!(
+                "the agent (pid {pid}) exited; agent.log tail:\n{}",
+                log_tail(agent_log, 20)
+            );
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for (i, f) in TRAFFIC.iter().enumerate() {
             let (from, addr) = endpoints_of(topo, f.from, f.to, f.family, f.port)?;
             let proto = f.protocol;
-            tasks.spawn(async move { (i, connect_once(&from, addr, proto, CONNECT_TIMEOUT).await) });
+            tasks
+                .spawn(async move { (i, connect_once(&from, addr, proto, CONNECT_TIMEOUT).await) });
         }
         if round % SCAN_EVERY == 1 {
             let (from, _) = endpoints_of(topo, "dev/scanner", "prod/db", Family::IPv4, 0)?;
@@ -117,11 +218,19 @@ async fn traffic_loop(topo: &Topology) -> anyhow::Result<()> {
             }
         }
         let mut surprises = Vec::new();
+        let mut outcomes = Vec::new();
         let (mut ok, mut blocked) = (0, 0);
         while let Some(joined) = tasks.join_next().await {
             let (i, res) = joined.context("demo traffic task failed")?;
-            let Some(f) = TRAFFIC.get(i) else { continue };
+            if i >= TRAFFIC.len() {
+                continue; // a scan connection
+            }
             let connected = res?;
+            outcomes.push((i, connected));
+        }
+        outcomes.sort();
+        for (i, connected) in outcomes {
+            let f = &TRAFFIC[i];
             if connected {
                 ok += 1;
             } else {
@@ -135,11 +244,22 @@ async fn traffic_loop(topo: &Topology) -> anyhow::Result<()> {
                     f.port,
                     f.protocol,
                     f.family,
-                    if connected { "CONNECTED (expected blocked)" } else { "BLOCKED (expected allowed)" }
+                    if connected {
+                        "CONNECTED (expected blocked)"
+                    } else {
+                        "BLOCKED (expected allowed)"
+                    }
                 ));
             }
         }
-        println!("round {round}: {ok} connected, {blocked} blocked{}", if surprises.is_empty() { ", as the policies intend" } else { "" });
+        println!(
+            "round {round}: {ok} connected, {blocked} blocked{}",
+            if surprises.is_empty() {
+                ", as the policies intend"
+            } else {
+                ""
+            }
+        );
         for s in surprises {
             println!("  unexpected: {s}");
         }
@@ -154,8 +274,13 @@ fn endpoints_of(
     family: Family,
     port: u16,
 ) -> anyhow::Result<(Arc<LivePod>, SocketAddr)> {
-    let src = topo.pod(from).with_context(|| format!("demo pod {from} missing"))?.clone();
-    let dst = topo.pod(to).with_context(|| format!("demo pod {to} missing"))?;
+    let src = topo
+        .pod(from)
+        .with_context(|| format!("demo pod {from} missing"))?
+        .clone();
+    let dst = topo
+        .pod(to)
+        .with_context(|| format!("demo pod {to} missing"))?;
     let addr = dst
         .state
         .addr(family, port)
@@ -173,7 +298,7 @@ async fn tail_flows(path: PathBuf) {
             while let Some(nl) = partial.find('\n') {
                 let line: String = partial.drain(..=nl).collect();
                 let line = line.trim();
-                if !line.is_empty() {
+                if !line.is_empty() && !is_allowed_egress(line) {
                     println!("{}", format_flow_line(line));
                 }
             }
@@ -198,6 +323,21 @@ fn read_from(path: &Path, offset: &mut u64) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// An allowed connection is logged once per side; the demo shows only the destination's
+/// (ingress) record of it. Drops are always shown.
+fn is_allowed_egress(line: &str) -> bool {
+    let Ok(rec) = serde_json::from_str::<Value>(line) else {
+        return false;
+    };
+    let field = |k: &str| {
+        rec.get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_ascii_lowercase)
+    };
+    field("verdict").as_deref() == Some("allowed")
+        && field("direction").as_deref() == Some("egress")
+}
+
 /// `time  DROPPED  dev/scanner -> prod/db :5432/TCP  (policy_denied: detail)  [ingress]`;
 /// lines that are not JSON objects are returned as they are.
 pub fn format_flow_line(line: &str) -> String {
@@ -211,8 +351,17 @@ pub fn format_flow_line(line: &str) -> String {
             other => Some(other.to_string()),
         }
     };
-    let time = text(rec.get("time")).unwrap_or_else(|| "-".into());
-    let verdict = text(rec.get("verdict")).unwrap_or_else(|| "?".into()).to_uppercase();
+    // RFC 3339 timestamps are shortened to the time of day.
+    let time = text(rec.get("time")).map_or_else(
+        || "-".into(),
+        |t| match t.split_once('T') {
+            Some((_, tod)) if t.len() > 20 => tod.trim_end_matches('Z').to_owned(),
+            _ => t,
+        },
+    );
+    let verdict = text(rec.get("verdict"))
+        .unwrap_or_else(|| "?".into())
+        .to_uppercase();
     let src = peer(rec.get("src"));
     let dst = peer(rec.get("dst"));
     let port = rec
@@ -228,7 +377,9 @@ pub fn format_flow_line(line: &str) -> String {
             Some(132) => "SCTP".to_owned(),
             _ => n.to_string(),
         },
-        other => text(other).map(|s| s.to_uppercase()).unwrap_or_else(|| "?".into()),
+        other => text(other)
+            .map(|s| s.to_uppercase())
+            .unwrap_or_else(|| "?".into()),
     };
     let mut out = format!("{time}  {verdict:8} {src} -> {dst}");
     match port {
@@ -272,9 +423,22 @@ mod tests {
     }
 
     #[test]
+    fn shortens_rfc3339_times_and_hides_allowed_egress() {
+        let line =
+            r#"{"time":"2026-11-23T18:40:47.821Z","verdict":"allowed","direction":"egress"}"#;
+        assert!(format_flow_line(line).starts_with("18:40:47.821  ALLOWED "));
+        assert!(is_allowed_egress(line));
+        assert!(!is_allowed_egress(&line.replace("egress", "ingress")));
+        assert!(!is_allowed_egress(&line.replace("allowed", "dropped")));
+    }
+
+    #[test]
     fn formats_sparse_and_foreign_records() {
         let line = r#"{"verdict":"DROPPED","src":{"ip":"10.0.0.1"},"dst":{"ip":"10.0.0.2"},"protocol":17}"#;
-        assert_eq!(format_flow_line(line), "-  DROPPED  10.0.0.1 -> 10.0.0.2 UDP");
+        assert_eq!(
+            format_flow_line(line),
+            "-  DROPPED  10.0.0.1 -> 10.0.0.2 UDP"
+        );
         assert_eq!(format_flow_line("not json"), "not json");
         assert_eq!(format_flow_line("{}"), "-  ?        ? -> ? ?");
     }

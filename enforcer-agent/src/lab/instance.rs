@@ -64,7 +64,10 @@ impl LabState {
     pub fn load(instance: &str) -> anyhow::Result<Self> {
         let path = LabPaths::new(instance).state_file;
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("reading {} (is lab instance {instance:?} up? see `enforcer lab status`)", path.display())
+            format!(
+                "reading {} (is lab instance {instance:?} up? see `enforcer lab status`)",
+                path.display()
+            )
         })?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
@@ -168,7 +171,7 @@ impl Lab {
 
     /// Starts the agent (this binary's `agent` subcommand) for this instance. With `detach`
     /// it runs in its own session so it outlives this process.
-    pub fn start_agent(&mut self, detach: bool) -> anyhow::Result<()> {
+    pub fn start_agent(&mut self, detach: bool, extra_args: &[&str]) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("finding the enforcer binary")?;
         let log = std::fs::File::create(&self.paths.agent_log)
             .with_context(|| format!("creating {}", self.paths.agent_log.display()))?;
@@ -184,6 +187,7 @@ impl Lab {
             .arg(&self.paths.status_file)
             .arg("--flow-log")
             .arg(&self.paths.flow_log)
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -232,7 +236,8 @@ impl Lab {
             }
             if let Ok(text) = std::fs::read_to_string(&self.paths.status_file) {
                 if let Ok(status) = serde_json::from_str::<AgentStatus>(&text) {
-                    if status.digest.as_deref() == Some(digest.as_str()) && status.pending.is_empty()
+                    if status.digest.as_deref() == Some(digest.as_str())
+                        && status.pending.is_empty()
                     {
                         self.check_endpoints(&status);
                         return Ok(status);
@@ -258,16 +263,34 @@ impl Lab {
     /// Warns about pods the agent does not report as attached (their results would show
     /// unenforced traffic).
     fn check_endpoints(&self, status: &AgentStatus) {
+        let (mut detached, mut unlisted) = (Vec::new(), Vec::new());
         for pod in self.topo.pod_states() {
             match status.endpoints.get(&pod.key()) {
                 Some(ep) if ep.attached => {}
-                Some(_) => eprintln!("warning: agent reports pod {} as not attached", pod.key()),
-                None => eprintln!("warning: agent status does not list pod {}", pod.key()),
+                Some(_) => detached.push(pod.key()),
+                None => unlisted.push(pod.key()),
             }
+        }
+        if !detached.is_empty() {
+            eprintln!(
+                "warning: the agent reports these pods as not attached: {}",
+                detached.join(", ")
+            );
+        }
+        if !unlisted.is_empty() {
+            eprintln!(
+                "warning: the agent's status does not list these pods: {}",
+                unlisted.join(", ")
+            );
         }
         for err in &status.errors {
             eprintln!("warning: agent reports: {err}");
         }
+    }
+
+    /// The agent's pid, if this lab started one.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|c| c.id())
     }
 
     /// Leaves the instance running after this process exits (`lab up`).
@@ -317,10 +340,14 @@ fn validate_name(name: &str) -> anyhow::Result<()> {
 /// rename, so readers never see half a file.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().expect("state files live in a directory");
-    let name = path.file_name().expect("state files have a name").to_string_lossy();
+    let name = path
+        .file_name()
+        .expect("state files have a name")
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// The last `lines` lines of a log file (for error messages).
@@ -339,7 +366,10 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     if tail.is_empty() {
         return "  (empty)".into();
     }
-    tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    tail.iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn stop_child(child: &mut Child) {
@@ -417,7 +447,10 @@ pub fn down_instance(name: &str) -> bool {
         .iter()
         .flat_map(|s| s.pods.iter().map(|p| p.netns.clone()))
         .collect();
-    names.extend(topology::list_netns(&format!("{}{name}-", topology::NETNS_PREFIX)));
+    names.extend(topology::list_netns(&format!(
+        "{}{name}-",
+        topology::NETNS_PREFIX
+    )));
     names.sort();
     names.dedup();
     // Pods first: their veth peers live in the node namespace.

@@ -21,18 +21,29 @@ const UDP_RESEND: Duration = Duration::from_millis(200);
 const UDP_SENDS: u32 = 3;
 
 /// A client socket created in the source pod's namespace, not yet connected.
-fn client_socket(from: &LivePod, to: SocketAddr, protocol: Proto) -> anyhow::Result<socket2::Socket> {
+fn client_socket(
+    from: &LivePod,
+    to: SocketAddr,
+    protocol: Proto,
+) -> anyhow::Result<socket2::Socket> {
     let (ty, proto) = match protocol {
         Proto::Tcp => (Type::STREAM, Protocol::TCP),
         Proto::Udp => (Type::DGRAM, Protocol::UDP),
     };
-    let socket = from.netns.socket(Domain::for_address(to), ty, Some(proto))?;
+    let socket = from
+        .netns
+        .socket(Domain::for_address(to), ty, Some(proto))?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }
 
 /// Runs one connection attempt with a socket created earlier in the source namespace.
-async fn attempt(socket: socket2::Socket, to: SocketAddr, protocol: Proto, limit: Duration) -> bool {
+async fn attempt(
+    socket: socket2::Socket,
+    to: SocketAddr,
+    protocol: Proto,
+    limit: Duration,
+) -> bool {
     match protocol {
         Proto::Tcp => {
             let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
@@ -155,8 +166,8 @@ pub async fn run_probes(
                 })
                 .collect::<std::io::Result<Vec<_>>>()
         })?;
-        let sockets =
-            sockets.with_context(|| format!("creating client sockets in pod {}", from.state.key()))?;
+        let sockets = sockets
+            .with_context(|| format!("creating client sockets in pod {}", from.state.key()))?;
         for ((i, to_key, addr, proto), socket) in jobs.into_iter().zip(sockets) {
             let from_key = from.state.key();
             tasks.spawn(async move {
@@ -167,11 +178,13 @@ pub async fn run_probes(
     }
     while let Some(joined) = tasks.join_next().await {
         let (i, from, to, ok) = joined.context("probe task failed")?;
-        results[i]
+        if let Some(cell) = results[i]
             .matrix
             .get_mut(&from)
             .and_then(|row| row.get_mut(&to))
-            .map(|cell| *cell = Some(ok));
+        {
+            *cell = Some(ok);
+        }
     }
     Ok(results)
 }

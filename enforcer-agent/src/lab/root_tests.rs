@@ -43,11 +43,19 @@ fn three_pods_connect_without_agent_and_cleanup_removes_netns() {
         (81, Proto::Udp, Some(Family::IPv6)),
     ]
     .into_iter()
-    .map(|(port, protocol, family)| Probe { port, protocol, family })
+    .map(|(port, protocol, family)| Probe {
+        port,
+        protocol,
+        family,
+    })
     .collect();
     {
         let mut topo = Topology::create(&instance).unwrap();
-        let specs = [pod("x", "a", 1, 10), pod("x", "b", 1, 11), pod("y", "a", 2, 10)];
+        let specs = [
+            pod("x", "a", 1, 10),
+            pod("x", "b", 1, 11),
+            pod("y", "a", 2, 10),
+        ];
         topo.sync_pods(&specs).unwrap();
         assert_eq!(list_netns(&prefix).len(), 4, "{:?}", list_netns(&prefix));
         let pods = topo.pods();
@@ -55,7 +63,9 @@ fn three_pods_connect_without_agent_and_cleanup_removes_netns() {
         let started = Instant::now();
         let results = rt.block_on(async {
             let servers = ServerSet::start(&pods, &endpoints_for(&probes)).unwrap();
-            let r = run_probes(&pods, &probes, Duration::from_secs(2)).await.unwrap();
+            let r = run_probes(&pods, &probes, Duration::from_secs(2))
+                .await
+                .unwrap();
             servers.stop().await;
             r
         });
@@ -70,8 +80,14 @@ fn three_pods_connect_without_agent_and_cleanup_removes_netns() {
         eprintln!("12 pairs x 4 probes in {:?}", started.elapsed());
 
         // Nothing listens on 82: refused at once (TCP RST / ICMP unreachable), i.e. `false`.
-        let closed = [Probe { port: 82, protocol: Proto::Tcp, family: None }];
-        let r = rt.block_on(run_probes(&pods, &closed, Duration::from_secs(2))).unwrap();
+        let closed = [Probe {
+            port: 82,
+            protocol: Proto::Tcp,
+            family: None,
+        }];
+        let r = rt
+            .block_on(run_probes(&pods, &closed, Duration::from_secs(2)))
+            .unwrap();
         assert_eq!(r[0].matrix["x/a"]["y/a"], Some(false));
 
         // Removing a pod removes its namespace and keeps the others.
@@ -79,6 +95,10 @@ fn three_pods_connect_without_agent_and_cleanup_removes_netns() {
         assert_eq!(list_netns(&prefix).len(), 3);
         assert_eq!(topo.pods().len(), 2);
     }
-    assert!(list_netns(&prefix).is_empty(), "left behind: {:?}", list_netns(&prefix));
+    assert!(
+        list_netns(&prefix).is_empty(),
+        "left behind: {:?}",
+        list_netns(&prefix)
+    );
     assert!(!crate::netns::named_path(&node_netns_name(&instance)).exists());
 }

@@ -170,12 +170,12 @@ impl Scenario {
             (true, false) => vec![Step::load(dir, String::new())?],
             (false, true) => {
                 let mut names = Vec::new();
-                for entry in std::fs::read_dir(&steps_dir).map_err(|source| {
-                    ScenarioError::Read {
+                for entry in
+                    std::fs::read_dir(&steps_dir).map_err(|source| ScenarioError::Read {
                         path: steps_dir.clone(),
                         source,
-                    }
-                })? {
+                    })?
+                {
                     let entry = entry.map_err(|source| ScenarioError::Read {
                         path: steps_dir.clone(),
                         source,
@@ -335,7 +335,11 @@ pub fn yaml_documents(path: &Path, text: &str) -> Result<Vec<serde_yaml::Value>,
 }
 
 fn pod_spec(path: &Path, pod: &Pod) -> Result<PodSpec, ScenarioError> {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone().unwrap_or_default();
     let key = format!("{namespace}/{name}");
     let status = pod.status.clone().unwrap_or_default();
@@ -502,8 +506,7 @@ pub fn compare(expected: &Results, actual: &Results) -> Comparison {
         let act_step = actual.steps.get(i);
         for exp_probe in &exp_step.probes {
             let probe = exp_probe.probe();
-            let act_probe =
-                act_step.and_then(|s| s.probes.iter().find(|p| p.matches(&probe)));
+            let act_probe = act_step.and_then(|s| s.probes.iter().find(|p| p.matches(&probe)));
             for (from, row) in &exp_probe.matrix {
                 for (to, cell) in row {
                     let Some(expected) = *cell else { continue };
@@ -536,7 +539,12 @@ pub fn compare(expected: &Results, actual: &Results) -> Comparison {
 /// `-` not judged. Cells marked with `!` differ from `expected` when given.
 pub fn render_matrix(result: &ProbeResult, expected: Option<&ProbeResult>) -> String {
     let keys: Vec<&String> = result.matrix.keys().collect();
-    let width = keys.iter().map(|k| k.len()).max().unwrap_or(0).max("from\\to".len());
+    let width = keys
+        .iter()
+        .map(|k| k.len())
+        .max()
+        .unwrap_or(0)
+        .max("from\\to".len());
     let mut out = format!("{:width$}", "from\\to");
     for k in &keys {
         out.push_str(&format!(" {k:>width$}"));

@@ -73,15 +73,33 @@ fn single_step_layout_with_defaults() {
     assert_eq!(
         step.probes,
         vec![
-            Probe { port: 80, protocol: Proto::Tcp, family: None },
-            Probe { port: 81, protocol: Proto::Tcp, family: None },
-            Probe { port: 80, protocol: Proto::Udp, family: Some(Family::IPv6) },
+            Probe {
+                port: 80,
+                protocol: Proto::Tcp,
+                family: None
+            },
+            Probe {
+                port: 81,
+                protocol: Proto::Tcp,
+                family: None
+            },
+            Probe {
+                port: 80,
+                protocol: Proto::Udp,
+                family: Some(Family::IPv6)
+            },
         ]
     );
     assert_eq!(step.probes[1].family(), Family::IPv4);
     assert_eq!(step.pods[0].key(), "x/a");
-    assert_eq!(step.pods[0].ipv4, "10.244.1.10".parse::<Ipv4Addr>().unwrap());
-    assert_eq!(step.pods[0].ipv6, Some("fd00:10:244:1::10".parse().unwrap()));
+    assert_eq!(
+        step.pods[0].ipv4,
+        "10.244.1.10".parse::<Ipv4Addr>().unwrap()
+    );
+    assert_eq!(
+        step.pods[0].ipv6,
+        Some("fd00:10:244:1::10".parse().unwrap())
+    );
     assert_eq!(step.pods[1].ipv6, None);
 }
 
@@ -99,9 +117,15 @@ fn steps_layout_in_lexical_order_with_comment_only_policies() {
         "# leading comment\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: x\nspec:\n  podSelector: {}\n---\n# trailing comment-only document\n",
     );
     dir.write("steps/01/probes.yaml", "- port: 80\n  protocol: TCP\n");
-    dir.write("expected.json", r#"{"steps":[{"probes":[]},{"probes":[]}]}"#);
+    dir.write(
+        "expected.json",
+        r#"{"steps":[{"probes":[]},{"probes":[]}]}"#,
+    );
     let s = Scenario::load(&dir.0).unwrap();
-    assert_eq!(s.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["01", "02"]);
+    assert_eq!(
+        s.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["01", "02"]
+    );
     assert_eq!(s.steps[0].pods.len(), 2);
     assert_eq!(s.steps[0].policy_count, 1);
     assert_eq!(s.steps[1].pods.len(), 1);
@@ -120,7 +144,10 @@ fn layout_errors() {
         Err(ScenarioError::AmbiguousLayout { .. })
     ));
     let empty = TempDir::new("empty");
-    assert!(matches!(Scenario::load(&empty.0), Err(ScenarioError::NoSteps { .. })));
+    assert!(matches!(
+        Scenario::load(&empty.0),
+        Err(ScenarioError::NoSteps { .. })
+    ));
     let no_ip = TempDir::new("noip");
     no_ip.write(
         "cluster.yaml",
@@ -135,7 +162,9 @@ fn layout_errors() {
 #[test]
 fn all_example_scenarios_parse() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios");
-    let Ok(entries) = std::fs::read_dir(&root) else { return };
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
     for entry in entries.flatten() {
         let s = Scenario::load(&entry.path())
             .unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
@@ -151,7 +180,16 @@ fn all_example_scenarios_parse() {
 fn demo_scenario_is_valid() {
     let s = crate::lab::cli::demo_scenario();
     let keys: Vec<String> = s.steps[0].pods.iter().map(PodSpec::key).collect();
-    assert_eq!(keys, ["prod/frontend", "prod/backend", "prod/db", "dev/debug", "dev/scanner"]);
+    assert_eq!(
+        keys,
+        [
+            "prod/frontend",
+            "prod/backend",
+            "prod/db",
+            "dev/debug",
+            "dev/scanner"
+        ]
+    );
     assert!(s.steps[0].pods.iter().all(|p| p.ipv6.is_some()));
     assert_eq!(s.steps[0].policy_count, 5);
     assert!(!s.steps[0].probes.is_empty());
@@ -160,7 +198,9 @@ fn demo_scenario_is_valid() {
 fn matrix(cells: &[(&str, &str, Option<bool>)]) -> Matrix {
     let mut m = Matrix::new();
     for (f, t, v) in cells {
-        m.entry(f.to_string()).or_default().insert(t.to_string(), *v);
+        m.entry(f.to_string())
+            .or_default()
+            .insert(t.to_string(), *v);
     }
     m
 }
@@ -218,7 +258,9 @@ fn result_json_shape_matches_expected_files() {
 fn comparison_counts_judged_cells_and_reports_mismatches() {
     let expected = Results {
         steps: vec![
-            StepResult { probes: vec![two_pod_result(Some(true), Some(false), None)] },
+            StepResult {
+                probes: vec![two_pod_result(Some(true), Some(false), None)],
+            },
             StepResult {
                 probes: vec![two_pod_result(Some(true), None, Some(Family::IPv6))],
             },
@@ -232,8 +274,16 @@ fn comparison_counts_judged_cells_and_reports_mismatches() {
 
     // Family IPv4 given explicitly matches an absent family; a flipped cell and a missing step.
     let mut first = two_pod_result(Some(true), Some(true), Some(Family::IPv4));
-    first.matrix.get_mut("x/a").unwrap().insert("x/a".into(), Some(true)); // self cell ignored
-    let actual = Results { steps: vec![StepResult { probes: vec![first] }] };
+    first
+        .matrix
+        .get_mut("x/a")
+        .unwrap()
+        .insert("x/a".into(), Some(true)); // self cell ignored
+    let actual = Results {
+        steps: vec![StepResult {
+            probes: vec![first],
+        }],
+    };
     let cmp = compare(&expected, &actual);
     assert_eq!((cmp.matched, cmp.judged), (1, 3));
     assert_eq!(
@@ -241,7 +291,11 @@ fn comparison_counts_judged_cells_and_reports_mismatches() {
         vec![
             Mismatch {
                 step: 1,
-                probe: Probe { port: 80, protocol: Proto::Tcp, family: None },
+                probe: Probe {
+                    port: 80,
+                    protocol: Proto::Tcp,
+                    family: None
+                },
                 from: "x/b".into(),
                 to: "x/a".into(),
                 expected: false,
@@ -249,7 +303,11 @@ fn comparison_counts_judged_cells_and_reports_mismatches() {
             },
             Mismatch {
                 step: 2,
-                probe: Probe { port: 80, protocol: Proto::Tcp, family: Some(Family::IPv6) },
+                probe: Probe {
+                    port: 80,
+                    protocol: Proto::Tcp,
+                    family: Some(Family::IPv6)
+                },
                 from: "x/a".into(),
                 to: "x/b".into(),
                 expected: true,
@@ -259,8 +317,14 @@ fn comparison_counts_judged_cells_and_reports_mismatches() {
     );
     let text = cmp.to_string();
     assert!(text.starts_with("1/3 probes match\n"), "{text}");
-    assert!(text.contains("step 1 port 80 TCP IPv4: x/b -> x/a expected false, got true"), "{text}");
-    assert!(text.contains("step 2 port 80 TCP IPv6: x/a -> x/b expected true, got missing"), "{text}");
+    assert!(
+        text.contains("step 1 port 80 TCP IPv4: x/b -> x/a expected false, got true"),
+        "{text}"
+    );
+    assert!(
+        text.contains("step 2 port 80 TCP IPv6: x/a -> x/b expected true, got missing"),
+        "{text}"
+    );
 
     // An IPv6 result does not stand in for an IPv4 expectation.
     let wrong_family = Results {

@@ -112,6 +112,8 @@ fn bound_socket(pod: &LivePod, addr: SocketAddr, ty: Type) -> anyhow::Result<soc
     };
     let socket = pod.netns.socket(domain, ty, Some(proto))?;
     socket.set_reuse_address(true)?;
+    // Lets `lab probe` listen next to `lab demo`'s servers on the same pod and port.
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

@@ -198,7 +198,15 @@ impl Topology {
         }
         topo.node = Some(node);
         // Kernels built without the dummy driver get the node addresses on lo instead.
-        let node_dev = match ip(&["-n", &node_name, "link", "add", NODE_DEVICE, "type", "dummy"]) {
+        let node_dev = match ip(&[
+            "-n",
+            &node_name,
+            "link",
+            "add",
+            NODE_DEVICE,
+            "type",
+            "dummy",
+        ]) {
             Ok(()) => NODE_DEVICE,
             Err(err) => {
                 tracing::debug!(error = %err, "no dummy interface; node addresses go on lo");

@@ -27,7 +27,13 @@ pub struct KubeSource {
 
 fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
@@ -56,7 +62,13 @@ impl KubeSource {
         namespaces.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         policies.wait_until_ready().await?;
-        Ok(KubeSource { namespaces, pods, policies, changed, last_good: LastGood::default() })
+        Ok(KubeSource {
+            namespaces,
+            pods,
+            policies,
+            changed,
+            last_good: LastGood::default(),
+        })
     }
 
     /// The cluster as the stores hold it now, with the objects that did not convert.
@@ -66,8 +78,18 @@ impl KubeSource {
             .state()
             .iter()
             .map(|n| ApiObject::Namespace(Box::new((**n).clone())))
-            .chain(self.pods.state().iter().map(|p| ApiObject::Pod(Box::new((**p).clone()))))
-            .chain(self.policies.state().iter().map(|p| ApiObject::Policy(Box::new((**p).clone()))))
+            .chain(
+                self.pods
+                    .state()
+                    .iter()
+                    .map(|p| ApiObject::Pod(Box::new((**p).clone()))),
+            )
+            .chain(
+                self.policies
+                    .state()
+                    .iter()
+                    .map(|p| ApiObject::Policy(Box::new((**p).clone()))),
+            )
             .collect();
         let (objects, errors) = convert_all(&api, &self.last_good);
         self.last_good.replace(objects.clone());
@@ -93,7 +115,11 @@ pub fn convert_all(
                 let kept = last_good.get(&key).cloned();
                 errors.push(format!(
                     "{e}{}",
-                    if kept.is_some() { " (its last good version stays in force)" } else { "" }
+                    if kept.is_some() {
+                        " (its last good version stays in force)"
+                    } else {
+                        ""
+                    }
                 ));
                 if let Some(o) = kept {
                     objects.insert(key, o);
@@ -118,15 +144,29 @@ mod tests {
     #[test]
     fn converts_a_recorded_pod_list() {
         let list: k8s_openapi::List<Pod> = serde_json::from_str(POD_LIST).unwrap();
-        let api: Vec<ApiObject> = list.items.into_iter().map(|p| ApiObject::Pod(Box::new(p))).collect();
+        let api: Vec<ApiObject> = list
+            .items
+            .into_iter()
+            .map(|p| ApiObject::Pod(Box::new(p)))
+            .collect();
         let (objects, errors) = convert_all(&api, &LastGood::default());
         assert!(errors.is_empty(), "{errors:?}");
         let cluster = cluster_of(objects.values());
-        let web = cluster.pods.values().find(|p| p.key.name == "web-7d9").unwrap();
+        let web = cluster
+            .pods
+            .values()
+            .find(|p| p.key.name == "web-7d9")
+            .unwrap();
         assert_eq!(web.ips.len(), 2);
         assert_eq!(web.node.as_deref(), Some("node-1"));
-        assert_eq!(web.named_port("http", crate::model::Protocol::Tcp), Some(8080));
-        assert!(cluster.pods.values().any(|p| p.key.name == "pending" && p.ips.is_empty()));
+        assert_eq!(
+            web.named_port("http", crate::model::Protocol::Tcp),
+            Some(8080)
+        );
+        assert!(cluster
+            .pods
+            .values()
+            .any(|p| p.key.name == "pending" && p.ips.is_empty()));
     }
 
     #[test]

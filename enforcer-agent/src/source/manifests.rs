@@ -52,7 +52,10 @@ pub struct Snapshot {
 
 fn is_manifest(path: &Path) -> bool {
     path.is_file()
-        && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
 }
 
 /// The manifest files of a folder with their contents, in name order.
@@ -111,24 +114,44 @@ pub fn parse_file(text: &str) -> (Vec<(usize, ApiObject)>, Vec<(usize, String)>)
     (objects, errors)
 }
 
-fn collect(value: serde_yaml::Value, n: usize, objects: &mut Vec<(usize, ApiObject)>, errors: &mut Vec<(usize, String)>) {
-    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
-    let api = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
+fn collect(
+    value: serde_yaml::Value,
+    n: usize,
+    objects: &mut Vec<(usize, ApiObject)>,
+    errors: &mut Vec<(usize, String)>,
+) {
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
+    let api = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
     let parsed = match (api.as_str(), kind.as_str()) {
         ("v1", "List") => {
             match value.get("items").and_then(|i| i.as_sequence()) {
-                Some(items) => items.iter().for_each(|item| collect(item.clone(), n, objects, errors)),
+                Some(items) => items
+                    .iter()
+                    .for_each(|item| collect(item.clone(), n, objects, errors)),
                 None => errors.push((n, "List without items".into())),
             }
             return;
         }
-        ("v1", "Namespace") => serde_yaml::from_value(value).map(|o| ApiObject::Namespace(Box::new(o))),
+        ("v1", "Namespace") => {
+            serde_yaml::from_value(value).map(|o| ApiObject::Namespace(Box::new(o)))
+        }
         ("v1", "Pod") => serde_yaml::from_value(value).map(|o| ApiObject::Pod(Box::new(o))),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             serde_yaml::from_value(value).map(|o| ApiObject::Policy(Box::new(o)))
         }
         ("", _) | (_, "") => {
-            errors.push((n, "not a Kubernetes object: apiVersion and kind are required".into()));
+            errors.push((
+                n,
+                "not a Kubernetes object: apiVersion and kind are required".into(),
+            ));
             return;
         }
         _ => {
@@ -152,7 +175,11 @@ pub struct ManifestFolder {
 
 impl ManifestFolder {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        ManifestFolder { dir: dir.into(), last_good: LastGood::default(), file_keys: BTreeMap::new() }
+        ManifestFolder {
+            dir: dir.into(),
+            last_good: LastGood::default(),
+            file_keys: BTreeMap::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -171,13 +198,21 @@ impl ManifestFolder {
             let text = match std::str::from_utf8(bytes) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(self.keep_file(path, 0, format!("not UTF-8: {e}"), &mut objects, &mut keys));
+                    errors.push(self.keep_file(
+                        path,
+                        0,
+                        format!("not UTF-8: {e}"),
+                        &mut objects,
+                        &mut keys,
+                    ));
                     file_keys.insert(path.clone(), keys);
                     continue;
                 }
             };
             let (parsed, parse_errors) = parse_file(text);
-            let broken = parse_errors.iter().any(|(_, m)| m.starts_with("not valid YAML"));
+            let broken = parse_errors
+                .iter()
+                .any(|(_, m)| m.starts_with("not valid YAML"));
             for (n, api) in parsed {
                 let key = api.key();
                 match api.convert() {
@@ -204,14 +239,23 @@ impl ManifestFolder {
                 if broken {
                     errors.push(self.keep_file(path, n, message, &mut objects, &mut keys));
                 } else {
-                    errors.push(ManifestError { file: path.clone(), document: n, message, kept_last_good: false });
+                    errors.push(ManifestError {
+                        file: path.clone(),
+                        document: n,
+                        message,
+                        kept_last_good: false,
+                    });
                 }
             }
             file_keys.insert(path.clone(), keys);
         }
         self.last_good.replace(objects.clone());
         self.file_keys = file_keys;
-        Ok(Snapshot { cluster: cluster_of(objects.values()), errors, digest })
+        Ok(Snapshot {
+            cluster: cluster_of(objects.values()),
+            errors,
+            digest,
+        })
     }
 
     /// A file that could not be read whole keeps the last good version of every object it held.
@@ -234,7 +278,12 @@ impl ManifestFolder {
                 kept = true;
             }
         }
-        ManifestError { file: path.into(), document, message, kept_last_good: kept }
+        ManifestError {
+            file: path.into(),
+            document,
+            message,
+            kept_last_good: kept,
+        }
     }
 }
 

@@ -55,7 +55,14 @@ impl ApiObject {
         let name = meta.name.clone().unwrap_or_default();
         match kind {
             "Namespace" => (kind, name),
-            _ => (kind, format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), name)),
+            _ => (
+                kind,
+                format!(
+                    "{}/{}",
+                    meta.namespace.as_deref().unwrap_or("default"),
+                    name
+                ),
+            ),
         }
     }
 }

@@ -12,7 +12,8 @@ fn policy(name: &str, cidr: &str) -> String {
 struct Dir(PathBuf);
 impl Dir {
     fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("enforcer-manifests-{tag}-{}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("enforcer-manifests-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Dir(p)
@@ -31,7 +32,10 @@ impl Drop for Dir {
 fn reads_every_document_of_every_manifest_file() {
     let d = Dir::new("all");
     d.write("cluster.yaml", &format!("{NS}---\n{POD}"));
-    d.write("policies.yaml", &format!("# comment\n---\n{}", policy("p1", "10.0.0.0/8")));
+    d.write(
+        "policies.yaml",
+        &format!("# comment\n---\n{}", policy("p1", "10.0.0.0/8")),
+    );
     d.write("notes.txt", "not a manifest");
     let snap = ManifestFolder::new(&d.0).read().unwrap();
     assert!(snap.errors.is_empty(), "{:?}", snap.errors);
@@ -45,14 +49,25 @@ fn reads_every_document_of_every_manifest_file() {
 fn a_new_invalid_policy_is_reported_with_file_document_and_field_and_the_rest_applies() {
     let d = Dir::new("newbad");
     d.write("cluster.yaml", &format!("{NS}---\n{POD}"));
-    d.write("policies.yaml", &format!("{}---\n{}", policy("good", "10.0.0.0/8"), policy("bad", "10.0.0.0/33")));
+    d.write(
+        "policies.yaml",
+        &format!(
+            "{}---\n{}",
+            policy("good", "10.0.0.0/8"),
+            policy("bad", "10.0.0.0/33")
+        ),
+    );
     let snap = ManifestFolder::new(&d.0).read().unwrap();
     assert_eq!(snap.cluster.policies.len(), 1);
     assert_eq!(snap.errors.len(), 1);
     let e = &snap.errors[0];
     assert!(e.file.ends_with("policies.yaml"));
     assert_eq!(e.document, 2);
-    assert!(e.message.contains("x/bad") && e.message.contains("ipBlock.cidr"), "{}", e.message);
+    assert!(
+        e.message.contains("x/bad") && e.message.contains("ipBlock.cidr"),
+        "{}",
+        e.message
+    );
     assert!(!e.kept_last_good);
 }
 
@@ -98,7 +113,8 @@ fn removing_a_file_removes_its_objects() {
 
 #[test]
 fn documents_without_kind_are_errors_and_other_kinds_are_ignored() {
-    let (objects, errors) = parse_file("foo: bar\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s\n");
+    let (objects, errors) =
+        parse_file("foo: bar\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s\n");
     assert!(objects.is_empty());
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].0, 1);
