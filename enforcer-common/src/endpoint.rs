@@ -8,6 +8,15 @@ pub const F_EGRESS_ISOLATED: u32 = 1 << 1;
 pub const F_HAS_V4: u32 = 1 << 2;
 /// `ipv6` holds the pod's IPv6 address.
 pub const F_HAS_V6: u32 = 1 << 3;
+/// Some of the pod's entries are wide port ranges in `POLICY_RANGES`.
+pub const F_WIDE_PORT_RANGES: u32 = 1 << 4;
+/// Some entries allow any peer (identity `ANY`). The kernel skips probes for kinds of entry
+/// an endpoint does not have: fewer lookups, same answer.
+pub const F_ANY_PEER: u32 = 1 << 5;
+/// Some entries allow every port of one protocol (port 0).
+pub const F_ALL_PORTS: u32 = 1 << 6;
+/// Some entries allow any protocol (rules without ports).
+pub const F_ANY_PROTO: u32 = 1 << 7;
 
 /// Value of the `ENDPOINTS` map (key: ifindex of the host-side veth, u32 host order).
 #[repr(C)]

@@ -5,12 +5,21 @@
 /// `ifindex (u32, host order)` → [`crate::endpoint::EndpointInfo`]: the local pod behind a
 /// host-side veth. Written by the agent before it attaches the programs; read per packet.
 pub const ENDPOINTS: &str = "ENDPOINTS";
-/// LPM trie `IPv4 prefix` → identity (u32, host order). Written by the agent; read per new flow.
+/// Hash `address` (16 bytes, IPv4-mapped for IPv4) → identity (u32, host order): the exact
+/// addresses (/32, /128: pods, the node). Looked up first, in constant time; the tries below
+/// only hold shorter prefixes. Written by the agent; read per new flow.
+pub const IDENTITY_ADDR: &str = "IDENTITY_ADDR";
+/// LPM trie `IPv4 prefix` → identity (u32, host order), for prefixes shorter than /32.
 pub const IDENTITY_V4: &str = "IDENTITY_V4";
-/// LPM trie `IPv6 prefix` → identity (u32, host order).
+/// LPM trie `IPv6 prefix` → identity (u32, host order), for prefixes shorter than /128.
 pub const IDENTITY_V6: &str = "IDENTITY_V6";
-/// LPM trie [`crate::policy::PolicyKey`] → rule id (u32, host order): what is allowed.
-pub const POLICY: &str = "POLICY";
+/// Hash [`crate::policy::PolicyKey`] → rule id (u32, host order): what is allowed, for single
+/// ports, port 0 = every port of the protocol, and `proto::ANY`. Port ranges of up to 256 ports
+/// are expanded into single ports. Written by the agent; read per new flow (constant time).
+pub const POLICY_EXACT: &str = "POLICY_EXACT";
+/// LPM trie [`crate::policy::PolicyKey`] → rule id: port ranges too wide to expand, as port
+/// prefixes. Only probed for endpoints with `F_WIDE_PORT_RANGES`.
+pub const POLICY_RANGES: &str = "POLICY_RANGES";
 /// LRU hash [`crate::ct::CtKey`] → [`crate::ct::CtEntry`]: connection tracking, written by
 /// the programs; the agent only reads it (and may flush it).
 pub const CONNTRACK: &str = "CONNTRACK";
@@ -27,11 +36,13 @@ pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const COUNTERS: &str = "COUNTERS";
 
 /// Every map that is pinned (all of them).
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 12] = [
     ENDPOINTS,
+    IDENTITY_ADDR,
     IDENTITY_V4,
     IDENTITY_V6,
-    POLICY,
+    POLICY_EXACT,
+    POLICY_RANGES,
     CONNTRACK,
     FRAGMENTS,
     CONFIG,
@@ -52,7 +63,8 @@ pub mod programs {
 pub mod sizes {
     pub const ENDPOINTS: u32 = 16_384;
     pub const IDENTITY: u32 = 1_048_576;
-    pub const POLICY: u32 = 4_194_304;
+    pub const POLICY_EXACT: u32 = 4_194_304;
+    pub const POLICY_RANGES: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 262_144;
     pub const FRAGMENTS: u32 = 16_384;
     pub const DROP_RATELIMIT: u32 = 65_536;

@@ -18,14 +18,12 @@ pub const POLICY_KEY_FIXED_BITS: u32 = 96;
 /// Prefix length of a full lookup key (fixed part and all 16 port bits).
 pub const POLICY_KEY_FULL_BITS: u32 = POLICY_KEY_FIXED_BITS + 16;
 
-/// Data of a `POLICY` LPM-trie key. All multi-byte fields are big-endian so that the trie's
-/// bitwise prefix matches them most significant bit first, and a port range becomes a few
-/// port prefixes.
+/// Key of `POLICY_EXACT` and data of a `POLICY_RANGES` LPM-trie key. All multi-byte fields
+/// are big-endian so that the trie's bitwise prefix matches them most significant bit first,
+/// and a wide port range becomes a few port prefixes.
 ///
-/// Lookups (a fixed number per new flow, whatever the number of policies):
-/// 1. (peer identity, protocol, port) 2. (peer identity, any protocol)
-/// 3. (any peer, protocol, port) 4. (any peer, any protocol).
-/// Protocols without ports (ICMP, others) only do 2 and 4.
+/// Lookups per new flow: a fixed number, whatever the number of policies (see the kernel's
+/// `policy::allowed_by`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct PolicyKey {
@@ -38,7 +36,8 @@ pub struct PolicyKey {
     pub _pad: [u8; 2],
     /// Peer identity (`identity::ANY` for any peer), big-endian.
     pub identity: [u8; 4],
-    /// Destination port, big-endian (network order). Zero for `proto::ANY`.
+    /// Destination port, big-endian (network order). Zero: every port (always for
+    /// `proto::ANY`).
     pub port: [u8; 2],
     pub _pad2: [u8; 2],
 }

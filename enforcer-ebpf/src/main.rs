@@ -216,7 +216,7 @@ fn check(ep: &EndpointInfo, dir: u8, ident: u32, proto: u8, dport: u16, isolated
     if ident == identity::HOST || !isolated {
         return Some(0);
     }
-    policy::allowed_by(ep.policy_set, dir, ident, proto, u16::from_be(dport))
+    policy::allowed_by(ep.flags, ep.policy_set, dir, ident, proto, u16::from_be(dport))
 }
 
 #[inline(always)]

@@ -2,6 +2,7 @@
 //! is a const in `enforcer_common::maps`, which documents key, value, writer and reader.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -18,17 +19,28 @@ use enforcer_common::{
 #[map]
 pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(sizes::ENDPOINTS, 0);
 
-/// IPv4 prefix → identity. Written by the agent.
+/// Exact address (IPv4-mapped for IPv4) → identity. Written by the agent.
+#[map]
+pub static IDENTITY_ADDR: HashMap<[u8; 16], u32> =
+    HashMap::pinned(sizes::IDENTITY, BPF_F_NO_PREALLOC);
+
+/// IPv4 prefix (shorter than /32) → identity. Written by the agent.
 #[map]
 pub static IDENTITY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(sizes::IDENTITY, 0);
 
-/// IPv6 prefix → identity. Written by the agent.
+/// IPv6 prefix (shorter than /128) → identity. Written by the agent.
 #[map]
 pub static IDENTITY_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(sizes::IDENTITY, 0);
 
-/// (policy set, direction, protocol, identity, port prefix) → rule id. Written by the agent.
+/// (policy set, direction, protocol, identity, port or 0) → rule id. Written by the agent.
+/// Not preallocated: most deployments use a small part of it.
 #[map]
-pub static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(sizes::POLICY, 0);
+pub static POLICY_EXACT: HashMap<PolicyKey, u32> =
+    HashMap::pinned(sizes::POLICY_EXACT, BPF_F_NO_PREALLOC);
+
+/// (policy set, direction, protocol, identity, port prefix) → rule id, for wide port ranges.
+#[map]
+pub static POLICY_RANGES: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(sizes::POLICY_RANGES, 0);
 
 /// Connections. LRU so that a full table evicts the coldest entry instead of refusing new
 /// connections; an evicted connection's next packet is checked as new (fails closed).

@@ -3,17 +3,24 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use enforcer_common::{
+    endpoint::{F_ALL_PORTS, F_ANY_PEER, F_ANY_PROTO, F_WIDE_PORT_RANGES},
     family,
     policy::{identity, PolicyKey, POLICY_KEY_FULL_BITS},
     proto,
 };
 
-use crate::maps::{IDENTITY_V4, IDENTITY_V6, POLICY};
+use crate::maps::{IDENTITY_ADDR, IDENTITY_V4, IDENTITY_V6, POLICY_EXACT, POLICY_RANGES};
 use crate::parse::has_ports;
 
-/// Identity of an address: its longest matching prefix in the identity trie of its family.
+/// Identity of an address: the exact address (pods, the node) in one hash lookup, otherwise
+/// its longest matching prefix among the ipBlock prefixes of its family. An exact address is
+/// always the longest match, so the order cannot change the answer.
 #[inline(always)]
 pub fn identity_of(fam: u8, addr: &[u8; 16]) -> u32 {
+    // SAFETY: the value is copied out at once.
+    if let Some(id) = unsafe { IDENTITY_ADDR.get(addr) } {
+        return *id;
+    }
     if fam == family::IPV4 {
         let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
         IDENTITY_V4.get(&key).copied().unwrap_or(identity::WORLD)
@@ -24,34 +31,53 @@ pub fn identity_of(fam: u8, addr: &[u8; 16]) -> u32 {
 }
 
 #[inline(always)]
-fn probe(set: u32, dir: u8, p: u8, ident: u32, port: u16) -> Option<u32> {
-    let key = Key::new(POLICY_KEY_FULL_BITS, PolicyKey::new(set, dir, p, ident, port));
-    POLICY.get(&key).copied()
+fn exact(set: u32, dir: u8, p: u8, ident: u32, port: u16) -> Option<u32> {
+    // SAFETY: the value is copied out at once.
+    unsafe { POLICY_EXACT.get(&PolicyKey::new(set, dir, p, ident, port)) }.copied()
 }
 
-/// The rule that allows a flow, if any. Precedence only matters for attribution (any match
-/// allows):
-/// 1. the peer's identity with the protocol and destination port (port prefixes cover ranges);
-/// 2. the peer's identity with any protocol (a rule without ports);
-/// 3. any peer with the protocol and port;
-/// 4. any peer, any protocol.
-/// Protocols without ports skip 1 and 3: only rules without ports can allow them.
-/// `port` is in host order.
 #[inline(always)]
-pub fn allowed_by(set: u32, dir: u8, ident: u32, p: u8, port: u16) -> Option<u32> {
+fn range(set: u32, dir: u8, p: u8, ident: u32, port: u16) -> Option<u32> {
+    let key = Key::new(POLICY_KEY_FULL_BITS, PolicyKey::new(set, dir, p, ident, port));
+    POLICY_RANGES.get(&key).copied()
+}
+
+/// The rule that allows a new flow, if any. Any match allows; the order only decides which
+/// rule a report names (the most specific first):
+/// 1. the peer's identity: protocol and port, protocol and every port, any protocol;
+/// 2. any peer: the same three;
+/// 3. wide port ranges: peer, then any peer.
+/// Protocols without ports only look for rules without ports (any protocol). Kinds of entry
+/// the endpoint has none of (its `F_*` flags) are not probed: at most six hash probes and two
+/// trie probes, whatever the number of policies. `port` is in host order.
+#[inline(always)]
+pub fn allowed_by(flags: u32, set: u32, dir: u8, ident: u32, p: u8, port: u16) -> Option<u32> {
     let ported = has_ports(p);
-    if ported {
-        if let Some(r) = probe(set, dir, p, ident, port) {
-            return Some(r);
+    for who in [ident, identity::ANY] {
+        if who == identity::ANY && flags & F_ANY_PEER == 0 {
+            break;
+        }
+        if ported {
+            if let Some(r) = exact(set, dir, p, who, port) {
+                return Some(r);
+            }
+            if flags & F_ALL_PORTS != 0 {
+                if let Some(r) = exact(set, dir, p, who, 0) {
+                    return Some(r);
+                }
+            }
+        }
+        if flags & F_ANY_PROTO != 0 {
+            if let Some(r) = exact(set, dir, proto::ANY, who, 0) {
+                return Some(r);
+            }
         }
     }
-    if let Some(r) = probe(set, dir, proto::ANY, ident, 0) {
-        return Some(r);
-    }
-    if ported {
-        if let Some(r) = probe(set, dir, p, identity::ANY, port) {
+    if ported && flags & F_WIDE_PORT_RANGES != 0 {
+        if let Some(r) = range(set, dir, p, ident, port) {
             return Some(r);
         }
+        return range(set, dir, p, identity::ANY, port);
     }
-    probe(set, dir, proto::ANY, identity::ANY, 0)
+    None
 }

@@ -4,15 +4,38 @@
 use std::collections::BTreeMap;
 
 use enforcer_common::endpoint::{
-    EndpointInfo, F_EGRESS_ISOLATED, F_HAS_V4, F_HAS_V6, F_INGRESS_ISOLATED,
+    EndpointInfo, F_ALL_PORTS, F_ANY_PEER, F_ANY_PROTO, F_EGRESS_ISOLATED, F_HAS_V4, F_HAS_V6,
+    F_INGRESS_ISOLATED, F_WIDE_PORT_RANGES,
 };
 use enforcer_common::policy::{identity, PolicyKey, POLICY_KEY_FIXED_BITS};
+use enforcer_common::proto;
 use ipnet::IpNet;
 
 use crate::compile::tables::{EndpointPlan, Peer, PrefixOwner, Tables};
 
-/// A policy-trie entry without its set id: (prefix length in bits, key with `set` = 0).
-pub type EntryKey = (u32, PolicyKey);
+/// A `POLICY_RANGES` entry without its set id: (prefix length in bits, key with `set` = 0).
+pub type RangeKey = (u32, PolicyKey);
+
+/// Port blocks of at most this many port-prefix bits (256 ports) are expanded into single
+/// ports in `POLICY_EXACT`; wider ones go to the `POLICY_RANGES` trie.
+pub const MAX_EXPANDED_BITS: u8 = 8;
+
+/// The policy entries of one endpoint (set ids left 0), with the rule each one reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEntries {
+    pub exact: BTreeMap<PolicyKey, u32>,
+    pub ranges: BTreeMap<RangeKey, u32>,
+}
+
+impl PolicyEntries {
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Stable prefix → identity assignment. Ids are never reused while the agent runs, so a packet
 /// racing a policy update can never meet a stale entry that now means another prefix.
@@ -60,9 +83,11 @@ impl Identities {
     }
 }
 
-/// The policy-trie entries of one endpoint (set id left 0), with the rule each one reports.
-pub fn policy_entries(plan: &EndpointPlan, ids: &BTreeMap<IpNet, u32>) -> BTreeMap<EntryKey, u32> {
-    let mut out = BTreeMap::new();
+/// The policy entries of one endpoint: a single port, all ports (port 0) and any protocol are
+/// exact keys; a port block of up to 256 ports becomes that many exact keys; wider blocks stay
+/// port prefixes for the trie.
+pub fn policy_entries(plan: &EndpointPlan, ids: &BTreeMap<IpNet, u32>) -> PolicyEntries {
+    let mut out = PolicyEntries::default();
     for (allow, &rule) in &plan.allows {
         let ident = match allow.peer {
             Peer::Any => identity::ANY,
@@ -72,24 +97,59 @@ pub fn policy_entries(plan: &EndpointPlan, ids: &BTreeMap<IpNet, u32>) -> BTreeM
                 None => continue,
             },
         };
-        let key = PolicyKey::new(
-            0,
-            allow.direction.to_kernel(),
-            allow.proto.to_kernel(),
-            ident,
-            allow.ports.port,
-        );
-        let len = POLICY_KEY_FIXED_BITS + allow.ports.len as u32;
-        out.entry((len, key))
-            .and_modify(|r: &mut u32| *r = (*r).min(rule))
-            .or_insert(rule);
+        let (dir, proto) = (allow.direction.to_kernel(), allow.proto.to_kernel());
+        let ports = allow.ports;
+        let lowest = |r: &mut u32| *r = (*r).min(rule);
+        if ports.len == 0 {
+            out.exact
+                .entry(PolicyKey::new(0, dir, proto, ident, 0))
+                .and_modify(lowest)
+                .or_insert(rule);
+        } else if 16 - ports.len <= MAX_EXPANDED_BITS {
+            let span = 1u32 << (16 - ports.len);
+            let base = u32::from(ports.port) & !(span - 1);
+            // Port 0 means "every port" in an exact key; a real block never holds it (ports
+            // start at 1), so skip it rather than widen the rule.
+            for port in (base..base + span).filter(|&p| p != 0) {
+                out.exact
+                    .entry(PolicyKey::new(0, dir, proto, ident, port as u16))
+                    .and_modify(lowest)
+                    .or_insert(rule);
+            }
+        } else {
+            let key = PolicyKey::new(0, dir, proto, ident, ports.port);
+            out.ranges
+                .entry((POLICY_KEY_FIXED_BITS + ports.len as u32, key))
+                .and_modify(lowest)
+                .or_insert(rule);
+        }
     }
     out
 }
 
 /// The `ENDPOINTS` record of a pod.
-pub fn endpoint_info(plan: &EndpointPlan, ep_id: u32, policy_set: u32) -> EndpointInfo {
+pub fn endpoint_info(
+    plan: &EndpointPlan,
+    entries: &PolicyEntries,
+    ep_id: u32,
+    policy_set: u32,
+) -> EndpointInfo {
     let mut flags = 0;
+    if !entries.ranges.is_empty() {
+        flags |= F_WIDE_PORT_RANGES;
+    }
+    // Which kinds of entry exist, so the kernel probes only those.
+    // (Wide ranges are always probed for both the peer and any peer.)
+    for k in entries.exact.keys() {
+        if u32::from_be_bytes(k.identity) == identity::ANY {
+            flags |= F_ANY_PEER;
+        }
+        if k.proto == proto::ANY {
+            flags |= F_ANY_PROTO;
+        } else if k.port == [0, 0] {
+            flags |= F_ALL_PORTS;
+        }
+    }
     if plan.ingress_isolated() {
         flags |= F_INGRESS_ISOLATED;
     }
@@ -151,39 +211,83 @@ mod tests {
             .all(|&id| id == identity::HOST || id >= identity::FIRST_ALLOCATED));
     }
 
+    fn allow(peer: Peer, proto: Proto, port: u16, len: u8) -> Allow {
+        Allow {
+            direction: Direction::Ingress,
+            peer,
+            proto,
+            ports: PortPrefix { port, len },
+        }
+    }
+
     #[test]
-    fn entries_carry_port_prefix_length_and_lowest_rule() {
+    fn small_blocks_are_expanded_wide_ones_stay_prefixes() {
         let net: IpNet = "10.1.0.0/16".parse().unwrap();
         let ids = BTreeMap::from([(net, 300)]);
         let mut plan = EndpointPlan::default();
-        let allow = Allow {
-            direction: Direction::Ingress,
-            peer: Peer::Prefix(net),
-            proto: Proto::Tcp,
-            ports: PortPrefix { port: 80, len: 15 },
-        };
-        plan.allows.insert(allow, 4);
-        plan.allows.insert(
-            Allow {
-                direction: Direction::Egress,
-                peer: Peer::Any,
-                proto: Proto::Any,
-                ports: PortPrefix::ALL,
-            },
-            2,
-        );
+        plan.allows
+            .insert(allow(Peer::Prefix(net), Proto::Tcp, 80, 15), 4); // 80-81
+        plan.allows
+            .insert(allow(Peer::Prefix(net), Proto::Tcp, 81, 16), 7); // overlaps
+        plan.allows
+            .insert(allow(Peer::Prefix(net), Proto::Udp, 32768, 1), 5); // 32768-65535
+        plan.allows.insert(allow(Peer::Any, Proto::Any, 0, 0), 2);
+        plan.allows.insert(allow(Peer::Any, Proto::Udp, 0, 0), 3);
         let e = policy_entries(&plan, &ids);
-        assert_eq!(e.len(), 2);
+        assert_eq!(e.exact.len(), 4);
+        assert_eq!(e.exact[&PolicyKey::new(0, 0, 6, 300, 80)], 4);
         assert_eq!(
-            e[&(POLICY_KEY_FIXED_BITS + 15, PolicyKey::new(0, 0, 6, 300, 80))],
-            4
+            e.exact[&PolicyKey::new(0, 0, 6, 300, 81)],
+            4,
+            "lowest rule wins"
         );
+        assert_eq!(e.exact[&PolicyKey::new(0, 0, 0, identity::ANY, 0)], 2);
         assert_eq!(
-            e[&(
-                POLICY_KEY_FIXED_BITS,
-                PolicyKey::new(0, 1, 0, identity::ANY, 0)
+            e.exact[&PolicyKey::new(0, 0, 17, identity::ANY, 0)],
+            3,
+            "all UDP ports"
+        );
+        assert_eq!(e.ranges.len(), 1);
+        assert_eq!(
+            e.ranges[&(
+                POLICY_KEY_FIXED_BITS + 1,
+                PolicyKey::new(0, 0, 17, 300, 32768)
             )],
-            2
+            5
         );
+        let flags = endpoint_info(&plan, &e, 1, 2).flags;
+        assert_ne!(flags & F_WIDE_PORT_RANGES, 0);
+        assert_eq!(
+            flags & (F_ANY_PEER | F_ANY_PROTO | F_ALL_PORTS),
+            F_ANY_PEER | F_ANY_PROTO | F_ALL_PORTS
+        );
+    }
+
+    #[test]
+    fn probe_flags_name_only_the_kinds_of_entry_present() {
+        let net: IpNet = "10.1.0.0/16".parse().unwrap();
+        let ids = BTreeMap::from([(net, 300)]);
+        let mut plan = EndpointPlan::default();
+        plan.allows
+            .insert(allow(Peer::Prefix(net), Proto::Tcp, 80, 16), 1);
+        let e = policy_entries(&plan, &ids);
+        assert_eq!(
+            endpoint_info(&plan, &e, 1, 2).flags
+                & (F_ANY_PEER | F_ANY_PROTO | F_ALL_PORTS | F_WIDE_PORT_RANGES),
+            0
+        );
+    }
+
+    #[test]
+    fn a_block_of_256_ports_is_expanded_without_port_zero() {
+        let mut plan = EndpointPlan::default();
+        plan.allows.insert(allow(Peer::Any, Proto::Tcp, 0, 8), 1); // 0-255 (as a block)
+        let e = policy_entries(&plan, &BTreeMap::new());
+        assert_eq!(e.exact.len(), 255);
+        assert!(!e
+            .exact
+            .contains_key(&PolicyKey::new(0, 0, 6, identity::ANY, 0)));
+        assert!(e.ranges.is_empty());
+        assert_eq!(endpoint_info(&plan, &e, 1, 2).flags & F_WIDE_PORT_RANGES, 0);
     }
 }

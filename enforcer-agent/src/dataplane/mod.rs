@@ -2,7 +2,7 @@
 //! host-side veths (tcx), and write the difference between compiled tables and map contents.
 //!
 //! Update order (so that no packet sees half a policy):
-//! 1. new identity prefixes (fresh ids, referenced by nothing yet);
+//! 1. new identities (exact addresses and prefixes; fresh ids, referenced by nothing yet);
 //! 2. per endpoint: the complete new entry set under its other set id, then one `ENDPOINTS`
 //!    write switches set, flags and addresses together, then the old set is deleted;
 //! 3. the policy revision is bumped, so tracked connections are re-checked once;
@@ -35,8 +35,17 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::compile::tables::Tables;
 use crate::model::PodKey;
-use entries::{EntryKey, Identities};
+use entries::{Identities, PolicyEntries};
 pub use interfaces::Iface;
+
+/// The `IDENTITY_ADDR` key of a /32 or /128 prefix (IPv4-mapped for IPv4).
+fn exact_addr(net: &IpNet) -> Option<[u8; 16]> {
+    match net {
+        IpNet::V4(n) if n.prefix_len() == 32 => Some(n.addr().to_ipv6_mapped().octets()),
+        IpNet::V6(n) if n.prefix_len() == 128 => Some(n.addr().octets()),
+        _ => None,
+    }
+}
 
 /// The kernel object, built by the one eBPF build step (see xtask).
 pub static BPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
@@ -97,7 +106,7 @@ struct EndpointState {
     pod: Option<PodKey>,
     ifname: String,
     info: EndpointInfo,
-    entries: BTreeMap<EntryKey, u32>,
+    entries: PolicyEntries,
     attached: bool,
 }
 
@@ -118,9 +127,11 @@ pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     endpoints_map: HashMap<MapData, u32, EndpointInfo>,
+    id_addr: HashMap<MapData, [u8; 16], u32>,
     id_v4: LpmTrie<MapData, [u8; 4], u32>,
     id_v6: LpmTrie<MapData, [u8; 16], u32>,
-    policy: LpmTrie<MapData, PolicyKey, u32>,
+    policy_exact: HashMap<MapData, PolicyKey, u32>,
+    policy_ranges: LpmTrie<MapData, PolicyKey, u32>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -166,12 +177,16 @@ impl Dataplane {
         };
         let endpoints_map =
             HashMap::try_from(take(names::ENDPOINTS)).map_err(map_err(names::ENDPOINTS, "open"))?;
+        let id_addr = HashMap::try_from(take(names::IDENTITY_ADDR))
+            .map_err(map_err(names::IDENTITY_ADDR, "open"))?;
         let id_v4 = LpmTrie::try_from(take(names::IDENTITY_V4))
             .map_err(map_err(names::IDENTITY_V4, "open"))?;
         let id_v6 = LpmTrie::try_from(take(names::IDENTITY_V6))
             .map_err(map_err(names::IDENTITY_V6, "open"))?;
-        let policy =
-            LpmTrie::try_from(take(names::POLICY)).map_err(map_err(names::POLICY, "open"))?;
+        let policy_exact = HashMap::try_from(take(names::POLICY_EXACT))
+            .map_err(map_err(names::POLICY_EXACT, "open"))?;
+        let policy_ranges = LpmTrie::try_from(take(names::POLICY_RANGES))
+            .map_err(map_err(names::POLICY_RANGES, "open"))?;
         let config =
             Array::try_from(take(names::CONFIG)).map_err(map_err(names::CONFIG, "open"))?;
         let counters = PerCpuArray::try_from(take(names::COUNTERS))
@@ -183,9 +198,11 @@ impl Dataplane {
             ebpf,
             pin_dir: pin_dir.into(),
             endpoints_map,
+            id_addr,
             id_v4,
             id_v6,
-            policy,
+            policy_exact,
+            policy_ranges,
             config,
             counters,
             events: Some(events),
@@ -213,16 +230,32 @@ impl Dataplane {
                 existing.insert(IpNet::V6(net), id);
             }
         }
+        for item in self.id_addr.iter() {
+            let (a, id) = item.map_err(map_err(names::IDENTITY_ADDR, "read"))?;
+            let ip = Ipv6Addr::from(a);
+            let net = match ip.to_ipv4_mapped() {
+                Some(v4) => IpNet::V4(Ipv4Net::from(v4)),
+                None => IpNet::V6(Ipv6Net::from(ip)),
+            };
+            existing.insert(net, id);
+        }
         self.ids = Identities::adopt(existing);
-        let mut by_set: BTreeMap<u32, BTreeMap<EntryKey, u32>> = BTreeMap::new();
-        for item in self.policy.iter() {
-            let (k, rule) = item.map_err(map_err(names::POLICY, "read"))?;
+        let mut by_set: BTreeMap<u32, PolicyEntries> = BTreeMap::new();
+        for item in self.policy_exact.iter() {
+            let (mut key, rule) = item.map_err(map_err(names::POLICY_EXACT, "read"))?;
+            let set = u32::from_be_bytes(key.set);
+            key.set = [0; 4];
+            by_set.entry(set).or_default().exact.insert(key, rule);
+        }
+        for item in self.policy_ranges.iter() {
+            let (k, rule) = item.map_err(map_err(names::POLICY_RANGES, "read"))?;
             let mut key = k.data();
             let set = u32::from_be_bytes(key.set);
             key.set = [0; 4];
             by_set
                 .entry(set)
                 .or_default()
+                .ranges
                 .insert((k.prefix_len(), key), rule);
         }
         let mut eps = Vec::new();
@@ -248,10 +281,7 @@ impl Dataplane {
         }
         // Entries of sets no endpoint uses are leftovers of an interrupted update.
         for (set, entries) in by_set {
-            for (len, mut key) in entries.into_keys() {
-                key.set = set.to_be_bytes();
-                let _ = self.policy.remove(&Key::new(len, key));
-            }
+            self.remove_entries(set, &entries);
         }
         self.revision = self.config.get(&0, 0).map(|c| c.revision).unwrap_or(0);
         Ok(())
@@ -335,7 +365,7 @@ impl Dataplane {
                             policy_set: entries::set_id(ep_id, 1),
                             ..Default::default()
                         },
-                        entries: BTreeMap::new(),
+                        entries: PolicyEntries::default(),
                         attached: false,
                     }
                 }
@@ -348,16 +378,10 @@ impl Dataplane {
             let entries_changed = desired != state.entries || !state.attached;
             if entries_changed {
                 set = entries::set_id(ep_id, set ^ 1);
-                for (&(len, key), &rule) in &desired {
-                    let mut key = key;
-                    key.set = set.to_be_bytes();
-                    self.policy
-                        .insert(&Key::new(len, key), rule, 0)
-                        .map_err(map_err(names::POLICY, "insert"))?;
-                }
+                self.write_entries(set, &desired)?;
                 report.entries_written += desired.len();
             }
-            let info = entries::endpoint_info(plan, ep_id, set);
+            let info = entries::endpoint_info(plan, &desired, ep_id, set);
             if info != state.info || !state.attached {
                 self.endpoints_map
                     .insert(iface.ifindex, info, 0)
@@ -431,7 +455,14 @@ impl Dataplane {
         Ok(report)
     }
 
+    /// Exact addresses go to the hash map, shorter prefixes to the family's trie.
     fn insert_identity(&mut self, net: &IpNet, id: u32) -> Result<()> {
+        if let Some(addr) = exact_addr(net) {
+            return self
+                .id_addr
+                .insert(addr, id, 0)
+                .map_err(map_err(names::IDENTITY_ADDR, "insert"));
+        }
         match net {
             IpNet::V4(n) => self
                 .id_v4
@@ -453,6 +484,10 @@ impl Dataplane {
     }
 
     fn remove_identity(&mut self, net: &IpNet) {
+        if let Some(addr) = exact_addr(net) {
+            let _ = self.id_addr.remove(&addr);
+            return;
+        }
         let _ = match net {
             IpNet::V4(n) => self
                 .id_v4
@@ -463,11 +498,41 @@ impl Dataplane {
         };
     }
 
-    fn remove_entries(&mut self, set: u32, entries: &BTreeMap<EntryKey, u32>) -> usize {
-        for &(len, key) in entries.keys() {
-            let mut key = key;
-            key.set = set.to_be_bytes();
-            let _ = self.policy.remove(&Key::new(len, key));
+    fn write_entries(&mut self, set: u32, entries: &PolicyEntries) -> Result<()> {
+        for (&key, &rule) in &entries.exact {
+            let key = PolicyKey {
+                set: set.to_be_bytes(),
+                ..key
+            };
+            self.policy_exact
+                .insert(key, rule, 0)
+                .map_err(map_err(names::POLICY_EXACT, "insert"))?;
+        }
+        for (&(len, key), &rule) in &entries.ranges {
+            let key = PolicyKey {
+                set: set.to_be_bytes(),
+                ..key
+            };
+            self.policy_ranges
+                .insert(&Key::new(len, key), rule, 0)
+                .map_err(map_err(names::POLICY_RANGES, "insert"))?;
+        }
+        Ok(())
+    }
+
+    fn remove_entries(&mut self, set: u32, entries: &PolicyEntries) -> usize {
+        for &key in entries.exact.keys() {
+            let _ = self.policy_exact.remove(&PolicyKey {
+                set: set.to_be_bytes(),
+                ..key
+            });
+        }
+        for &(len, key) in entries.ranges.keys() {
+            let key = PolicyKey {
+                set: set.to_be_bytes(),
+                ..key
+            };
+            let _ = self.policy_ranges.remove(&Key::new(len, key));
         }
         entries.len()
     }
@@ -553,6 +618,12 @@ impl Dataplane {
 
     /// Looks up the identity the kernel would find for an address (tests, explain).
     pub fn identity_of(&self, ip: IpAddr) -> Option<u32> {
+        if let Ok(id) = self
+            .id_addr
+            .get(&exact_addr(&IpNet::from(ip)).expect("a host prefix"), 0)
+        {
+            return Some(id);
+        }
         match ip {
             IpAddr::V4(a) => self.id_v4.get(&Key::new(32, a.octets()), 0).ok(),
             IpAddr::V6(a) => self.id_v6.get(&Key::new(128, a.octets()), 0).ok(),
@@ -595,7 +666,7 @@ impl Dataplane {
                         policy_set: entries::set_id(ep_id, 1),
                         ..Default::default()
                     },
-                    entries: BTreeMap::new(),
+                    entries: PolicyEntries::default(),
                     attached: true,
                 },
             );
