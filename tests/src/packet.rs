@@ -97,7 +97,7 @@ pub fn ip(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8], o: &IpOpts) -> Vec<u8>
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut opts = o.ipv4_options.clone();
-            while opts.len() % 4 != 0 {
+            while !opts.len().is_multiple_of(4) {
                 opts.push(0);
             }
             let ihl = 5 + opts.len() / 4;

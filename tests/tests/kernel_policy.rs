@@ -258,3 +258,49 @@ fn a_packet_from_the_pod_with_another_source_is_dropped() {
         .filter(|e| e.dropped)
         .all(|e| e.reason == Some(Ok(DropReason::SpoofedSource))));
 }
+
+#[test]
+fn wide_port_ranges_are_matched_by_prefix() {
+    if !privileged() {
+        return;
+    }
+    let wide = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-wide, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: 1000, endPort: 40000}, {port: 50000, endPort: 50001, protocol: UDP}]
+"#;
+    let f = Fixture::new(wide);
+    for (port, want) in [
+        (999, DROP),
+        (1000, PASS),
+        (4096, PASS),
+        (32768, PASS),
+        (40000, PASS),
+        (40001, DROP),
+    ] {
+        assert_eq!(
+            f.ingress(&tcp("10.244.2.11", "10.244.1.10", 7000, port, SYN)),
+            want,
+            "TCP {port}"
+        );
+    }
+    assert_eq!(
+        f.ingress(&udp("10.244.2.11", "10.244.1.10", 7000, 50001)),
+        PASS
+    );
+    assert_eq!(
+        f.ingress(&udp("10.244.2.11", "10.244.1.10", 7000, 4096)),
+        DROP,
+        "the wide range is TCP"
+    );
+    assert_eq!(
+        f.ingress(&tcp("10.244.2.12", "10.244.1.10", 7000, 4096, SYN)),
+        DROP,
+        "other peer"
+    );
+}

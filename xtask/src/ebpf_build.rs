@@ -5,6 +5,7 @@
 //! 1. Debian's `rustc-web` (`/usr/bin/rustc`) with the prebuilt `core` of
 //!    `libstd-rust-web-dev-bpf`; aya-ebpf needs one unstable feature, hence `RUSTC_BOOTSTRAP=1`.
 //! 2. a rustup nightly with `rust-src`, building `core` with `-Z build-std=core`.
+//!
 //! Both need `bpf-linker` on PATH (or in ~/.cargo/bin).
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@
 //!    write switches set, flags and addresses together, then the old set is deleted;
 //! 3. the policy revision is bumped, so tracked connections are re-checked once;
 //! 4. stale identity prefixes are removed.
+//!
 //! Between 1 and 2 an address that moved to a new, more specific prefix has no entries yet:
 //! it is denied for that instant, never allowed more than either policy allows.
 

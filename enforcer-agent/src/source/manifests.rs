@@ -92,8 +92,11 @@ pub fn digest_dir(dir: &Path) -> io::Result<String> {
     Ok(digest_of(&read_files(dir)?))
 }
 
+/// The objects of a file and its errors, each with its 1-based document number.
+pub type ParsedFile = (Vec<(usize, ApiObject)>, Vec<(usize, String)>);
+
 /// Parses one file into typed objects, with an error per bad document.
-pub fn parse_file(text: &str) -> (Vec<(usize, ApiObject)>, Vec<(usize, String)>) {
+pub fn parse_file(text: &str) -> ParsedFile {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
