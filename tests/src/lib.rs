@@ -121,13 +121,18 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(policies: &str) -> Fixture {
+        Self::with_sizes(policies, &[])
+    }
+
+    /// With some maps resized (by name), e.g. a tiny conntrack table.
+    pub fn with_sizes(policies: &str, sizes: &[(&'static str, u32)]) -> Fixture {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pin_dir = PathBuf::from(format!(
             "/sys/fs/bpf/enforcer/test-{}-{n}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&pin_dir);
-        let mut dp = Dataplane::open(&pin_dir).expect("loading the datapath");
+        let mut dp = Dataplane::open_with_sizes(&pin_dir, sizes).expect("loading the datapath");
         let events = dp.take_events().expect("first take");
         let pod = PodKey::new("x", "a");
         let mut f = Fixture {

@@ -242,3 +242,30 @@ fn a_policy_change_that_still_allows_keeps_the_connection() {
     assert_eq!(f.ingress(&tcp(B, A, 40000, 80, ACK)), PASS);
     assert!(f.counter(counter::CT_RECHECKED) >= 1);
 }
+
+#[test]
+fn a_full_conntrack_table_fails_closed() {
+    if !privileged() {
+        return;
+    }
+    // 32 entries for 256 connections: most early connections are evicted.
+    let f = Fixture::with_sizes(CLIENT_ONLY, &[(enforcer_common::maps::CONNTRACK, 32)]);
+    for sport in 0..256u16 {
+        assert_eq!(
+            f.egress(&tcp(A, B, 20000 + sport, 80, SYN)),
+            PASS,
+            "new connections still open"
+        );
+    }
+    let mut passed = 0;
+    for sport in 0..256u16 {
+        if f.ingress(&tcp(B, A, 80, 20000 + sport, SYN | ACK)) == PASS {
+            passed += 1;
+        }
+    }
+    // An evicted connection's reply is checked as a new flow into an isolated pod: denied.
+    // Only connections still tracked may answer; nothing denied gets through.
+    assert!(passed <= 32, "{passed} replies passed with 32 entries");
+    assert!(passed > 0, "the most recent connections are still tracked");
+    assert!(f.counter(counter::DROP_BASE + DropReason::PolicyDenied as u32) >= 256 - 32);
+}

@@ -147,6 +147,13 @@ impl Dataplane {
     /// Loads the programs with every map pinned under `pin_dir` (reusing pins that exist, so a
     /// restarted agent adopts the datapath in force) and reads back what the maps hold.
     pub fn open(pin_dir: &Path) -> Result<Self> {
+        Self::open_with_sizes(pin_dir, &[])
+    }
+
+    /// Like [`Dataplane::open`], with other sizes for some maps (by name): tests use tiny
+    /// conntrack and fragment maps to check what happens when they are full. Sizes only apply
+    /// to maps that are not pinned yet.
+    pub fn open_with_sizes(pin_dir: &Path, sizes: &[(&'static str, u32)]) -> Result<Self> {
         bpffs::ensure_dir(pin_dir).map_err(|source| DataplaneError::Bpffs {
             path: pin_dir.into(),
             source,
@@ -156,6 +163,9 @@ impl Dataplane {
             names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
+        }
+        for &(name, size) in sizes {
+            loader.map_max_entries(name, size);
         }
         let mut ebpf = loader
             .load(BPF_OBJECT)

@@ -1,0 +1,122 @@
+//! The lab as a tool to poke at: `lab up`, `status`, `exec`, `probe`, `down` on a running
+//! instance, with the real agent; and that the agent leaves the datapath in force when it
+//! stops. Needs root.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn enforcer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .args(args)
+        .output()
+        .expect("running enforcer")
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Takes the lab down even when an assertion fails.
+struct Down(String);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = enforcer(&["lab", "down", "--name", &self.0]);
+    }
+}
+
+#[test]
+fn up_status_exec_probe_down() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the lab needs root (network namespaces, BPF)");
+        return;
+    }
+    let scenario =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
+    let name = format!("t{}", std::process::id());
+    let _down = Down(name.clone());
+    ok(
+        &enforcer(&["lab", "up", scenario.to_str().unwrap(), "--name", &name]),
+        "lab up",
+    );
+
+    let status: serde_json::Value = serde_json::from_str(&ok(
+        &enforcer(&["lab", "status", "--name", &name, "--json"]),
+        "lab status",
+    ))
+    .expect("status JSON");
+    let text = status.to_string();
+    for pod in ["x/a", "y/b", "z/c"] {
+        assert!(text.contains(pod), "status lists {pod}: {text}");
+    }
+    assert!(
+        text.contains("10.244.1.10"),
+        "status lists addresses: {text}"
+    );
+
+    let addr = ok(
+        &enforcer(&[
+            "lab", "exec", "x/a", "--name", &name, "--", "ip", "-br", "addr",
+        ]),
+        "lab exec",
+    );
+    assert!(
+        addr.contains("10.244.1.10"),
+        "x/a's namespace holds its address: {addr}"
+    );
+    let code = enforcer(&[
+        "lab", "exec", "x/a", "--name", &name, "--", "sh", "-c", "exit 3",
+    ]);
+    assert_eq!(
+        code.status.code(),
+        Some(3),
+        "exec passes the exit code through"
+    );
+
+    let probes = scenario.join("probes.yaml");
+    let got: serde_json::Value = serde_json::from_str(&ok(
+        &enforcer(&[
+            "lab",
+            "probe",
+            probes.to_str().unwrap(),
+            "--name",
+            &name,
+            "--json",
+        ]),
+        "lab probe",
+    ))
+    .expect("probe JSON");
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(scenario.join("expected.json")).unwrap())
+            .unwrap();
+    let (got, want) = (
+        &got["steps"][0]["probes"][0]["matrix"],
+        &want["steps"][0]["probes"][0]["matrix"],
+    );
+    for (from, row) in want.as_object().expect("matrix") {
+        for (to, cell) in row.as_object().expect("row") {
+            if cell.is_boolean() {
+                assert_eq!(&got[from][to], cell, "{from} -> {to}");
+            }
+        }
+    }
+
+    ok(&enforcer(&["lab", "down", "--name", &name]), "lab down");
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.contains(&format!("enf-{name}-")),
+        "namespaces left behind: {left}"
+    );
+    assert!(
+        !PathBuf::from(format!("/sys/fs/bpf/enforcer/{name}")).exists(),
+        "pins left behind"
+    );
+}
