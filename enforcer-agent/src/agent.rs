@@ -16,7 +16,7 @@ use crate::dataplane::{interfaces, Dataplane, Iface};
 use crate::flows::{enrich, sink};
 use crate::model::{Cluster, PodKey};
 use crate::source::kube::KubeSource;
-use crate::source::manifests::{digest_dir, ManifestFolder};
+use crate::source::manifests::{stat_signature, ManifestFolder};
 
 /// How the agent was asked to run.
 #[derive(Clone, Debug)]
@@ -146,7 +146,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut applied_digest: Option<String> = None;
+    let mut last_signature = None;
     let mut dirty = true;
     let mut pending_since: Option<Instant> = None;
     let mut last_errors: Vec<String> = Vec::new();
@@ -162,8 +162,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
         }
         if let Some(dir) = &opts.manifests {
-            match digest_dir(dir) {
-                Ok(d) if applied_digest.as_ref() != Some(&d) => dirty = true,
+            // Polling the folder's metadata is cheap; its content is read only on a change.
+            match stat_signature(dir) {
+                Ok(s) if last_signature.as_ref() != Some(&s) => {
+                    last_signature = Some(s);
+                    dirty = true;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot read the manifests folder")
@@ -198,7 +202,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 } else {
                     Some(Instant::now())
                 };
-                applied_digest = Some(desired.digest.clone());
                 if let Some(path) = &opts.status_file {
                     if let Err(e) = write_status(path, &status) {
                         tracing::warn!(error = %format!("{e:#}"), "status file");

@@ -81,32 +81,47 @@ fn up_status_exec_probe_down() {
     );
 
     let probes = scenario.join("probes.yaml");
-    let got: serde_json::Value = serde_json::from_str(&ok(
-        &enforcer(&[
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(scenario.join("expected.json")).unwrap())
+            .unwrap();
+    let check_probes = |when: &str| {
+        let args = [
             "lab",
             "probe",
             probes.to_str().unwrap(),
             "--name",
             &name,
             "--json",
-        ]),
-        "lab probe",
-    ))
-    .expect("probe JSON");
-    let want: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(scenario.join("expected.json")).unwrap())
-            .unwrap();
-    let (got, want) = (
-        &got["steps"][0]["probes"][0]["matrix"],
-        &want["steps"][0]["probes"][0]["matrix"],
-    );
-    for (from, row) in want.as_object().expect("matrix") {
-        for (to, cell) in row.as_object().expect("row") {
-            if cell.is_boolean() {
-                assert_eq!(&got[from][to], cell, "{from} -> {to}");
+        ];
+        let got: serde_json::Value =
+            serde_json::from_str(&ok(&enforcer(&args), "lab probe")).expect("probe JSON");
+        let got = &got["steps"][0]["probes"][0]["matrix"];
+        let want = &want["steps"][0]["probes"][0]["matrix"];
+        for (from, row) in want.as_object().expect("matrix") {
+            for (to, cell) in row.as_object().expect("row") {
+                if cell.is_boolean() {
+                    assert_eq!(&got[from][to], cell, "{when}: {from} -> {to}");
+                }
             }
         }
+    };
+    check_probes("with the agent running");
+
+    // The datapath outlives the agent: stop it and the same policy is still enforced.
+    let pid = status["lab"]["agent_pid"]
+        .as_u64()
+        .expect("the lab records the agent pid") as i32;
+    // SAFETY: kill has no memory preconditions; the pid is the lab's agent.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // SAFETY: signal 0 only checks that the process exists.
+    for _ in 0..200 {
+        // SAFETY: as above.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    check_probes("after the agent stopped");
 
     ok(&enforcer(&["lab", "down", "--name", &name]), "lab down");
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();

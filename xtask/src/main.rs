@@ -148,8 +148,9 @@ fn main() -> Result<()> {
         }
         Cmd::Lab { duration } => {
             setup()?;
-            run(cargo().args(["build", "--release", "-p", "enforcer-agent"]))?;
-            let mut cmd = Command::new(workspace().join("target/release/enforcer"));
+            // The test profile's build: after `cargo xtask test` there is nothing to rebuild.
+            run(cargo().args(["build", "-p", "enforcer-agent"]))?;
+            let mut cmd = Command::new(workspace().join("target/debug/enforcer"));
             cmd.args(["lab", "demo"]);
             if let Some(d) = duration {
                 cmd.args(["--duration", &d.to_string()]);

@@ -86,6 +86,23 @@ fn digest_of(files: &[(PathBuf, Vec<u8>)]) -> String {
     format!("{:016x}", h.finish())
 }
 
+/// Names, sizes and modification times of the manifest files: cheap to poll (no file is
+/// read); the folder is re-read when this changes.
+pub fn stat_signature(
+    dir: &Path,
+) -> io::Result<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_manifest(p))
+        .filter_map(|p| {
+            let md = std::fs::metadata(&p).ok()?;
+            Some((p, md.len(), md.modified().ok()))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// A digest of the folder's manifest files (names and contents). The agent reports the digest
 /// of what it applied; the lab waits for the digest of what it wrote. Same binary, same hash.
 pub fn digest_dir(dir: &Path) -> io::Result<String> {
