@@ -9,7 +9,9 @@ use ipnet::IpNet;
 use crate::model::{PodKey, PolicyKey};
 
 /// Direction as the pod sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::decode::{protocol_name, tcp_flags_text, Event};
 use crate::compile::tables::{Direction, Tables};
@@ -13,7 +13,7 @@ use crate::model::{Cluster, PodKey};
 pub const SCHEMA: &str = "enforcer.flow/v1";
 
 /// One end of a flow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowEnd {
     pub ip: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -22,12 +22,12 @@ pub struct FlowEnd {
     pub namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
 /// The rule that allowed a flow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleAttribution {
     pub policy: String,
     pub direction: Direction,
@@ -35,13 +35,13 @@ pub struct RuleAttribution {
 }
 
 /// A flow record: one line of the flow log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
-    pub schema: &'static str,
+    pub schema: String,
     pub time: String,
     pub node: String,
     /// `allowed` or `dropped`.
-    pub verdict: &'static str,
+    pub verdict: String,
     /// As the local pod sees it: `ingress` (into the pod) or `egress` (out of it).
     pub direction: Direction,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,19 +49,19 @@ pub struct FlowRecord {
     pub protocol: String,
     pub src: FlowEnd,
     pub dst: FlowEnd,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tcp_flags: String,
     pub length: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reply: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fragment: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleAttribution>,
     /// For a policy drop: the policies that isolate the local pod in this direction.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
     /// One sentence for humans.
     pub detail: String,
@@ -177,10 +177,10 @@ impl Context {
             (_, true) => format!("dropped at {who}"),
         };
         FlowRecord {
-            schema: SCHEMA,
+            schema: SCHEMA.to_string(),
             time,
             node: self.node.clone(),
-            verdict: if ev.dropped { "dropped" } else { "allowed" },
+            verdict: if ev.dropped { "dropped" } else { "allowed" }.to_string(),
             direction,
             reason,
             protocol: protocol_name(ev.proto),
