@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod compile;
 pub mod dataplane;
+pub mod explain;
 pub mod flows;
 pub mod lab;
 pub mod model;

@@ -49,9 +49,9 @@ impl Verdict {
 /// Lookup order, as in the datapath:
 /// 1. no endpoint → not ours; not isolated in this direction → allowed without a rule;
 /// 2. peer identity = longest prefix match in the identity trie; the host → allowed;
-/// 3. probes (identity, proto, port), (identity, any), (any peer, proto, port), (any, any),
-///    each a longest-prefix match on the port; protocols without ports only do the `any`
-///    protocol probes. The first hit decides.
+/// 3. for the peer's identity, then any peer: the port (blocks of up to 256 ports), every port
+///    of the protocol, any protocol; then wide port ranges. Protocols without ports only look
+///    for rules without ports. The first hit decides (and names the rule).
 pub fn evaluate(
     tables: &Tables,
     local: &PodKey,
@@ -92,37 +92,51 @@ pub fn evaluate(
         enforcer_common::proto::SCTP => Some(Proto::Sctp),
         _ => None,
     };
+    let entries = |peer: Peer, proto: Proto| {
+        let lo = Allow {
+            direction,
+            peer,
+            proto,
+            ports: PortPrefix { port: 0, len: 0 },
+        };
+        let hi = Allow {
+            direction,
+            peer,
+            proto,
+            ports: PortPrefix {
+                port: u16::MAX,
+                len: 16,
+            },
+        };
+        plan.allows.range(lo..=hi).map(|(a, id)| (*a, *id))
+    };
+    let hit = |allow: Allow, id: RuleId| verdict(Decision::Rule { id, allow });
+    // The datapath's probe order (see the kernel's `policy::allowed_by` and the dataplane's
+    // `entries`): port blocks of up to 256 ports are expanded into single-port keys, so every
+    // such block containing the port answers that probe and the lowest rule id is reported;
+    // wider blocks are a longest-prefix match, probed last.
+    let narrow = |a: &Allow| a.ports.len >= 16 - crate::dataplane::entries::MAX_EXPANDED_BITS;
     for peer in [Peer::Prefix(prefix), Peer::Any] {
-        let probes = proto
-            .map(|p| (p, port))
-            .into_iter()
-            .chain([(Proto::Any, 0)]);
-        for (proto, port) in probes {
-            let lo = Allow {
-                direction,
-                peer,
-                proto,
-                ports: PortPrefix { port: 0, len: 0 },
-            };
-            let hi = Allow {
-                direction,
-                peer,
-                proto,
-                ports: PortPrefix {
-                    port: u16::MAX,
-                    len: 16,
-                },
-            };
-            let hit = plan
-                .allows
-                .range(lo..=hi)
-                .filter(|(a, _)| a.ports.contains(port))
-                .max_by_key(|(a, _)| a.ports.len);
-            if let Some((allow, id)) = hit {
-                return verdict(Decision::Rule {
-                    id: *id,
-                    allow: *allow,
-                });
+        if let Some(p) = proto {
+            let exact = entries(peer, p).filter(|(a, _)| narrow(a) && a.ports.contains(port));
+            if let Some((a, id)) = exact.min_by_key(|(_, id)| *id) {
+                return hit(a, id);
+            }
+            if let Some((a, id)) = entries(peer, p).find(|(a, _)| a.ports.len == 0) {
+                return hit(a, id);
+            }
+        }
+        if let Some((a, id)) = entries(peer, Proto::Any).next() {
+            return hit(a, id);
+        }
+    }
+    if let Some(p) = proto {
+        for peer in [Peer::Prefix(prefix), Peer::Any] {
+            let wide = entries(peer, p)
+                .filter(|(a, _)| a.ports.len > 0 && !narrow(a) && a.ports.contains(port));
+            if let Some((a, id)) = wide.max_by_key(|(a, id)| (a.ports.len, std::cmp::Reverse(*id)))
+            {
+                return hit(a, id);
             }
         }
     }
