@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::alerts::{notify, Alerts, AlertsConfig};
 use crate::compile::{compile, NodeInput, Tables};
 use crate::dataplane::{interfaces, Dataplane, Iface};
-use crate::flows::{enrich, sink};
+use crate::flows::{enrich, rotate, server, sink, store};
+use crate::metrics::http::{self as metrics_http, Ready};
+use crate::metrics::Metrics;
 use crate::model::{Cluster, PodKey};
 use crate::source::kube::KubeSource;
 use crate::source::manifests::{stat_signature, ManifestFolder};
@@ -29,6 +32,19 @@ pub struct AgentOptions {
     /// Flow log: a file path, or `-` for stdout.
     pub flow_log: PathBuf,
     pub log_allowed: bool,
+    /// Where to serve /metrics, /healthz and /readyz (`None`: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The unix socket `enforcer flows` connects to (`None`: not served).
+    pub flow_socket: Option<PathBuf>,
+    /// Recent flow records kept in memory for `enforcer flows`.
+    pub flow_buffer: usize,
+    /// Rotate the flow log file at this size (0: never), keeping this many old files.
+    pub flow_log_max_bytes: u64,
+    pub flow_log_keep: usize,
+    /// Anomaly detection (`None`: off).
+    pub alerts: Option<AlertsConfig>,
+    /// Alertmanager-compatible endpoint to POST alerts to.
+    pub alert_webhook: Option<hyper::Uri>,
 }
 
 /// Written after every sync (atomically): what is in force.
@@ -86,14 +102,15 @@ impl Source {
     }
 }
 
-fn open_flow_log(path: &std::path::Path) -> anyhow::Result<Box<dyn Write + Send>> {
+fn open_flow_log(
+    path: &std::path::Path,
+    max_bytes: u64,
+    keep: usize,
+) -> anyhow::Result<Box<dyn Write + Send>> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(std::io::stdout()));
     }
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    let f = rotate::RotatingFile::open(path, max_bytes, keep)
         .with_context(|| format!("opening the flow log {}", path.display()))?;
     Ok(Box::new(std::io::LineWriter::new(f)))
 }
@@ -112,15 +129,45 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut dp = Dataplane::open(&opts.pin_dir).context("opening the datapath")?;
     tracing::info!(pin_dir = %opts.pin_dir.display(), revision = dp.revision(), "datapath loaded");
 
+    let metrics = Metrics::new();
+    let ready = Ready::default();
+    if let Some(addr) = opts.metrics_addr {
+        let (m, r) = (metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics_http::serve(addr, m, r).await {
+                tracing::error!(%addr, error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let ctx = Arc::new(RwLock::new(enrich::Context::default()));
     let ring = dp.take_events().expect("taken once");
-    let out = open_flow_log(&opts.flow_log)?;
+    let out = open_flow_log(&opts.flow_log, opts.flow_log_max_bytes, opts.flow_log_keep)?;
+    let flow_store = store::FlowStore::new(opts.flow_buffer);
+    // The socket is for observing, not enforcing: without it the agent still enforces.
+    let flow_server = opts.flow_socket.as_ref().and_then(|p| {
+        match server::FlowServer::bind(p, flow_store.clone()) {
+            Ok(s) => Some(tokio::spawn(s.run())),
+            Err(e) => {
+                tracing::warn!(socket = %p.display(), error = %format!("{:#}", anyhow::Error::from(e)), "no flow socket");
+                None
+            }
+        }
+    });
+    let outputs = sink::Outputs {
+        metrics: metrics.clone(),
+        store: flow_store,
+        alerts: opts.alerts.clone().map(Alerts::new),
+        webhook: opts
+            .alert_webhook
+            .clone()
+            .map(|u| notify::start(u, opts.node.clone())),
+    };
     let filter = sink::Filter {
         allowed: opts.log_allowed,
     };
     let flow_ctx = ctx.clone();
     let flows = tokio::spawn(async move {
-        if let Err(e) = sink::run(ring, flow_ctx, out, filter).await {
+        if let Err(e) = sink::run(ring, flow_ctx, out, filter, outputs).await {
             tracing::error!(error = %format!("{e:#}"), "flow log stopped");
         }
     });
@@ -148,6 +195,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_signature = None;
     let mut dirty = true;
+    // When the pending change was first noticed (for the propagation delay).
+    let mut noticed: Option<Instant> = Some(Instant::now());
+    let mut counters_copied = Instant::now();
     let mut pending_since: Option<Instant> = None;
     let mut last_errors: Vec<String> = Vec::new();
     loop {
@@ -178,6 +228,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         if pending_since.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
             dirty = true;
         }
+        if counters_copied.elapsed() >= Duration::from_secs(1) {
+            metrics.set_kernel_counters(&dp.counters());
+            counters_copied = Instant::now();
+        }
+        if dirty && noticed.is_none() {
+            noticed = Some(Instant::now());
+        }
         if !dirty {
             continue;
         }
@@ -195,8 +252,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             last_errors = desired.errors.clone();
         }
-        match sync_once(&mut dp, &opts, &desired, &ctx) {
+        match sync_once(&mut dp, &opts, &desired, &ctx, &metrics) {
             Ok(status) => {
+                ready.set();
+                if let Some(t) = noticed.take() {
+                    metrics.propagation_delay.observe(t.elapsed().as_secs_f64());
+                }
+                metrics.pending_endpoints.set(status.pending.len() as i64);
+                metrics.invalid_objects.set(status.errors.len() as i64);
                 pending_since = if status.pending.is_empty() {
                     None
                 } else {
@@ -216,6 +279,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
     flows.abort();
+    if let Some(t) = flow_server {
+        t.abort();
+    }
     tracing::info!("agent stopping; the datapath stays in force");
     Ok(())
 }
@@ -225,6 +291,7 @@ fn sync_once(
     opts: &AgentOptions,
     desired: &Desired,
     ctx: &Arc<RwLock<enrich::Context>>,
+    metrics: &Metrics,
 ) -> anyhow::Result<Status> {
     let started = Instant::now();
     let host_ips: Vec<IpAddr> =
@@ -236,6 +303,11 @@ fn sync_once(
             host_ips,
         },
     );
+    metrics
+        .sync_duration
+        .with_label_values(&["compile"])
+        .observe(started.elapsed().as_secs_f64());
+    let applying = Instant::now();
     let routes = interfaces::host_routes().context("reading host routes")?;
     let mut ifaces: BTreeMap<PodKey, Iface> = BTreeMap::new();
     let mut pending = Vec::new();
@@ -256,6 +328,22 @@ fn sync_once(
     let report = dp
         .sync(&tables, &ifaces)
         .context("writing the datapath maps")?;
+    metrics
+        .sync_duration
+        .with_label_values(&["apply"])
+        .observe(applying.elapsed().as_secs_f64());
+    metrics.policies.set(desired.cluster.policies.len() as i64);
+    metrics.endpoints.set(report.endpoints as i64);
+    for (map, entries, max) in dp.map_usage() {
+        metrics
+            .map_entries
+            .with_label_values(&[map])
+            .set(entries as i64);
+        metrics
+            .map_pressure
+            .with_label_values(&[map])
+            .set(entries as f64 / f64::from(max));
+    }
     if !report.attached.is_empty() || !report.detached.is_empty() || report.entries_written > 0 {
         tracing::info!(
             endpoints = report.endpoints,

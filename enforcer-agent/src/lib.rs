@@ -9,11 +9,13 @@
 //! - [`netns`]: entering network namespaces.
 
 pub mod agent;
+pub mod alerts;
 pub mod compile;
 pub mod dataplane;
 pub mod explain;
 pub mod flows;
 pub mod lab;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod source;

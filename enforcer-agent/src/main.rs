@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use enforcer_agent::{agent, lab, netns};
+use enforcer_agent::alerts::AlertsConfig;
+use enforcer_agent::{agent, flows, lab, netns};
 
 #[derive(Parser)]
 #[command(
@@ -18,12 +19,15 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start-up")]
 enum Cmd {
     /// Run the agent: enforce the cluster's NetworkPolicies on this node's pods.
     Agent(AgentArgs),
     /// The network-namespace lab: pods as network namespaces on this machine.
     #[command(subcommand)]
     Lab(lab::cli::LabCommand),
+    /// Show recent and live flows from the local agent, or from a saved flow log.
+    Flows(flows::client::FlowsArgs),
     /// Why is a connection allowed or denied? Both sides, with the exact rules, computed from
     /// the same tables the kernel uses.
     Explain(ExplainArgs),
@@ -151,6 +155,37 @@ struct AgentArgs {
     /// Also log allowed connections (one record per new connection), not only drops.
     #[arg(long)]
     log_allowed: bool,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) here.
+    #[arg(long, default_value = "0.0.0.0:9966")]
+    metrics_addr: std::net::SocketAddr,
+    /// Do not serve metrics and health endpoints.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Unix socket for `enforcer flows`.
+    #[arg(long, default_value = flows::server::DEFAULT_SOCKET)]
+    flow_socket: PathBuf,
+    /// Do not serve the flow socket.
+    #[arg(long)]
+    no_flow_socket: bool,
+    /// Recent flows kept in memory for `enforcer flows`.
+    #[arg(long, default_value_t = flows::store::DEFAULT_CAPACITY)]
+    flow_buffer: usize,
+    /// Rotate the flow log file at this size (e.g. 100M; 0: never).
+    #[arg(long, default_value = "100M", value_parser = flows::rotate::parse_size)]
+    flow_log_max_size: u64,
+    /// Rotated flow log files to keep.
+    #[arg(long, default_value_t = 5)]
+    flow_log_keep: usize,
+    /// Anomaly detector settings (YAML or JSON; every field optional). Detection is on by
+    /// default with built-in thresholds.
+    #[arg(long)]
+    alerts_config: Option<PathBuf>,
+    /// Turn anomaly detection off.
+    #[arg(long)]
+    no_alerts: bool,
+    /// POST alerts to this Alertmanager-compatible URL (http://host:9093/api/v2/alerts).
+    #[arg(long)]
+    alert_webhook: Option<hyper::Uri>,
 }
 
 fn init_tracing() {
@@ -183,12 +218,38 @@ fn main() -> anyhow::Result<()> {
                 status_file: a.status_file,
                 flow_log: a.flow_log,
                 log_allowed: a.log_allowed,
+                metrics_addr: (!a.no_metrics).then_some(a.metrics_addr),
+                flow_socket: (!a.no_flow_socket).then_some(a.flow_socket),
+                flow_buffer: a.flow_buffer,
+                flow_log_max_bytes: a.flow_log_max_size,
+                flow_log_keep: a.flow_log_keep,
+                alerts: if a.no_alerts {
+                    None
+                } else {
+                    Some(alerts_config(a.alerts_config.as_deref())?)
+                },
+                alert_webhook: a.alert_webhook,
             };
             runtime()?.block_on(agent::run(opts))
         }
         Cmd::Lab(cmd) => runtime()?.block_on(lab::cli::run(cmd)),
         Cmd::Explain(a) => runtime()?.block_on(explain(a)),
+        Cmd::Flows(args) => flows::client::run(args).map_err(anyhow::Error::from),
     }
+}
+
+/// Reads and checks the detector settings (built-in defaults without a file).
+fn alerts_config(path: Option<&std::path::Path>) -> anyhow::Result<AlertsConfig> {
+    let Some(path) = path else {
+        return Ok(AlertsConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: AlertsConfig = serde_yaml::from_str(&text)
+        .with_context(|| format!("{}: invalid alert settings", path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}: invalid alert settings", path.display()))?;
+    Ok(cfg)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -133,6 +133,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => {
+            setup()?;
             let obj = build_ebpf()?;
             eprintln!("eBPF object: {}", obj.display());
             Ok(())

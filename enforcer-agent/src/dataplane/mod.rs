@@ -325,6 +325,46 @@ impl Dataplane {
         self.revision
     }
 
+    /// Entries the agent keeps in each map it writes, with the map's size: (name, entries, max).
+    pub fn map_usage(&self) -> Vec<(&'static str, usize, u32)> {
+        use enforcer_common::maps::sizes;
+        let (mut exact, mut ranges) = (0, 0);
+        for e in self.endpoints.values() {
+            exact += e.entries.exact.len();
+            ranges += e.entries.ranges.len();
+        }
+        let addrs = self
+            .ids
+            .by_prefix
+            .keys()
+            .filter(|n| n.prefix_len() == n.max_prefix_len())
+            .count();
+        vec![
+            (names::ENDPOINTS, self.endpoints.len(), sizes::ENDPOINTS),
+            (names::IDENTITY_ADDR, addrs, sizes::IDENTITY),
+            (
+                names::IDENTITY_V4,
+                self.ids
+                    .by_prefix
+                    .keys()
+                    .filter(|n| matches!(n, IpNet::V4(v) if v.prefix_len() < 32))
+                    .count(),
+                sizes::IDENTITY,
+            ),
+            (
+                names::IDENTITY_V6,
+                self.ids
+                    .by_prefix
+                    .keys()
+                    .filter(|n| matches!(n, IpNet::V6(v) if v.prefix_len() < 128))
+                    .count(),
+                sizes::IDENTITY,
+            ),
+            (names::POLICY_EXACT, exact, sizes::POLICY_EXACT),
+            (names::POLICY_RANGES, ranges, sizes::POLICY_RANGES),
+        ]
+    }
+
     /// The endpoint id and pod of every endpoint, for flow enrichment.
     pub fn endpoint_pods(&self) -> BTreeMap<u32, (PodKey, String)> {
         self.endpoints

@@ -1,4 +1,7 @@
-//! The flow log: JSON lines, to stdout or a file. Reads the ring buffer as it fills.
+//! Where flow records go: the flow log (JSON lines, stdout or a rotated file), the in-memory
+//! store behind `enforcer flows`, the metrics, and the anomaly detectors, whose alerts go to the
+//! same log, the agent's log, a metric and optionally an Alertmanager webhook. Reads the ring
+//! buffer as it fills.
 
 use std::io::Write;
 use std::sync::{Arc, RwLock};
@@ -6,14 +9,27 @@ use std::time::{Duration, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
 
 use super::decode::decode;
 use super::enrich::Context;
+use super::store::FlowStore;
+use crate::alerts::{to_record, Alert, Alerts};
+use crate::metrics::Metrics;
 
 /// Which flows go to the log.
 #[derive(Clone, Copy, Debug)]
 pub struct Filter {
     pub allowed: bool,
+}
+
+/// Everything a record feeds besides the log.
+pub struct Outputs {
+    pub metrics: Metrics,
+    pub store: FlowStore,
+    pub alerts: Option<Alerts>,
+    /// Alerts to POST (bounded: a slow webhook loses alerts, never blocks flows).
+    pub webhook: Option<mpsc::Sender<Alert>>,
 }
 
 /// Wall-clock time of a `CLOCK_MONOTONIC` timestamp (what `bpf_ktime_get_ns` returns).
@@ -29,12 +45,23 @@ pub fn wall_time(ts_ns: u64) -> SystemTime {
     now_wall - Duration::from_nanos(now_mono.saturating_sub(ts_ns))
 }
 
-/// Drains the ring buffer forever, writing one JSON line per reported flow.
+fn write_line(out: &mut dyn Write, value: &impl serde::Serialize) {
+    let r = serde_json::to_writer(&mut *out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"));
+    if let Err(e) = r {
+        // The log is for people; enforcement, metrics and the store go on without it.
+        tracing::warn!(error = %e, "writing the flow log");
+    }
+}
+
+/// Drains the ring buffer forever.
 pub async fn run(
     ring: RingBuf<MapData>,
     ctx: Arc<RwLock<Context>>,
     mut out: Box<dyn Write + Send>,
     filter: Filter,
+    mut outputs: Outputs,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd until it is dropped with the AsyncFd, and its
     // `as_raw_fd` always returns that same fd.
@@ -51,18 +78,34 @@ pub async fn run(
                     continue;
                 }
             };
-            if !ev.dropped && !filter.allowed {
-                continue;
-            }
             let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
             let rec = ctx
                 .read()
                 .expect("flow context lock poisoned")
                 .record(&ev, time);
-            serde_json::to_writer(&mut out, &rec)?;
-            out.write_all(b"\n")?;
+            outputs.metrics.observe_flow(&rec);
+            if ev.dropped || filter.allowed {
+                write_line(&mut out, &rec);
+            }
+            if let Some(alerts) = &mut outputs.alerts {
+                for alert in alerts.observe(&rec, SystemTime::now()) {
+                    let kind = serde_json::to_value(alert.kind).ok();
+                    let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("unknown");
+                    outputs.metrics.alerts.with_label_values(&[kind]).inc();
+                    tracing::warn!(kind, severity = ?alert.severity, summary = %alert.summary, "alert");
+                    write_line(&mut out, &to_record(&alert));
+                    if let Some(tx) = &outputs.webhook {
+                        if tx.try_send(alert).is_err() {
+                            tracing::warn!("alert webhook is behind; an alert was not sent");
+                        }
+                    }
+                }
+            }
+            outputs.store.push(rec);
         }
-        out.flush()?;
+        if let Err(e) = out.flush() {
+            tracing::warn!(error = %e, "flushing the flow log");
+        }
         guard.clear_ready();
     }
 }

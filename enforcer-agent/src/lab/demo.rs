@@ -344,6 +344,20 @@ pub fn format_flow_line(line: &str) -> String {
     let Ok(Value::Object(rec)) = serde_json::from_str::<Value>(line) else {
         return line.to_owned();
     };
+    if rec.get("type").and_then(Value::as_str) == Some("alert") {
+        let field = |k: &str| rec.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+        let time = field("time");
+        let time = time
+            .split_once('T')
+            .map_or(time.as_str(), |(_, t)| t)
+            .trim_end_matches('Z');
+        return format!(
+            "{time}  ALERT    {} {}: {}",
+            field("severity").to_uppercase(),
+            field("kind"),
+            field("summary")
+        );
+    }
     let text = |v: Option<&Value>| -> Option<String> {
         match v? {
             Value::Null => None,

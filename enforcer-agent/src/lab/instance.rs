@@ -187,6 +187,8 @@ impl Lab {
             .arg(&self.paths.status_file)
             .arg("--flow-log")
             .arg(&self.paths.flow_log)
+            .arg("--flow-socket")
+            .arg(self.paths.state_dir.join("flows.sock"))
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,746 @@
+//! `enforcer flows`: recent and live flows from the local agent's socket, or from saved flow
+//! logs (`--file`), filtered, as a table or JSON.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use clap::ArgMatches;
+use ipnet::IpNet;
+
+use super::filter::{
+    parse_direction, parse_ip_or_cidr, parse_policy, parse_reason, Filter, LabelSelector,
+    PodPattern, Verdict,
+};
+use super::rotate::{read_files, LogReadError, Tail};
+use super::server::{Message, Request, DEFAULT_SOCKET};
+use super::table::{OutputFormat, Printer, TableFormat};
+use crate::compile::tables::Direction;
+
+/// Flows shown when no `--last`, `--since`, `--all` or `--follow` says otherwise.
+pub const DEFAULT_LAST: usize = 20;
+/// How often a followed file is checked for new lines.
+const TAIL_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// When stdout is a terminal and NO_COLOR is not set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    pub fn enabled(self, stdout_is_terminal: bool, no_color_set: bool) -> bool {
+        match self {
+            ColorChoice::Auto => stdout_is_terminal && !no_color_set,
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+        }
+    }
+}
+
+/// `--since`: a duration ago or a point in time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Since {
+    Ago(Duration),
+    At(SystemTime),
+}
+
+impl Since {
+    pub fn resolve(&self, now: SystemTime) -> SystemTime {
+        match self {
+            Since::Ago(d) => now.checked_sub(*d).unwrap_or(SystemTime::UNIX_EPOCH),
+            Since::At(t) => *t,
+        }
+    }
+}
+
+fn parse_since(s: &str) -> Result<Since, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(Since::Ago(d));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(Since::At)
+        .map_err(|_| format!("`{s}` is neither a duration (5m, 1h30m) nor an RFC 3339 time"))
+}
+
+/// The filter flags, before `--not` is applied (see [`super::filter`] for the semantics).
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Filters")]
+struct FilterArgs {
+    /// Only allowed or only dropped flows.
+    #[arg(long, value_enum, ignore_case = true)]
+    verdict: Vec<Verdict>,
+    /// Either end is in this namespace.
+    #[arg(long, value_name = "NS")]
+    namespace: Vec<String>,
+    /// The source is in this namespace.
+    #[arg(long, value_name = "NS")]
+    from_namespace: Vec<String>,
+    /// The destination is in this namespace.
+    #[arg(long, value_name = "NS")]
+    to_namespace: Vec<String>,
+    /// Either end is this pod (`NS/POD`; `NS/PREFIX*` for a name prefix).
+    #[arg(long, value_name = "NS/POD", value_parser = PodPattern::from_str)]
+    pod: Vec<PodPattern>,
+    /// The source is this pod.
+    #[arg(long, value_name = "NS/POD", value_parser = PodPattern::from_str)]
+    from_pod: Vec<PodPattern>,
+    /// The destination is this pod.
+    #[arg(long, value_name = "NS/POD", value_parser = PodPattern::from_str)]
+    to_pod: Vec<PodPattern>,
+    /// Either end's pod has these labels (`k=v`, `k`, comma-separated: all of them).
+    #[arg(long, value_name = "K=V", value_parser = LabelSelector::from_str)]
+    label: Vec<LabelSelector>,
+    /// The source pod has these labels.
+    #[arg(long, value_name = "K=V", value_parser = LabelSelector::from_str)]
+    from_label: Vec<LabelSelector>,
+    /// The destination pod has these labels.
+    #[arg(long, value_name = "K=V", value_parser = LabelSelector::from_str)]
+    to_label: Vec<LabelSelector>,
+    /// Either end's address is this IP or in this CIDR.
+    #[arg(long, value_name = "IP|CIDR", value_parser = parse_ip_or_cidr)]
+    ip: Vec<IpNet>,
+    /// The source address is this IP or in this CIDR.
+    #[arg(long, value_name = "IP|CIDR", value_parser = parse_ip_or_cidr)]
+    from_ip: Vec<IpNet>,
+    /// The destination address is this IP or in this CIDR.
+    #[arg(long, value_name = "IP|CIDR", value_parser = parse_ip_or_cidr)]
+    to_ip: Vec<IpNet>,
+    /// Either end's port.
+    #[arg(long, value_name = "N")]
+    port: Vec<u16>,
+    /// The source port.
+    #[arg(long, value_name = "N")]
+    from_port: Vec<u16>,
+    /// The destination port.
+    #[arg(long, value_name = "N")]
+    to_port: Vec<u16>,
+    /// TCP, UDP, SCTP, ICMP (v4 and v6), ICMPv4, ICMPv6 or a protocol number; any case.
+    #[arg(long, value_name = "PROTO")]
+    protocol: Vec<String>,
+    /// As the local pod sees it: ingress (into the pod) or egress.
+    #[arg(long, value_name = "ingress|egress", value_parser = parse_direction)]
+    direction: Vec<Direction>,
+    /// Drop reason, e.g. policy_denied, spoofed_source.
+    #[arg(long, value_name = "NAME", value_parser = parse_reason)]
+    reason: Vec<String>,
+    /// The policy whose rule allowed the flow, or one that isolates the pod of a dropped flow.
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_policy)]
+    policy: Vec<String>,
+    /// Negate the filter flag right after it: `--not --namespace kube-system`. Flags are
+    /// AND-ed, repeats of one flag OR-ed; a negated value excludes every flow it matches.
+    // Append (not Count) so that clap records the position of every occurrence.
+    #[arg(long, action = clap::ArgAction::Append, num_args = 0, default_missing_value = "true",
+          value_parser = clap::value_parser!(bool))]
+    not: Vec<bool>,
+}
+
+/// What `clap` parses; [`FlowsArgs`] is this with `--not` applied.
+#[derive(clap::Args, Debug)]
+struct RawFlowsArgs {
+    /// Keep printing new flows as they happen (with --file: as lines are appended).
+    #[arg(short, long)]
+    follow: bool,
+    /// Show the last N matching flows. Without --last, --since and --all: the last 20 from the
+    /// agent, the whole of --file, and nothing old with --follow.
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    last: Option<usize>,
+    /// Show flows since a duration ago (`5m`, `1h30m`) or a time (RFC 3339).
+    #[arg(long, value_name = "5m|RFC3339", value_parser = parse_since)]
+    since: Option<Since>,
+    /// Show every flow the agent still holds.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Output format [default: table on a terminal, jsonl otherwise].
+    #[arg(short, long, value_enum)]
+    output: Option<OutputFormat>,
+    /// Colour in the table output.
+    #[arg(long, value_enum, default_value_t)]
+    color: ColorChoice,
+    /// Show times in UTC rather than the local time zone (table output).
+    #[arg(long)]
+    utc: bool,
+    /// The agent's flow socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Read a saved flow log (JSON lines) instead of asking the agent; repeat for several
+    /// files, oldest first (`--file flows.jsonl.1 --file flows.jsonl`).
+    #[arg(long, value_name = "PATH")]
+    file: Vec<PathBuf>,
+}
+
+/// `enforcer flows` arguments. Use as a `clap` subcommand: `Flows(FlowsArgs)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowsArgs {
+    pub follow: bool,
+    pub last: Option<usize>,
+    pub since: Option<Since>,
+    pub all: bool,
+    pub filter: Filter,
+    pub output: Option<OutputFormat>,
+    pub color: ColorChoice,
+    pub utc: bool,
+    pub socket: PathBuf,
+    pub files: Vec<PathBuf>,
+}
+
+/// Where each command-line value sits: clap numbers the tokens it parses, giving a flag
+/// with a value the index of its value, and each `--not` an index of its own.
+fn positions(m: &ArgMatches) -> BTreeMap<usize, String> {
+    let cmd = <RawFlowsArgs as clap::Args>::augment_args(clap::Command::new("flows"));
+    let mut at = BTreeMap::new();
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if m.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            for i in m.indices_of(id).into_iter().flatten() {
+                at.insert(i, id.to_string());
+            }
+        }
+    }
+    at
+}
+
+/// Splits a flag's values into plain and negated ones: a value is negated when the token
+/// parsed just before it is a `--not` (the flag name itself has no index of its own).
+fn split_negated<T>(
+    m: &ArgMatches,
+    id: &str,
+    values: Vec<T>,
+    positions: &BTreeMap<usize, String>,
+    used: &mut BTreeSet<usize>,
+) -> (Vec<T>, Vec<T>) {
+    let indices: Vec<usize> = m.indices_of(id).map(Iterator::collect).unwrap_or_default();
+    let (mut plain, mut negated) = (Vec::new(), Vec::new());
+    for (value, i) in values.into_iter().zip(indices) {
+        match positions.range(..i).next_back() {
+            Some((n, prev)) if prev == "not" => {
+                used.insert(*n);
+                negated.push(value);
+            }
+            _ => plain.push(value),
+        }
+    }
+    (plain, negated)
+}
+
+macro_rules! apply_negation {
+    ($m:expr, $raw:expr, $filter:expr, $positions:expr, $used:expr; $($field:ident),+ $(,)?) => {
+        $(
+            let (plain, negated) =
+                split_negated($m, stringify!($field), $raw.$field, $positions, $used);
+            $filter.include.$field = plain;
+            $filter.exclude.$field = negated;
+        )+
+    };
+}
+
+impl FlowsArgs {
+    fn from_raw(raw: RawFlowsArgs, m: &ArgMatches) -> Result<Self, clap::Error> {
+        let positions = positions(m);
+        let nots = positions.values().filter(|id| *id == "not").count();
+        let mut used = BTreeSet::new();
+        let mut filter = Filter::default();
+        let f = raw.filter;
+        apply_negation!(m, f, filter, &positions, &mut used;
+            verdict, namespace, from_namespace, to_namespace, pod, from_pod, to_pod,
+            label, from_label, to_label, ip, from_ip, to_ip, port, from_port, to_port,
+            protocol, direction, reason, policy);
+        if used.len() != nots {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--not must be followed directly by a filter flag, e.g. `--not --namespace kube-system`\n",
+            ));
+        }
+        Ok(FlowsArgs {
+            follow: raw.follow,
+            last: raw.last,
+            since: raw.since,
+            all: raw.all,
+            filter,
+            output: raw.output,
+            color: raw.color,
+            utc: raw.utc,
+            socket: raw.socket,
+            files: raw.file,
+        })
+    }
+
+    /// Which past flows to show, resolved against `now`.
+    pub fn history(&self, now: SystemTime) -> History {
+        let since = self.since.as_ref().map(|s| s.resolve(now));
+        let last = if self.all {
+            None
+        } else if let Some(n) = self.last {
+            Some(n)
+        } else if since.is_some() {
+            None
+        } else if self.follow {
+            Some(0)
+        } else if !self.files.is_empty() {
+            None
+        } else {
+            Some(DEFAULT_LAST)
+        };
+        History { last, since }
+    }
+
+    /// The request for the agent's socket.
+    pub fn request(&self, history: &History) -> Request {
+        Request {
+            follow: self.follow,
+            last: history.last,
+            since: history
+                .since
+                .map(|t| humantime::format_rfc3339_nanos(t).to_string()),
+            filter: self.filter.clone(),
+        }
+    }
+}
+
+impl clap::FromArgMatches for FlowsArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        FlowsArgs::from_raw(RawFlowsArgs::from_arg_matches(m)?, m)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = FlowsArgs::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for FlowsArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        RawFlowsArgs::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        RawFlowsArgs::augment_args_for_update(cmd)
+    }
+}
+
+/// Which past flows to show: only those at or after `since`, and of those the `last` N
+/// (`None`: all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct History {
+    pub last: Option<usize>,
+    pub since: Option<SystemTime>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no agent is listening on {} (is `enforcer agent` running? use --file to read a saved log)", socket.display())]
+    NoAgent {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("permission denied on {} (the flow socket belongs to root)", socket.display())]
+    PermissionDenied {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to the agent on {}", socket.display())]
+    Socket {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the agent sent something that is not a flow message: {line}")]
+    BadMessage {
+        line: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the agent refused the request: {message}")]
+    Refused { message: String },
+    #[error("writing the output")]
+    Output(#[source] io::Error),
+    #[error(transparent)]
+    Log(#[from] LogReadError),
+}
+
+/// Asks the agent on `socket` and prints its answer (until it closes the connection).
+pub fn query_agent<W: Write>(
+    socket: &Path,
+    req: &Request,
+    printer: &mut Printer<W>,
+) -> Result<(), ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NoAgent {
+            socket: socket.into(),
+            source,
+        },
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+            socket: socket.into(),
+            source,
+        },
+        _ => ClientError::Socket {
+            socket: socket.into(),
+            source,
+        },
+    })?;
+    let socket_err = |source| ClientError::Socket {
+        socket: socket.into(),
+        source,
+    };
+    let mut line = serde_json::to_vec(req).expect("requests serialize");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(socket_err)?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(socket_err)? == 0 {
+            break;
+        }
+        let msg: Message =
+            serde_json::from_str(&line).map_err(|source| ClientError::BadMessage {
+                line: line.trim_end().to_string(),
+                source,
+            })?;
+        match msg {
+            Message::Flow(r) => printer.flow(&r).map_err(ClientError::Output)?,
+            Message::Lost { count } => printer.lost(count).map_err(ClientError::Output)?,
+            Message::Error { message } => return Err(ClientError::Refused { message }),
+        }
+    }
+    printer.flush().map_err(ClientError::Output)
+}
+
+/// Runs `enforcer flows`.
+pub fn run(args: FlowsArgs) -> Result<(), ClientError> {
+    let stdout = io::stdout();
+    let tty = stdout.is_terminal();
+    let format = args.output.unwrap_or(if tty {
+        OutputFormat::Table
+    } else {
+        OutputFormat::Jsonl
+    });
+    let table = TableFormat {
+        color: args.color.enabled(
+            tty,
+            std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+        ),
+        utc: args.utc,
+    };
+    let mut printer = Printer::new(BufWriter::new(stdout.lock()), format, table, args.follow);
+    let history = args.history(SystemTime::now());
+    let result = if args.files.is_empty() {
+        query_agent(&args.socket, &args.request(&history), &mut printer)
+    } else {
+        read_files(
+            &args.files,
+            &args.filter,
+            history.last,
+            history.since,
+            args.follow.then_some(Tail {
+                poll: TAIL_POLL,
+                keep_going: &mut |_| true,
+            }),
+            &mut printer,
+        )
+        .map_err(ClientError::from)
+    };
+    match result {
+        // `enforcer flows | head`: the reader has what it wanted.
+        Err(ClientError::Output(e) | ClientError::Log(LogReadError::Output(e)))
+            if e.kind() == io::ErrorKind::BrokenPipe =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::flows::enrich::FlowRecord;
+    use crate::flows::filter::fixture::*;
+    use crate::flows::rotate::tests::TempDir;
+    use crate::flows::server::FlowServer;
+    use crate::flows::store::FlowStore;
+
+    /// As `main.rs` mounts it.
+    #[derive(clap::Parser)]
+    #[command(name = "enforcer")]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        Flows(FlowsArgs),
+    }
+
+    pub(crate) fn parse(args: &str) -> Result<FlowsArgs, clap::Error> {
+        let argv = ["enforcer", "flows"]
+            .into_iter()
+            .chain(args.split_whitespace());
+        Cli::try_parse_from(argv).map(|c| match c.cmd {
+            Cmd::Flows(a) => a,
+        })
+    }
+
+    pub(crate) fn rec(port: u16, drop: bool, time: &str) -> FlowRecord {
+        let (mut s, d) = debug_to_backend();
+        s.port = Some(port);
+        let mut r = if drop { dropped(s, d) } else { allowed(s, d) };
+        r.time = time.into();
+        r
+    }
+
+    pub(crate) fn jsonl(r: &FlowRecord) -> String {
+        serde_json::to_string(r).unwrap() + "\n"
+    }
+
+    pub(crate) fn printer(format: OutputFormat) -> Printer<Vec<u8>> {
+        Printer::new(
+            Vec::new(),
+            format,
+            TableFormat {
+                color: false,
+                utc: true,
+            },
+            false,
+        )
+    }
+
+    pub(crate) fn ports_of(out: Vec<u8>) -> Vec<u16> {
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<FlowRecord>(l)
+                    .unwrap()
+                    .src
+                    .port
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let a = parse(
+            "-f --last 5 --since 5m --verdict DROPPED --namespace prod --namespace dev \
+             --from-namespace a --to-namespace b --pod prod/back* --from-pod dev/debug \
+             --to-pod prod/backend --label app=web,tier --from-label x=1 --to-label y \
+             --ip 10.0.0.0/8 --from-ip fd00::1 --to-ip 10.1.2.3 --port 53 --from-port 1 \
+             --to-port 8080 --protocol tcp --direction Ingress --reason policy-denied \
+             --policy prod/deny -o json --color never --utc --socket /tmp/x.sock",
+        )
+        .unwrap();
+        assert!(a.follow && a.utc && !a.all);
+        assert_eq!(a.last, Some(5));
+        assert_eq!(a.since, Some(Since::Ago(Duration::from_secs(300))));
+        assert_eq!(a.output, Some(OutputFormat::Json));
+        assert_eq!(a.color, ColorChoice::Never);
+        assert_eq!(a.socket, PathBuf::from("/tmp/x.sock"));
+        let f = &a.filter.include;
+        assert_eq!(f.verdict, [Verdict::Dropped]);
+        assert_eq!(f.namespace, ["prod", "dev"]);
+        assert_eq!(
+            (&f.from_namespace[..], &f.to_namespace[..]),
+            (&["a".to_string()][..], &["b".to_string()][..])
+        );
+        assert_eq!(f.pod[0].to_string(), "prod/back*");
+        assert_eq!(f.from_pod[0].to_string(), "dev/debug");
+        assert_eq!(f.to_pod[0].to_string(), "prod/backend");
+        assert_eq!(f.label[0].to_string(), "app=web,tier");
+        assert_eq!(
+            (f.from_label[0].to_string(), f.to_label[0].to_string()),
+            ("x=1".into(), "y".into())
+        );
+        assert_eq!(f.ip[0].to_string(), "10.0.0.0/8");
+        assert_eq!(f.from_ip[0].to_string(), "fd00::1/128");
+        assert_eq!(f.to_ip[0].to_string(), "10.1.2.3/32");
+        assert_eq!(
+            (&f.port[..], &f.from_port[..], &f.to_port[..]),
+            (&[53][..], &[1][..], &[8080][..])
+        );
+        assert_eq!(f.protocol, ["tcp"]);
+        assert_eq!(f.direction, [Direction::Ingress]);
+        assert_eq!(f.reason, ["policy_denied"]);
+        assert_eq!(f.policy, ["prod/deny"]);
+        assert!(a.filter.exclude.is_empty());
+
+        let d = parse("").unwrap();
+        assert_eq!(d.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(
+            (d.output, d.color, d.follow),
+            (None, ColorChoice::Auto, false)
+        );
+        assert!(d.filter.include.is_empty() && d.files.is_empty());
+        let t = parse("--since 2024-11-23T18:00:00Z --file a.jsonl.1 --file a.jsonl").unwrap();
+        assert_eq!(
+            t.since,
+            Some(Since::At(
+                humantime::parse_rfc3339("2024-11-23T18:00:00Z").unwrap()
+            ))
+        );
+        assert_eq!(
+            t.files,
+            [PathBuf::from("a.jsonl.1"), PathBuf::from("a.jsonl")]
+        );
+    }
+
+    #[test]
+    fn not_negates_only_the_next_flag() {
+        let a = parse(
+            "--not --namespace kube-system --pod prod/backend --not --port=53 --to-port 80 \
+             --namespace prod --not --verdict allowed",
+        )
+        .unwrap();
+        let (inc, exc) = (&a.filter.include, &a.filter.exclude);
+        assert_eq!(inc.namespace, ["prod"]);
+        assert_eq!(exc.namespace, ["kube-system"]);
+        assert_eq!(inc.pod.len(), 1);
+        assert!(exc.pod.is_empty());
+        assert_eq!((&inc.port[..], &exc.port[..]), (&[][..], &[53][..]));
+        assert_eq!(inc.to_port, [80]);
+        assert_eq!(exc.verdict, [Verdict::Allowed]);
+        assert!(inc.verdict.is_empty());
+        // Short options between do not confuse the positions.
+        let b = parse("-f --not --to-pod dev/x -o jsonl --from-pod dev/y").unwrap();
+        assert_eq!(b.filter.exclude.to_pod.len(), 1);
+        assert_eq!(b.filter.include.from_pod.len(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        for bad in [
+            "--not",
+            "--namespace a --not",
+            "--not --follow --namespace a",
+            "--not --not --namespace a",
+            "--pod backend",
+            "--policy deny-all",
+            "--ip 10.0.0.300",
+            "--verdict maybe",
+            "--direction out",
+            "--reason denied",
+            "--port 70000",
+            "--last 3 --all",
+            "--since soon",
+            "--output yaml",
+        ] {
+            assert!(parse(bad).is_err(), "`{bad}` should be rejected");
+        }
+    }
+
+    #[test]
+    fn which_history_is_shown() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let five_min_ago = Some(now - Duration::from_secs(300));
+        let cases = [
+            ("", Some(DEFAULT_LAST), None),
+            ("-f", Some(0), None),
+            ("--file x", None, None),
+            ("--file x -f", Some(0), None),
+            ("--last 3", Some(3), None),
+            ("-f --last 3", Some(3), None),
+            ("--all", None, None),
+            ("--since 5m", None, five_min_ago),
+            ("--since 5m --last 2", Some(2), five_min_ago),
+            ("-f --since 5m", None, five_min_ago),
+        ];
+        for (args, last, since) in cases {
+            assert_eq!(
+                parse(args).unwrap().history(now),
+                History { last, since },
+                "{args}"
+            );
+        }
+        let a = parse("-f --last 3 --verdict dropped").unwrap();
+        let req = serde_json::to_string(&a.request(&a.history(now))).unwrap();
+        assert_eq!(
+            req,
+            r#"{"follow":true,"last":3,"since":null,"filter":{"include":{"verdict":["dropped"]}}}"#
+        );
+    }
+
+    #[test]
+    fn colour_choice() {
+        assert!(ColorChoice::Auto.enabled(true, false));
+        assert!(!ColorChoice::Auto.enabled(false, false));
+        assert!(!ColorChoice::Auto.enabled(true, true));
+        assert!(ColorChoice::Always.enabled(false, false));
+        assert!(!ColorChoice::Never.enabled(true, false));
+    }
+
+    #[test]
+    fn a_missing_agent_is_named() {
+        let dir = TempDir::new("flows-noagent");
+        let sock = dir.0.join("flows.sock");
+        let err = query_agent(
+            &sock,
+            &Request::default(),
+            &mut printer(OutputFormat::Jsonl),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ClientError::NoAgent { .. }));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no agent is listening on {} (is `enforcer agent` running? use --file to read a saved log)",
+                sock.display()
+            )
+        );
+        // A leftover socket file with nobody behind it is the same.
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let err = query_agent(
+            &sock,
+            &Request::default(),
+            &mut printer(OutputFormat::Jsonl),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ClientError::NoAgent { .. }), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queries_the_agent() {
+        let dir = TempDir::new("flows-client");
+        let sock = dir.0.join("flows.sock");
+        let store = FlowStore::new(100);
+        for i in 1..=5 {
+            store.push(rec(i, i != 3, "2024-11-23T18:40:48.822Z"));
+        }
+        let server = tokio::spawn(FlowServer::bind(&sock, store).unwrap().run());
+        let s = sock.clone();
+        let (table, jsonl_out) = tokio::task::spawn_blocking(move || {
+            let a = parse(&format!("--socket {} --verdict allowed", s.display())).unwrap();
+            let mut p = printer(OutputFormat::Table);
+            query_agent(&a.socket, &a.request(&a.history(SystemTime::now())), &mut p).unwrap();
+            let a = parse(&format!(
+                "--socket {} --not --from-port 1 --last 2",
+                s.display()
+            ))
+            .unwrap();
+            let mut q = printer(OutputFormat::Jsonl);
+            query_agent(&a.socket, &a.request(&a.history(SystemTime::now())), &mut q).unwrap();
+            (String::from_utf8(p.into_inner()).unwrap(), q.into_inner())
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            table,
+            "Nov 23 18:40:48.822  ALLOWED  ingress  dev/debug:3 -> prod/backend:8080 TCP SYN  \
+             by prod/backend-from-frontend ingress[0]\n"
+        );
+        assert_eq!(ports_of(jsonl_out), [4, 5]);
+        server.abort();
+    }
+}

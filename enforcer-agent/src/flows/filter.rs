@@ -1,0 +1,761 @@
+//! Which flow records a reader wants: the filter spec (sent over the flow socket as JSON, and
+//! built from `enforcer flows` flags) and pure matching.
+//!
+//! Semantics, as in `hubble observe`:
+//! 1. Each flag may repeat: its values are OR-ed (`--namespace a --namespace b`: either).
+//! 2. Different flags are AND-ed (`--namespace a --verdict dropped`: both).
+//! 3. `--not` negates the one flag that directly follows it. Negated values go to
+//!    [`Filter::exclude`]: a record matching *any* excluded value is left out, so
+//!    `--not --namespace a --not --port 53` means "neither in namespace a nor on port 53".
+//!
+//! "Either end" flags (`--namespace`, `--pod`, `--label`, `--ip`, `--port`) hold when the
+//! source or the destination matches; `--from-*` look only at the source, `--to-*` only at the
+//! destination (as on the wire: a reply's source is the server).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::decode::protocol_name;
+use super::enrich::{FlowEnd, FlowRecord};
+use crate::compile::tables::Direction;
+
+/// A value of a filter flag that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterParseError {
+    #[error("`{input}` is not NAMESPACE/POD (a trailing `*` matches a name prefix)")]
+    Pod { input: String },
+    #[error("`{input}` is not NAMESPACE/NAME")]
+    Policy { input: String },
+    #[error("`{input}` is not a label selector (KEY=VALUE or KEY, comma-separated)")]
+    Label { input: String },
+    #[error("`{input}` is neither an IP address nor a CIDR")]
+    Ip { input: String },
+    #[error("`{input}` is not a direction (ingress or egress)")]
+    Direction { input: String },
+    #[error("`{input}` is not a verdict (allowed or dropped)")]
+    Verdict { input: String },
+    #[error("`{input}` is not a drop reason; known reasons: {known}")]
+    Reason { input: String, known: String },
+}
+
+/// `allowed` or `dropped`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allowed,
+    Dropped,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Dropped => "dropped",
+        }
+    }
+}
+
+impl FromStr for Verdict {
+    type Err = FilterParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "allowed" => Ok(Verdict::Allowed),
+            "dropped" => Ok(Verdict::Dropped),
+            _ => Err(FilterParseError::Verdict { input: s.into() }),
+        }
+    }
+}
+
+/// `NAMESPACE/POD`, or `NAMESPACE/PREFIX*` for every pod whose name starts with PREFIX
+/// (`prod/*`: every pod of `prod`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PodPattern {
+    pub namespace: String,
+    pub name: String,
+    pub prefix: bool,
+}
+
+impl FromStr for PodPattern {
+    type Err = FilterParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || FilterParseError::Pod { input: s.into() };
+        let (ns, name) = s.split_once('/').ok_or_else(err)?;
+        if ns.is_empty() || name.contains('/') {
+            return Err(err());
+        }
+        let (name, prefix) = match name.strip_suffix('*') {
+            Some(p) => (p, true),
+            None if name.is_empty() => return Err(err()),
+            None => (name, false),
+        };
+        Ok(PodPattern {
+            namespace: ns.into(),
+            name: name.into(),
+            prefix,
+        })
+    }
+}
+
+impl TryFrom<String> for PodPattern {
+    type Error = FilterParseError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for PodPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let star = if self.prefix { "*" } else { "" };
+        write!(f, "{}/{}{star}", self.namespace, self.name)
+    }
+}
+
+impl From<PodPattern> for String {
+    fn from(p: PodPattern) -> String {
+        p.to_string()
+    }
+}
+
+impl PodPattern {
+    fn matches(&self, end: &FlowEnd) -> bool {
+        let (Some(ns), Some(pod)) = (&end.namespace, &end.pod) else {
+            return false;
+        };
+        ns == &self.namespace
+            && if self.prefix {
+                pod.starts_with(&self.name)
+            } else {
+                pod == &self.name
+            }
+    }
+}
+
+/// `KEY=VALUE` or `KEY` (the label is present), comma-separated requirements all of which
+/// must hold on the same end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LabelSelector {
+    pub requirements: Vec<(String, Option<String>)>,
+}
+
+impl FromStr for LabelSelector {
+    type Err = FilterParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || FilterParseError::Label { input: s.into() };
+        let requirements = s
+            .split(',')
+            .map(|req| {
+                let (k, v) = match req.split_once('=') {
+                    Some((k, v)) => (k.trim(), Some(v.trim().to_string())),
+                    None => (req.trim(), None),
+                };
+                if k.is_empty() || k.contains(char::is_whitespace) {
+                    return Err(err());
+                }
+                Ok((k.to_string(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LabelSelector { requirements })
+    }
+}
+
+impl TryFrom<String> for LabelSelector {
+    type Error = FilterParseError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (k, v)) in self.requirements.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match v {
+                Some(v) => write!(f, "{k}={v}")?,
+                None => f.write_str(k)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<LabelSelector> for String {
+    fn from(l: LabelSelector) -> String {
+        l.to_string()
+    }
+}
+
+impl LabelSelector {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|(k, v)| match v {
+            Some(v) => labels.get(k) == Some(v),
+            None => labels.contains_key(k),
+        })
+    }
+}
+
+/// An address (as a host prefix) or a CIDR.
+pub fn parse_ip_or_cidr(s: &str) -> Result<IpNet, FilterParseError> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| FilterParseError::Ip { input: s.into() })
+}
+
+/// `NAMESPACE/NAME` of a policy.
+pub fn parse_policy(s: &str) -> Result<String, FilterParseError> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(s.to_string())
+        }
+        _ => Err(FilterParseError::Policy { input: s.into() }),
+    }
+}
+
+pub fn parse_direction(s: &str) -> Result<Direction, FilterParseError> {
+    match s.to_ascii_lowercase().as_str() {
+        "ingress" => Ok(Direction::Ingress),
+        "egress" => Ok(Direction::Egress),
+        _ => Err(FilterParseError::Direction { input: s.into() }),
+    }
+}
+
+/// A drop reason name as in the records (`policy_denied`; `-` is accepted for `_`), or
+/// `unknown_N` for a reason this agent has no name for.
+pub fn parse_reason(s: &str) -> Result<String, FilterParseError> {
+    let norm = s.to_ascii_lowercase().replace('-', "_");
+    let known = enforcer_common::reason::DropReason::ALL.map(|r| r.name());
+    let unknown_n = norm
+        .strip_prefix("unknown_")
+        .is_some_and(|n| n.parse::<u8>().is_ok());
+    if known.contains(&norm.as_str()) || unknown_n {
+        Ok(norm)
+    } else {
+        Err(FilterParseError::Reason {
+            input: s.into(),
+            known: known.join(", "),
+        })
+    }
+}
+
+/// Whether a record's protocol is the one asked for. Case-insensitive; `icmp` matches ICMP
+/// and ICMPv6, `icmpv4` only ICMP; a number matches by protocol number.
+fn protocol_matches(wanted: &str, protocol: &str) -> bool {
+    let wanted = wanted.to_ascii_lowercase();
+    match wanted.as_str() {
+        "icmp" => protocol.eq_ignore_ascii_case("icmp") || protocol.eq_ignore_ascii_case("icmpv6"),
+        "icmpv4" | "icmp4" => protocol.eq_ignore_ascii_case("icmp"),
+        "icmp6" => protocol.eq_ignore_ascii_case("icmpv6"),
+        w => match w.parse::<u8>() {
+            Ok(n) => protocol_name(n).eq_ignore_ascii_case(protocol),
+            Err(_) => w.eq_ignore_ascii_case(protocol),
+        },
+    }
+}
+
+/// One set of conditions. Within a field the values are OR-ed; see [`Filter`] for how fields
+/// combine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Criteria {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verdict: Vec<Verdict>,
+    /// Either end is in the namespace.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub namespace: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from_namespace: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to_namespace: Vec<String>,
+    /// Either end is the pod.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pod: Vec<PodPattern>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from_pod: Vec<PodPattern>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to_pod: Vec<PodPattern>,
+    /// Either end's labels satisfy the selector.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub label: Vec<LabelSelector>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from_label: Vec<LabelSelector>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to_label: Vec<LabelSelector>,
+    /// Either end's address is in the prefix.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip: Vec<IpNet>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from_ip: Vec<IpNet>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to_ip: Vec<IpNet>,
+    /// Either end's port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub port: Vec<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from_port: Vec<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to_port: Vec<u16>,
+    /// Case-insensitive; see [`protocol_matches`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub protocol: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub direction: Vec<Direction>,
+    /// Drop reason names (`policy_denied`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reason: Vec<String>,
+    /// `NAMESPACE/NAME`: the policy whose rule allowed the flow, or one that isolates the pod
+    /// of a dropped flow.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy: Vec<String>,
+}
+
+/// `None` when there are no values (the field does not constrain), else whether any matches.
+fn any<T>(values: &[T], f: impl Fn(&T) -> bool) -> Option<bool> {
+    (!values.is_empty()).then(|| values.iter().any(f))
+}
+
+fn either(r: &FlowRecord) -> [&FlowEnd; 2] {
+    [&r.src, &r.dst]
+}
+
+impl Criteria {
+    pub fn is_empty(&self) -> bool {
+        self.results(&probe()).iter().all(Option::is_none)
+    }
+
+    /// For every field: `None` if it has no values, else whether one of them matches.
+    fn results(&self, r: &FlowRecord) -> [Option<bool>; 20] {
+        let ns = |end: &FlowEnd, want: &String| end.namespace.as_ref() == Some(want);
+        let ip = |end: &FlowEnd, net: &IpNet| net.contains(&end.ip);
+        let port = |end: &FlowEnd, p: &u16| end.port == Some(*p);
+        [
+            any(&self.verdict, |v| {
+                r.verdict.eq_ignore_ascii_case(v.as_str())
+            }),
+            any(&self.namespace, |n| either(r).iter().any(|e| ns(e, n))),
+            any(&self.from_namespace, |n| ns(&r.src, n)),
+            any(&self.to_namespace, |n| ns(&r.dst, n)),
+            any(&self.pod, |p| either(r).iter().any(|e| p.matches(e))),
+            any(&self.from_pod, |p| p.matches(&r.src)),
+            any(&self.to_pod, |p| p.matches(&r.dst)),
+            any(&self.label, |l| {
+                either(r).iter().any(|e| l.matches(&e.labels))
+            }),
+            any(&self.from_label, |l| l.matches(&r.src.labels)),
+            any(&self.to_label, |l| l.matches(&r.dst.labels)),
+            any(&self.ip, |n| either(r).iter().any(|e| ip(e, n))),
+            any(&self.from_ip, |n| ip(&r.src, n)),
+            any(&self.to_ip, |n| ip(&r.dst, n)),
+            any(&self.port, |p| either(r).iter().any(|e| port(e, p))),
+            any(&self.from_port, |p| port(&r.src, p)),
+            any(&self.to_port, |p| port(&r.dst, p)),
+            any(&self.protocol, |p| protocol_matches(p, &r.protocol)),
+            any(&self.direction, |d| *d == r.direction),
+            any(&self.reason, |want| {
+                r.reason
+                    .as_deref()
+                    .is_some_and(|have| have.eq_ignore_ascii_case(want))
+            }),
+            any(&self.policy, |p| {
+                r.rule.as_ref().is_some_and(|rule| &rule.policy == p) || r.isolated_by.contains(p)
+            }),
+        ]
+    }
+
+    /// Every field with values has a matching value.
+    pub fn all_hold(&self, r: &FlowRecord) -> bool {
+        self.results(r).iter().all(|x| x.unwrap_or(true))
+    }
+
+    /// No value of any field matches.
+    pub fn none_holds(&self, r: &FlowRecord) -> bool {
+        self.results(r).iter().all(|x| !x.unwrap_or(false))
+    }
+}
+
+/// A record that [`Criteria::is_empty`] evaluates against: any record works, since an empty
+/// field yields `None` without looking at the record.
+fn probe() -> FlowRecord {
+    let end = FlowEnd {
+        ip: IpAddr::from([0, 0, 0, 0]),
+        port: None,
+        namespace: None,
+        pod: None,
+        labels: BTreeMap::new(),
+    };
+    FlowRecord {
+        schema: String::new(),
+        time: String::new(),
+        node: String::new(),
+        verdict: String::new(),
+        direction: Direction::Ingress,
+        reason: None,
+        protocol: String::new(),
+        src: end.clone(),
+        dst: end,
+        tcp_flags: String::new(),
+        length: 0,
+        interface: None,
+        reply: false,
+        fragment: false,
+        rule: None,
+        isolated_by: Vec::new(),
+        detail: String::new(),
+    }
+}
+
+/// What a reader wants: every `include` field holds, and no `exclude` value matches.
+/// The empty filter matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Filter {
+    #[serde(skip_serializing_if = "Criteria::is_empty")]
+    pub include: Criteria,
+    /// Values of flags preceded by `--not`.
+    #[serde(skip_serializing_if = "Criteria::is_empty")]
+    pub exclude: Criteria,
+}
+
+impl Filter {
+    pub fn matches(&self, r: &FlowRecord) -> bool {
+        self.include.all_hold(r) && self.exclude.none_holds(r)
+    }
+}
+
+/// Small builders of flow records for the tests of the `flows` modules.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::*;
+    use crate::flows::enrich::RuleAttribution;
+
+    /// `end("prod/backend", "10.0.0.2", Some(8080))`; `"-"` for an end outside the cluster.
+    pub fn end(pod: &str, ip: &str, port: Option<u16>) -> FlowEnd {
+        let (namespace, pod) = match pod.split_once('/') {
+            Some((ns, p)) => (Some(ns.to_string()), Some(p.to_string())),
+            None => (None, None),
+        };
+        FlowEnd {
+            ip: ip.parse().unwrap(),
+            port,
+            namespace,
+            pod,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    pub fn labelled(mut e: FlowEnd, labels: &[(&str, &str)]) -> FlowEnd {
+        e.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        e
+    }
+
+    /// A TCP SYN dropped at `prod/backend`'s ingress by `prod/default-deny-ingress`.
+    pub fn dropped(src: FlowEnd, dst: FlowEnd) -> FlowRecord {
+        FlowRecord {
+            schema: crate::flows::enrich::SCHEMA.into(),
+            time: "2024-11-23T18:40:48.822Z".into(),
+            node: "node-1".into(),
+            verdict: "dropped".into(),
+            direction: Direction::Ingress,
+            reason: Some("policy_denied".into()),
+            protocol: "TCP".into(),
+            tcp_flags: "SYN".into(),
+            length: 60,
+            interface: Some("lxc1".into()),
+            isolated_by: vec!["prod/default-deny-ingress".into()],
+            detail: "isolated".into(),
+            ..with_ends(src, dst)
+        }
+    }
+
+    /// A TCP SYN allowed by `prod/backend-from-frontend` ingress rule 0.
+    pub fn allowed(src: FlowEnd, dst: FlowEnd) -> FlowRecord {
+        FlowRecord {
+            verdict: "allowed".into(),
+            reason: None,
+            isolated_by: Vec::new(),
+            rule: Some(RuleAttribution {
+                policy: "prod/backend-from-frontend".into(),
+                direction: Direction::Ingress,
+                index: 0,
+            }),
+            detail: "allowed".into(),
+            ..dropped(src, dst)
+        }
+    }
+
+    fn with_ends(src: FlowEnd, dst: FlowEnd) -> FlowRecord {
+        FlowRecord {
+            src,
+            dst,
+            ..probe()
+        }
+    }
+
+    /// The usual pair: `dev/debug:41234 -> prod/backend:8080`.
+    pub fn debug_to_backend() -> (FlowEnd, FlowEnd) {
+        (
+            labelled(
+                end("dev/debug", "10.244.1.5", Some(41234)),
+                &[("app", "debug")],
+            ),
+            labelled(
+                end("prod/backend", "10.244.2.7", Some(8080)),
+                &[("app", "backend"), ("tier", "api")],
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::*;
+    use super::*;
+
+    fn crit(f: impl FnOnce(&mut Criteria)) -> Criteria {
+        let mut c = Criteria::default();
+        f(&mut c);
+        c
+    }
+
+    fn pods(s: &[&str]) -> Vec<PodPattern> {
+        s.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    fn labels(s: &[&str]) -> Vec<LabelSelector> {
+        s.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|p| parse_ip_or_cidr(p).unwrap()).collect()
+    }
+
+    fn strings(s: &[&str]) -> Vec<String> {
+        s.iter().map(|p| p.to_string()).collect()
+    }
+
+    /// `dev/debug:41234 -> prod/backend:8080`, TCP, ingress, dropped by policy.
+    fn record() -> FlowRecord {
+        let (s, d) = debug_to_backend();
+        dropped(s, d)
+    }
+
+    /// Criteria from their JSON form: `c(r#"{"port":[80]}"#)`.
+    fn c(json: &str) -> Criteria {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn every_flag_matches_and_misses() {
+        // what | criteria that match `record()` | criteria that do not
+        let cases = [
+            r#"verdict | {"verdict":["dropped"]} | {"verdict":["allowed"]}"#,
+            r#"namespace: source | {"namespace":["dev"]} | {"namespace":["kube-system"]}"#,
+            r#"namespace: destination | {"namespace":["prod"]} | {"namespace":["pro"]}"#,
+            r#"from-namespace | {"from_namespace":["dev"]} | {"from_namespace":["prod"]}"#,
+            r#"to-namespace | {"to_namespace":["prod"]} | {"to_namespace":["dev"]}"#,
+            r#"pod: either end | {"pod":["prod/backend"]} | {"pod":["prod/debug"]}"#,
+            r#"pod: prefix | {"pod":["prod/back*"]} | {"pod":["prod/front*"]}"#,
+            r#"pod: namespace | {"pod":["dev/*"]} | {"pod":["kube-system/*"]}"#,
+            r#"from-pod | {"from_pod":["dev/debug"]} | {"from_pod":["prod/backend"]}"#,
+            r#"to-pod | {"to_pod":["prod/backend"]} | {"to_pod":["dev/debug"]}"#,
+            r#"label: either end | {"label":["app=debug"]} | {"label":["app=web"]}"#,
+            // app=debug is the source's, tier=api the destination's: not one end's.
+            r#"label: 1 end | {"label":["app=backend,tier"]} | {"label":["app=debug,tier=api"]}"#,
+            r#"from-label | {"from_label":["app=debug"]} | {"from_label":["app=backend"]}"#,
+            r#"to-label | {"to_label":["tier=api"]} | {"to_label":["app=debug"]}"#,
+            r#"ip: address | {"ip":["10.244.2.7/32"]} | {"ip":["10.244.2.8/32"]}"#,
+            r#"ip: v4 CIDR | {"ip":["10.244.0.0/16"]} | {"ip":["10.245.0.0/16"]}"#,
+            r#"ip: host bits | {"ip":["10.244.1.1/24"]} | {"ip":["10.244.3.1/24"]}"#,
+            r#"from-ip | {"from_ip":["10.244.1.0/24"]} | {"from_ip":["10.244.2.0/24"]}"#,
+            r#"to-ip | {"to_ip":["10.244.2.0/24"]} | {"to_ip":["10.244.1.0/24"]}"#,
+            r#"port: either end | {"port":[41234]} | {"port":[80]}"#,
+            r#"from-port | {"from_port":[41234]} | {"from_port":[8080]}"#,
+            r#"to-port | {"to_port":[8080]} | {"to_port":[41234]}"#,
+            r#"protocol: any case | {"protocol":["tcp"]} | {"protocol":["UDP"]}"#,
+            r#"protocol: number | {"protocol":["6"]} | {"protocol":["17"]}"#,
+            r#"direction | {"direction":["ingress"]} | {"direction":["egress"]}"#,
+            r#"reason | {"reason":["POLICY_DENIED"]} | {"reason":["spoofed_source"]}"#,
+            r#"policy: isolating | {"policy":["prod/default-deny-ingress"]} | {"policy":["dev/x"]}"#,
+            r#"OR within a flag | {"namespace":["a","prod"]} | {"namespace":["a","b"]}"#,
+            r#"AND | {"namespace":["prod"],"to_port":[8080]} | {"namespace":["prod"],"to_port":[80]}"#,
+        ];
+        let r = record();
+        for case in cases {
+            let [name, yes, no] = case.splitn(3, " | ").collect::<Vec<_>>()[..] else {
+                panic!("malformed case {case}");
+            };
+            let (yes, no) = (c(yes), c(no));
+            let only = |include: &Criteria| Filter {
+                include: include.clone(),
+                ..Filter::default()
+            };
+            assert!(only(&yes).matches(&r), "{name}: {yes:?} should match");
+            assert!(!only(&no).matches(&r), "{name}: {no:?} should not match");
+            // A negated flag (`--not`) swaps the outcomes. (Two negated flags are
+            // NOT a AND NOT b, which `negation_excludes_any_negated_value...` covers.)
+            if yes.results(&r).iter().flatten().count() > 1 {
+                continue;
+            }
+            let not = |exclude: &Criteria| Filter {
+                exclude: exclude.clone(),
+                ..Filter::default()
+            };
+            assert!(
+                !not(&yes).matches(&r),
+                "{name}: --not {yes:?} should not match"
+            );
+            assert!(not(&no).matches(&r), "{name}: --not {no:?} should match");
+        }
+    }
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        assert!(Criteria::default().is_empty());
+        assert!(Filter::default().matches(&record()));
+        let (s, d) = debug_to_backend();
+        assert!(Filter::default().matches(&allowed(s, d)));
+    }
+
+    #[test]
+    fn policy_matches_the_allowing_rule() {
+        let (s, d) = debug_to_backend();
+        let r = allowed(s, d);
+        let f = |p: &str| Filter {
+            include: crit(|c| c.policy = strings(&[p])),
+            ..Filter::default()
+        };
+        assert!(f("prod/backend-from-frontend").matches(&r));
+        assert!(!f("prod/default-deny-ingress").matches(&r));
+    }
+
+    #[test]
+    fn negation_excludes_any_negated_value_and_keeps_the_rest() {
+        // --verdict dropped --not --namespace kube-system --not --port 53
+        let f = Filter {
+            include: crit(|c| c.verdict = vec![Verdict::Dropped]),
+            exclude: crit(|c| {
+                c.namespace = strings(&["kube-system"]);
+                c.port = vec![53];
+            }),
+        };
+        assert!(f.matches(&record()));
+        let (s, _) = debug_to_backend();
+        let dns = dropped(
+            s.clone(),
+            end("kube-system/coredns", "10.96.0.10", Some(53)),
+        );
+        assert!(!f.matches(&dns));
+        let port_53_elsewhere = dropped(s.clone(), end("-", "8.8.8.8", Some(53)));
+        assert!(!f.matches(&port_53_elsewhere));
+        let ks_other_port = dropped(s, end("kube-system/metrics", "10.96.0.11", Some(443)));
+        assert!(!f.matches(&ks_other_port));
+    }
+
+    #[test]
+    fn v6_cidrs_and_families_do_not_mix() {
+        let r = dropped(
+            end("dev/debug", "fd00:10:244:1::5", Some(41234)),
+            end("-", "2001:db8::1", Some(443)),
+        );
+        let f = |nets_: &[&str]| Filter {
+            include: crit(|c| c.ip = nets(nets_)),
+            ..Filter::default()
+        };
+        assert!(f(&["fd00:10:244::/48"]).matches(&r));
+        assert!(f(&["2001:db8::1"]).matches(&r));
+        assert!(f(&["2001:db8::/32"]).matches(&r));
+        assert!(!f(&["2001:db9::/32"]).matches(&r));
+        assert!(!f(&["0.0.0.0/0"]).matches(&r));
+        assert!(f(&["::/0"]).matches(&r));
+        assert!(!f(&["::/0"]).matches(&record()));
+    }
+
+    #[test]
+    fn ends_outside_the_cluster_match_no_pod_namespace_or_label() {
+        let r = dropped(end("-", "1.2.3.4", Some(1)), end("-", "5.6.7.8", Some(2)));
+        for c in [
+            crit(|c| c.namespace = strings(&["default"])),
+            crit(|c| c.pod = pods(&["default/*"])),
+            crit(|c| c.label = labels(&["app"])),
+        ] {
+            let f = Filter {
+                include: c,
+                ..Filter::default()
+            };
+            assert!(!f.matches(&r), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn icmp_names() {
+        assert!(protocol_matches("ICMP", "ICMP"));
+        assert!(protocol_matches("icmp", "ICMPv6"));
+        assert!(protocol_matches("icmpv4", "ICMP"));
+        assert!(!protocol_matches("icmpv4", "ICMPv6"));
+        assert!(protocol_matches("icmpv6", "ICMPv6"));
+        assert!(protocol_matches("icmp6", "ICMPv6"));
+        assert!(!protocol_matches("icmp6", "ICMP"));
+        assert!(protocol_matches("sctp", "SCTP"));
+        assert!(protocol_matches("47", "proto-47"));
+    }
+
+    #[test]
+    fn parsers_reject_malformed_values() {
+        for bad in ["backend", "/backend", "prod/", "a/b/c"] {
+            assert!(bad.parse::<PodPattern>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "prod/*".parse::<PodPattern>().unwrap(),
+            PodPattern {
+                namespace: "prod".into(),
+                name: String::new(),
+                prefix: true
+            }
+        );
+        for bad in ["", "=v", "a=b,", "a b=c"] {
+            assert!(bad.parse::<LabelSelector>().is_err(), "{bad:?}");
+        }
+        assert!(parse_ip_or_cidr("10.0.0.0/33").is_err());
+        assert!(parse_ip_or_cidr("pod").is_err());
+        assert!(parse_policy("default-deny").is_err());
+        assert_eq!(parse_reason("Policy-Denied").unwrap(), "policy_denied");
+        assert_eq!(parse_reason("unknown_200").unwrap(), "unknown_200");
+        assert!(matches!(
+            parse_reason("denied"),
+            Err(FilterParseError::Reason { .. })
+        ));
+        assert_eq!(parse_direction("EGRESS").unwrap(), Direction::Egress);
+        assert!(parse_direction("out").is_err());
+        assert_eq!("Dropped".parse::<Verdict>().unwrap(), Verdict::Dropped);
+    }
+
+    #[test]
+    fn json_round_trip_and_unknown_fields_are_rejected() {
+        let f = Filter {
+            include: crit(|c| {
+                c.verdict = vec![Verdict::Dropped];
+                c.pod = pods(&["prod/back*"]);
+                c.label = labels(&["app=web,tier"]);
+                c.ip = nets(&["10.0.0.0/8", "fd00::1"]);
+                c.direction = vec![Direction::Egress];
+            }),
+            exclude: crit(|c| c.namespace = strings(&["kube-system"])),
+        };
+        let json = serde_json::to_string(&f).unwrap();
+        assert!(json.contains(r#""pod":["prod/back*"]"#), "{json}");
+        assert_eq!(serde_json::from_str::<Filter>(&json).unwrap(), f);
+        assert_eq!(serde_json::to_string(&Filter::default()).unwrap(), "{}");
+        assert!(serde_json::from_str::<Filter>(r#"{"include":{"namespaces":["a"]}}"#).is_err());
+        assert!(serde_json::from_str::<Filter>(r#"{"include":{"pod":["nope"]}}"#).is_err());
+    }
+}

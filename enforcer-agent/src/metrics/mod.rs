@@ -1,0 +1,188 @@
+//! Prometheus metrics (`/metrics`) and health endpoints (`/healthz`, `/readyz`).
+//!
+//! Names start with `enforcer_`, use base units and carry only labels from small fixed sets
+//! (direction, verdict, reason, match, map, kind): never pod IPs or ports. Where Hubble/Cilium
+//! users have dashboards, the families mirror theirs: `enforcer_flows_processed_total` ~
+//! `hubble_flows_processed_total`, `enforcer_drop_total` ~ `hubble_drop_total`,
+//! `enforcer_policy_verdicts_total{direction,match,action}` ~ `hubble_policy_verdicts_total`.
+
+pub mod http;
+
+use enforcer_common::reason::{counter, DropReason};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::flows::enrich::FlowRecord;
+
+/// The agent's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Flow records processed by the agent, by direction and verdict.
+    pub flows_processed: IntCounterVec,
+    /// Packets dropped by the datapath, by reason (kernel counters, every drop).
+    pub drops: IntCounterVec,
+    /// Packets allowed by the datapath (kernel counter).
+    pub packets_allowed: IntGauge,
+    /// Policy verdicts of new flows, by direction, match kind and action.
+    pub policy_verdicts: IntCounterVec,
+    /// Flow events lost, by source (`ringbuf`: the kernel could not reserve space).
+    pub lost_events: IntGaugeVec,
+    /// Drop reports suppressed by the per-flow rate limit (the drops are still counted).
+    pub rate_limited_reports: IntGauge,
+    pub policies: IntGauge,
+    pub endpoints: IntGauge,
+    pub pending_endpoints: IntGauge,
+    pub invalid_objects: IntGauge,
+    /// Entries the agent keeps in each map it writes.
+    pub map_entries: IntGaugeVec,
+    /// `map_entries / max_entries`.
+    pub map_pressure: prometheus::GaugeVec,
+    /// Duration of compile + apply.
+    pub sync_duration: HistogramVec,
+    /// From noticing a change of the desired state to the datapath enforcing it.
+    pub propagation_delay: Histogram,
+    pub alerts: IntCounterVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique and valid");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        Metrics {
+            flows_processed: reg(&r, IntCounterVec::new(
+                Opts::new("enforcer_flows_processed_total", "Flow records processed, by direction and verdict"),
+                &["direction", "verdict"],
+            ).expect("valid")),
+            drops: reg(&r, IntCounterVec::new(
+                Opts::new("enforcer_drop_total", "Packets dropped by the datapath, by reason"),
+                &["reason"],
+            ).expect("valid")),
+            packets_allowed: reg(&r, IntGauge::new("enforcer_packets_allowed_total", "Packets allowed by the datapath").expect("valid")),
+            policy_verdicts: reg(&r, IntCounterVec::new(
+                Opts::new("enforcer_policy_verdicts_total", "Policy verdicts of new flows, by direction, match (l3-l4, l3-only, l4-only, all, none) and action (forwarded, dropped)"),
+                &["direction", "match", "action"],
+            ).expect("valid")),
+            lost_events: reg(&r, IntGaugeVec::new(
+                Opts::new("enforcer_lost_events_total", "Flow events lost, by source"),
+                &["source"],
+            ).expect("valid")),
+            rate_limited_reports: reg(&r, IntGauge::new("enforcer_drop_reports_rate_limited_total", "Drop reports suppressed by the per-flow rate limit").expect("valid")),
+            policies: reg(&r, IntGauge::new("enforcer_policies", "NetworkPolicies in force").expect("valid")),
+            endpoints: reg(&r, IntGauge::new("enforcer_endpoints", "Local pods enforced on this node").expect("valid")),
+            pending_endpoints: reg(&r, IntGauge::new("enforcer_endpoints_pending", "Local pods whose interface was not found yet").expect("valid")),
+            invalid_objects: reg(&r, IntGauge::new("enforcer_invalid_objects", "Objects rejected as invalid (their last good version, if any, stays in force)").expect("valid")),
+            map_entries: reg(&r, IntGaugeVec::new(Opts::new("enforcer_map_entries", "Entries the agent keeps in a map"), &["map"]).expect("valid")),
+            map_pressure: reg(&r, prometheus::GaugeVec::new(Opts::new("enforcer_map_pressure", "Fill ratio of a map (entries / max entries)"), &["map"]).expect("valid")),
+            sync_duration: reg(&r, HistogramVec::new(
+                HistogramOpts::new("enforcer_sync_duration_seconds", "Duration of a sync, by phase (compile, apply)").buckets(buckets.clone()),
+                &["phase"],
+            ).expect("valid")),
+            propagation_delay: reg(&r, Histogram::with_opts(
+                HistogramOpts::new("enforcer_policy_propagation_delay_seconds", "From noticing a change to enforcing it").buckets(buckets),
+            ).expect("valid")),
+            alerts: reg(&r, IntCounterVec::new(Opts::new("enforcer_alerts_total", "Anomaly alerts, by kind"), &["kind"]).expect("valid")),
+            registry: r,
+        }
+    }
+
+    /// Accounts a flow record.
+    pub fn observe_flow(&self, rec: &FlowRecord) {
+        let dir = match rec.direction {
+            crate::compile::Direction::Ingress => "ingress",
+            crate::compile::Direction::Egress => "egress",
+        };
+        self.flows_processed
+            .with_label_values(&[dir, &rec.verdict])
+            .inc();
+        if rec.reply || rec.fragment {
+            return;
+        }
+        let (mtch, action) = match (&rec.rule, rec.verdict.as_str(), rec.reason.as_deref()) {
+            (Some(_), _, _) => (policy_match(rec), "forwarded"),
+            (None, "allowed", _) => ("all", "forwarded"),
+            (None, _, Some("policy_denied")) => ("none", "dropped"),
+            _ => return,
+        };
+        self.policy_verdicts
+            .with_label_values(&[dir, mtch, action])
+            .inc();
+    }
+
+    /// Copies the kernel's counters (summed over CPUs).
+    pub fn set_kernel_counters(&self, counters: &[u64]) {
+        let get = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
+        for r in DropReason::ALL {
+            let c = self.drops.with_label_values(&[r.name()]);
+            let now = get(counter::DROP_BASE + r as u32);
+            // Counters only go up: add the difference since the last copy.
+            c.inc_by(now.saturating_sub(c.get()));
+        }
+        self.packets_allowed.set(get(counter::ALLOWED) as i64);
+        self.lost_events
+            .with_label_values(&["ringbuf"])
+            .set(get(counter::EVENTS_LOST) as i64);
+        self.rate_limited_reports
+            .set(get(counter::EVENTS_RATE_LIMITED) as i64);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics cannot fail");
+        buf
+    }
+}
+
+/// Cilium's `match` label: what the allowing rule constrained.
+fn policy_match(rec: &FlowRecord) -> &'static str {
+    // The record does not carry the rule's shape; the flow's protocol tells ports apart.
+    match rec.protocol.as_str() {
+        "TCP" | "UDP" | "SCTP" => "l3-l4",
+        _ => "l3-only",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_counters_become_monotonic_drop_counters() {
+        let m = Metrics::new();
+        let mut c = vec![0u64; counter::LEN as usize];
+        c[(counter::DROP_BASE + DropReason::PolicyDenied as u32) as usize] = 5;
+        c[counter::EVENTS_LOST as usize] = 2;
+        m.set_kernel_counters(&c);
+        c[(counter::DROP_BASE + DropReason::PolicyDenied as u32) as usize] = 7;
+        m.set_kernel_counters(&c);
+        let text = m.render();
+        assert!(
+            text.contains("enforcer_drop_total{reason=\"policy_denied\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("enforcer_lost_events_total{source=\"ringbuf\"} 2"),
+            "{text}"
+        );
+        // No label carries an address or a port.
+        assert!(!text.contains("10.244"));
+    }
+}
