@@ -114,7 +114,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// The real datapath with its own pins, the local pod x/a on the test interface.
 pub struct Fixture {
     pub dp: Dataplane,
-    pub events: RingBuf<MapData>,
+    events: Option<RingBuf<MapData>>,
     pin_dir: PathBuf,
     pod: PodKey,
 }
@@ -137,7 +137,7 @@ impl Fixture {
         let pod = PodKey::new("x", "a");
         let mut f = Fixture {
             dp,
-            events,
+            events: Some(events),
             pin_dir,
             pod,
         };
@@ -177,10 +177,16 @@ impl Fixture {
     /// The flow events emitted so far.
     pub fn drain_events(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
+        let events = self.events.as_mut().expect("events not taken");
+        while let Some(item) = events.next() {
             out.push(decode(&item).expect("a decodable event"));
         }
         out
+    }
+
+    /// The flow-event ring buffer, for a consumer of its own (then `drain_events` panics).
+    pub fn take_events(&mut self) -> RingBuf<MapData> {
+        self.events.take().expect("taken once")
     }
 
     /// Counters summed over CPUs.
