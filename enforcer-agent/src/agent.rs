@@ -153,7 +153,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         }
     });
+    let (lost_tx, lost_rx) = tokio::sync::mpsc::unbounded_channel();
     let outputs = sink::Outputs {
+        lost: lost_rx,
         metrics: metrics.clone(),
         store: flow_store,
         alerts: opts.alerts.clone().map(Alerts::new),
@@ -198,6 +200,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // When the pending change was first noticed (for the propagation delay).
     let mut noticed: Option<Instant> = Some(Instant::now());
     let mut counters_copied = Instant::now();
+    // Events lost before this agent started are not this stream's gap.
+    let mut lost_seen = dp.counters()[enforcer_common::reason::counter::EVENTS_LOST as usize];
     let mut pending_since: Option<Instant> = None;
     let mut last_errors: Vec<String> = Vec::new();
     loop {
@@ -229,7 +233,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             dirty = true;
         }
         if counters_copied.elapsed() >= Duration::from_secs(1) {
-            metrics.set_kernel_counters(&dp.counters());
+            let counters = dp.counters();
+            metrics.set_kernel_counters(&counters);
+            let lost = counters[enforcer_common::reason::counter::EVENTS_LOST as usize];
+            if lost > lost_seen {
+                let _ = lost_tx.send(lost - lost_seen);
+                lost_seen = lost;
+            }
             counters_copied = Instant::now();
         }
         if dirty && noticed.is_none() {

@@ -30,6 +30,19 @@ pub struct Outputs {
     pub alerts: Option<Alerts>,
     /// Alerts to POST (bounded: a slow webhook loses alerts, never blocks flows).
     pub webhook: Option<mpsc::Sender<Alert>>,
+    /// Counts of events the kernel could not report (ring buffer full), to mark in the log.
+    pub lost: mpsc::UnboundedReceiver<u64>,
+}
+
+/// The marker written to the flow log where events were lost: the stream says it has a gap.
+#[derive(serde::Serialize)]
+struct LostMarker {
+    schema: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    source: &'static str,
+    count: u64,
 }
 
 /// Wall-clock time of a `CLOCK_MONOTONIC` timestamp (what `bpf_ktime_get_ns` returns).
@@ -68,7 +81,16 @@ pub async fn run(
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the flow ring buffer: {}", e.into_parts().1))?;
     loop {
-        let mut guard = fd.readable_mut().await?;
+        let mut guard = tokio::select! {
+            g = fd.readable_mut() => g?,
+            Some(count) = outputs.lost.recv() => {
+                let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+                let marker = LostMarker { schema: super::enrich::SCHEMA, kind: "lost", time, source: "ringbuf", count };
+                write_line(&mut out, &marker);
+                tracing::warn!(count, "flow events lost: the ring buffer was full");
+                continue;
+            }
+        };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             let ev = match decode(&item) {
