@@ -3,39 +3,14 @@
 //! stops. Needs root.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn enforcer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .args(args)
-        .output()
-        .expect("running enforcer")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Takes the lab down even when an assertion fails.
-struct Down(String);
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = enforcer(&["lab", "down", "--name", &self.0]);
-    }
-}
+mod common;
+use common::{enforcer, ok, root, Down};
 
 #[test]
 fn up_status_exec_probe_down() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the lab needs root (network namespaces, BPF)");
+    if !root() {
         return;
     }
     let scenario =

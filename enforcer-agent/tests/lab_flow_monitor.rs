@@ -3,40 +3,15 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use enforcer_agent::netns::Netns;
 
-fn enforcer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .args(args)
-        .output()
-        .expect("running enforcer")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {:?}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Down(String);
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = enforcer(&["lab", "down", "--name", &self.0]);
-    }
-}
+mod common;
+use common::{enforcer, ok, root, Down};
 
 #[test]
 fn drops_are_attributed_scans_alert_and_metrics_count() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the lab needs root (network namespaces, BPF)");
+    if !root() {
         return;
     }
     let scenario =
