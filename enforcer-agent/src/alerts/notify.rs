@@ -30,3 +30,59 @@ pub fn start(url: hyper::Uri, node: String) -> mpsc::Sender<Alert> {
     });
     tx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::{AlertKind, Evidence, Severity, Workload};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn an_alert_is_posted_in_alertmanager_format() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: hyper::Uri = format!("http://{}/api/v2/alerts", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let tx = start(url, "node-1".into());
+        let alert = Alert {
+            kind: AlertKind::PortScan,
+            severity: Severity::Warning,
+            time: "2026-11-23T18:00:00.000Z".into(),
+            source: Workload::Pod {
+                namespace: "dev".into(),
+                name: "scanner".into(),
+            },
+            target: None,
+            summary: "dev/scanner reached 20 distinct ports".into(),
+            evidence: Evidence::default(),
+        };
+        tx.send(alert).await.unwrap();
+        let (mut conn, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), listener.accept())
+                .await
+                .expect("the webhook is called")
+                .unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read until the JSON body is complete (the payload is an array).
+        while !String::from_utf8_lossy(&req).trim_end().ends_with(']') {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed early: {}",
+                String::from_utf8_lossy(&req)
+            );
+            req.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let req = String::from_utf8_lossy(&req);
+        assert!(req.starts_with("POST /api/v2/alerts HTTP/1.1"), "{req}");
+        let body: serde_json::Value =
+            serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body[0]["labels"]["alertname"], "EnforcerPortScan");
+        assert_eq!(body[0]["labels"]["node"], "node-1");
+        assert_eq!(body[0]["labels"]["source"], "dev/scanner");
+    }
+}
