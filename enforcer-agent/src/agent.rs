@@ -13,13 +13,14 @@ use serde::Serialize;
 
 use crate::alerts::{notify, Alerts, AlertsConfig};
 use crate::compile::{compile, NodeInput, Tables};
-use crate::dataplane::{interfaces, Dataplane, Iface};
+use crate::dataplane::{ct_sweep, interfaces, Dataplane, Iface};
 use crate::flows::{enrich, rotate, server, sink, store};
 use crate::metrics::http::{self as metrics_http, Ready};
 use crate::metrics::Metrics;
 use crate::model::{Cluster, PodKey};
 use crate::source::kube::KubeSource;
 use crate::source::manifests::{stat_signature, ManifestFolder};
+use enforcer_common::ct::{CtEntry, CtKey};
 
 /// How the agent was asked to run.
 #[derive(Clone, Debug)]
@@ -45,6 +46,8 @@ pub struct AgentOptions {
     pub alerts: Option<AlertsConfig>,
     /// Alertmanager-compatible endpoint to POST alerts to.
     pub alert_webhook: Option<hyper::Uri>,
+    /// How often the conntrack map is swept (see [`crate::dataplane::ct_sweep`]).
+    pub conntrack_sweep_interval: Duration,
 }
 
 /// Written after every sync (atomically): what is in force.
@@ -154,8 +157,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     });
     let (lost_tx, lost_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ends_tx, ends_rx) = tokio::sync::mpsc::channel(4096);
+    let sweeper = tokio::spawn(sweep_conntrack(
+        dp.take_conntrack().expect("taken once"),
+        opts.conntrack_sweep_interval,
+        ends_tx,
+        metrics.clone(),
+    ));
     let outputs = sink::Outputs {
         lost: lost_rx,
+        ends: ends_rx,
         metrics: metrics.clone(),
         store: flow_store,
         alerts: opts.alerts.clone().map(Alerts::new),
@@ -289,11 +300,53 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
     flows.abort();
+    sweeper.abort();
     if let Some(t) = flow_server {
         t.abort();
     }
     tracing::info!("agent stopping; the datapath stays in force");
     Ok(())
+}
+
+/// Sweeps the conntrack map every `every`, sending the ends of idle connections to the flow
+/// sink. Runs on a blocking thread: a pass over a full map is some hundred thousand syscalls.
+async fn sweep_conntrack(
+    map: aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry>,
+    every: Duration,
+    ends: tokio::sync::mpsc::Sender<crate::flows::decode::Event>,
+    metrics: Metrics,
+) {
+    let map = Arc::new(std::sync::Mutex::new(map));
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let m = map.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut m = m.lock().expect("conntrack map lock poisoned");
+            ct_sweep::sweep(&mut m, ct_sweep::monotonic_now())
+        })
+        .await;
+        match pass {
+            Ok(Ok(s)) => {
+                metrics
+                    .map_entries
+                    .with_label_values(&[enforcer_common::maps::CONNTRACK])
+                    .set(s.live as i64);
+                metrics
+                    .map_pressure
+                    .with_label_values(&[enforcer_common::maps::CONNTRACK])
+                    .set(s.live as f64 / f64::from(enforcer_common::maps::sizes::CONNTRACK));
+                for ev in s.ends {
+                    if ends.send(ev).await.is_err() {
+                        return; // the flow sink is gone: the agent is stopping
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping the conntrack map"),
+            Err(e) => tracing::warn!(error = %e, "conntrack sweep task"),
+        }
+    }
 }
 
 fn sync_once(

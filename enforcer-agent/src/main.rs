@@ -183,6 +183,10 @@ struct AgentArgs {
     /// Turn anomaly detection off.
     #[arg(long)]
     no_alerts: bool,
+    /// How often expired connections are removed from the conntrack map and the ends of idle
+    /// ones reported (with their packet and byte counts).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    conntrack_sweep_interval: std::time::Duration,
     /// POST alerts to this Alertmanager-compatible URL (http://host:9093/api/v2/alerts).
     #[arg(long)]
     alert_webhook: Option<hyper::Uri>,
@@ -229,6 +233,7 @@ fn main() -> anyhow::Result<()> {
                     Some(alerts_config(a.alerts_config.as_deref())?)
                 },
                 alert_webhook: a.alert_webhook,
+                conntrack_sweep_interval: a.conntrack_sweep_interval,
             };
             runtime()?.block_on(agent::run(opts))
         }

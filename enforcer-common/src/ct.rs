@@ -27,6 +27,23 @@ pub mod timeout {
     pub const FRAGMENT: u64 = 30 * S;
 }
 
+/// The idle timeout of a connection of protocol `proto` in state `state`.
+#[inline(always)]
+pub const fn idle_timeout(proto: u8, state: u8) -> u64 {
+    if proto == crate::proto::TCP {
+        match state {
+            state::SYN_SENT => timeout::TCP_SYN,
+            state::CLOSING => timeout::TCP_CLOSING,
+            state::CLOSED => timeout::TCP_CLOSED,
+            _ => timeout::TCP_ESTABLISHED,
+        }
+    } else if proto == crate::proto::UDP {
+        timeout::UDP
+    } else {
+        timeout::OTHER
+    }
+}
+
 /// Key of `CONNTRACK`: a connection of one endpoint, with its two ends in a canonical order
 /// (the lower `(addr, port)` first) so that both directions find the same entry in one lookup.
 /// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
@@ -56,11 +73,26 @@ pub const CT_F_FIN_LO: u8 = 1 << 1;
 pub const CT_F_FIN_HI: u8 = 1 << 2;
 /// A packet was seen from the responder (the connection is answered).
 pub const CT_F_REPLIED: u8 = 1 << 3;
+/// The connection's end was reported (by the datapath on a RST or the second FIN, or when it
+/// found the entry expired): whoever removes the entry later does not report it again.
+pub const CT_F_END_REPORTED: u8 = 1 << 4;
+
+/// Why a connection ended (`ConnEndEvent::end_reason`).
+pub mod end {
+    /// Both ends sent a FIN.
+    pub const CLOSED: u8 = 1;
+    /// A RST.
+    pub const RESET: u8 = 2;
+    /// No packet for the protocol's idle timeout.
+    pub const TIMEOUT: u8 = 3;
+}
 
 /// Value of `CONNTRACK`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
+    /// First packet time, `bpf_ktime_get_ns` (host order).
+    pub created_ns: u64,
     /// Last packet time, `bpf_ktime_get_ns` (host order).
     pub last_seen_ns: u64,
     /// Packets and bytes in the originating direction.
@@ -81,7 +113,7 @@ pub struct CtEntry {
     pub flags: u8,
     pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
 
 /// Key of `FRAGMENTS`: one datagram of one endpoint, as it travels.
 #[repr(C)]

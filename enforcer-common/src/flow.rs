@@ -12,6 +12,8 @@ pub const DROP_REPORT_INTERVAL_NS: u64 = 1_000_000_000;
 pub const EV_F_REPLY: u8 = 1 << 0;
 /// The packet was a non-first fragment.
 pub const EV_F_FRAGMENT: u8 = 1 << 1;
+/// The record is a [`ConnEndEvent`] (a connection ended), not a packet's verdict.
+pub const EV_F_END: u8 = 1 << 2;
 
 /// Key of `DROP_RATELIMIT`: one flow of one endpoint as it travels (not canonical).
 #[repr(C)]
@@ -66,3 +68,25 @@ pub struct FlowEvent {
     pub peer_identity: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 72);
+
+/// A connection's end, with what it carried. `flow` describes the connection's first packet
+/// (its originator as `src`, `direction` as the pod saw that packet, `rule` that allowed it,
+/// `flags` with [`EV_F_END`], `len` 0); `flow.ts_ns` is when it ended (for a timeout: its last
+/// packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnEndEvent {
+    pub flow: FlowEvent,
+    /// First packet time (`bpf_ktime_get_ns`).
+    pub created_ns: u64,
+    /// Originator → responder.
+    pub packets_orig: u64,
+    pub bytes_orig: u64,
+    /// Responder → originator.
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
+    /// `ct::end::*`
+    pub end_reason: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<ConnEndEvent>() == 120);

@@ -21,8 +21,8 @@ pub const POLICY_EXACT: &str = "POLICY_EXACT";
 /// prefixes. Only probed for endpoints with `F_WIDE_PORT_RANGES`.
 pub const POLICY_RANGES: &str = "POLICY_RANGES";
 /// LRU hash [`crate::ct::CtKey`] → [`crate::ct::CtEntry`]: connection tracking, written by
-/// the programs; the agent only reads it (and may flush it).
-pub const CONNTRACK: &str = "CONNTRACK";
+/// the programs; the agent removes expired entries (reporting their end) and may flush it.
+pub const CONNTRACK: &str = "CONNTRACK_V2";
 /// LRU hash [`crate::ct::FragKey`] → [`crate::ct::FragEntry`]: the verdict of a datagram's
 /// first fragment, which its later fragments follow.
 pub const FRAGMENTS: &str = "FRAGMENTS";

@@ -13,3 +13,4 @@ unsafe impl aya::Pod for ct::FragKey {}
 unsafe impl aya::Pod for ct::FragEntry {}
 unsafe impl aya::Pod for flow::FlowKey {}
 unsafe impl aya::Pod for flow::FlowEvent {}
+unsafe impl aya::Pod for flow::ConnEndEvent {}

@@ -2,7 +2,7 @@
 //! direction with one lookup (the key orders the two ends canonically).
 
 use enforcer_common::{
-    ct::{self, state, timeout, CtEntry, CtKey},
+    ct::{self, state, CtEntry, CtKey},
     proto,
 };
 
@@ -80,19 +80,7 @@ pub fn origin_tuple(key: &CtKey, e: &CtEntry) -> Tuple {
 
 #[inline(always)]
 pub fn expired(e: &CtEntry, p: u8, now: u64) -> bool {
-    let limit = if p == proto::TCP {
-        match e.state {
-            state::SYN_SENT => timeout::TCP_SYN,
-            state::CLOSING => timeout::TCP_CLOSING,
-            state::CLOSED => timeout::TCP_CLOSED,
-            _ => timeout::TCP_ESTABLISHED,
-        }
-    } else if p == proto::UDP {
-        timeout::UDP
-    } else {
-        timeout::OTHER
-    };
-    now.wrapping_sub(e.last_seen_ns) > limit
+    now.wrapping_sub(e.last_seen_ns) > ct::idle_timeout(p, e.state)
 }
 
 /// A fresh entry for a connection whose first packet is `pkt`.
@@ -113,6 +101,7 @@ pub fn new_entry(pkt: &Packet, src_lo: bool, dir: u8, rule: u32, rev: u32, now: 
         state::ESTABLISHED
     };
     CtEntry {
+        created_ns: now,
         last_seen_ns: now,
         packets_orig: 1,
         bytes_orig: len as u64,
@@ -127,9 +116,11 @@ pub fn new_entry(pkt: &Packet, src_lo: bool, dir: u8, rule: u32, rev: u32, now: 
     }
 }
 
-/// Accounts a packet of a tracked connection and advances the TCP state.
+/// Accounts a packet of a tracked connection and advances the TCP state. Returns the
+/// `ct::end::*` reason when this packet ends the connection (the first RST, or the FIN that
+/// completes the close) and the end is not reported yet, else 0.
 #[inline(always)]
-pub fn track(e: &mut CtEntry, pkt: &Packet, from_lo: bool, is_reply: bool, now: u64, len: u32) {
+pub fn track(e: &mut CtEntry, pkt: &Packet, from_lo: bool, is_reply: bool, now: u64, len: u32) -> u8 {
     e.last_seen_ns = now;
     if is_reply {
         e.packets_reply += 1;
@@ -140,15 +131,27 @@ pub fn track(e: &mut CtEntry, pkt: &Packet, from_lo: bool, is_reply: bool, now: 
         e.bytes_orig += len as u64;
     }
     if pkt.tuple.proto != proto::TCP {
-        return;
+        return 0;
     }
     let f = pkt.tcp_flags;
+    let mut ended = 0;
     if f & TCP_RST != 0 {
         e.state = state::CLOSED;
+        ended = ct::end::RESET;
     } else if f & TCP_FIN != 0 {
         e.flags |= if from_lo { ct::CT_F_FIN_LO } else { ct::CT_F_FIN_HI };
         e.state = state::CLOSING;
+        if e.flags & (ct::CT_F_FIN_LO | ct::CT_F_FIN_HI) == ct::CT_F_FIN_LO | ct::CT_F_FIN_HI {
+            ended = ct::end::CLOSED;
+        }
     } else if is_reply && e.state == state::SYN_SENT {
         e.state = state::ESTABLISHED;
     }
+    if ended != 0 && e.flags & ct::CT_F_END_REPORTED == 0 {
+        // The final ACK after the FINs still passes (the entry lives on in CLOSING); it is
+        // not in the counts.
+        e.flags |= ct::CT_F_END_REPORTED;
+        return ended;
+    }
+    0
 }

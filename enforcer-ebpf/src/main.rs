@@ -188,8 +188,17 @@ fn decide(
                     }
                 }
             }
-            conntrack::track(e, pkt, from_lo, is_reply, now, rep.len);
+            let ended = conntrack::track(e, pkt, from_lo, is_reply, now, rep.len);
+            if ended != 0 {
+                report::end_event(&key, e, rep.ifindex, pkt.family, ended, now);
+            }
             return Ok(());
+        }
+        if e.flags & enforcer_common::ct::CT_F_END_REPORTED == 0 {
+            // An idle connection found expired by its next packet, which is about to be
+            // checked as a new flow (and may replace the entry): report its end first.
+            e.flags |= enforcer_common::ct::CT_F_END_REPORTED;
+            report::end_event(&key, e, rep.ifindex, pkt.family, enforcer_common::ct::end::TIMEOUT, e.last_seen_ns);
         }
     }
 

@@ -44,7 +44,7 @@ pub static POLICY_RANGES: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(sizes::POLIC
 
 /// Connections. LRU so that a full table evicts the coldest entry instead of refusing new
 /// connections; an evicted connection's next packet is checked as new (fails closed).
-#[map]
+#[map(name = "CONNTRACK_V2")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(sizes::CONNTRACK, 0);
 
 /// First-fragment verdicts for the later fragments of the same datagram.

@@ -2,7 +2,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use enforcer_common::{
-    flow::{verdict, FlowEvent, FlowKey, DROP_REPORT_INTERVAL_NS},
+    ct::{CtEntry, CtKey},
+    flow::{verdict, ConnEndEvent, FlowEvent, FlowKey, DROP_REPORT_INTERVAL_NS, EV_F_END},
     reason::{counter, DropReason},
 };
 
@@ -91,6 +92,47 @@ fn emit(pkt: &Packet, r: &Report, verdict: u8, reason: u8, rule: u32, now: u64) 
         flags: r.flags,
         _pad: [0],
         peer_identity: r.peer_identity,
+    });
+    entry.submit(0);
+}
+
+/// Reports the end of a connection with its counts. `family` is the packet's; `now` the time
+/// it ended.
+#[inline(always)]
+pub fn end_event(key: &CtKey, e: &CtEntry, ifindex: u32, family: u8, end_reason: u8, now: u64) {
+    let Some(mut entry) = FLOW_EVENTS.reserve::<ConnEndEvent>(0) else {
+        count(counter::EVENTS_LOST);
+        return;
+    };
+    let orig = crate::conntrack::origin_tuple(key, e);
+    entry.write(ConnEndEvent {
+        flow: FlowEvent {
+            ts_ns: now,
+            ifindex,
+            ep_id: key.ep_id,
+            rule: e.rule,
+            len: 0,
+            src: orig.src,
+            dst: orig.dst,
+            sport: orig.sport,
+            dport: orig.dport,
+            family,
+            proto: orig.proto,
+            direction: e.origin_dir,
+            verdict: verdict::ALLOWED,
+            reason: 0,
+            tcp_flags: 0,
+            flags: EV_F_END,
+            _pad: [0],
+            peer_identity: 0,
+        },
+        created_ns: e.created_ns,
+        packets_orig: e.packets_orig,
+        bytes_orig: e.bytes_orig,
+        packets_reply: e.packets_reply,
+        bytes_reply: e.bytes_reply,
+        end_reason,
+        _pad: [0; 7],
     });
     entry.submit(0);
 }

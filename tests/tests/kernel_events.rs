@@ -115,3 +115,129 @@ fn the_flow_record_names_pods_and_the_isolating_policy() {
         Some(PodKey::new("x", "a"))
     );
 }
+
+/// A whole TCP connection into x/a: its end is reported once, when the second FIN passes, with
+/// the packets and bytes of each side, the originator as source and the rule that allowed it.
+#[test]
+fn a_closed_connection_reports_its_end_with_counts() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    let (b, a) = ("10.244.2.11", "10.244.1.10");
+    let syn = tcp(b, a, 40000, 80, SYN);
+    let synack = tcp(a, b, 80, 40000, SYN | ACK);
+    let ack = tcp(b, a, 40000, 80, ACK);
+    let fin_b = tcp(b, a, 40000, 80, FIN | ACK);
+    let fin_a = tcp(a, b, 80, 40000, FIN | ACK);
+    assert_eq!(f.ingress(&syn), PASS);
+    assert_eq!(f.egress(&synack), PASS);
+    assert_eq!(f.ingress(&ack), PASS);
+    assert_eq!(f.ingress(&fin_b), PASS);
+    assert!(
+        f.drain_events().iter().all(|e| e.end.is_none()),
+        "not over yet"
+    );
+    assert_eq!(f.egress(&fin_a), PASS);
+    // The last ACK passes (the entry lives on while closing) and reports nothing more.
+    assert_eq!(f.ingress(&ack), PASS);
+    let ev = f.drain_events();
+    let ends: Vec<_> = ev.iter().filter(|e| e.end.is_some()).collect();
+    assert_eq!(ends.len(), 1, "{ev:?}");
+    let e = ends[0];
+    assert_eq!((e.src, e.dst), (ip(b), ip(a)));
+    assert_eq!((e.sport, e.dport, e.proto), (40000, 80, TCP));
+    assert!(!e.egress && !e.dropped, "opened into the pod, allowed");
+    assert_eq!(
+        tables(POLICY).rule(e.rule).unwrap().policy.to_string(),
+        "x/a-in"
+    );
+    let c = e.end.unwrap();
+    assert_eq!(c.reason_name(), "closed");
+    let len = |p: &[u8]| p.len() as u64;
+    assert_eq!(
+        (c.packets_orig, c.bytes_orig),
+        (3, len(&syn) + len(&ack) + len(&fin_b))
+    );
+    assert_eq!(
+        (c.packets_reply, c.bytes_reply),
+        (2, len(&synack) + len(&fin_a))
+    );
+    assert!(e.ts_ns >= c.created_ns);
+}
+
+#[test]
+fn a_reset_connection_reports_its_end_once() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    let (b, a) = ("10.244.2.11", "10.244.1.10");
+    assert_eq!(f.ingress(&tcp(b, a, 40000, 80, SYN)), PASS);
+    assert_eq!(f.egress(&tcp(a, b, 80, 40000, RST | ACK)), PASS);
+    let ev = f.drain_events();
+    let ends: Vec<_> = ev.iter().filter_map(|e| e.end).collect();
+    assert_eq!(ends.len(), 1, "{ev:?}");
+    assert_eq!(ends[0].reason_name(), "reset");
+    assert_eq!((ends[0].packets_orig, ends[0].packets_reply), (1, 1));
+}
+
+/// Idle connections are the agent's to report: the sweeper finds them expired, reports each
+/// end once with its counts, and removes every expired entry; live ones stay.
+#[test]
+fn the_sweeper_reports_idle_connections_and_removes_expired_entries() {
+    use enforcer_agent::dataplane::ct_sweep;
+    use enforcer_common::ct::timeout;
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    let (b, a) = ("10.244.2.11", "10.244.1.10");
+    // A UDP exchange (x/a is not isolated for egress: its DNS query is allowed) ...
+    assert_eq!(f.egress(&udp(a, b, 40000, 53)), PASS);
+    assert_eq!(f.ingress(&udp(b, a, 53, 40000)), PASS);
+    // ... a TCP connection reset (reported by the datapath) ...
+    assert_eq!(f.ingress(&tcp(b, a, 40001, 80, SYN)), PASS);
+    assert_eq!(f.egress(&tcp(a, b, 80, 40001, RST | ACK)), PASS);
+    // ... and an established TCP connection.
+    assert_eq!(f.ingress(&tcp(b, a, 40002, 80, SYN)), PASS);
+    assert_eq!(f.egress(&tcp(a, b, 80, 40002, SYN | ACK)), PASS);
+    let reported_by_kernel = f.drain_events().iter().filter(|e| e.end.is_some()).count();
+    assert_eq!(reported_by_kernel, 1, "the reset");
+    let mut ct = f.dp.take_conntrack().expect("the conntrack map");
+
+    let now = ct_sweep::monotonic_now();
+    let pass = ct_sweep::sweep(&mut ct, now).unwrap();
+    assert_eq!(
+        (pass.live, pass.removed),
+        (2, 1),
+        "the reset entry is removed, silently"
+    );
+    assert!(pass.ends.is_empty());
+
+    // Past the UDP timeout: the query's end is reported; the TCP connection lives on.
+    let pass = ct_sweep::sweep(&mut ct, now + timeout::UDP + 1_000_000_000).unwrap();
+    assert_eq!((pass.live, pass.removed), (1, 1));
+    assert_eq!(pass.ends.len(), 1);
+    let e = &pass.ends[0];
+    assert_eq!(
+        (e.src, e.dst, e.sport, e.dport, e.proto),
+        (ip(a), ip(b), 40000, 53, UDP)
+    );
+    assert!(e.egress);
+    let c = e.end.unwrap();
+    assert_eq!(
+        (c.reason_name(), c.packets_orig, c.packets_reply),
+        ("timeout", 1, 1)
+    );
+    // Its next packet is a new flow, checked again (and reported as new).
+    assert_eq!(f.egress(&udp(a, b, 40000, 53)), PASS);
+    let ev = f.drain_events();
+    assert_eq!(
+        ev.iter().filter(|e| !e.dropped && e.end.is_none()).count(),
+        1,
+        "{ev:?}"
+    );
+    let pass = ct_sweep::sweep(&mut ct, ct_sweep::monotonic_now()).unwrap();
+    assert_eq!((pass.live, pass.removed), (2, 0));
+}

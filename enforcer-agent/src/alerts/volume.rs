@@ -1,12 +1,12 @@
 //! Volume spikes: a workload pair's connections or bytes in the current bucket far above the
 //! pair's EWMA baseline.
 //!
-//! Counted on allowed, non-reply records: the datapath reports each new connection once, with
-//! the length of its first packet, so `connections` is exact and `bytes` measures connection
-//! setup (many small or few large openings), not the transfer. The current bucket is checked as
-//! it fills; closed buckets (empty ones included) feed the baselines; a pair fires only after
-//! `warmup_buckets` buckets since it was first seen, and needs `min_connections` or `min_bytes`
-//! in the bucket.
+//! `connections` counts allowed, non-reply records (the datapath reports each new connection
+//! once); `bytes` adds both directions of every connection-end record, so a transfer counts in
+//! the bucket where its connection ends (a long-lived connection's bytes arrive with its end).
+//! The current bucket is checked as it fills; closed buckets (empty ones included) feed the
+//! baselines; a pair fires only after `warmup_buckets` buckets since it was first seen, and
+//! needs `min_connections` or `min_bytes` in the bucket.
 //!
 //! Bounds: `max_pairs` pairs (least recently seen evicted), each holding at most
 //! [`MAX_EVIDENCE_ITEMS`] + 1 ports of its current bucket; pairs idle for
@@ -84,8 +84,15 @@ impl Volume {
             p.bytes = 0;
             p.ports.clear();
         }
-        p.connections += 1;
-        p.bytes += u64::from(f.rec.length);
+        match &f.rec.end {
+            Some(end) => {
+                p.bytes = p
+                    .bytes
+                    .saturating_add(end.bytes_sent)
+                    .saturating_add(end.bytes_received)
+            }
+            None => p.connections += 1,
+        }
         if let Some(port) = f.port {
             if p.ports.len() <= MAX_EVIDENCE_ITEMS {
                 p.ports.insert(port);

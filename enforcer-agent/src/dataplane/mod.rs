@@ -12,6 +12,7 @@
 //! it is denied for that instant, never allowed more than either policy allows.
 
 pub mod bpffs;
+pub mod ct_sweep;
 pub mod entries;
 pub mod interfaces;
 
@@ -27,6 +28,7 @@ use aya::programs::{
 };
 use aya::{Ebpf, EbpfLoader};
 use enforcer_common::{
+    ct::{CtEntry, CtKey},
     endpoint::EndpointInfo,
     maps as names,
     policy::{Config, PolicyKey},
@@ -136,6 +138,7 @@ pub struct Dataplane {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    conntrack: Option<HashMap<MapData, CtKey, CtEntry>>,
     ids: Identities,
     /// By ifindex.
     endpoints: BTreeMap<u32, EndpointState>,
@@ -204,6 +207,8 @@ impl Dataplane {
             .map_err(map_err(names::COUNTERS, "open"))?;
         let events = RingBuf::try_from(take(names::FLOW_EVENTS))
             .map_err(map_err(names::FLOW_EVENTS, "open"))?;
+        let conntrack =
+            HashMap::try_from(take(names::CONNTRACK)).map_err(map_err(names::CONNTRACK, "open"))?;
 
         let mut dp = Dataplane {
             ebpf,
@@ -217,6 +222,7 @@ impl Dataplane {
             config,
             counters,
             events: Some(events),
+            conntrack: Some(conntrack),
             ids: Identities::default(),
             endpoints: BTreeMap::new(),
             next_ep_id: 1,
@@ -307,6 +313,11 @@ impl Dataplane {
     /// The flow-event ring buffer (once: the flow reader owns it).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The conntrack map (once: the sweeper owns it; see [`ct_sweep`]).
+    pub fn take_conntrack(&mut self) -> Option<HashMap<MapData, CtKey, CtEntry>> {
+        self.conntrack.take()
     }
 
     /// The counters summed over CPUs, by `enforcer_common::reason::counter` index.

@@ -12,8 +12,8 @@ use clap::ArgMatches;
 use ipnet::IpNet;
 
 use super::filter::{
-    parse_direction, parse_ip_or_cidr, parse_policy, parse_reason, Filter, LabelSelector,
-    PodPattern, Verdict,
+    parse_direction, parse_ip_or_cidr, parse_policy, parse_reason, EventKind, Filter,
+    LabelSelector, PodPattern, Verdict,
 };
 use super::rotate::{read_files, LogReadError, Tail};
 use super::server::{Message, Request, DEFAULT_SOCKET};
@@ -76,6 +76,10 @@ struct FilterArgs {
     /// Only allowed or only dropped flows.
     #[arg(long, value_enum, ignore_case = true)]
     verdict: Vec<Verdict>,
+    /// What the record reports: `new` (a connection allowed), `end` (a connection ended, with
+    /// its packet and byte counts) or `drop`.
+    #[arg(long, value_enum, ignore_case = true)]
+    event: Vec<EventKind>,
     /// Either end is in this namespace.
     #[arg(long, value_name = "NS")]
     namespace: Vec<String>,
@@ -250,7 +254,7 @@ impl FlowsArgs {
         let mut filter = Filter::default();
         let f = raw.filter;
         apply_negation!(m, f, filter, &positions, &mut used;
-            verdict, namespace, from_namespace, to_namespace, pod, from_pod, to_pod,
+            verdict, event, namespace, from_namespace, to_namespace, pod, from_pod, to_pod,
             label, from_label, to_label, ip, from_ip, to_ip, port, from_port, to_port,
             protocol, direction, reason, policy);
         if used.len() != nots {

@@ -26,6 +26,32 @@ pub struct Event {
     pub reply: bool,
     pub fragment: bool,
     pub peer_identity: u32,
+    /// Set when the event is a connection's end (the tuple is then its first packet's).
+    pub end: Option<ConnEnd>,
+}
+
+/// What a connection carried, reported when it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEnd {
+    /// `enforcer_common::ct::end::*`
+    pub reason: u8,
+    /// When its first packet passed (`CLOCK_MONOTONIC` ns).
+    pub created_ns: u64,
+    pub packets_orig: u64,
+    pub bytes_orig: u64,
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
+}
+
+impl ConnEnd {
+    pub fn reason_name(&self) -> &'static str {
+        match self.reason {
+            enforcer_common::ct::end::CLOSED => "closed",
+            enforcer_common::ct::end::RESET => "reset",
+            enforcer_common::ct::end::TIMEOUT => "timeout",
+            _ => "unknown",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,6 +84,28 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     // read_unaligned has no alignment requirement.
     let e: flow::FlowEvent =
         unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const flow::FlowEvent) };
+    let end = if e.flags & flow::EV_F_END != 0 {
+        let expected = std::mem::size_of::<flow::ConnEndEvent>();
+        if bytes.len() < expected {
+            return Err(DecodeError::Size {
+                got: bytes.len(),
+                expected,
+            });
+        }
+        // SAFETY: as above, for the longer record.
+        let c: flow::ConnEndEvent =
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const flow::ConnEndEvent) };
+        Some(ConnEnd {
+            reason: c.end_reason,
+            created_ns: c.created_ns,
+            packets_orig: c.packets_orig,
+            bytes_orig: c.bytes_orig,
+            packets_reply: c.packets_reply,
+            bytes_reply: c.bytes_reply,
+        })
+    } else {
+        None
+    };
     Ok(Event {
         ts_ns: e.ts_ns,
         ifindex: e.ifindex,
@@ -77,6 +125,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         reply: e.flags & flow::EV_F_REPLY != 0,
         fragment: e.flags & flow::EV_F_FRAGMENT != 0,
         peer_identity: e.peer_identity,
+        end,
     })
 }
 
@@ -153,6 +202,62 @@ mod tests {
         assert!(e.dropped && !e.egress);
         assert_eq!(e.reason, Some(Ok(DropReason::PolicyDenied)));
         assert_eq!(tcp_flags_text(e.tcp_flags), "SYN");
+    }
+
+    #[test]
+    fn decodes_a_connection_end_and_rejects_a_truncated_one() {
+        let end = flow::ConnEndEvent {
+            flow: flow::FlowEvent {
+                ts_ns: 9_000,
+                family: family::IPV6,
+                proto: proto::TCP,
+                direction: direction::EGRESS,
+                flags: flow::EV_F_END,
+                rule: 7,
+                ..Default::default()
+            },
+            created_ns: 1_000,
+            packets_orig: 5,
+            bytes_orig: 600,
+            packets_reply: 4,
+            bytes_reply: 3_000,
+            end_reason: enforcer_common::ct::end::CLOSED,
+            _pad: [0; 7],
+        };
+        // SAFETY: ConnEndEvent is repr(C) plain data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                &end as *const _ as *const u8,
+                std::mem::size_of::<flow::ConnEndEvent>(),
+            )
+        }
+        .to_vec();
+        let e = decode(&bytes).unwrap();
+        let c = e.end.expect("an end event");
+        assert_eq!(
+            (c.packets_orig, c.bytes_orig, c.packets_reply, c.bytes_reply),
+            (5, 600, 4, 3_000)
+        );
+        assert_eq!(c.reason_name(), "closed");
+        assert_eq!((c.created_ns, e.ts_ns, e.rule), (1_000, 9_000, 7));
+        assert!(e.egress && !e.dropped);
+        // The flag says "end" but the record is only as long as a verdict: not guessed at.
+        assert!(matches!(
+            decode(&bytes[..std::mem::size_of::<flow::FlowEvent>()]),
+            Err(DecodeError::Size { .. })
+        ));
+        // A verdict event has no end.
+        assert_eq!(decode(&raw(end.flow.with_flags(0))).unwrap().end, None);
+    }
+
+    trait WithFlags {
+        fn with_flags(self, f: u8) -> Self;
+    }
+    impl WithFlags for flow::FlowEvent {
+        fn with_flags(mut self, f: u8) -> Self {
+            self.flags = f;
+            self
+        }
     }
 
     #[test]

@@ -34,6 +34,20 @@ pub struct RuleAttribution {
     pub index: usize,
 }
 
+/// How a connection ended and what it carried (on end records only). "Sent" is from the
+/// originator (`src`) to the responder (`dst`), "received" the other way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionEnd {
+    /// `closed` (FIN both ways), `reset` (RST) or `timeout` (idle).
+    pub reason: String,
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    /// From the first packet to the end (the last packet, for a timeout), in milliseconds.
+    pub duration_ms: u64,
+}
+
 /// A flow record: one line of the flow log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
@@ -63,6 +77,9 @@ pub struct FlowRecord {
     /// For a policy drop: the policies that isolate the local pod in this direction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
+    /// Set on the record of a connection's end (then `src` opened it, `rule` allowed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<ConnectionEnd>,
     /// One sentence for humans.
     pub detail: String,
 }
@@ -154,7 +171,31 @@ impl Context {
         let who = local
             .map(|(p, _)| p.to_string())
             .unwrap_or_else(|| format!("endpoint {}", ev.ep_id));
+        let end = ev.end.map(|c| ConnectionEnd {
+            reason: c.reason_name().to_string(),
+            packets_sent: c.packets_orig,
+            bytes_sent: c.bytes_orig,
+            packets_received: c.packets_reply,
+            bytes_received: c.bytes_reply,
+            duration_ms: ev.ts_ns.saturating_sub(c.created_ns) / 1_000_000,
+        });
         let detail = match (&ev.reason, ev.dropped) {
+            _ if end.is_some() => {
+                let c = end.as_ref().expect("checked");
+                format!(
+                    "connection {} after {}.{:03} s: {} packets / {} bytes sent, {} packets / {} bytes received",
+                    match c.reason.as_str() {
+                        "timeout" => "timed out",
+                        r => r,
+                    },
+                    c.duration_ms / 1000,
+                    c.duration_ms % 1000,
+                    c.packets_sent,
+                    c.bytes_sent,
+                    c.packets_received,
+                    c.bytes_received
+                )
+            }
             (_, false) => match &rule {
                 Some(r) => format!(
                     "allowed by {} {} rule {}",
@@ -197,6 +238,7 @@ impl Context {
             fragment: ev.fragment,
             rule,
             isolated_by,
+            end,
             detail,
         }
     }

@@ -71,6 +71,28 @@ impl FromStr for Verdict {
     }
 }
 
+/// What a record reports: a connection allowed (`new`), a connection's end with its counts
+/// (`end`), or a dropped packet (`drop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    New,
+    End,
+    Drop,
+}
+
+impl EventKind {
+    pub fn of(r: &FlowRecord) -> EventKind {
+        if r.end.is_some() {
+            EventKind::End
+        } else if r.verdict.eq_ignore_ascii_case("dropped") {
+            EventKind::Drop
+        } else {
+            EventKind::New
+        }
+    }
+}
+
 /// `NAMESPACE/POD`, or `NAMESPACE/PREFIX*` for every pod whose name starts with PREFIX
 /// (`prod/*`: every pod of `prod`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +289,8 @@ fn protocol_matches(wanted: &str, protocol: &str) -> bool {
 pub struct Criteria {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub verdict: Vec<Verdict>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub event: Vec<EventKind>,
     /// Either end is in the namespace.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub namespace: Vec<String>,
@@ -331,7 +355,7 @@ impl Criteria {
     }
 
     /// For every field: `None` if it has no values, else whether one of them matches.
-    fn results(&self, r: &FlowRecord) -> [Option<bool>; 20] {
+    fn results(&self, r: &FlowRecord) -> [Option<bool>; 21] {
         let ns = |end: &FlowEnd, want: &String| end.namespace.as_ref() == Some(want);
         let ip = |end: &FlowEnd, net: &IpNet| net.contains(&end.ip);
         let port = |end: &FlowEnd, p: &u16| end.port == Some(*p);
@@ -339,6 +363,7 @@ impl Criteria {
             any(&self.verdict, |v| {
                 r.verdict.eq_ignore_ascii_case(v.as_str())
             }),
+            any(&self.event, |k| *k == EventKind::of(r)),
             any(&self.namespace, |n| either(r).iter().any(|e| ns(e, n))),
             any(&self.from_namespace, |n| ns(&r.src, n)),
             any(&self.to_namespace, |n| ns(&r.dst, n)),
@@ -407,6 +432,7 @@ fn probe() -> FlowRecord {
         fragment: false,
         rule: None,
         isolated_by: Vec::new(),
+        end: None,
         detail: String::new(),
     }
 }
@@ -472,6 +498,7 @@ pub(crate) mod fixture {
             length: 60,
             interface: Some("lxc1".into()),
             isolated_by: vec!["prod/default-deny-ingress".into()],
+            end: None,
             detail: "isolated".into(),
             ..with_ends(src, dst)
         }
@@ -483,6 +510,7 @@ pub(crate) mod fixture {
             verdict: "allowed".into(),
             reason: None,
             isolated_by: Vec::new(),
+            end: None,
             rule: Some(RuleAttribution {
                 policy: "prod/backend-from-frontend".into(),
                 direction: Direction::Ingress,

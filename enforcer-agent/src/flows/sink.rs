@@ -11,7 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::decode::decode;
+use super::decode::{decode, Event};
 use super::enrich::Context;
 use super::store::FlowStore;
 use crate::alerts::{to_record, Alert, Alerts};
@@ -32,6 +32,9 @@ pub struct Outputs {
     pub webhook: Option<mpsc::Sender<Alert>>,
     /// Counts of events the kernel could not report (ring buffer full), to mark in the log.
     pub lost: mpsc::UnboundedReceiver<u64>,
+    /// Ends of idle connections, found by the conntrack sweeper (the datapath reports the
+    /// other ends itself, through the ring buffer).
+    pub ends: mpsc::Receiver<Event>,
 }
 
 /// The marker written to the flow log where events were lost: the stream says it has a gap.
@@ -48,13 +51,7 @@ struct LostMarker {
 /// Wall-clock time of a `CLOCK_MONOTONIC` timestamp (what `bpf_ktime_get_ns` returns).
 pub fn wall_time(ts_ns: u64) -> SystemTime {
     let now_wall = SystemTime::now();
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let now_mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let now_mono = crate::dataplane::ct_sweep::monotonic_now();
     now_wall - Duration::from_nanos(now_mono.saturating_sub(ts_ns))
 }
 
@@ -83,6 +80,16 @@ pub async fn run(
     loop {
         let mut guard = tokio::select! {
             g = fd.readable_mut() => g?,
+            Some(ev) = outputs.ends.recv() => {
+                handle(&ev, &ctx, &mut out, filter, &mut outputs);
+                // Ends come in batches, once per sweep: flush when the batch is through.
+                if outputs.ends.is_empty() {
+                    if let Err(e) = out.flush() {
+                        tracing::warn!(error = %e, "flushing the flow log");
+                    }
+                }
+                continue;
+            }
             Some(count) = outputs.lost.recv() => {
                 let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
                 let marker = LostMarker { schema: super::enrich::SCHEMA, kind: "lost", time, source: "ringbuf", count };
@@ -93,41 +100,60 @@ pub async fn run(
         };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            let ev = match decode(&item) {
-                Ok(ev) => ev,
+            match decode(&item) {
+                Ok(ev) => handle(&ev, &ctx, &mut out, filter, &mut outputs),
                 Err(e) => {
+                    outputs
+                        .metrics
+                        .lost_events
+                        .with_label_values(&["decode"])
+                        .inc();
                     tracing::warn!(error = %e, "undecodable flow event");
-                    continue;
-                }
-            };
-            let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
-            let rec = ctx
-                .read()
-                .expect("flow context lock poisoned")
-                .record(&ev, time);
-            outputs.metrics.observe_flow(&rec);
-            if ev.dropped || filter.allowed {
-                write_line(&mut out, &rec);
-            }
-            if let Some(alerts) = &mut outputs.alerts {
-                for alert in alerts.observe(&rec, SystemTime::now()) {
-                    let kind = serde_json::to_value(alert.kind).ok();
-                    let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("unknown");
-                    outputs.metrics.alerts.with_label_values(&[kind]).inc();
-                    tracing::warn!(kind, severity = ?alert.severity, summary = %alert.summary, "alert");
-                    write_line(&mut out, &to_record(&alert));
-                    if let Some(tx) = &outputs.webhook {
-                        if tx.try_send(alert).is_err() {
-                            tracing::warn!("alert webhook is behind; an alert was not sent");
-                        }
-                    }
                 }
             }
-            outputs.store.push(rec);
         }
         if let Err(e) = out.flush() {
             tracing::warn!(error = %e, "flushing the flow log");
         }
         guard.clear_ready();
     }
+}
+
+/// One event through every output.
+fn handle(
+    ev: &Event,
+    ctx: &RwLock<Context>,
+    out: &mut Box<dyn Write + Send>,
+    filter: Filter,
+    outputs: &mut Outputs,
+) {
+    let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
+    let rec = ctx
+        .read()
+        .expect("flow context lock poisoned")
+        .record(ev, time);
+    outputs.metrics.observe_flow(&rec);
+    if ev.dropped || filter.allowed {
+        write_line(out, &rec);
+    }
+    if let Some(alerts) = &mut outputs.alerts {
+        for alert in alerts.observe(&rec, SystemTime::now()) {
+            let kind = serde_json::to_value(alert.kind).ok();
+            let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("unknown");
+            outputs.metrics.alerts.with_label_values(&[kind]).inc();
+            tracing::warn!(kind, severity = ?alert.severity, summary = %alert.summary, "alert");
+            write_line(out, &to_record(&alert));
+            if let Some(tx) = &outputs.webhook {
+                if tx.try_send(alert).is_err() {
+                    outputs
+                        .metrics
+                        .lost_events
+                        .with_label_values(&["webhook"])
+                        .inc();
+                    tracing::warn!("alert webhook is behind; an alert was not sent");
+                }
+            }
+        }
+    }
+    outputs.store.push(rec);
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! Nov 23 18:40:48.822  DROPPED  ingress  dev/debug:41234 -> prod/backend:8080 TCP SYN  policy_denied: isolated by prod/default-deny-ingress
 //! Nov 23 18:40:49.010  ALLOWED  ingress  dev/frontend:41300 -> prod/backend:8080 TCP SYN  by prod/backend-from-frontend ingress[0]
+//! Nov 23 18:40:51.377  ENDED    ingress  dev/frontend:41300 -> prod/backend:8080 TCP  closed after 2.367 s, sent 6 pkts 512 B, received 4 pkts 2.1 kB  by prod/backend-from-frontend ingress[0]
 //! ```
 //!
 //! Colour (ANSI) only when asked for, which the CLI does when stdout is a terminal.
@@ -16,12 +17,13 @@ use crate::compile::tables::Direction;
 const RED: &str = "\x1b[1;31m";
 const GREEN: &str = "\x1b[1;32m";
 const YELLOW: &str = "\x1b[1;33m";
+const BLUE: &str = "\x1b[1;34m";
 const RESET: &str = "\x1b[0m";
 
 /// How lines are rendered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableFormat {
-    /// ANSI colours: dropped red, allowed green, loss markers yellow.
+    /// ANSI colours: dropped red, allowed green, ended blue, loss markers yellow.
     pub color: bool,
     /// Times in UTC instead of the local time zone.
     pub utc: bool,
@@ -49,8 +51,45 @@ pub fn endpoint(e: &FlowEnd) -> String {
     }
 }
 
-/// Why: the rule that allowed the flow, or the drop reason and the isolating policies.
+/// Bytes for people: `512 B`, `2.1 kB`, `3.4 MB` (powers of 1000).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Why: the rule that allowed the flow, or the drop reason and the isolating policies; for a
+/// connection's end, how it ended and what it carried first.
 pub fn attribution(r: &FlowRecord) -> String {
+    if let Some(end) = &r.end {
+        let mut line = format!(
+            "{} after {}.{:03} s, sent {} pkts {}, received {} pkts {}",
+            end.reason,
+            end.duration_ms / 1000,
+            end.duration_ms % 1000,
+            end.packets_sent,
+            bytes(end.bytes_sent),
+            end.packets_received,
+            bytes(end.bytes_received)
+        );
+        if let Some(rule) = &r.rule {
+            line.push_str(&format!(
+                "  by {} {}[{}]",
+                rule.policy,
+                dir_word(rule.direction),
+                rule.index
+            ));
+        }
+        return line;
+    }
     if r.verdict.eq_ignore_ascii_case("dropped") {
         let reason = r.reason.as_deref().unwrap_or("dropped");
         if r.isolated_by.is_empty() {
@@ -75,9 +114,20 @@ impl TableFormat {
     /// The line of a record (without the newline).
     pub fn flow(&self, r: &FlowRecord) -> String {
         let dropped = r.verdict.eq_ignore_ascii_case("dropped");
-        let verdict = r.verdict.to_ascii_uppercase();
+        let verdict = if r.end.is_some() {
+            "ENDED  ".to_string()
+        } else {
+            r.verdict.to_ascii_uppercase()
+        };
         let verdict = if self.color {
-            format!("{}{verdict}{RESET}", if dropped { RED } else { GREEN })
+            let c = if r.end.is_some() {
+                BLUE
+            } else if dropped {
+                RED
+            } else {
+                GREEN
+            };
+            format!("{c}{verdict}{RESET}")
         } else {
             verdict
         };
@@ -278,6 +328,29 @@ mod tests {
             "Nov 23 18:40:48.822  ALLOWED  ingress  dev/debug:41234 -> prod/backend:8080 TCP SYN  \
              by prod/backend-from-frontend ingress[0]"
         );
+    }
+
+    #[test]
+    fn a_connection_end() {
+        let (s, d) = debug_to_backend();
+        let mut r = allowed(s, d);
+        r.tcp_flags.clear();
+        r.end = Some(crate::flows::enrich::ConnectionEnd {
+            reason: "closed".into(),
+            packets_sent: 6,
+            bytes_sent: 512,
+            packets_received: 4,
+            bytes_received: 2_100,
+            duration_ms: 2_367,
+        });
+        assert_eq!(
+            PLAIN.flow(&r),
+            "Nov 23 18:40:48.822  ENDED    ingress  dev/debug:41234 -> prod/backend:8080 TCP  \
+             closed after 2.367 s, sent 6 pkts 512 B, received 4 pkts 2.1 kB  \
+             by prod/backend-from-frontend ingress[0]"
+        );
+        assert_eq!(bytes(3_400_000), "3.4 MB");
+        assert_eq!(bytes(999), "999 B");
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub struct Metrics {
     pub packets_allowed: IntGauge,
     /// Policy verdicts of new flows, by direction, match kind and action.
     pub policy_verdicts: IntCounterVec,
-    /// Flow events lost, by source (`ringbuf`: the kernel could not reserve space).
+    /// Flow events lost, by source: `ringbuf` (the kernel could not reserve space), `decode`
+    /// (a record this agent cannot read), `webhook` (alerts not POSTed: the webhook is behind).
     pub lost_events: IntGaugeVec,
     /// Drop reports suppressed by the per-flow rate limit (the drops are still counted).
     pub rate_limited_reports: IntGauge,
@@ -44,6 +45,11 @@ pub struct Metrics {
     /// From noticing a change of the desired state to the datapath enforcing it.
     pub propagation_delay: Histogram,
     pub alerts: IntCounterVec,
+    /// Connections ended, by how (`closed`, `reset`, `timeout`).
+    pub connections_ended: IntCounterVec,
+    /// Bytes and packets of ended connections, by sender (`originator`, `responder`).
+    pub connection_bytes: IntCounterVec,
+    pub connection_packets: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -97,12 +103,33 @@ impl Metrics {
                 HistogramOpts::new("enforcer_policy_propagation_delay_seconds", "From noticing a change to enforcing it").buckets(buckets),
             ).expect("valid")),
             alerts: reg(&r, IntCounterVec::new(Opts::new("enforcer_alerts_total", "Anomaly alerts, by kind"), &["kind"]).expect("valid")),
+            connections_ended: reg(&r, IntCounterVec::new(Opts::new("enforcer_connections_ended_total", "Tracked connections ended, by reason (closed, reset, timeout)"), &["reason"]).expect("valid")),
+            connection_bytes: reg(&r, IntCounterVec::new(Opts::new("enforcer_connection_bytes_total", "Bytes carried by ended connections, by sender (originator, responder)"), &["sender"]).expect("valid")),
+            connection_packets: reg(&r, IntCounterVec::new(Opts::new("enforcer_connection_packets_total", "Packets carried by ended connections, by sender (originator, responder)"), &["sender"]).expect("valid")),
             registry: r,
         }
     }
 
     /// Accounts a flow record.
     pub fn observe_flow(&self, rec: &FlowRecord) {
+        if let Some(end) = &rec.end {
+            // An end is not a new flow: it adds what the connection carried.
+            self.connections_ended
+                .with_label_values(&[end.reason.as_str()])
+                .inc();
+            for (sender, packets, bytes) in [
+                ("originator", end.packets_sent, end.bytes_sent),
+                ("responder", end.packets_received, end.bytes_received),
+            ] {
+                self.connection_packets
+                    .with_label_values(&[sender])
+                    .inc_by(packets);
+                self.connection_bytes
+                    .with_label_values(&[sender])
+                    .inc_by(bytes);
+            }
+            return;
+        }
         let dir = match rec.direction {
             crate::compile::Direction::Ingress => "ingress",
             crate::compile::Direction::Egress => "egress",

@@ -82,6 +82,7 @@ pub fn flow(src: &FlowEnd, dst: &FlowEnd) -> Flow {
             fragment: false,
             rule: None,
             isolated_by: Vec::new(),
+            end: None,
             detail: "test".into(),
         },
         offset_ms: 0,
@@ -105,6 +106,21 @@ impl Flow {
     }
     pub fn len(mut self, bytes: u32) -> Self {
         self.rec.length = bytes;
+        self
+    }
+    /// The record of this connection's end, having carried `sent` bytes from the initiator
+    /// and `received` back.
+    pub fn ended(mut self, sent: u64, received: u64) -> Self {
+        self.rec.tcp_flags.clear();
+        self.rec.length = 0;
+        self.rec.end = Some(crate::flows::enrich::ConnectionEnd {
+            reason: "closed".into(),
+            packets_sent: 1 + sent / 1_000,
+            bytes_sent: sent,
+            packets_received: 1 + received / 1_000,
+            bytes_received: received,
+            duration_ms: 1_000,
+        });
         self
     }
     pub fn icmp(mut self) -> Self {

@@ -10,10 +10,19 @@ fn w(s: &str) -> Workload {
     s.parse().unwrap()
 }
 
-/// Five connections a bucket (every 2 s) from `client` to `db` for `buckets` buckets.
+/// Five connections a bucket (every 2 s) from `client` to `db` for `buckets` buckets, each
+/// ending a second later having carried 40 bytes out and 20 back.
 fn steady(client: &FlowEnd, db: &FlowEnd, buckets: u64) -> Vec<Flow> {
     (0..buckets * 5)
-        .map(|i| flow(client, db).port(5432).at(i * 2_000))
+        .flat_map(|i| {
+            [
+                flow(client, db).port(5432).at(i * 2_000),
+                flow(client, db)
+                    .port(5432)
+                    .ended(40, 20)
+                    .at(i * 2_000 + 1_000),
+            ]
+        })
         .collect()
 }
 
@@ -57,7 +66,8 @@ fn a_connection_spike_fires_then_escalates_once() {
     assert_eq!(a.source, w("shop/client"));
     assert_eq!(a.target, Some(w("shop/db")));
     let e = &a.evidence;
-    assert_eq!((e.counts["connections"], e.counts["bytes"]), (50, 50 * 60));
+    // Bytes: the four steady connections that ended before the spike began.
+    assert_eq!((e.counts["connections"], e.counts["bytes"]), (50, 4 * 60));
     assert_eq!((e.baseline, e.observed), (Some(5.0), Some(50.0)));
     assert_eq!(e.window_seconds, 10);
     assert_eq!(e.ports, vec![5432]);
@@ -69,7 +79,8 @@ fn a_connection_spike_fires_then_escalates_once() {
     );
 }
 
-/// Few connections with large first packets: a byte spike (with `min_bytes` lowered to 100 kB).
+/// A few connections that carried a lot: a byte spike when they end (with `min_bytes` lowered
+/// to 100 kB).
 #[test]
 fn a_byte_spike_fires_on_bytes() {
     let mut cfg = only(AlertKind::VolumeSpike);
@@ -82,7 +93,7 @@ fn a_byte_spike_fires_on_bytes() {
         flows.push(
             flow(&client, &db)
                 .port(5432)
-                .len(65_535)
+                .ended(60_000, 5_535)
                 .at(30 * BUCKET + 8_500 + i * 10),
         );
     }
@@ -96,14 +107,15 @@ fn a_byte_spike_fires_on_bytes() {
     assert_eq!(
         got,
         vec![
-            (Severity::Warning, Some((300 + 2 * 65_535) as f64)),
-            (Severity::Critical, Some((300 + 7 * 65_535) as f64)),
+            (Severity::Warning, Some((240 + 2 * 65_535) as f64)),
+            (Severity::Critical, Some((240 + 7 * 65_535) as f64)),
         ]
     );
     let a = &fired[0].1;
     assert_eq!(a.evidence.baseline, Some(300.0));
-    assert_eq!(a.evidence.counts["connections"], 7);
-    assert!(a.summary.contains("131370 bytes"), "{}", a.summary);
+    // Ends are not connections: the five steady openings of the bucket.
+    assert_eq!(a.evidence.counts["connections"], 5);
+    assert!(a.summary.contains("131310 bytes"), "{}", a.summary);
 }
 
 /// A pair busy from its first bucket (200 a bucket) only learns during the warm-up, and its

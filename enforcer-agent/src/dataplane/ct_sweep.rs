@@ -1,0 +1,285 @@
+//! Conntrack garbage collection, and the connection ends the datapath cannot report itself.
+//!
+//! The datapath reports an end when a packet shows it (a RST, the FIN that completes a close,
+//! or the next packet of an idle connection). A connection that simply goes quiet sends no
+//! such packet: its entry would sit in the LRU map until evicted, its counts never reported.
+//! The agent therefore walks the map every few seconds, reports the end of every expired
+//! entry the datapath has not reported, and removes expired entries, which also keeps the LRU
+//! from evicting live connections to make room for dead ones.
+//!
+//! Removing an entry never lets anything through: the datapath treats an expired entry as
+//! absent anyway, so the next packet of that tuple is checked against the policy as new.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use aya::maps::{HashMap, MapData, MapError};
+use enforcer_common::ct::{self, CtEntry, CtKey};
+
+use crate::flows::decode::{ConnEnd, Event};
+
+/// What to do with one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Live: leave it.
+    Keep,
+    /// Expired and already reported (or closed by the datapath): remove it silently.
+    Remove,
+    /// Expired and never reported: report this end, then remove it.
+    ReportAndRemove(Box<Event>),
+}
+
+/// Judges an entry at `now` (`CLOCK_MONOTONIC` ns, the clock of `bpf_ktime_get_ns`). Pure.
+pub fn judge(key: &CtKey, e: &CtEntry, now: u64) -> Verdict {
+    let idle = now.saturating_sub(e.last_seen_ns);
+    if idle <= ct::idle_timeout(key.proto, e.state) {
+        return Verdict::Keep;
+    }
+    if e.flags & ct::CT_F_END_REPORTED != 0 {
+        return Verdict::Remove;
+    }
+    Verdict::ReportAndRemove(Box::new(end_event(key, e)))
+}
+
+fn addr(a: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The end of an idle connection, as the datapath would have reported it: the tuple of its
+/// first packet, timed at its last packet.
+fn end_event(key: &CtKey, e: &CtEntry) -> Event {
+    let lo = (addr(key.addr_lo), u16::from_be(key.port_lo));
+    let hi = (addr(key.addr_hi), u16::from_be(key.port_hi));
+    let ((src, sport), (dst, dport)) = if e.flags & ct::CT_F_ORIG_LO != 0 {
+        (lo, hi)
+    } else {
+        (hi, lo)
+    };
+    Event {
+        ts_ns: e.last_seen_ns,
+        ifindex: 0,
+        ep_id: key.ep_id,
+        rule: e.rule,
+        len: 0,
+        src,
+        dst,
+        sport,
+        dport,
+        proto: key.proto,
+        egress: e.origin_dir == enforcer_common::direction::EGRESS,
+        dropped: false,
+        reason: None,
+        tcp_flags: 0,
+        reply: false,
+        fragment: false,
+        peer_identity: 0,
+        end: Some(ConnEnd {
+            reason: if e.state == ct::state::CLOSED {
+                ct::end::RESET
+            } else {
+                ct::end::TIMEOUT
+            },
+            created_ns: e.created_ns,
+            packets_orig: e.packets_orig,
+            bytes_orig: e.bytes_orig,
+            packets_reply: e.packets_reply,
+            bytes_reply: e.bytes_reply,
+        }),
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub live: usize,
+    pub removed: usize,
+    /// Ends reported by this pass (also among `removed`).
+    pub ends: Vec<Event>,
+}
+
+/// The current `CLOCK_MONOTONIC` time in ns.
+pub fn monotonic_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One pass over the conntrack map at `now`.
+pub fn sweep(map: &mut HashMap<MapData, CtKey, CtEntry>, now: u64) -> Result<Sweep, MapError> {
+    let mut out = Sweep::default();
+    // Collect first: deleting while iterating restarts the kernel's key walk.
+    let mut expired = Vec::new();
+    for item in map.iter() {
+        let (key, e) = match item {
+            Ok(kv) => kv,
+            // The entry went away between the key walk and the lookup (LRU eviction, or the
+            // datapath removed a revoked connection).
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e),
+        };
+        match judge(&key, &e, now) {
+            Verdict::Keep => out.live += 1,
+            v => expired.push((key, e, v)),
+        }
+    }
+    for (key, seen, verdict) in expired {
+        // A packet may have renewed the entry (or a new connection taken the tuple) since it
+        // was read: only remove what is still the entry that was judged.
+        match map.get(&key, 0) {
+            Ok(now_e)
+                if now_e.last_seen_ns == seen.last_seen_ns
+                    && now_e.created_ns == seen.created_ns => {}
+            _ => {
+                out.live += 1;
+                continue;
+            }
+        }
+        match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+        out.removed += 1;
+        if let Verdict::ReportAndRemove(ev) = verdict {
+            out.ends.push(*ev);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enforcer_common::{direction, proto};
+    use std::net::Ipv4Addr;
+
+    const S: u64 = 1_000_000_000;
+
+    fn mapped(v4: [u8; 4]) -> [u8; 16] {
+        Ipv4Addr::from(v4).to_ipv6_mapped().octets()
+    }
+
+    fn udp_key() -> CtKey {
+        CtKey {
+            ep_id: 3,
+            addr_lo: mapped([10, 244, 1, 10]),
+            addr_hi: mapped([10, 244, 2, 11]),
+            port_lo: 53u16.to_be(),
+            port_hi: 40000u16.to_be(),
+            proto: proto::UDP,
+            _pad: [0; 3],
+        }
+    }
+
+    fn entry(last_seen_s: u64) -> CtEntry {
+        CtEntry {
+            created_ns: S,
+            last_seen_ns: last_seen_s * S,
+            packets_orig: 3,
+            bytes_orig: 210,
+            packets_reply: 2,
+            bytes_reply: 400,
+            rule: 9,
+            state: ct::state::ESTABLISHED,
+            // The higher end (10.244.2.11:40000) asked; the pod (ep 3) answered.
+            origin_dir: direction::INGRESS,
+            flags: ct::CT_F_REPLIED,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_live_connection_is_kept() {
+        assert_eq!(
+            judge(&udp_key(), &entry(100), 100 * S + ct::timeout::UDP),
+            Verdict::Keep
+        );
+    }
+
+    #[test]
+    fn an_idle_connection_ends_by_timeout_with_its_counts_and_its_originator_as_source() {
+        let now = 100 * S + ct::timeout::UDP + 1;
+        let Verdict::ReportAndRemove(ev) = judge(&udp_key(), &entry(100), now) else {
+            panic!("expired and unreported");
+        };
+        assert_eq!(ev.src, "10.244.2.11".parse::<IpAddr>().unwrap());
+        assert_eq!((ev.sport, ev.dport), (40000, 53));
+        assert_eq!(ev.dst, "10.244.1.10".parse::<IpAddr>().unwrap());
+        assert!(!ev.egress && !ev.dropped);
+        assert_eq!((ev.ep_id, ev.rule, ev.ts_ns), (3, 9, 100 * S));
+        let end = ev.end.unwrap();
+        assert_eq!(end.reason_name(), "timeout");
+        assert_eq!(
+            (
+                end.packets_orig,
+                end.bytes_orig,
+                end.packets_reply,
+                end.bytes_reply,
+                end.created_ns
+            ),
+            (3, 210, 2, 400, S)
+        );
+    }
+
+    #[test]
+    fn an_end_the_datapath_reported_is_removed_silently() {
+        let mut e = entry(100);
+        e.flags |= ct::CT_F_END_REPORTED;
+        assert_eq!(
+            judge(&udp_key(), &e, 100 * S + ct::timeout::UDP + 1),
+            Verdict::Remove
+        );
+    }
+
+    #[test]
+    fn timeouts_follow_protocol_and_tcp_state() {
+        let mut key = udp_key();
+        key.proto = proto::TCP;
+        let mut e = entry(100);
+        e.state = ct::state::SYN_SENT;
+        assert_eq!(judge(&key, &e, 100 * S + 59 * S), Verdict::Keep);
+        assert!(matches!(
+            judge(&key, &e, 100 * S + 61 * S),
+            Verdict::ReportAndRemove(_)
+        ));
+        e.state = ct::state::ESTABLISHED;
+        assert_eq!(
+            judge(&key, &e, 100 * S + 3600 * S),
+            Verdict::Keep,
+            "an hour idle is fine"
+        );
+        // A RST the datapath could not report (ring buffer full) still ends as a reset.
+        e.state = ct::state::CLOSED;
+        let Verdict::ReportAndRemove(ev) = judge(&key, &e, 100 * S + 1) else {
+            panic!("closed entries expire at once");
+        };
+        assert_eq!(ev.end.unwrap().reason_name(), "reset");
+        key.proto = proto::ICMP;
+        e.state = ct::state::ESTABLISHED;
+        assert_eq!(judge(&key, &e, 100 * S + 59 * S), Verdict::Keep);
+        assert!(matches!(
+            judge(&key, &e, 100 * S + 61 * S),
+            Verdict::ReportAndRemove(_)
+        ));
+    }
+
+    #[test]
+    fn v6_addresses_stay_v6() {
+        let mut key = udp_key();
+        key.addr_lo = "fd00::a".parse::<Ipv6Addr>().unwrap().octets();
+        key.addr_hi = "fd00::b".parse::<Ipv6Addr>().unwrap().octets();
+        let mut e = entry(1);
+        e.flags |= ct::CT_F_ORIG_LO;
+        let Verdict::ReportAndRemove(ev) = judge(&key, &e, 1_000 * S) else {
+            panic!()
+        };
+        assert_eq!(ev.src, "fd00::a".parse::<IpAddr>().unwrap());
+        assert_eq!((ev.sport, ev.dport), (53, 40000));
+    }
+}
