@@ -140,8 +140,8 @@ impl Default for FirstSeenConfig {
 
 /// Per workload pair: connections and bytes per bucket against an EWMA baseline.
 ///
-/// A record is one new connection and `length` is the size of its first packet (the datapath
-/// reports connections, not every packet), so bytes measure connection setup, not transfer.
+/// Connections are counted when they open; bytes (both directions) when they end, from the
+/// connection-end record, so a long transfer weighs in the bucket where it ends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VolumeConfig {

@@ -60,6 +60,10 @@ pub struct UpArgs {
     /// Instance name.
     #[arg(long, default_value = "demo")]
     pub name: String,
+    /// An extra argument for the lab's agent (repeatable), e.g.
+    /// `--agent-arg=--alerts-config=alerts.yaml`.
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -257,7 +261,8 @@ async fn cmd_up(args: UpArgs) -> anyhow::Result<()> {
         }
         None => demo_scenario(),
     };
-    let state = up(&scenario, &args.name, &[]).await?.detach()?;
+    let agent_args: Vec<&str> = args.agent_args.iter().map(String::as_str).collect();
+    let state = up(&scenario, &args.name, &agent_args).await?.detach()?;
     print_up_summary(&state);
     Ok(())
 }
