@@ -101,6 +101,18 @@ pub struct Pod {
     pub ports: Vec<ContainerPort>,
     /// `spec.nodeName`; `None` for a standalone manifest (local to whichever node reads it).
     pub node: Option<String>,
+    /// The workload that runs the pod, where the pod says (for flow records).
+    pub owner: Option<Owner>,
+}
+
+/// A pod's workload: its controller from `metadata.ownerReferences`, with a ReplicaSet that
+/// belongs to a Deployment (named `<deployment>-<pod-template-hash>`) shown as the Deployment.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Owner {
+    pub kind: String,
+    pub name: String,
 }
 
 impl Pod {

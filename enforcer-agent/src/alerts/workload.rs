@@ -14,8 +14,9 @@ use crate::flows::enrich::FlowEnd;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Workload {
-    /// The pods of one app: `name` is the `app` label, else `app.kubernetes.io/name`, else the
-    /// pod name without its controller suffix.
+    /// The pods of one app: `name` is the pod's owning workload (a Deployment, StatefulSet, ...)
+    /// when known, else the `app` label, else `app.kubernetes.io/name`, else the pod name
+    /// without its controller suffix.
     Pod { namespace: String, name: String },
     /// An address that is no known pod.
     Ip(IpAddr),
@@ -85,11 +86,18 @@ impl TryFrom<String> for Workload {
 pub fn workload_of(end: &FlowEnd) -> Workload {
     match (&end.namespace, &end.pod) {
         (Some(namespace), Some(pod)) => {
-            let name = ["app", "app.kubernetes.io/name"]
-                .iter()
-                .filter_map(|k| end.labels.get(*k))
-                .find(|v| !v.is_empty())
-                .cloned()
+            // The owner the pod names is authoritative; labels and the name are guesses.
+            let name = end
+                .workload
+                .as_ref()
+                .map(|w| w.name.clone())
+                .or_else(|| {
+                    ["app", "app.kubernetes.io/name"]
+                        .iter()
+                        .filter_map(|k| end.labels.get(*k))
+                        .find(|v| !v.is_empty())
+                        .cloned()
+                })
                 .unwrap_or_else(|| trim_controller_suffix(pod).to_string());
             Workload::Pod {
                 namespace: namespace.clone(),

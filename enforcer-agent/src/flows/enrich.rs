@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::decode::{protocol_name, tcp_flags_text, Event};
 use crate::compile::tables::{Direction, Tables};
-use crate::model::{Cluster, PodKey};
+use crate::model::{Cluster, Owner, PodKey};
 
 /// Schema id of a flow record; bumped on any incompatible change.
 pub const SCHEMA: &str = "enforcer.flow/v1";
@@ -24,6 +24,10 @@ pub struct FlowEnd {
     pub pod: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The pod's workload (`{"kind":"Deployment","name":"web"}`), where its owner references
+    /// say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Owner>,
 }
 
 /// The rule that allowed a flow.
@@ -84,13 +88,21 @@ pub struct FlowRecord {
     pub detail: String,
 }
 
+/// What a flow record says about a pod.
+#[derive(Clone, Debug)]
+pub struct PodInfo {
+    pub key: PodKey,
+    pub labels: BTreeMap<String, String>,
+    pub owner: Option<Owner>,
+}
+
 /// What the agent knows when an event arrives.
 #[derive(Default)]
 pub struct Context {
     pub node: String,
     pub tables: Tables,
     /// Every pod address in the cluster.
-    pub pods_by_ip: BTreeMap<IpAddr, (PodKey, BTreeMap<String, String>)>,
+    pub pods_by_ip: BTreeMap<IpAddr, PodInfo>,
     /// Endpoint id → (local pod, host interface).
     pub endpoints: BTreeMap<u32, (PodKey, String)>,
 }
@@ -105,7 +117,14 @@ impl Context {
         let mut pods_by_ip = BTreeMap::new();
         for pod in cluster.pods.values() {
             for ip in &pod.ips {
-                pods_by_ip.insert(*ip, (pod.key.clone(), pod.labels.clone()));
+                pods_by_ip.insert(
+                    *ip,
+                    PodInfo {
+                        key: pod.key.clone(),
+                        labels: pod.labels.clone(),
+                        owner: pod.owner.clone(),
+                    },
+                );
             }
         }
         Context {
@@ -121,9 +140,10 @@ impl Context {
         FlowEnd {
             ip,
             port,
-            namespace: pod.map(|(k, _)| k.namespace.clone()),
-            pod: pod.map(|(k, _)| k.name.clone()),
-            labels: pod.map(|(_, l)| l.clone()).unwrap_or_default(),
+            namespace: pod.map(|p| p.key.namespace.clone()),
+            pod: pod.map(|p| p.key.name.clone()),
+            labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
+            workload: pod.and_then(|p| p.owner.clone()),
         }
     }
 

@@ -414,6 +414,7 @@ fn probe() -> FlowRecord {
         namespace: None,
         pod: None,
         labels: BTreeMap::new(),
+        workload: None,
     };
     FlowRecord {
         schema: String::new(),
@@ -473,6 +474,7 @@ pub(crate) mod fixture {
             namespace,
             pod,
             labels: BTreeMap::new(),
+            workload: None,
         }
     }
 

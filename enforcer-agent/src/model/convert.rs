@@ -168,12 +168,44 @@ pub fn pod_from_k8s(pod: &core::Pod) -> Result<Pod, InvalidObject> {
     let node = spec
         .and_then(|s| s.node_name.clone())
         .filter(|n| !n.is_empty());
+    let owner = owner_of(&pod.metadata, &labels);
     Ok(Pod {
         key,
         labels,
         ips,
         ports,
         node,
+        owner,
+    })
+}
+
+/// The pod's workload: the controller owner reference (else the first one); a ReplicaSet
+/// named `<name>-<pod-template-hash>` is the Deployment `<name>`'s.
+fn owner_of(
+    meta: &meta::ObjectMeta,
+    labels: &BTreeMap<String, String>,
+) -> Option<crate::model::Owner> {
+    let refs = meta.owner_references.as_deref().unwrap_or_default();
+    let r = refs
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .or_else(|| refs.first())?;
+    if r.kind == "ReplicaSet" {
+        if let Some(deployment) = labels
+            .get("pod-template-hash")
+            .and_then(|h| r.name.strip_suffix(h.as_str()))
+            .and_then(|n| n.strip_suffix('-'))
+            .filter(|n| !n.is_empty())
+        {
+            return Some(crate::model::Owner {
+                kind: "Deployment".into(),
+                name: deployment.into(),
+            });
+        }
+    }
+    Some(crate::model::Owner {
+        kind: r.kind.clone(),
+        name: r.name.clone(),
     })
 }
 

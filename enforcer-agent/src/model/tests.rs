@@ -132,6 +132,60 @@ status:
 }
 
 #[test]
+fn the_owner_is_the_controller_and_a_deployments_replicaset_is_its_deployment() {
+    let owner = |yaml: &str| {
+        let pod: core::Pod = serde_yaml::from_str(yaml).unwrap();
+        pod_from_k8s(&pod)
+            .unwrap()
+            .owner
+            .map(|o| format!("{}/{}", o.kind, o.name))
+    };
+    assert_eq!(
+        owner(
+            r#"
+metadata:
+  name: web-7d9f8b-x2x4k
+  labels: {app: web, pod-template-hash: 7d9f8b}
+  ownerReferences:
+  - {apiVersion: apps/v1, kind: ReplicaSet, name: web-7d9f8b, uid: r1, controller: true}
+"#
+        ),
+        Some("Deployment/web".into())
+    );
+    // A ReplicaSet of its own (no matching hash): the ReplicaSet.
+    assert_eq!(
+        owner(
+            r#"
+metadata:
+  name: rs-abcde
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: rs, uid: r1, controller: true}]
+"#
+        ),
+        Some("ReplicaSet/rs".into())
+    );
+    // The controller wins over other owners.
+    assert_eq!(
+        owner(
+            r#"
+metadata:
+  name: db-0
+  ownerReferences:
+  - {apiVersion: v1, kind: ConfigMap, name: cm, uid: c1}
+  - {apiVersion: apps/v1, kind: StatefulSet, name: db, uid: s1, controller: true}
+"#
+        ),
+        Some("StatefulSet/db".into())
+    );
+    assert_eq!(
+        owner(
+            "metadata: {name: bare}
+"
+        ),
+        None
+    );
+}
+
+#[test]
 fn host_network_and_finished_pods_have_no_addresses() {
     for extra in [
         "spec: {hostNetwork: true, containers: [{name: c}]}",

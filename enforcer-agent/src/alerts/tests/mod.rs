@@ -32,6 +32,7 @@ pub fn pod(ns: &str, name: &str, ip: &str) -> FlowEnd {
         namespace: Some(ns.into()),
         pod: Some(name.into()),
         labels: BTreeMap::new(),
+        workload: None,
     }
 }
 
@@ -50,6 +51,7 @@ pub fn ext(ip: &str) -> FlowEnd {
         namespace: None,
         pod: None,
         labels: BTreeMap::new(),
+        workload: None,
     }
 }
 

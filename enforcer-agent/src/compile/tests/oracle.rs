@@ -216,7 +216,7 @@ prop_compose! {
                 .collect();
             let node = match node { 0 => None, 1 => Some("n1".to_string()), _ => Some("n2".to_string()) };
             let key = PodKey::new(NAMESPACES[ns], format!("p{i}"));
-            cluster.insert_pod(Pod { key, labels, ips, ports, node });
+            cluster.insert_pod(Pod { key, labels, ips, ports, node, owner: None });
         }
         for (i, (ns, pod_selector, ingress, egress, (ti, te))) in policies.into_iter().enumerate() {
             // Types as the API server leaves them: defaulted when absent, else as given.
@@ -372,6 +372,7 @@ fn compiles_ten_thousand_policies_quickly() {
             ips: vec![ip],
             ports,
             node,
+            owner: None,
         });
     }
     let sel = |k: &str, v: String| LabelSelector {
