@@ -241,3 +241,49 @@ fn the_sweeper_reports_idle_connections_and_removes_expired_entries() {
     let pass = ct_sweep::sweep(&mut ct, ct_sweep::monotonic_now()).unwrap();
     assert_eq!((pass.live, pass.removed), (2, 0));
 }
+
+/// The next packet of an idle connection finds its entry expired: the datapath reports the old
+/// connection's end (timed at its last packet) before checking the packet as a new flow.
+#[test]
+fn a_packet_after_the_idle_timeout_reports_the_old_connections_end_first() {
+    use enforcer_agent::dataplane::ct_sweep;
+    use enforcer_common::ct::timeout;
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    let (a, b) = ("10.244.1.10", "10.244.2.11");
+    assert_eq!(f.egress(&udp(a, b, 40000, 53)), PASS);
+    assert_eq!(f.ingress(&udp(b, a, 53, 40000)), PASS);
+    assert_eq!(f.egress(&udp(a, b, 40000, 53)), PASS);
+    f.drain_events();
+    // Age the entry past the UDP timeout, as if the connection had been quiet that long.
+    let mut ct = f.dp.take_conntrack().expect("the conntrack map");
+    let (key, mut entry) = ct.iter().next().expect("one entry").unwrap();
+    let idle_since = ct_sweep::monotonic_now() - timeout::UDP - 1_000_000_000;
+    entry.created_ns = idle_since - 5_000_000_000;
+    entry.last_seen_ns = idle_since;
+    ct.insert(key, entry, 0).unwrap();
+
+    assert_eq!(
+        f.egress(&udp(a, b, 40000, 53)),
+        PASS,
+        "allowed again, as a new flow"
+    );
+    let ev = f.drain_events();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    let end = ev[0].end.expect("the old connection's end comes first");
+    assert_eq!(end.reason_name(), "timeout");
+    assert_eq!((end.packets_orig, end.packets_reply), (2, 1));
+    assert_eq!(
+        (ev[0].ts_ns, end.created_ns),
+        (idle_since, idle_since - 5_000_000_000)
+    );
+    assert!(
+        ev[1].end.is_none() && !ev[1].dropped,
+        "then the new connection"
+    );
+    // The sweeper does not report it again; the new entry is live.
+    let pass = ct_sweep::sweep(&mut ct, ct_sweep::monotonic_now()).unwrap();
+    assert_eq!((pass.live, pass.removed, pass.ends.len()), (1, 0, 0));
+}
