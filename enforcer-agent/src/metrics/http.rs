@@ -56,6 +56,15 @@ fn respond(metrics: &Metrics, ready: &Ready, path: &str) -> Response<Full<Bytes>
 pub async fn serve(addr: SocketAddr, metrics: Metrics, ready: Ready) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics on /metrics, health on /healthz and /readyz");
+    serve_on(listener, metrics, ready).await
+}
+
+/// Serves on a bound listener until the task is dropped.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    ready: Ready,
+) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let (metrics, ready) = (metrics.clone(), ready.clone());
@@ -77,11 +86,12 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_health_and_readiness_over_http() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Bound here and handed over: a port picked and released could be taken by another
+        // test running in parallel before the server binds it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        drop(listener);
         let ready = Ready::default();
-        let server = tokio::spawn(serve(addr, Metrics::new(), ready.clone()));
+        let server = tokio::spawn(serve_on(listener, Metrics::new(), ready.clone()));
         let get = |path: &'static str| async move {
             for _ in 0..50 {
                 if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
