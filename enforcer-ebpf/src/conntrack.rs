@@ -111,7 +111,9 @@ pub fn new_entry(pkt: &Packet, src_lo: bool, dir: u8, rule: u32, rev: u32, now: 
         rule,
         state: st,
         origin_dir: dir,
-        flags: if src_lo { ct::CT_F_ORIG_LO } else { 0 },
+        // A flow that starts with a RST never opened: its allow event is all there is to say.
+        flags: if src_lo { ct::CT_F_ORIG_LO } else { 0 }
+            | if st == state::CLOSED { ct::CT_F_END_REPORTED } else { 0 },
         _pad: [0; 5],
     }
 }

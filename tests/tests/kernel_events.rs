@@ -287,3 +287,21 @@ fn a_packet_after_the_idle_timeout_reports_the_old_connections_end_first() {
     let pass = ct_sweep::sweep(&mut ct, ct_sweep::monotonic_now()).unwrap();
     assert_eq!((pass.live, pass.removed, pass.ends.len()), (1, 0, 0));
 }
+
+/// A stray RST from an allowed peer is a new flow each time (reported as such), never an end.
+#[test]
+fn a_flow_that_starts_with_a_reset_reports_no_end() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    for _ in 0..3 {
+        assert_eq!(
+            f.ingress(&tcp("10.244.2.11", "10.244.1.10", 40000, 80, RST)),
+            PASS
+        );
+    }
+    let ev = f.drain_events();
+    assert_eq!(ev.len(), 3, "{ev:?}");
+    assert!(ev.iter().all(|e| e.end.is_none() && !e.dropped), "{ev:?}");
+}
