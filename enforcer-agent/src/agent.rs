@@ -33,6 +33,8 @@ pub struct AgentOptions {
     /// Flow log: a file path, or `-` for stdout.
     pub flow_log: PathBuf,
     pub log_allowed: bool,
+    /// Which records the flow log keeps (filter flags of `enforcer flows`).
+    pub flow_log_filter: crate::flows::filter::Filter,
     /// Where to serve /metrics, /healthz and /readyz (`None`: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The unix socket `enforcer flows` connects to (`None`: not served).
@@ -177,6 +179,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let filter = sink::Filter {
         allowed: opts.log_allowed,
+        records: opts.flow_log_filter.clone(),
     };
     let flow_ctx = ctx.clone();
     let flows = tokio::spawn(async move {

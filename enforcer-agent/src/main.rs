@@ -176,6 +176,10 @@ struct AgentArgs {
     /// Rotated flow log files to keep.
     #[arg(long, default_value_t = 5)]
     flow_log_keep: usize,
+    /// Keep only the records these `enforcer flows` filter flags select in the flow log, e.g.
+    /// "--not --namespace kube-system --not --port 53" (alerts and loss markers always go in).
+    #[arg(long, value_name = "FLAGS", value_parser = enforcer_agent::flows::client::parse_filter_flags, allow_hyphen_values = true)]
+    flow_log_filter: Option<enforcer_agent::flows::filter::Filter>,
     /// Anomaly detector settings (YAML or JSON; every field optional). Detection is on by
     /// default with built-in thresholds.
     #[arg(long)]
@@ -222,6 +226,7 @@ fn main() -> anyhow::Result<()> {
                 status_file: a.status_file,
                 flow_log: a.flow_log,
                 log_allowed: a.log_allowed,
+                flow_log_filter: a.flow_log_filter.unwrap_or_default(),
                 metrics_addr: (!a.no_metrics).then_some(a.metrics_addr),
                 flow_socket: (!a.no_flow_socket).then_some(a.flow_socket),
                 flow_buffer: a.flow_buffer,

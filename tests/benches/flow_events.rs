@@ -38,7 +38,9 @@ fn main() {
         "offered/s", "delivered/s", "lost", "loss %"
     );
     let mut sustained = 0u64;
-    for rate in [50_000u64, 100_000, 150_000, 200_000, 250_000, 300_000, 400_000] {
+    for rate in [
+        50_000u64, 100_000, 150_000, 200_000, 250_000, 300_000, 400_000,
+    ] {
         let mut f = Fixture::new(POLICY);
         let ring = f.take_events();
         let ctx = Context::new(

@@ -330,6 +330,41 @@ impl clap::Args for FlowsArgs {
     }
 }
 
+/// Parses filter flags as `enforcer flows` takes them (`--verdict dropped --not --namespace
+/// kube-system`), for the agent's own flow log. Other `flows` options are refused.
+pub fn parse_filter_flags(text: &str) -> Result<Filter, String> {
+    use clap::FromArgMatches;
+    let cmd =
+        <FlowsArgs as clap::Args>::augment_args(clap::Command::new("filter")).no_binary_name(true);
+    let args_of_cmd: BTreeSet<String> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    let m = cmd
+        .try_get_matches_from(text.split_whitespace())
+        .map_err(|e| e.to_string().trim_end().to_string())?;
+    let args = FlowsArgs::from_arg_matches(&m).map_err(|e| e.to_string().trim_end().to_string())?;
+    let filter_flags: BTreeSet<String> =
+        <FilterArgs as clap::Args>::augment_args(clap::Command::new("f"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+    for id in m.ids() {
+        let id = id.as_str();
+        // Skip group ids (the flattened struct's name is one).
+        if args_of_cmd.contains(id)
+            && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            && !filter_flags.contains(id)
+        {
+            return Err(format!(
+                "`--{}` is not a filter flag (only the filter flags of `enforcer flows` apply)",
+                id.replace('_', "-")
+            ));
+        }
+    }
+    Ok(args.filter)
+}
+
 /// Which past flows to show: only those at or after `since`, and of those the `last` N
 /// (`None`: all).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -534,6 +569,19 @@ pub(crate) mod tests {
                     .unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn filter_flags_parse_alone_for_the_flow_log() {
+        let f =
+            parse_filter_flags("--not --namespace kube-system --event drop --event end").unwrap();
+        assert_eq!(f.exclude.namespace, ["kube-system"]);
+        assert_eq!(f.include.event, [EventKind::Drop, EventKind::End]);
+        assert_eq!(parse_filter_flags("").unwrap(), Filter::default());
+        let err = parse_filter_flags("--follow --namespace a").unwrap_err();
+        assert!(err.contains("`--follow` is not a filter flag"), "{err}");
+        let err = parse_filter_flags("--verdict maybe").unwrap_err();
+        assert!(err.contains("maybe"), "{err}");
     }
 
     #[test]

@@ -18,9 +18,18 @@ use crate::alerts::{to_record, Alert, Alerts};
 use crate::metrics::Metrics;
 
 /// Which flows go to the log.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Filter {
+    /// Allowed connections and connection ends too (dropped flows always).
     pub allowed: bool,
+    /// Of those, the records the filter flags select (`--flow-log-filter`).
+    pub records: super::filter::Filter,
+}
+
+impl Filter {
+    pub fn logs(&self, rec: &super::enrich::FlowRecord, dropped: bool) -> bool {
+        (dropped || self.allowed) && self.records.matches(rec)
+    }
 }
 
 /// Everything a record feeds besides the log.
@@ -81,7 +90,7 @@ pub async fn run(
         let mut guard = tokio::select! {
             g = fd.readable_mut() => g?,
             Some(ev) = outputs.ends.recv() => {
-                handle(&ev, &ctx, &mut out, filter, &mut outputs);
+                handle(&ev, &ctx, &mut out, &filter, &mut outputs);
                 // Ends come in batches, once per sweep: flush when the batch is through.
                 if outputs.ends.is_empty() {
                     if let Err(e) = out.flush() {
@@ -101,7 +110,7 @@ pub async fn run(
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Ok(ev) => handle(&ev, &ctx, &mut out, filter, &mut outputs),
+                Ok(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
                 Err(e) => {
                     outputs
                         .metrics
@@ -124,7 +133,7 @@ fn handle(
     ev: &Event,
     ctx: &RwLock<Context>,
     out: &mut Box<dyn Write + Send>,
-    filter: Filter,
+    filter: &Filter,
     outputs: &mut Outputs,
 ) {
     let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
@@ -133,7 +142,7 @@ fn handle(
         .expect("flow context lock poisoned")
         .record(ev, time);
     outputs.metrics.observe_flow(&rec);
-    if ev.dropped || filter.allowed {
+    if filter.logs(&rec, ev.dropped) {
         write_line(out, &rec);
     }
     if let Some(alerts) = &mut outputs.alerts {
@@ -156,4 +165,28 @@ fn handle(
         }
     }
     outputs.store.push(rec);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::client::parse_filter_flags;
+    use crate::flows::filter::fixture::{allowed, debug_to_backend, dropped};
+
+    #[test]
+    fn the_log_keeps_drops_allowed_flows_on_request_and_what_the_filter_selects() {
+        let (s, d) = debug_to_backend();
+        let (drop, allow) = (dropped(s.clone(), d.clone()), allowed(s, d));
+        let mut f = Filter::default();
+        assert!(f.logs(&drop, true) && !f.logs(&allow, false));
+        f.allowed = true;
+        assert!(f.logs(&allow, false));
+        f.records = parse_filter_flags("--not --namespace dev").unwrap();
+        assert!(
+            !f.logs(&drop, true) && !f.logs(&allow, false),
+            "both are from dev"
+        );
+        f.records = parse_filter_flags("--event drop").unwrap();
+        assert!(f.logs(&drop, true) && !f.logs(&allow, false));
+    }
 }
