@@ -33,6 +33,8 @@ pub struct AgentOptions {
     /// Flow log: a file path, or `-` for stdout.
     pub flow_log: PathBuf,
     pub log_allowed: bool,
+    /// Audit instead of enforce, for every local pod.
+    pub policy_audit_mode: bool,
     /// Which records the flow log keeps (filter flags of `enforcer flows`).
     pub flow_log_filter: crate::flows::filter::Filter,
     /// Where to serve /metrics, /healthz and /readyz (`None`: not served).
@@ -367,6 +369,7 @@ fn sync_once(
         &NodeInput {
             name: opts.node.clone(),
             host_ips,
+            audit: opts.policy_audit_mode,
         },
     );
     metrics

@@ -83,6 +83,7 @@ fn side(
         &NodeInput {
             name: node,
             host_ips: Vec::new(),
+            audit: false,
         },
     );
     let v = evaluate(&tables, pod, direction, peer, proto, port);
@@ -115,12 +116,18 @@ fn side(
         Decision::Denied => (
             None,
             format!(
-                "{pod} is isolated for {dir} by {} and no rule allows {peer} on this port",
+                "{pod} is isolated for {dir} by {} and no rule allows {peer} on this port{}",
                 v.isolated_by
                     .iter()
                     .map(|k| k.to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                // The namespace label, visible here; `--policy-audit-mode` is the agent's.
+                if tables.endpoints.get(pod).is_some_and(|p| p.audit) {
+                    " (its namespace is in audit mode: the flow passes, reported as audit)"
+                } else {
+                    ""
+                }
             ),
         ),
     };

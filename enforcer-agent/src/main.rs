@@ -180,6 +180,11 @@ struct AgentArgs {
     /// "--not --namespace kube-system --not --port 53" (alerts and loss markers always go in).
     #[arg(long, value_name = "FLAGS", value_parser = enforcer_agent::flows::client::parse_filter_flags, allow_hyphen_values = true)]
     flow_log_filter: Option<enforcer_agent::flows::filter::Filter>,
+    /// Policy audit mode for every local pod: flows the policies deny pass and are reported
+    /// with the `audit` verdict (namespaces labelled policy.enforcer.dev/audit=true are
+    /// audited either way).
+    #[arg(long)]
+    policy_audit_mode: bool,
     /// Anomaly detector settings (YAML or JSON; every field optional). Detection is on by
     /// default with built-in thresholds.
     #[arg(long)]
@@ -226,6 +231,7 @@ fn main() -> anyhow::Result<()> {
                 status_file: a.status_file,
                 flow_log: a.flow_log,
                 log_allowed: a.log_allowed,
+                policy_audit_mode: a.policy_audit_mode,
                 flow_log_filter: a.flow_log_filter.unwrap_or_default(),
                 metrics_addr: (!a.no_metrics).then_some(a.metrics_addr),
                 flow_socket: (!a.no_flow_socket).then_some(a.flow_socket),

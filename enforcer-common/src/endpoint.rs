@@ -17,6 +17,10 @@ pub const F_ANY_PEER: u32 = 1 << 5;
 pub const F_ALL_PORTS: u32 = 1 << 6;
 /// Some entries allow any protocol (rules without ports).
 pub const F_ANY_PROTO: u32 = 1 << 7;
+/// Policy audit mode: a new flow that the policy denies passes (and is tracked) and is
+/// reported with the `AUDIT` verdict. Other drop reasons (spoofing, malformed packets, ...)
+/// still drop.
+pub const F_AUDIT: u32 = 1 << 8;
 
 /// Value of the `ENDPOINTS` map (key: ifindex of the host-side veth, u32 host order).
 #[repr(C)]

@@ -3,6 +3,8 @@
 pub mod verdict {
     pub const ALLOWED: u8 = 0;
     pub const DROPPED: u8 = 1;
+    /// The policy denies the flow, but the pod is in audit mode: it passed.
+    pub const AUDIT: u8 = 2;
 }
 
 /// How often (at most) one flow's drops are reported: the rest are only counted.

@@ -91,6 +91,8 @@ pub mod counter {
     pub const CT_RECHECKED: u32 = 6;
     /// ARP / IPv6 neighbour discovery passed without policy.
     pub const LINK_CONTROL: u32 = 7;
+    /// New flows the policy denies that passed because the pod is in audit mode.
+    pub const AUDITED: u32 = 8;
     /// `COUNTERS[DROP_BASE + reason]` counts drops by reason.
     pub const DROP_BASE: u32 = 16;
     pub const LEN: u32 = 32;

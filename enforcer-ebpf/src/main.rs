@@ -24,7 +24,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContex
 use enforcer_common::{
     ct::{FragEntry, FragKey},
     direction,
-    endpoint::{EndpointInfo, F_EGRESS_ISOLATED, F_HAS_V4, F_HAS_V6, F_INGRESS_ISOLATED},
+    endpoint::{EndpointInfo, F_AUDIT, F_EGRESS_ISOLATED, F_HAS_V4, F_HAS_V6, F_INGRESS_ISOLATED},
     family,
     flow::{verdict, EV_F_FRAGMENT, EV_F_REPLY},
     policy::identity,
@@ -182,6 +182,11 @@ fn decide(
                         e.revision = rev;
                         e.rule = rule;
                     }
+                    // Audit mode: the connection goes on, as it would without policy.
+                    None if ep.flags & F_AUDIT != 0 => {
+                        e.revision = rev;
+                        e.rule = 0;
+                    }
                     None => {
                         let _ = CONNTRACK.remove(&key);
                         return Err(DropReason::Revoked);
@@ -204,8 +209,13 @@ fn decide(
 
     let ident = policy::identity_of(pkt.family, &peer);
     rep.peer_identity = ident;
-    let rule = check(ep, dir, ident, pkt.tuple.proto, pkt.tuple.dport, isolated)
-        .ok_or(DropReason::PolicyDenied)?;
+    let (rule, audited) = match check(ep, dir, ident, pkt.tuple.proto, pkt.tuple.dport, isolated) {
+        Some(rule) => (rule, false),
+        // Audit mode: what the policy would drop passes, is tracked (its replies pass as they
+        // would without policy) and is reported once per connection as AUDIT.
+        None if ep.flags & F_AUDIT != 0 => (0, true),
+        None => return Err(DropReason::PolicyDenied),
+    };
     let entry = conntrack::new_entry(pkt, from_lo, dir, rule, rev, now, rep.len);
     if CONNTRACK.insert(&key, &entry, 0).is_err() {
         // The packet was allowed and passes; its replies will be checked as new flows.
@@ -213,7 +223,11 @@ fn decide(
     } else {
         count(counter::CT_CREATED);
     }
-    report::allow_event(pkt, rep, rule);
+    if audited {
+        report::audit_event(pkt, rep);
+    } else {
+        report::allow_event(pkt, rep, rule);
+    }
     Ok(())
 }
 

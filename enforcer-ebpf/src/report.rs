@@ -59,6 +59,14 @@ pub fn drop_event(pkt: &Packet, r: &Report, reason: DropReason) {
     emit(pkt, r, verdict::DROPPED, reason as u8, 0, now);
 }
 
+/// Reports a new flow the policy denies that passes in audit mode (once per connection).
+#[inline(always)]
+pub fn audit_event(pkt: &Packet, r: &Report) {
+    count(counter::AUDITED);
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(pkt, r, verdict::AUDIT, DropReason::PolicyDenied as u8, 0, now);
+}
+
 /// Reports a newly allowed connection (once per connection).
 #[inline(always)]
 pub fn allow_event(pkt: &Packet, r: &Report, rule: u32) {

@@ -105,6 +105,7 @@ pub fn tables(policies: &str) -> Tables {
         &NodeInput {
             name: "node".into(),
             host_ips: vec![ip(NODE_IP)],
+            audit: false,
         },
     )
 }

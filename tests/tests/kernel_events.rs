@@ -305,3 +305,79 @@ fn a_flow_that_starts_with_a_reset_reports_no_end() {
     assert_eq!(ev.len(), 3, "{ev:?}");
     assert!(ev.iter().all(|e| e.end.is_none() && !e.dropped), "{ev:?}");
 }
+
+/// x's namespace in audit mode, with x/a's ingress policy.
+const AUDITED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {ns: x, policy.enforcer.dev/audit: "true"}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-in, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: 80}]
+"#;
+
+/// Audit mode: what the policy denies passes, is tracked (replies pass) and is reported once per
+/// connection as AUDIT with the isolating policy; what the policy allows is reported as allowed;
+/// other drop reasons still drop.
+#[test]
+fn audit_mode_passes_and_reports_what_the_policy_denies() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(AUDITED);
+    let (c, a) = ("10.244.2.12", "10.244.1.10");
+    assert_eq!(
+        f.ingress(&tcp(c, a, 40000, 80, SYN)),
+        PASS,
+        "denied by policy, audited"
+    );
+    assert_eq!(
+        f.egress(&tcp(a, c, 80, 40000, SYN | ACK)),
+        PASS,
+        "its reply"
+    );
+    assert_eq!(f.ingress(&tcp(c, a, 40000, 80, ACK)), PASS);
+    assert_eq!(
+        f.ingress(&tcp("10.244.2.11", a, 40001, 80, SYN)),
+        PASS,
+        "allowed by policy"
+    );
+    assert_eq!(
+        f.egress(&tcp("10.244.9.9", c, 80, 40000, ACK)),
+        DROP,
+        "a spoofed source is no policy question: dropped in audit mode too"
+    );
+    let ev = f.drain_events();
+    let audited: Vec<_> = ev.iter().filter(|e| e.audit).collect();
+    assert_eq!(audited.len(), 1, "once per connection: {ev:?}");
+    let e = audited[0];
+    assert!(!e.dropped);
+    assert_eq!(e.reason, Some(Ok(DropReason::PolicyDenied)));
+    assert_eq!(f.counter(counter::AUDITED), 1);
+    assert_eq!(
+        ev.iter().filter(|e| !e.audit && !e.dropped).count(),
+        1,
+        "the allowed connection: {ev:?}"
+    );
+
+    let ctx = Context::new(
+        "node",
+        &cluster(&[CLUSTER, AUDITED]),
+        tables(AUDITED),
+        f.dp.endpoint_pods(),
+    );
+    let rec = ctx.record(e, "2026-01-01T00:00:00.000Z".into());
+    assert_eq!(rec.verdict, "audit");
+    assert_eq!(rec.isolated_by, ["x/a-in"]);
+    assert!(
+        rec.detail.starts_with("audit mode: passed"),
+        "{}",
+        rec.detail
+    );
+}

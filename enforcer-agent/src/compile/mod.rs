@@ -34,7 +34,14 @@ pub struct NodeInput {
     pub name: String,
     /// This node's addresses: traffic from/to them is always allowed (kubelet probes).
     pub host_ips: Vec<IpAddr>,
+    /// Policy audit mode for every local pod (`--policy-audit-mode`); pods of a namespace
+    /// labelled [`AUDIT_LABEL`]`=true` are audited either way.
+    pub audit: bool,
 }
+
+/// A namespace with this label set to `true` has its pods' policies audited, not enforced:
+/// flows the policies deny pass and are reported with the `audit` verdict.
+pub const AUDIT_LABEL: &str = "policy.enforcer.dev/audit";
 
 impl NodeInput {
     pub fn is_local(&self, pod: &Pod) -> bool {
@@ -61,6 +68,12 @@ pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
                     IpAddr::V6(a) => Some(*a),
                     IpAddr::V4(_) => None,
                 }),
+                audit: node.audit
+                    || cluster
+                        .namespaces
+                        .get(&p.key.namespace)
+                        .and_then(|ns| ns.labels.get(AUDIT_LABEL))
+                        .is_some_and(|v| v == "true"),
                 ..EndpointPlan::default()
             };
             (p.key.clone(), plan)

@@ -125,6 +125,8 @@ pub struct EndpointPlan {
     pub egress_isolated_by: BTreeSet<PolicyKey>,
     /// What is allowed, with the lowest rule id that allows it.
     pub allows: BTreeMap<Allow, RuleId>,
+    /// Policy audit mode: what the policies deny passes and is reported as `audit`.
+    pub audit: bool,
 }
 
 impl EndpointPlan {

@@ -71,6 +71,7 @@ fn end_event(key: &CtKey, e: &CtEntry) -> Event {
         proto: key.proto,
         egress: e.origin_dir == enforcer_common::direction::EGRESS,
         dropped: false,
+        audit: false,
         reason: None,
         tcp_flags: 0,
         reply: false,

@@ -156,6 +156,9 @@ pub fn endpoint_info(
     if plan.egress_isolated() {
         flags |= F_EGRESS_ISOLATED;
     }
+    if plan.audit {
+        flags |= enforcer_common::endpoint::F_AUDIT;
+    }
     let mut info = EndpointInfo {
         ep_id,
         policy_set,

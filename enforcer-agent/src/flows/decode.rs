@@ -20,6 +20,8 @@ pub struct Event {
     pub proto: u8,
     pub egress: bool,
     pub dropped: bool,
+    /// The policy denied it, but the pod is in audit mode: it passed.
+    pub audit: bool,
     /// `Err(raw)` for a reason this agent does not know (a newer kernel object).
     pub reason: Option<Result<DropReason, u8>>,
     pub tcp_flags: u8,
@@ -120,6 +122,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         proto: e.proto,
         egress: e.direction == direction::EGRESS,
         dropped: e.verdict == flow::verdict::DROPPED,
+        audit: e.verdict == flow::verdict::AUDIT,
         reason: (e.reason != 0).then(|| DropReason::try_from(e.reason)),
         tcp_flags: e.tcp_flags,
         reply: e.flags & flow::EV_F_REPLY != 0,

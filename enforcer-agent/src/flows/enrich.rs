@@ -58,7 +58,8 @@ pub struct FlowRecord {
     pub schema: String,
     pub time: String,
     pub node: String,
-    /// `allowed` or `dropped`.
+    /// `allowed`, `dropped`, or `audit` (the policy denies it, but the pod is in audit mode:
+    /// it passed).
     pub verdict: String,
     /// As the local pod sees it: `ingress` (into the pod) or `egress` (out of it).
     pub direction: Direction,
@@ -216,6 +217,15 @@ impl Context {
                     c.bytes_received
                 )
             }
+            (_, false) if ev.audit => format!(
+                "audit mode: passed, but {who} is isolated for {} by {} and no rule allows this flow",
+                dir_word(direction),
+                if isolated_by.is_empty() {
+                    "a policy".to_string()
+                } else {
+                    isolated_by.join(", ")
+                }
+            ),
             (_, false) => match &rule {
                 Some(r) => format!(
                     "allowed by {} {} rule {}",
@@ -241,7 +251,14 @@ impl Context {
             schema: SCHEMA.to_string(),
             time,
             node: self.node.clone(),
-            verdict: if ev.dropped { "dropped" } else { "allowed" }.to_string(),
+            verdict: if ev.dropped {
+                "dropped"
+            } else if ev.audit {
+                "audit"
+            } else {
+                "allowed"
+            }
+            .to_string(),
             direction,
             reason,
             protocol: protocol_name(ev.proto),

@@ -37,18 +37,19 @@ pub enum FilterParseError {
     Ip { input: String },
     #[error("`{input}` is not a direction (ingress or egress)")]
     Direction { input: String },
-    #[error("`{input}` is not a verdict (allowed or dropped)")]
+    #[error("`{input}` is not a verdict (allowed, dropped or audit)")]
     Verdict { input: String },
     #[error("`{input}` is not a drop reason; known reasons: {known}")]
     Reason { input: String, known: String },
 }
 
-/// `allowed` or `dropped`.
+/// `allowed`, `dropped` or `audit` (denied by policy, passed in audit mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Allowed,
     Dropped,
+    Audit,
 }
 
 impl Verdict {
@@ -56,6 +57,7 @@ impl Verdict {
         match self {
             Verdict::Allowed => "allowed",
             Verdict::Dropped => "dropped",
+            Verdict::Audit => "audit",
         }
     }
 }
@@ -66,6 +68,7 @@ impl FromStr for Verdict {
         match s.to_ascii_lowercase().as_str() {
             "allowed" => Ok(Verdict::Allowed),
             "dropped" => Ok(Verdict::Dropped),
+            "audit" => Ok(Verdict::Audit),
             _ => Err(FilterParseError::Verdict { input: s.into() }),
         }
     }

@@ -69,6 +69,13 @@ fn bytes(n: u64) -> String {
 /// Why: the rule that allowed the flow, or the drop reason and the isolating policies; for a
 /// connection's end, how it ended and what it carried first.
 pub fn attribution(r: &FlowRecord) -> String {
+    if r.verdict.eq_ignore_ascii_case("audit") {
+        let mut line = "policy_denied (audit mode: passed)".to_string();
+        if !r.isolated_by.is_empty() {
+            line.push_str(&format!(": isolated by {}", r.isolated_by.join(", ")));
+        }
+        return line;
+    }
     if let Some(end) = &r.end {
         let mut line = format!(
             "{} after {}.{:03} s, sent {} pkts {}, received {} pkts {}",
@@ -114,14 +121,19 @@ impl TableFormat {
     /// The line of a record (without the newline).
     pub fn flow(&self, r: &FlowRecord) -> String {
         let dropped = r.verdict.eq_ignore_ascii_case("dropped");
+        let audit = r.verdict.eq_ignore_ascii_case("audit");
         let verdict = if r.end.is_some() {
             "ENDED  ".to_string()
+        } else if audit {
+            "AUDIT  ".to_string()
         } else {
             r.verdict.to_ascii_uppercase()
         };
         let verdict = if self.color {
             let c = if r.end.is_some() {
                 BLUE
+            } else if audit {
+                YELLOW
             } else if dropped {
                 RED
             } else {

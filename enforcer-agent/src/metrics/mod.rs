@@ -143,6 +143,7 @@ impl Metrics {
         let (mtch, action) = match (&rec.rule, rec.verdict.as_str(), rec.reason.as_deref()) {
             (Some(_), _, _) => (policy_match(rec), "forwarded"),
             (None, "allowed", _) => ("all", "forwarded"),
+            (None, "audit", _) => ("none", "audit"),
             (None, _, Some("policy_denied")) => ("none", "dropped"),
             _ => return,
         };

@@ -74,6 +74,7 @@ fn node() -> NodeInput {
     NodeInput {
         name: "node-1".into(),
         host_ips: vec![HOST_IP.parse().unwrap()],
+        audit: false,
     }
 }
 
@@ -99,6 +100,30 @@ fn reach(cluster: &Cluster, tables: &Tables, from: &str, to: &str, proto: u8, po
     let (src, dst) = (ipv4_of(cluster, from), ipv4_of(cluster, to));
     evaluate(tables, &pod_key(from), Direction::Egress, dst, proto, port).allowed()
         && evaluate(tables, &pod_key(to), Direction::Ingress, src, proto, port).allowed()
+}
+
+#[test]
+fn audit_mode_comes_from_the_namespace_label_or_the_node_setting() {
+    let (mut cluster, tables) = compiled("");
+    assert!(
+        tables.endpoints.values().all(|p| !p.audit),
+        "off by default"
+    );
+    let mut all = node();
+    all.audit = true;
+    assert!(compile(&cluster, &all).endpoints.values().all(|p| p.audit));
+    let ns = cluster.namespaces.keys().next().unwrap().clone();
+    cluster
+        .namespaces
+        .get_mut(&ns)
+        .unwrap()
+        .labels
+        .insert(crate::compile::AUDIT_LABEL.into(), "true".into());
+    let t = compile(&cluster, &node());
+    assert!(!t.endpoints.is_empty());
+    for (pod, plan) in &t.endpoints {
+        assert_eq!(plan.audit, pod.namespace == ns, "{pod}");
+    }
 }
 
 #[test]

@@ -310,7 +310,7 @@ proptest! {
     #[test]
     fn compiled_tables_agree_with_the_spec(cluster in cluster()) {
         let hosts: Vec<IpAddr> = HOSTS.iter().map(|h| h.parse().unwrap()).collect();
-        let node = NodeInput { name: "n1".into(), host_ips: hosts.clone() };
+        let node = NodeInput { name: "n1".into(), host_ips: hosts.clone(), audit: false };
         let tables = compile(&cluster, &node);
 
         let mut peers: Vec<IpAddr> = cluster.pods.values().flat_map(|p| p.ips.iter().copied()).collect();
@@ -424,6 +424,7 @@ fn compiles_ten_thousand_policies_quickly() {
         &NodeInput {
             name: "n1".into(),
             host_ips: vec![],
+            audit: false,
         },
     );
     let elapsed = start.elapsed();
