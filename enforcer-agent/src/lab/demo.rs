@@ -373,9 +373,13 @@ pub fn format_flow_line(line: &str) -> String {
             _ => t,
         },
     );
-    let verdict = text(rec.get("verdict"))
-        .unwrap_or_else(|| "?".into())
-        .to_uppercase();
+    let verdict = if rec.get("end").is_some_and(Value::is_object) {
+        "ENDED".to_owned()
+    } else {
+        text(rec.get("verdict"))
+            .unwrap_or_else(|| "?".into())
+            .to_uppercase()
+    };
     let src = peer(rec.get("src"));
     let dst = peer(rec.get("dst"));
     let port = rec
@@ -441,6 +445,12 @@ mod tests {
         let line =
             r#"{"time":"2026-11-23T18:40:47.821Z","verdict":"allowed","direction":"egress"}"#;
         assert!(format_flow_line(line).starts_with("18:40:47.821  ALLOWED "));
+        let end = r#"{"time":"2026-11-23T18:40:47.821Z","verdict":"allowed","end":{"reason":"closed"},"detail":"connection closed"}"#;
+        assert!(
+            format_flow_line(end).starts_with("18:40:47.821  ENDED "),
+            "{}",
+            format_flow_line(end)
+        );
         assert!(is_allowed_egress(line));
         assert!(!is_allowed_egress(&line.replace("egress", "ingress")));
         assert!(!is_allowed_egress(&line.replace("allowed", "dropped")));
