@@ -57,6 +57,20 @@ struct LostMarker {
     count: u64,
 }
 
+impl LostMarker {
+    /// `count` events lost at `source` (`ringbuf`: the kernel could not reserve space;
+    /// `decode`: a record this agent cannot read), now.
+    fn now(source: &'static str, count: u64) -> Self {
+        LostMarker {
+            schema: super::enrich::SCHEMA,
+            kind: "lost",
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            source,
+            count,
+        }
+    }
+}
+
 /// Wall-clock time of a `CLOCK_MONOTONIC` timestamp (what `bpf_ktime_get_ns` returns).
 pub fn wall_time(ts_ns: u64) -> SystemTime {
     let now_wall = SystemTime::now();
@@ -100,9 +114,7 @@ pub async fn run(
                 continue;
             }
             Some(count) = outputs.lost.recv() => {
-                let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-                let marker = LostMarker { schema: super::enrich::SCHEMA, kind: "lost", time, source: "ringbuf", count };
-                write_line(&mut out, &marker);
+                write_line(&mut out, &LostMarker::now("ringbuf", count));
                 tracing::warn!(count, "flow events lost: the ring buffer was full");
                 continue;
             }
@@ -112,11 +124,13 @@ pub async fn run(
             match decode(&item) {
                 Ok(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
                 Err(e) => {
+                    // The stream says it has a gap here, as for the kernel's losses.
                     outputs
                         .metrics
                         .lost_events
                         .with_label_values(&["decode"])
                         .inc();
+                    write_line(&mut out, &LostMarker::now("decode", 1));
                     tracing::warn!(error = %e, "undecodable flow event");
                 }
             }
