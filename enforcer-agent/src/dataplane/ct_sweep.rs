@@ -115,9 +115,12 @@ pub fn monotonic_now() -> u64 {
 /// One pass over the conntrack map at `now`.
 pub fn sweep(map: &mut HashMap<MapData, CtKey, CtEntry>, now: u64) -> Result<Sweep, MapError> {
     let mut out = Sweep::default();
-    // Collect first: deleting while iterating restarts the kernel's key walk.
+    // Collect first: deleting while iterating restarts the kernel's key walk. The datapath
+    // deleting entries meanwhile can restart it too, so the walk is bounded: a pass cut short
+    // leaves the rest to the next one.
+    let bound = 2 * enforcer_common::maps::sizes::CONNTRACK as usize;
     let mut expired = Vec::new();
-    for item in map.iter() {
+    for item in map.iter().take(bound) {
         let (key, e) = match item {
             Ok(kv) => kv,
             // The entry went away between the key walk and the lookup (LRU eviction, or the
