@@ -2,9 +2,11 @@
 //!
 //! - [`model`]: pods, namespaces and policies as plain data, converted from API objects.
 //! - [`compile`]: pure function from the model to the tables the kernel reads.
-//! - [`dataplane`]: loads, pins and attaches the programs; writes map diffs.
+//! - [`dataplane`]: loads, pins and attaches the programs; writes map diffs; sweeps conntrack.
 //! - [`source`]: where the cluster state comes from (manifest folder, Kubernetes API).
-//! - [`flows`]: decodes flow events and writes the denied-flow log.
+//! - [`flows`]: flow records (decode, attribute), the flow log, `enforcer flows`.
+//! - [`alerts`]: anomaly detectors over the flow records; [`metrics`]: Prometheus.
+//! - [`explain`]: why a connection is allowed or denied, from the compiled tables.
 //! - [`lab`]: the network-namespace lab.
 //! - [`netns`]: entering network namespaces.
 

@@ -1,5 +1,7 @@
-//! Flow events from the kernel: decoding ([`decode`]), attribution to pods and policies
-//! ([`enrich`]), and the JSON-lines flow log ([`sink`], rotated by [`rotate`]); the agent's
+//! Flow events from the kernel: decoding ([`decode`]: verdicts and connection ends; the ends of
+//! idle connections come from the conntrack sweeper, `dataplane::ct_sweep`), attribution to
+//! pods and policies ([`enrich`]), and the JSON-lines flow log ([`sink`], rotated by
+//! [`rotate`]); the agent's
 //! memory of recent flows ([`store`]) served on a unix socket ([`server`]) to
 //! `enforcer flows` ([`client`]), which filters ([`filter`]) and prints them ([`table`]).
 
