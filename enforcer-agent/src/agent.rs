@@ -318,18 +318,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 async fn sweep_conntrack(
     map: aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry>,
     every: Duration,
-    ends: tokio::sync::mpsc::Sender<crate::flows::decode::Event>,
+    ends: tokio::sync::mpsc::Sender<sink::Swept>,
     metrics: Metrics,
 ) {
-    let map = Arc::new(std::sync::Mutex::new(map));
+    let map = Arc::new(std::sync::Mutex::new((map, ct_sweep::ByteMeter::default())));
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let m = map.clone();
         let pass = tokio::task::spawn_blocking(move || {
-            let mut m = m.lock().expect("conntrack map lock poisoned");
-            ct_sweep::sweep(&mut m, ct_sweep::monotonic_now())
+            let mut guard = m.lock().expect("conntrack map lock poisoned");
+            let (map, meter) = &mut *guard;
+            ct_sweep::sweep(map, ct_sweep::monotonic_now(), meter)
         })
         .await;
         match pass {
@@ -342,8 +343,13 @@ async fn sweep_conntrack(
                     .map_pressure
                     .with_label_values(&[enforcer_common::maps::CONNTRACK])
                     .set(s.live as f64 / f64::from(enforcer_common::maps::sizes::CONNTRACK));
-                for ev in s.ends {
-                    if ends.send(ev).await.is_err() {
+                let items = s
+                    .ends
+                    .into_iter()
+                    .map(sink::Swept::End)
+                    .chain(s.samples.into_iter().map(sink::Swept::Bytes));
+                for item in items {
+                    if ends.send(item).await.is_err() {
                         return; // the flow sink is gone: the agent is stopping
                     }
                 }

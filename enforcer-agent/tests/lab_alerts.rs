@@ -136,6 +136,7 @@ fn steady_traffic_is_quiet_and_each_anomaly_alerts_within_its_window() {
             "--name",
             &name,
             &format!("--agent-arg=--alerts-config={}", config.display()),
+            "--agent-arg=--conntrack-sweep-interval=500ms",
         ]),
         "lab up",
     );
@@ -181,14 +182,24 @@ fn steady_traffic_is_quiet_and_each_anomaly_alerts_within_its_window() {
     let a = wait_for(&log, "first_seen_edge", "y/a", Duration::from_secs(3));
     assert_eq!(a["target"], "y/b", "{a}");
 
-    // A byte spike: one 2 MB transfer to z/b, against ~10 kB a bucket, weighed at its end.
-    transfer(&ya, &zb, 9000, 2_000_000);
+    // A byte spike: 2 MB to z/b over a connection that stays open, against ~10 kB a bucket.
+    // The agent's conntrack sweep (every 500 ms here) samples the bytes while it runs: the
+    // alert comes before the connection ends.
+    let mut open = ya
+        .netns
+        .run(|| TcpStream::connect_timeout(&SocketAddr::new(zb.ip, 9000), Duration::from_secs(2)))
+        .unwrap()
+        .expect("an allowed connection");
+    open.write_all(&vec![0x5a; 2_000_000]).unwrap();
     let a = wait_for(&log, "volume_spike", "y/a", Duration::from_secs(3));
     assert_eq!(a["target"], "z/b", "{a}");
     assert!(
         a["evidence"]["counts"]["bytes"].as_u64().unwrap() >= 2_000_000,
         "{a}"
     );
+    open.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = open.read_to_end(&mut Vec::new());
+    drop(open);
 
     // No port scan: y/a reached one port on each of three peers.
     assert!(

@@ -85,6 +85,9 @@ pub mod end {
     pub const RESET: u8 = 2;
     /// No packet for the protocol's idle timeout.
     pub const TIMEOUT: u8 = 3;
+    /// Not an end (the agent's sweeper only): what a connection carried since the previous
+    /// sweep, for the volume detector.
+    pub const ACTIVE: u8 = 4;
 }
 
 /// Value of `CONNTRACK`.

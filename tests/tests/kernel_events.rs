@@ -205,18 +205,36 @@ fn the_sweeper_reports_idle_connections_and_removes_expired_entries() {
     let reported_by_kernel = f.drain_events().iter().filter(|e| e.end.is_some()).count();
     assert_eq!(reported_by_kernel, 1, "the reset");
     let mut ct = f.dp.take_conntrack().expect("the conntrack map");
+    let mut meter = ct_sweep::ByteMeter::default();
 
     let now = ct_sweep::monotonic_now();
-    let pass = ct_sweep::sweep(&mut ct, now).unwrap();
+    let pass = ct_sweep::sweep(&mut ct, now, &mut meter).unwrap();
     assert_eq!(
         (pass.live, pass.removed),
         (2, 1),
         "the reset entry is removed, silently"
     );
     assert!(pass.ends.is_empty());
+    // Every connection's bytes so far are sampled once, the reset one included.
+    assert_eq!(pass.samples.len(), 3, "{:?}", pass.samples);
+    let udp_sample = pass
+        .samples
+        .iter()
+        .find(|e| e.proto == UDP)
+        .unwrap()
+        .end
+        .unwrap();
+    assert_eq!((udp_sample.packets_orig, udp_sample.packets_reply), (1, 1));
+    assert_eq!(udp_sample.reason_name(), "active");
+    let quiet = ct_sweep::sweep(&mut ct, now, &mut meter).unwrap();
+    assert!(
+        quiet.samples.is_empty(),
+        "nothing new carried: {:?}",
+        quiet.samples
+    );
 
     // Past the UDP timeout: the query's end is reported; the TCP connection lives on.
-    let pass = ct_sweep::sweep(&mut ct, now + timeout::UDP + 1_000_000_000).unwrap();
+    let pass = ct_sweep::sweep(&mut ct, now + timeout::UDP + 1_000_000_000, &mut meter).unwrap();
     assert_eq!((pass.live, pass.removed), (1, 1));
     assert_eq!(pass.ends.len(), 1);
     let e = &pass.ends[0];
@@ -238,8 +256,14 @@ fn the_sweeper_reports_idle_connections_and_removes_expired_entries() {
         1,
         "{ev:?}"
     );
-    let pass = ct_sweep::sweep(&mut ct, ct_sweep::monotonic_now()).unwrap();
+    let pass = ct_sweep::sweep(&mut ct, ct_sweep::monotonic_now(), &mut meter).unwrap();
     assert_eq!((pass.live, pass.removed), (2, 0));
+    assert_eq!(
+        pass.samples.len(),
+        1,
+        "the new UDP flow: {:?}",
+        pass.samples
+    );
 }
 
 /// The next packet of an idle connection finds its entry expired: the datapath reports the old
@@ -284,7 +308,8 @@ fn a_packet_after_the_idle_timeout_reports_the_old_connections_end_first() {
         "then the new connection"
     );
     // The sweeper does not report it again; the new entry is live.
-    let pass = ct_sweep::sweep(&mut ct, ct_sweep::monotonic_now()).unwrap();
+    let mut meter = ct_sweep::ByteMeter::default();
+    let pass = ct_sweep::sweep(&mut ct, ct_sweep::monotonic_now(), &mut meter).unwrap();
     assert_eq!((pass.live, pass.removed, pass.ends.len()), (1, 0, 0));
 }
 

@@ -140,8 +140,8 @@ impl Default for FirstSeenConfig {
 
 /// Per workload pair: connections and bytes per bucket against an EWMA baseline.
 ///
-/// Connections are counted when they open; bytes (both directions) when they end, from the
-/// connection-end record, so a long transfer weighs in the bucket where it ends.
+/// Connections are counted when they open; bytes (both directions) from the agent's byte
+/// samples of each connection (every conntrack sweep), so a long transfer weighs while it runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VolumeConfig {

@@ -7,8 +7,8 @@
 //! - [`portscan`]: one source reaching many ports on a peer, or many peers, in a short window.
 //! - [`deny_burst`]: a source's denied flows per bucket far above its own baseline.
 //! - [`first_seen`]: a workload → workload (or → external network) edge not seen while learning.
-//! - [`volume`]: connections (openings) or bytes (from connection ends) of a workload pair per
-//!   bucket far above its baseline.
+//! - [`volume`]: connections (openings) or bytes (sampled from conntrack) of a workload pair
+//!   per bucket far above its baseline.
 //! - [`webhook`]: alerts as an Alertmanager v2 payload, or as a record of the flow stream.
 //!
 //! Flows are oriented by who opened them: for a reply record the initiator is `dst`. Sources
@@ -260,8 +260,8 @@ impl Alerts {
             return out;
         }
         if rec.end.is_some() {
-            // A connection's end carries its bytes, which only the volume detector weighs;
-            // the connection itself was seen by every detector when it opened.
+            // Byte samples and connection ends are for the volume detector only: every
+            // detector saw the connection when it opened.
             if let Some(d) = &mut self.volume {
                 d.observe(&view, &mut out);
             }

@@ -2,8 +2,10 @@
 //! pair's EWMA baseline.
 //!
 //! `connections` counts allowed, non-reply records (the datapath reports each new connection
-//! once); `bytes` adds both directions of every connection-end record, so a transfer counts in
-//! the bucket where its connection ends (a long-lived connection's bytes arrive with its end).
+//! once); `bytes` adds both directions of the agent's byte samples (records whose `end.reason`
+//! is `active`: what a connection carried since the sweeper's previous pass, every few
+//! seconds), so a long transfer counts while it runs. Connection-end records add nothing: their
+//! bytes were sampled.
 //! The current bucket is checked as it fills; closed buckets (empty ones included) feed the
 //! baselines; a pair fires only after `warmup_buckets` buckets since it was first seen, and
 //! needs `min_connections` or `min_bytes` in the bucket.
@@ -59,6 +61,11 @@ impl Volume {
         if f.denied || f.rec.reply {
             return;
         }
+        let sample = match &f.rec.end {
+            Some(e) if e.reason == "active" => Some(e.bytes_sent.saturating_add(e.bytes_received)),
+            Some(_) => return,
+            None => None,
+        };
         let bucket = f.t_ms / self.bucket_ms;
         let alpha = self.cfg.ewma_alpha;
         let key = (f.initiator.clone(), f.responder.clone());
@@ -84,13 +91,8 @@ impl Volume {
             p.bytes = 0;
             p.ports.clear();
         }
-        match &f.rec.end {
-            Some(end) => {
-                p.bytes = p
-                    .bytes
-                    .saturating_add(end.bytes_sent)
-                    .saturating_add(end.bytes_received)
-            }
+        match sample {
+            Some(bytes) => p.bytes = p.bytes.saturating_add(bytes),
             None => p.connections += 1,
         }
         if let Some(port) = f.port {

@@ -7,9 +7,15 @@
 //! entry the datapath has not reported, and removes expired entries, which also keeps the LRU
 //! from evicting live connections to make room for dead ones.
 //!
+//! The same pass meters bytes: what each connection carried since the previous pass
+//! ([`ByteMeter`]), so that the volume detector sees a long transfer while it runs, not only
+//! when its connection ends. Short connections are metered too: a closed connection's entry
+//! lives on for the closing timeout (10 s), longer than a pass interval.
+//!
 //! Removing an entry never lets anything through: the datapath treats an expired entry as
 //! absent anyway, so the next packet of that tuple is checked against the policy as new.
 
+use std::collections::HashMap as StdHashMap;
 use std::net::{IpAddr, Ipv6Addr};
 
 use aya::maps::{HashMap, MapData, MapError};
@@ -51,6 +57,18 @@ fn addr(a: [u8; 16]) -> IpAddr {
 /// The end of an idle connection, as the datapath would have reported it: the tuple of its
 /// first packet, timed at its last packet.
 fn end_event(key: &CtKey, e: &CtEntry) -> Event {
+    let reason = if e.state == ct::state::CLOSED {
+        ct::end::RESET
+    } else {
+        ct::end::TIMEOUT
+    };
+    let counts = [e.packets_orig, e.bytes_orig, e.packets_reply, e.bytes_reply];
+    conn_event(key, e, e.last_seen_ns, reason, counts)
+}
+
+/// An event about the connection of `key`/`e`, with the counts `[packets, bytes]` of the
+/// originator then the responder.
+fn conn_event(key: &CtKey, e: &CtEntry, ts_ns: u64, reason: u8, counts: [u64; 4]) -> Event {
     let lo = (addr(key.addr_lo), u16::from_be(key.port_lo));
     let hi = (addr(key.addr_hi), u16::from_be(key.port_hi));
     let ((src, sport), (dst, dport)) = if e.flags & ct::CT_F_ORIG_LO != 0 {
@@ -59,7 +77,7 @@ fn end_event(key: &CtKey, e: &CtEntry) -> Event {
         (hi, lo)
     };
     Event {
-        ts_ns: e.last_seen_ns,
+        ts_ns,
         ifindex: 0,
         ep_id: key.ep_id,
         rule: e.rule,
@@ -78,17 +96,50 @@ fn end_event(key: &CtKey, e: &CtEntry) -> Event {
         fragment: false,
         peer_identity: 0,
         end: Some(ConnEnd {
-            reason: if e.state == ct::state::CLOSED {
-                ct::end::RESET
-            } else {
-                ct::end::TIMEOUT
-            },
+            reason,
             created_ns: e.created_ns,
-            packets_orig: e.packets_orig,
-            bytes_orig: e.bytes_orig,
-            packets_reply: e.packets_reply,
-            bytes_reply: e.bytes_reply,
+            packets_orig: counts[0],
+            bytes_orig: counts[1],
+            packets_reply: counts[2],
+            bytes_reply: counts[3],
         }),
+    }
+}
+
+/// What each connection carried since the previous pass. Remembers, per connection (key and
+/// creation time, so a reused tuple is a new connection), the counts it last saw: one entry per
+/// conntrack entry at most (about 100 bytes each). Pure.
+#[derive(Debug, Default)]
+pub struct ByteMeter {
+    seen: StdHashMap<(CtKey, u64), [u64; 4]>,
+}
+
+impl ByteMeter {
+    /// The entries of one pass (every entry still in the map), at `now`: an `active` event
+    /// for each connection that carried bytes since the previous pass, with those counts.
+    /// Connections not in `entries` are forgotten.
+    pub fn pass(&mut self, entries: &[(CtKey, CtEntry)], now: u64) -> Vec<Event> {
+        let mut seen = StdHashMap::with_capacity(entries.len());
+        let mut out = Vec::new();
+        for (key, e) in entries {
+            let id = (*key, e.created_ns);
+            if seen.contains_key(&id) {
+                continue; // visited twice (the key walk restarted)
+            }
+            let total = [e.packets_orig, e.bytes_orig, e.packets_reply, e.bytes_reply];
+            let before = self.seen.get(&id).copied().unwrap_or_default();
+            let delta: [u64; 4] = std::array::from_fn(|i| total[i].saturating_sub(before[i]));
+            if delta[1] + delta[3] > 0 {
+                out.push(conn_event(key, e, now, ct::end::ACTIVE, delta));
+            }
+            seen.insert(id, total);
+        }
+        self.seen = seen;
+        out
+    }
+
+    pub fn connections(&self) -> usize {
+        self.seen.len()
     }
 }
 
@@ -99,6 +150,8 @@ pub struct Sweep {
     pub removed: usize,
     /// Ends reported by this pass (also among `removed`).
     pub ends: Vec<Event>,
+    /// What connections carried since the previous pass (see [`ByteMeter`]).
+    pub samples: Vec<Event>,
 }
 
 /// The current `CLOCK_MONOTONIC` time in ns.
@@ -113,13 +166,18 @@ pub fn monotonic_now() -> u64 {
 }
 
 /// One pass over the conntrack map at `now`.
-pub fn sweep(map: &mut HashMap<MapData, CtKey, CtEntry>, now: u64) -> Result<Sweep, MapError> {
+pub fn sweep(
+    map: &mut HashMap<MapData, CtKey, CtEntry>,
+    now: u64,
+    meter: &mut ByteMeter,
+) -> Result<Sweep, MapError> {
     let mut out = Sweep::default();
     // Collect first: deleting while iterating restarts the kernel's key walk. The datapath
     // deleting entries meanwhile can restart it too, so the walk is bounded: a pass cut short
     // leaves the rest to the next one.
     let bound = 2 * enforcer_common::maps::sizes::CONNTRACK as usize;
     let mut expired = Vec::new();
+    let mut all = Vec::new();
     for item in map.iter().take(bound) {
         let (key, e) = match item {
             Ok(kv) => kv,
@@ -128,11 +186,14 @@ pub fn sweep(map: &mut HashMap<MapData, CtKey, CtEntry>, now: u64) -> Result<Swe
             Err(MapError::KeyNotFound) => continue,
             Err(e) => return Err(e),
         };
+        all.push((key, e));
         match judge(&key, &e, now) {
             Verdict::Keep => out.live += 1,
             v => expired.push((key, e, v)),
         }
     }
+    out.samples = meter.pass(&all, now);
+    drop(all);
     for (key, seen, verdict) in expired {
         // A packet may have renewed the entry (or a new connection taken the tuple) since it
         // was read: only remove what is still the entry that was judged.
@@ -285,5 +346,36 @@ mod tests {
         };
         assert_eq!(ev.src, "fd00::a".parse::<IpAddr>().unwrap());
         assert_eq!((ev.sport, ev.dport), (53, 40000));
+    }
+
+    #[test]
+    fn the_meter_reports_what_each_connection_carried_since_the_last_pass() {
+        let mut meter = ByteMeter::default();
+        let key = udp_key();
+        let mut e = entry(100);
+        let first = meter.pass(&[(key, e)], 100 * S);
+        assert_eq!(first.len(), 1);
+        let c = first[0].end.unwrap();
+        assert_eq!(c.reason_name(), "active");
+        assert_eq!(
+            (c.bytes_orig, c.bytes_reply),
+            (210, 400),
+            "all of it, the first time"
+        );
+        assert_eq!(first[0].ts_ns, 100 * S);
+        assert!(meter.pass(&[(key, e)], 105 * S).is_empty(), "nothing new");
+        e.bytes_orig += 1_000;
+        e.packets_orig += 1;
+        let next = meter.pass(&[(key, e), (key, e)], 110 * S);
+        assert_eq!(next.len(), 1, "a connection visited twice counts once");
+        let c = next[0].end.unwrap();
+        assert_eq!((c.packets_orig, c.bytes_orig, c.bytes_reply), (1, 1_000, 0));
+        // The same tuple reused by a new connection starts from zero.
+        e.created_ns += 1;
+        let reused = meter.pass(&[(key, e)], 115 * S);
+        assert_eq!(reused[0].end.unwrap().bytes_orig, 1_210);
+        assert_eq!(meter.connections(), 1, "the old connection is forgotten");
+        assert!(meter.pass(&[], 120 * S).is_empty());
+        assert_eq!(meter.connections(), 0);
     }
 }

@@ -32,7 +32,8 @@ pub struct Event {
     pub end: Option<ConnEnd>,
 }
 
-/// What a connection carried, reported when it ended.
+/// What a connection carried, reported when it ended (or, with reason `active`, since the
+/// sweeper's previous pass).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnEnd {
     /// `enforcer_common::ct::end::*`
@@ -51,6 +52,7 @@ impl ConnEnd {
             enforcer_common::ct::end::CLOSED => "closed",
             enforcer_common::ct::end::RESET => "reset",
             enforcer_common::ct::end::TIMEOUT => "timeout",
+            enforcer_common::ct::end::ACTIVE => "active",
             _ => "unknown",
         }
     }

@@ -41,9 +41,19 @@ pub struct Outputs {
     pub webhook: Option<mpsc::Sender<Alert>>,
     /// Counts of events the kernel could not report (ring buffer full), to mark in the log.
     pub lost: mpsc::UnboundedReceiver<u64>,
-    /// Ends of idle connections, found by the conntrack sweeper (the datapath reports the
-    /// other ends itself, through the ring buffer).
-    pub ends: mpsc::Receiver<Event>,
+    /// What the conntrack sweeper found.
+    pub ends: mpsc::Receiver<Swept>,
+}
+
+/// What the conntrack sweeper sends the sink.
+#[derive(Debug)]
+pub enum Swept {
+    /// The end of an idle connection (the datapath reports the other ends itself, through
+    /// the ring buffer): a record like any other.
+    End(Event),
+    /// What a connection carried since the previous pass: for the volume detector only (it
+    /// is not a flow, so it is neither logged nor kept).
+    Bytes(Event),
 }
 
 /// The marker written to the flow log where events were lost: the stream says it has a gap.
@@ -103,8 +113,19 @@ pub async fn run(
     loop {
         let mut guard = tokio::select! {
             g = fd.readable_mut() => g?,
-            Some(ev) = outputs.ends.recv() => {
-                handle(&ev, &ctx, &mut out, &filter, &mut outputs);
+            Some(item) = outputs.ends.recv() => {
+                match item {
+                    Swept::End(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
+                    Swept::Bytes(ev) => {
+                        let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
+                        let rec = ctx.read().expect("flow context lock poisoned").record(&ev, time);
+                        let fired = match &mut outputs.alerts {
+                            Some(alerts) => alerts.observe(&rec, SystemTime::now()),
+                            None => Vec::new(),
+                        };
+                        raise(fired, &mut out, &mut outputs);
+                    }
+                }
                 // Ends come in batches, once per sweep: flush when the batch is through.
                 if outputs.ends.is_empty() {
                     if let Err(e) = out.flush() {
@@ -159,26 +180,33 @@ fn handle(
     if filter.logs(&rec, ev.dropped) {
         write_line(out, &rec);
     }
-    if let Some(alerts) = &mut outputs.alerts {
-        for alert in alerts.observe(&rec, SystemTime::now()) {
-            let kind = serde_json::to_value(alert.kind).ok();
-            let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("unknown");
-            outputs.metrics.alerts.with_label_values(&[kind]).inc();
-            tracing::warn!(kind, severity = ?alert.severity, summary = %alert.summary, "alert");
-            write_line(out, &to_record(&alert));
-            if let Some(tx) = &outputs.webhook {
-                if tx.try_send(alert).is_err() {
-                    outputs
-                        .metrics
-                        .lost_events
-                        .with_label_values(&["webhook"])
-                        .inc();
-                    tracing::warn!("alert webhook is behind; an alert was not sent");
-                }
+    let fired = match &mut outputs.alerts {
+        Some(alerts) => alerts.observe(&rec, SystemTime::now()),
+        None => Vec::new(),
+    };
+    raise(fired, out, outputs);
+    outputs.store.push(rec);
+}
+
+/// Alerts into the log, the agent's log, the metric and the webhook.
+fn raise(fired: Vec<Alert>, out: &mut Box<dyn Write + Send>, outputs: &mut Outputs) {
+    for alert in fired {
+        let kind = serde_json::to_value(alert.kind).ok();
+        let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("unknown");
+        outputs.metrics.alerts.with_label_values(&[kind]).inc();
+        tracing::warn!(kind, severity = ?alert.severity, summary = %alert.summary, "alert");
+        write_line(out, &to_record(&alert));
+        if let Some(tx) = &outputs.webhook {
+            if tx.try_send(alert).is_err() {
+                outputs
+                    .metrics
+                    .lost_events
+                    .with_label_values(&["webhook"])
+                    .inc();
+                tracing::warn!("alert webhook is behind; an alert was not sent");
             }
         }
     }
-    outputs.store.push(rec);
 }
 
 #[cfg(test)]

@@ -110,13 +110,13 @@ impl Flow {
         self.rec.length = bytes;
         self
     }
-    /// The record of this connection's end, having carried `sent` bytes from the initiator
-    /// and `received` back.
-    pub fn ended(mut self, sent: u64, received: u64) -> Self {
+    /// A byte sample of this connection: it carried `sent` bytes from the initiator and
+    /// `received` back since the sweeper's previous pass.
+    pub fn carried(mut self, sent: u64, received: u64) -> Self {
         self.rec.tcp_flags.clear();
         self.rec.length = 0;
         self.rec.end = Some(crate::flows::enrich::ConnectionEnd {
-            reason: "closed".into(),
+            reason: "active".into(),
             packets_sent: 1 + sent / 1_000,
             bytes_sent: sent,
             packets_received: 1 + received / 1_000,

@@ -11,7 +11,7 @@ fn w(s: &str) -> Workload {
 }
 
 /// Five connections a bucket (every 2 s) from `client` to `db` for `buckets` buckets, each
-/// ending a second later having carried 40 bytes out and 20 back.
+/// sampled a second later having carried 40 bytes out and 20 back.
 fn steady(client: &FlowEnd, db: &FlowEnd, buckets: u64) -> Vec<Flow> {
     (0..buckets * 5)
         .flat_map(|i| {
@@ -19,7 +19,7 @@ fn steady(client: &FlowEnd, db: &FlowEnd, buckets: u64) -> Vec<Flow> {
                 flow(client, db).port(5432).at(i * 2_000),
                 flow(client, db)
                     .port(5432)
-                    .ended(40, 20)
+                    .carried(40, 20)
                     .at(i * 2_000 + 1_000),
             ]
         })
@@ -66,7 +66,7 @@ fn a_connection_spike_fires_then_escalates_once() {
     assert_eq!(a.source, w("shop/client"));
     assert_eq!(a.target, Some(w("shop/db")));
     let e = &a.evidence;
-    // Bytes: the four steady connections that ended before the spike began.
+    // Bytes: the four steady connections sampled before the spike began.
     assert_eq!((e.counts["connections"], e.counts["bytes"]), (50, 4 * 60));
     assert_eq!((e.baseline, e.observed), (Some(5.0), Some(50.0)));
     assert_eq!(e.window_seconds, 10);
@@ -79,8 +79,8 @@ fn a_connection_spike_fires_then_escalates_once() {
     );
 }
 
-/// A few connections that carried a lot: a byte spike when they end (with `min_bytes` lowered
-/// to 100 kB).
+/// A few connections that carried a lot: a byte spike when they are sampled (with
+/// `min_bytes` lowered to 100 kB).
 #[test]
 fn a_byte_spike_fires_on_bytes() {
     let mut cfg = only(AlertKind::VolumeSpike);
@@ -93,7 +93,7 @@ fn a_byte_spike_fires_on_bytes() {
         flows.push(
             flow(&client, &db)
                 .port(5432)
-                .ended(60_000, 5_535)
+                .carried(60_000, 5_535)
                 .at(30 * BUCKET + 8_500 + i * 10),
         );
     }
@@ -113,7 +113,7 @@ fn a_byte_spike_fires_on_bytes() {
     );
     let a = &fired[0].1;
     assert_eq!(a.evidence.baseline, Some(300.0));
-    // Ends are not connections: the five steady openings of the bucket.
+    // Samples are not connections: the five steady openings of the bucket.
     assert_eq!(a.evidence.counts["connections"], 5);
     assert!(a.summary.contains("131310 bytes"), "{}", a.summary);
 }
@@ -172,4 +172,22 @@ fn pairs_are_bounded() {
     let s = alerts.stats();
     assert!(s.volume_pairs <= 8, "{s:?}");
     assert_eq!(s.evicted, 50 - s.volume_pairs as u64);
+}
+
+/// A connection's end adds nothing: its bytes were sampled while it ran.
+#[test]
+fn connection_ends_add_no_bytes() {
+    let mut cfg = only(AlertKind::VolumeSpike);
+    cfg.volume.min_bytes = 100_000;
+    let mut alerts = Alerts::new(cfg);
+    let client = app("shop", "client", "10.0.1.5");
+    let db = app("shop", "db", "10.0.2.7");
+    let mut flows = steady(&client, &db, 31);
+    for i in 0..10 {
+        let mut end = flow(&client, &db).port(5432).carried(60_000, 5_535);
+        end.rec.end.as_mut().unwrap().reason = "closed".into();
+        flows.push(end.at(30 * BUCKET + 8_500 + i * 10));
+    }
+    flows.sort_by_key(|f| f.offset_ms);
+    assert_eq!(run(&mut alerts, flows), vec![]);
 }
