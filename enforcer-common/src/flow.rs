@@ -65,11 +65,16 @@ pub struct FlowEvent {
     pub tcp_flags: u8,
     /// `EV_F_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 1],
+    /// ICMP/ICMPv6 type (0 for other protocols; for ICMPv4 also 0 = echo reply: see
+    /// `proto`).
+    pub icmp_type: u8,
     /// Peer identity found for the packet.
     pub peer_identity: u32,
+    /// ICMP/ICMPv6 code.
+    pub icmp_code: u8,
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 80);
 
 /// A connection's end, with what it carried. `flow` describes the connection's first packet
 /// (its originator as `src`, `direction` as the pod saw that packet, `rule` that allowed it,
@@ -91,4 +96,4 @@ pub struct ConnEndEvent {
     pub end_reason: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<ConnEndEvent>() == 120);
+const _: () = assert!(core::mem::size_of::<ConnEndEvent>() == 128);

@@ -67,6 +67,9 @@ pub struct Packet {
     /// Fragment identification (IPv4: 16 bits zero-extended), network order.
     pub frag_id: u32,
     pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type and code (for reports).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
     pub tuple: Tuple,
     /// Valid for `Kind::IcmpError`.
     pub inner: Tuple,
@@ -105,6 +108,8 @@ impl Packet {
             frag: Frag::None,
             frag_id: 0,
             tcp_flags: 0,
+            icmp_type: 0,
+            icmp_code: 0,
             tuple: Tuple::ZERO,
             inner: Tuple::ZERO,
         }
@@ -227,6 +232,8 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4: usize) -> Result<(), DropReas
     }
     if p == proto::ICMP && pkt.family == family::IPV4 {
         let hdr = load::<[u8; 8]>(ctx, l4)?;
+        pkt.icmp_type = hdr[0];
+        pkt.icmp_code = hdr[1];
         match hdr[0] {
             // Echo request / reply: the identifier plays the requester's port, so that the
             // reply finds the request's connection.
@@ -244,6 +251,8 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4: usize) -> Result<(), DropReas
     }
     if p == proto::ICMPV6 && pkt.family == family::IPV6 {
         let hdr = load::<[u8; 8]>(ctx, l4)?;
+        pkt.icmp_type = hdr[0];
+        pkt.icmp_code = hdr[1];
         match hdr[0] {
             128 => pkt.tuple.sport = u16::from_ne_bytes([hdr[4], hdr[5]]),
             129 => pkt.tuple.dport = u16::from_ne_bytes([hdr[4], hdr[5]]),

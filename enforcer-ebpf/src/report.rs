@@ -98,8 +98,10 @@ fn emit(pkt: &Packet, r: &Report, verdict: u8, reason: u8, rule: u32, now: u64) 
         reason,
         tcp_flags: pkt.tcp_flags,
         flags: r.flags,
-        _pad: [0],
+        icmp_type: pkt.icmp_type,
         peer_identity: r.peer_identity,
+        icmp_code: pkt.icmp_code,
+        _pad: [0; 7],
     });
     entry.submit(0);
 }
@@ -131,8 +133,10 @@ pub fn end_event(key: &CtKey, e: &CtEntry, ifindex: u32, family: u8, end_reason:
             reason: 0,
             tcp_flags: 0,
             flags: EV_F_END,
-            _pad: [0],
+            icmp_type: 0,
             peer_identity: 0,
+            icmp_code: 0,
+            _pad: [0; 7],
         },
         created_ns: e.created_ns,
         packets_orig: e.packets_orig,

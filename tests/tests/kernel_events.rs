@@ -406,3 +406,46 @@ fn audit_mode_passes_and_reports_what_the_policy_denies() {
         rec.detail
     );
 }
+
+/// An ICMP drop names its message: type, code and the usual name (both families).
+#[test]
+fn icmp_records_carry_the_message_type() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    let o = IpOpts::default();
+    let (c, a) = (ip("10.244.2.12"), ip("10.244.1.10"));
+    assert_eq!(
+        f.ingress(&eth(&enforcer_tests::packet::ip(
+            c,
+            a,
+            ICMP,
+            &echo(false, true, 9),
+            &o
+        ))),
+        DROP
+    );
+    let ev = f.drain_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].icmp, Some((8, 0)));
+    let ctx = Context::new(
+        "node",
+        &cluster(&[CLUSTER, POLICY]),
+        tables(POLICY),
+        f.dp.endpoint_pods(),
+    );
+    let rec = ctx.record(&ev[0], "2026-01-01T00:00:00.000Z".into());
+    let icmp = rec.icmp.expect("an ICMP record");
+    assert_eq!(
+        (icmp.kind, icmp.code, icmp.name.as_deref()),
+        (8, 0, Some("echo-request"))
+    );
+    assert_eq!(rec.src.port, None, "the echo identifier is no port");
+    // A TCP record has none.
+    assert_eq!(
+        f.ingress(&tcp("10.244.2.12", "10.244.1.10", 40000, 80, SYN)),
+        DROP
+    );
+    assert_eq!(f.drain_events()[0].icmp, None);
+}

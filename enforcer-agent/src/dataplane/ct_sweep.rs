@@ -92,6 +92,7 @@ fn conn_event(key: &CtKey, e: &CtEntry, ts_ns: u64, reason: u8, counts: [u64; 4]
         audit: false,
         reason: None,
         tcp_flags: 0,
+        icmp: None,
         reply: false,
         fragment: false,
         peer_identity: 0,

@@ -25,6 +25,8 @@ pub struct Event {
     /// `Err(raw)` for a reason this agent does not know (a newer kernel object).
     pub reason: Option<Result<DropReason, u8>>,
     pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type and code, for those protocols (not on connection ends).
+    pub icmp: Option<(u8, u8)>,
     pub reply: bool,
     pub fragment: bool,
     pub peer_identity: u32,
@@ -127,6 +129,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         audit: e.verdict == flow::verdict::AUDIT,
         reason: (e.reason != 0).then(|| DropReason::try_from(e.reason)),
         tcp_flags: e.tcp_flags,
+        icmp: (matches!(e.proto, proto::ICMP | proto::ICMPV6) && end.is_none())
+            .then_some((e.icmp_type, e.icmp_code)),
         reply: e.flags & flow::EV_F_REPLY != 0,
         fragment: e.flags & flow::EV_F_FRAGMENT != 0,
         peer_identity: e.peer_identity,
@@ -144,6 +148,23 @@ pub fn protocol_name(p: u8) -> String {
         0 => "unknown".into(),
         n => format!("proto-{n}"),
     }
+}
+
+/// The usual name of an ICMP (`v6 = false`) or ICMPv6 message type, if it has one.
+pub fn icmp_type_name(v6: bool, t: u8) -> Option<&'static str> {
+    Some(match (v6, t) {
+        (false, 0) | (true, 129) => "echo-reply",
+        (false, 8) | (true, 128) => "echo-request",
+        (false, 3) | (true, 1) => "destination-unreachable",
+        (false, 11) | (true, 3) => "time-exceeded",
+        (false, 12) | (true, 4) => "parameter-problem",
+        (false, 5) => "redirect",
+        (false, 4) => "source-quench",
+        (false, 13) => "timestamp-request",
+        (false, 14) => "timestamp-reply",
+        (true, 2) => "packet-too-big",
+        _ => return None,
+    })
 }
 
 pub fn tcp_flags_text(f: u8) -> String {

@@ -38,6 +38,17 @@ pub struct RuleAttribution {
     pub index: usize,
 }
 
+/// The ICMP/ICMPv6 message of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Icmp {
+    #[serde(rename = "type")]
+    pub kind: u8,
+    pub code: u8,
+    /// `echo-request`, `destination-unreachable`, ... when the type has a usual name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 /// How a connection ended and what it carried (on end records only). "Sent" is from the
 /// originator (`src`) to the responder (`dst`), "received" the other way.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +81,9 @@ pub struct FlowRecord {
     pub dst: FlowEnd,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tcp_flags: String,
+    /// ICMP and ICMPv6 flows: the message type and code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<Icmp>,
     pub length: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
@@ -269,6 +283,11 @@ impl Context {
             } else {
                 String::new()
             },
+            icmp: ev.icmp.map(|(t, code)| Icmp {
+                kind: t,
+                code,
+                name: super::decode::icmp_type_name(ev.proto == 58, t).map(str::to_string),
+            }),
             length: ev.len,
             interface: local.map(|(_, i)| i.clone()),
             reply: ev.reply,

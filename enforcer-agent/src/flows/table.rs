@@ -144,6 +144,12 @@ impl TableFormat {
             verdict
         };
         let mut proto = r.protocol.clone();
+        if let Some(icmp) = &r.icmp {
+            match &icmp.name {
+                Some(name) => proto.push_str(&format!(" {name}")),
+                None => proto.push_str(&format!(" type {} code {}", icmp.kind, icmp.code)),
+            }
+        }
         if !r.tcp_flags.is_empty() {
             proto.push(' ');
             proto.push_str(&r.tcp_flags);

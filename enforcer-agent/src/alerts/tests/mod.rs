@@ -78,6 +78,7 @@ pub fn flow(src: &FlowEnd, dst: &FlowEnd) -> Flow {
             src,
             dst,
             tcp_flags: "SYN".into(),
+            icmp: None,
             length: 60,
             interface: Some("lxc1".into()),
             reply: false,
