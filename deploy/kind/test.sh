@@ -45,6 +45,17 @@ YAML
 for i in $(seq 1 20); do probe || break; sleep 1; done
 if probe; then echo "FAIL: connection still allowed under default deny" >&2; exit 1; fi
 
+# The agent on the server's node reports the drop, attributed to the isolating policy.
+NODE=$(kubectl -n "$NS" get pod server -o jsonpath='{.spec.nodeName}')
+AGENT=$(kubectl -n enforcer-system get pod -l app.kubernetes.io/name=enforcer \
+  --field-selector "spec.nodeName=$NODE" -o jsonpath='{.items[0].metadata.name}')
+FLOWS=$(kubectl -n enforcer-system exec "$AGENT" -- /usr/local/bin/enforcer flows \
+  --verdict dropped --to-pod "$NS/server" --last 5 --output jsonl)
+echo "$FLOWS" | grep -q '"reason":"policy_denied"' \
+  || { echo "FAIL: no policy drop into $NS/server in enforcer flows: $FLOWS" >&2; exit 1; }
+echo "$FLOWS" | grep -q "\"$NS/deny-all-ingress\"" \
+  || { echo "FAIL: the drop does not name $NS/deny-all-ingress: $FLOWS" >&2; exit 1; }
+
 kubectl -n "$NS" apply -f - <<YAML
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
