@@ -321,20 +321,29 @@ async fn sweep_conntrack(
     ends: tokio::sync::mpsc::Sender<sink::Swept>,
     metrics: Metrics,
 ) {
-    let map = Arc::new(std::sync::Mutex::new((map, ct_sweep::ByteMeter::default())));
+    let mut state = Some((map, ct_sweep::ByteMeter::default()));
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    while let Some((mut map, mut meter)) = state.take() {
         tick.tick().await;
-        let m = map.clone();
-        let pass = tokio::task::spawn_blocking(move || {
-            let mut guard = m.lock().expect("conntrack map lock poisoned");
-            let (map, meter) = &mut *guard;
-            ct_sweep::sweep(map, ct_sweep::monotonic_now(), meter)
+        // The map and the meter go to the blocking thread and come back with the pass.
+        let pass = match tokio::task::spawn_blocking(move || {
+            let pass = ct_sweep::sweep(&mut map, ct_sweep::monotonic_now(), &mut meter);
+            (map, meter, pass)
         })
-        .await;
+        .await
+        {
+            Ok((map, meter, pass)) => {
+                state = Some((map, meter));
+                pass
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "conntrack sweep stopped");
+                return;
+            }
+        };
         match pass {
-            Ok(Ok(s)) => {
+            Ok(s) => {
                 metrics
                     .map_entries
                     .with_label_values(&[enforcer_common::maps::CONNTRACK])
@@ -354,8 +363,7 @@ async fn sweep_conntrack(
                     }
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping the conntrack map"),
-            Err(e) => tracing::warn!(error = %e, "conntrack sweep task"),
+            Err(e) => tracing::warn!(error = %e, "sweeping the conntrack map"),
         }
     }
 }

@@ -214,6 +214,16 @@ impl Context {
             bytes_received: c.bytes_reply,
             duration_ms: ev.ts_ns.saturating_sub(c.created_ns) / 1_000_000,
         });
+        // What a policy drop (or, in audit mode, a would-be drop) says.
+        let isolation = format!(
+            "{who} is isolated for {} by {} and no rule allows this flow",
+            dir_word(direction),
+            if isolated_by.is_empty() {
+                "a policy".to_string()
+            } else {
+                isolated_by.join(", ")
+            }
+        );
         let detail = match (&ev.reason, ev.dropped) {
             _ if end.is_some() => {
                 let c = end.as_ref().expect("checked");
@@ -231,15 +241,7 @@ impl Context {
                     c.bytes_received
                 )
             }
-            (_, false) if ev.audit => format!(
-                "audit mode: passed, but {who} is isolated for {} by {} and no rule allows this flow",
-                dir_word(direction),
-                if isolated_by.is_empty() {
-                    "a policy".to_string()
-                } else {
-                    isolated_by.join(", ")
-                }
-            ),
+            (_, false) if ev.audit => format!("audit mode: passed, but {isolation}"),
             (_, false) => match &rule {
                 Some(r) => format!(
                     "allowed by {} {} rule {}",
@@ -249,15 +251,7 @@ impl Context {
                 ),
                 None => format!("allowed: {who} is not isolated for {}", dir_word(direction)),
             },
-            (Some(Ok(enforcer_common::reason::DropReason::PolicyDenied)), true) => format!(
-                "{who} is isolated for {} by {} and no rule allows this flow",
-                dir_word(direction),
-                if isolated_by.is_empty() {
-                    "a policy".to_string()
-                } else {
-                    isolated_by.join(", ")
-                }
-            ),
+            (Some(Ok(enforcer_common::reason::DropReason::PolicyDenied)), true) => isolation,
             (Some(Ok(r)), true) => format!("dropped at {who}: {}", r.name().replace('_', " ")),
             (_, true) => format!("dropped at {who}"),
         };

@@ -20,15 +20,17 @@ use crate::metrics::Metrics;
 /// Which flows go to the log.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    /// Allowed connections and connection ends too (dropped flows always).
+    /// Allowed connections and connection ends too (drops and audit records always).
     pub allowed: bool,
     /// Of those, the records the filter flags select (`--flow-log-filter`).
     pub records: super::filter::Filter,
 }
 
 impl Filter {
-    pub fn logs(&self, rec: &super::enrich::FlowRecord, dropped: bool) -> bool {
-        (dropped || self.allowed) && self.records.matches(rec)
+    /// Whether `rec` goes to the log; `denied`: the policy dropped it or, in audit mode,
+    /// would have.
+    pub fn logs(&self, rec: &super::enrich::FlowRecord, denied: bool) -> bool {
+        (denied || self.allowed) && self.records.matches(rec)
     }
 }
 
@@ -117,8 +119,7 @@ pub async fn run(
                 match item {
                     Swept::End(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
                     Swept::Bytes(ev) => {
-                        let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
-                        let rec = ctx.read().expect("flow context lock poisoned").record(&ev, time);
+                        let rec = record_of(&ev, &ctx);
                         let fired = match &mut outputs.alerts {
                             Some(alerts) => alerts.observe(&rec, SystemTime::now()),
                             None => Vec::new(),
@@ -163,6 +164,14 @@ pub async fn run(
     }
 }
 
+/// The record of an event, attributed with what the agent knows now.
+fn record_of(ev: &Event, ctx: &RwLock<Context>) -> super::enrich::FlowRecord {
+    let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
+    ctx.read()
+        .expect("flow context lock poisoned")
+        .record(ev, time)
+}
+
 /// One event through every output.
 fn handle(
     ev: &Event,
@@ -171,13 +180,10 @@ fn handle(
     filter: &Filter,
     outputs: &mut Outputs,
 ) {
-    let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
-    let rec = ctx
-        .read()
-        .expect("flow context lock poisoned")
-        .record(ev, time);
+    let rec = record_of(ev, ctx);
     outputs.metrics.observe_flow(&rec);
-    if filter.logs(&rec, ev.dropped) {
+    // Audit records are what would have been dropped: logged like drops.
+    if filter.logs(&rec, ev.dropped || ev.audit) {
         write_line(out, &rec);
     }
     let fired = match &mut outputs.alerts {
