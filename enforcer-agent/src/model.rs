@@ -12,8 +12,11 @@ use std::str::FromStr;
 use ipnet::IpNet;
 
 mod convert;
+pub mod service;
 
 pub use convert::{namespace_from_k8s, network_policy_from_k8s, pod_from_k8s, InvalidObject};
+pub use service::convert::{endpoint_slice_from_k8s, service_from_k8s};
+pub use service::{EndpointSlice, Service, ServiceKey, SliceKey};
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -103,6 +106,9 @@ pub struct Pod {
     pub node: Option<String>,
     /// The workload that runs the pod, where the pod says (for flow records).
     pub owner: Option<Owner>,
+    /// Ready as the EndpointSlice controller sees it (its `Ready` condition; a pod without
+    /// conditions, as in hand-written manifests, is ready): only ready pods back Services.
+    pub ready: bool,
 }
 
 /// A pod's workload: its controller from `metadata.ownerReferences`, with a ReplicaSet that
@@ -306,6 +312,8 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodKey, Pod>,
     pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
+    pub services: BTreeMap<ServiceKey, Service>,
+    pub endpoint_slices: BTreeMap<SliceKey, EndpointSlice>,
 }
 
 impl Cluster {
@@ -319,5 +327,13 @@ impl Cluster {
 
     pub fn insert_policy(&mut self, policy: NetworkPolicy) {
         self.policies.insert(policy.key.clone(), policy);
+    }
+
+    pub fn insert_service(&mut self, service: Service) {
+        self.services.insert(service.key.clone(), service);
+    }
+
+    pub fn insert_endpoint_slice(&mut self, slice: EndpointSlice) {
+        self.endpoint_slices.insert(slice.key.clone(), slice);
     }
 }

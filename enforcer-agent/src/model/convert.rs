@@ -33,13 +33,17 @@ pub struct InvalidObject {
 const DEFAULT_NAMESPACE: &str = "default";
 
 /// Builds [`InvalidObject`]s for one object.
-struct Ctx {
-    kind: &'static str,
-    name: String,
+pub(in crate::model) struct Ctx {
+    pub(in crate::model) kind: &'static str,
+    pub(in crate::model) name: String,
 }
 
 impl Ctx {
-    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> InvalidObject {
+    pub(in crate::model) fn err(
+        &self,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> InvalidObject {
         InvalidObject {
             kind: self.kind,
             name: self.name.clone(),
@@ -49,7 +53,10 @@ impl Ctx {
     }
 }
 
-fn object_name(kind: &'static str, meta: &meta::ObjectMeta) -> Result<String, InvalidObject> {
+pub(in crate::model) fn object_name(
+    kind: &'static str,
+    meta: &meta::ObjectMeta,
+) -> Result<String, InvalidObject> {
     match meta.name.as_deref() {
         Some(name) if !name.is_empty() => Ok(name.to_owned()),
         _ => Err(InvalidObject {
@@ -61,7 +68,7 @@ fn object_name(kind: &'static str, meta: &meta::ObjectMeta) -> Result<String, In
     }
 }
 
-fn object_namespace(meta: &meta::ObjectMeta) -> String {
+pub(in crate::model) fn object_namespace(meta: &meta::ObjectMeta) -> String {
     match meta.namespace.as_deref() {
         Some(ns) if !ns.is_empty() => ns.to_owned(),
         _ => DEFAULT_NAMESPACE.to_owned(),
@@ -169,6 +176,13 @@ pub fn pod_from_k8s(pod: &core::Pod) -> Result<Pod, InvalidObject> {
         .and_then(|s| s.node_name.clone())
         .filter(|n| !n.is_empty());
     let owner = owner_of(&pod.metadata, &labels);
+    // As the EndpointSlice controller sees it: the Ready condition, and a terminating pod is
+    // not ready. A manifest written by hand often has no conditions: ready.
+    let ready = pod.metadata.deletion_timestamp.is_none()
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_none_or(|c| c.status == "True");
     Ok(Pod {
         key,
         labels,
@@ -176,6 +190,7 @@ pub fn pod_from_k8s(pod: &core::Pod) -> Result<Pod, InvalidObject> {
         ports,
         node,
         owner,
+        ready,
     })
 }
 
@@ -477,7 +492,11 @@ fn convert_selector(
     })
 }
 
-fn parse_protocol(ctx: &Ctx, field: &str, p: &Option<String>) -> Result<Protocol, InvalidObject> {
+pub(in crate::model) fn parse_protocol(
+    ctx: &Ctx,
+    field: &str,
+    p: &Option<String>,
+) -> Result<Protocol, InvalidObject> {
     match p.as_deref() {
         None => Ok(Protocol::Tcp),
         Some(s) => Protocol::from_k8s(s).ok_or_else(|| {
@@ -489,14 +508,14 @@ fn parse_protocol(ctx: &Ctx, field: &str, p: &Option<String>) -> Result<Protocol
     }
 }
 
-fn port_number(ctx: &Ctx, field: &str, n: i32) -> Result<u16, InvalidObject> {
+pub(in crate::model) fn port_number(ctx: &Ctx, field: &str, n: i32) -> Result<u16, InvalidObject> {
     u16::try_from(n)
         .ok()
         .filter(|n| *n != 0)
         .ok_or_else(|| ctx.err(field, format!("{n} must be between 1 and 65535, inclusive")))
 }
 
-fn parse_ip(ctx: &Ctx, field: &str, s: &str) -> Result<IpAddr, InvalidObject> {
+pub(in crate::model) fn parse_ip(ctx: &Ctx, field: &str, s: &str) -> Result<IpAddr, InvalidObject> {
     sloppy_ip(s).ok_or_else(|| ctx.err(field, format!("{s:?} is not a valid IP address")))
 }
 
@@ -542,7 +561,11 @@ fn parse_cidr(ctx: &Ctx, field: &str, s: &str) -> Result<IpNet, InvalidObject> {
 }
 
 /// `IsValidPortName` (IANA_SVC_NAME).
-fn validate_port_name(ctx: &Ctx, field: &str, name: &str) -> Result<(), InvalidObject> {
+pub(in crate::model) fn validate_port_name(
+    ctx: &Ctx,
+    field: &str,
+    name: &str,
+) -> Result<(), InvalidObject> {
     let reason = if name.is_empty() || name.len() > 15 {
         Some("must be no more than 15 characters")
     } else if !name
@@ -565,7 +588,7 @@ fn validate_port_name(ctx: &Ctx, field: &str, name: &str) -> Result<(), InvalidO
     }
 }
 
-fn validate_labels(
+pub(in crate::model) fn validate_labels(
     ctx: &Ctx,
     base: &str,
     labels: &BTreeMap<String, String>,

@@ -1,12 +1,13 @@
 //! The Kubernetes API as the source (`enforcer agent` in a DaemonSet): reflector stores of all
-//! Namespaces, Pods and NetworkPolicies. Every watch event only wakes the sync loop, which
+//! Namespaces, Pods, NetworkPolicies, Services and EndpointSlices. Every watch event only wakes the sync loop, which
 //! snapshots the stores and recompiles (level-triggered: a re-list converges to the same maps).
 //! This is the only module holding a `kube::Client`.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -20,6 +21,8 @@ pub struct KubeSource {
     namespaces: Store<Namespace>,
     pods: Store<Pod>,
     policies: Store<NetworkPolicy>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
     /// Woken on every watch event.
     pub changed: Arc<Notify>,
     last_good: LastGood,
@@ -58,14 +61,20 @@ impl KubeSource {
         let changed = Arc::new(Notify::new());
         let namespaces = watch(Api::<Namespace>::all(client.clone()), changed.clone());
         let pods = watch(Api::<Pod>::all(client.clone()), changed.clone());
-        let policies = watch(Api::<NetworkPolicy>::all(client), changed.clone());
+        let policies = watch(Api::<NetworkPolicy>::all(client.clone()), changed.clone());
+        let services = watch(Api::<Service>::all(client.clone()), changed.clone());
+        let slices = watch(Api::<EndpointSlice>::all(client), changed.clone());
         namespaces.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         policies.wait_until_ready().await?;
+        services.wait_until_ready().await?;
+        slices.wait_until_ready().await?;
         Ok(KubeSource {
             namespaces,
             pods,
             policies,
+            services,
+            slices,
             changed,
             last_good: LastGood::default(),
         })
@@ -89,6 +98,18 @@ impl KubeSource {
                     .state()
                     .iter()
                     .map(|p| ApiObject::Policy(Box::new((**p).clone()))),
+            )
+            .chain(
+                self.services
+                    .state()
+                    .iter()
+                    .map(|s| ApiObject::Service(Box::new((**s).clone()))),
+            )
+            .chain(
+                self.slices
+                    .state()
+                    .iter()
+                    .map(|s| ApiObject::EndpointSlice(Box::new((**s).clone()))),
             )
             .collect();
         let (objects, errors) = convert_all(&api, &self.last_good);

@@ -1,6 +1,6 @@
 //! A folder of manifests as the source of truth (`enforcer agent --manifests DIR`): every
-//! `*.yaml`, `*.yml` and `*.json` file, every document in it; Namespaces, Pods and
-//! NetworkPolicies (and `List`s of them). The folder is re-read whenever its content changes.
+//! `*.yaml`, `*.yml` and `*.json` file, every document in it; Namespaces, Pods,
+//! NetworkPolicies, Services and EndpointSlices (and `List`s of them). The folder is re-read whenever its content changes.
 //!
 //! Bad input loses nothing: a document that does not parse or an object the API server would
 //! reject is reported (file, document, field, why) and the object's last good version, if any,
@@ -167,6 +167,10 @@ fn collect(
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             serde_yaml::from_value(value).map(|o| ApiObject::Policy(Box::new(o)))
         }
+        ("v1", "Service") => serde_yaml::from_value(value).map(|o| ApiObject::Service(Box::new(o))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            serde_yaml::from_value(value).map(|o| ApiObject::EndpointSlice(Box::new(o)))
+        }
         ("", _) | (_, "") => {
             errors.push((
                 n,
@@ -175,7 +179,7 @@ fn collect(
             return;
         }
         _ => {
-            // Other kinds (Services, Deployments...) are not ours to enforce: ignored quietly.
+            // Other kinds (Deployments, ConfigMaps...) are not ours to enforce: ignored quietly.
             return;
         }
     };

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 
 use crate::model::{self, Cluster, InvalidObject};
@@ -17,6 +18,8 @@ pub enum Object {
     Namespace(model::Namespace),
     Pod(model::Pod),
     Policy(model::NetworkPolicy),
+    Service(model::Service),
+    EndpointSlice(model::EndpointSlice),
 }
 
 impl Object {
@@ -25,6 +28,8 @@ impl Object {
             Object::Namespace(n) => ("Namespace", n.name.clone()),
             Object::Pod(p) => ("Pod", p.key.to_string()),
             Object::Policy(p) => ("NetworkPolicy", p.key.to_string()),
+            Object::Service(s) => ("Service", s.key.to_string()),
+            Object::EndpointSlice(s) => ("EndpointSlice", s.key.to_string()),
         }
     }
 }
@@ -34,6 +39,8 @@ pub enum ApiObject {
     Namespace(Box<core::Namespace>),
     Pod(Box<core::Pod>),
     Policy(Box<net::NetworkPolicy>),
+    Service(Box<core::Service>),
+    EndpointSlice(Box<discovery::EndpointSlice>),
 }
 
 impl ApiObject {
@@ -42,6 +49,10 @@ impl ApiObject {
             ApiObject::Namespace(n) => Object::Namespace(model::namespace_from_k8s(n)?),
             ApiObject::Pod(p) => Object::Pod(model::pod_from_k8s(p)?),
             ApiObject::Policy(p) => Object::Policy(model::network_policy_from_k8s(p)?),
+            ApiObject::Service(s) => Object::Service(model::service_from_k8s(s)?),
+            ApiObject::EndpointSlice(s) => {
+                Object::EndpointSlice(model::endpoint_slice_from_k8s(s)?)
+            }
         })
     }
 
@@ -51,6 +62,8 @@ impl ApiObject {
             ApiObject::Namespace(n) => ("Namespace", &n.metadata),
             ApiObject::Pod(p) => ("Pod", &p.metadata),
             ApiObject::Policy(p) => ("NetworkPolicy", &p.metadata),
+            ApiObject::Service(s) => ("Service", &s.metadata),
+            ApiObject::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
         };
         let name = meta.name.clone().unwrap_or_default();
         match kind {
@@ -75,6 +88,8 @@ pub fn cluster_of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Cluster 
             Object::Namespace(n) => cluster.insert_namespace(n.clone()),
             Object::Pod(p) => cluster.insert_pod(p.clone()),
             Object::Policy(p) => cluster.insert_policy(p.clone()),
+            Object::Service(s) => cluster.insert_service(s.clone()),
+            Object::EndpointSlice(s) => cluster.insert_endpoint_slice(s.clone()),
         }
     }
     cluster

@@ -216,7 +216,7 @@ prop_compose! {
                 .collect();
             let node = match node { 0 => None, 1 => Some("n1".to_string()), _ => Some("n2".to_string()) };
             let key = PodKey::new(NAMESPACES[ns], format!("p{i}"));
-            cluster.insert_pod(Pod { key, labels, ips, ports, node, owner: None });
+            cluster.insert_pod(Pod { key, labels, ips, ports, node, owner: None, ready: true });
         }
         for (i, (ns, pod_selector, ingress, egress, (ti, te))) in policies.into_iter().enumerate() {
             // Types as the API server leaves them: defaulted when absent, else as given.
@@ -373,6 +373,7 @@ fn compiles_ten_thousand_policies_quickly() {
             ports,
             node,
             owner: None,
+            ready: true,
         });
     }
     let sel = |k: &str, v: String| LabelSelector {
