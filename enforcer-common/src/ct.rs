@@ -76,6 +76,12 @@ pub const CT_F_REPLIED: u8 = 1 << 3;
 /// The connection's end was reported (by the datapath on a RST or the second FIN, or when it
 /// found the entry expired): whoever removes the entry later does not report it again.
 pub const CT_F_END_REPORTED: u8 = 1 << 4;
+/// A connection to a Service, translated by the datapath: the key holds the backend, and
+/// `NAT_REV` the Service address the client's replies must come from.
+pub const CT_F_SERVICE: u8 = 1 << 5;
+/// A translated connection of a pod to itself through its Service (see
+/// `service::NAT_F_HAIRPIN`): both directions are rewritten at the pod's egress hook.
+pub const CT_F_HAIRPIN: u8 = 1 << 6;
 
 /// Why a connection ended (`ConnEndEvent::end_reason`).
 pub mod end {
@@ -114,7 +120,10 @@ pub struct CtEntry {
     pub origin_dir: u8,
     /// `CT_F_*` flags.
     pub flags: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// `service::Frontend::id` of a translated connection (0: none), host order. Zero in
+    /// entries written before Services existed: the layout is unchanged.
+    pub frontend: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
 
@@ -147,6 +156,20 @@ pub struct FragEntry {
     pub verdict: u8,
     /// `reason::DropReason` of the first fragment when it was dropped.
     pub reason: u8,
-    pub _pad: [u8; 2],
+    /// `FRAG_NAT_*`: how the first fragment's addresses were rewritten (Service
+    /// translation); later fragments get the same addresses.
+    pub nat: u8,
+    pub _pad: u8,
+    /// The first fragment's addresses after translation (when `nat` is set), network order.
+    pub nat_src: [u8; 16],
+    pub nat_dst: [u8; 16],
+    /// `service::Frontend::id` of a translated datagram (host order).
+    pub frontend: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 56);
+
+/// The datagram's addresses were translated (`FragEntry::nat_src`/`nat_dst`).
+pub const FRAG_NAT_REWRITE: u8 = 1 << 0;
+/// ... and it goes back into the pod it came from (hairpin).
+pub const FRAG_NAT_HAIRPIN: u8 = 1 << 1;

@@ -72,7 +72,10 @@ pub struct FlowEvent {
     pub peer_identity: u32,
     /// ICMP/ICMPv6 code.
     pub icmp_code: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// `service::Frontend::id` when the flow went to a Service and was translated (0: none;
+    /// `dst` is then the backend), host order.
+    pub frontend: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 80);
 

@@ -11,6 +11,7 @@ pub mod flow;
 pub mod maps;
 pub mod policy;
 pub mod reason;
+pub mod service;
 
 #[cfg(feature = "user")]
 mod user;

@@ -24,8 +24,20 @@ pub const POLICY_RANGES: &str = "POLICY_RANGES";
 /// the programs; the agent removes expired entries (reporting their end) and may flush it.
 pub const CONNTRACK: &str = "CONNTRACK_V2";
 /// LRU hash [`crate::ct::FragKey`] → [`crate::ct::FragEntry`]: the verdict of a datagram's
-/// first fragment, which its later fragments follow.
-pub const FRAGMENTS: &str = "FRAGMENTS";
+/// first fragment (and its Service translation), which its later fragments follow.
+pub const FRAGMENTS: &str = "FRAGMENTS_V2";
+/// Hash [`crate::service::FrontendKey`] → [`crate::service::Frontend`]: every Service port of
+/// every ClusterIP. Written by the agent; read per new connection of a pod.
+pub const SVC_FRONTENDS: &str = "SVC_FRONTENDS";
+/// Hash [`crate::service::BackendKey`] → [`crate::service::BackendAddr`]: each frontend's
+/// backends for this node. Written by the agent; read per new connection to a Service.
+pub const SVC_BACKENDS: &str = "SVC_BACKENDS";
+/// LRU hash [`crate::service::NatKey`] → [`crate::service::NatEntry`]: client packets of
+/// translated connections (to the Service) → the backend. Written by the programs.
+pub const NAT_FWD: &str = "NAT_FWD";
+/// LRU hash [`crate::service::NatKey`] → [`crate::service::NatEntry`]: replies of translated
+/// connections (from the backend) → the Service address. Written by the programs.
+pub const NAT_REV: &str = "NAT_REV";
 /// Array of one [`crate::policy::Config`]: the policy revision in force.
 pub const CONFIG: &str = "CONFIG";
 /// LRU hash [`crate::flow::FlowKey`] → last report time (u64 ns): rate-limits drop reports.
@@ -36,7 +48,7 @@ pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const COUNTERS: &str = "COUNTERS";
 
 /// Every map that is pinned (all of them).
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 16] = [
     ENDPOINTS,
     IDENTITY_ADDR,
     IDENTITY_V4,
@@ -49,6 +61,10 @@ pub const ALL: [&str; 12] = [
     DROP_RATELIMIT,
     FLOW_EVENTS,
     COUNTERS,
+    SVC_FRONTENDS,
+    SVC_BACKENDS,
+    NAT_FWD,
+    NAT_REV,
 ];
 
 /// Program names (the ELF section functions).
@@ -68,6 +84,11 @@ pub mod sizes {
     pub const CONNTRACK: u32 = 262_144;
     pub const FRAGMENTS: u32 = 16_384;
     pub const DROP_RATELIMIT: u32 = 65_536;
+    pub const SVC_FRONTENDS: u32 = 65_536;
+    /// Twice the backends in force: a changed list is written before the old one goes.
+    pub const SVC_BACKENDS: u32 = 524_288;
+    /// One entry per translated connection, like conntrack.
+    pub const NAT: u32 = CONNTRACK;
     /// Bytes of the flow-event ring buffer (a power of two, multiple of the page size).
     pub const FLOW_EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 }

@@ -26,10 +26,13 @@ pub enum DropReason {
     UnknownEndpoint = 9,
     /// The first fragment of this datagram was dropped; later fragments follow it.
     FragmentOfDropped = 10,
+    /// A connection to a Service port with no ready endpoint (for this node, under
+    /// `internalTrafficPolicy: Local`): nothing could answer it.
+    ServiceNoEndpoints = 11,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::PolicyDenied,
         DropReason::SpoofedSource,
         DropReason::Malformed,
@@ -40,6 +43,7 @@ impl DropReason {
         DropReason::Revoked,
         DropReason::UnknownEndpoint,
         DropReason::FragmentOfDropped,
+        DropReason::ServiceNoEndpoints,
     ];
 
     /// Stable snake_case name (logs, metrics labels, JSON).
@@ -55,6 +59,7 @@ impl DropReason {
             DropReason::Revoked => "revoked",
             DropReason::UnknownEndpoint => "unknown_endpoint",
             DropReason::FragmentOfDropped => "fragment_of_dropped",
+            DropReason::ServiceNoEndpoints => "service_no_endpoints",
         }
     }
 }
@@ -93,6 +98,11 @@ pub mod counter {
     pub const LINK_CONTROL: u32 = 7;
     /// New flows the policy denies that passed because the pod is in audit mode.
     pub const AUDITED: u32 = 8;
+    /// New connections to a Service translated to a backend.
+    pub const SVC_TRANSLATED: u32 = 9;
+    /// `NAT_FWD`/`NAT_REV` insert failures (the connection passes; its next packets choose a
+    /// backend again and its replies are not rewritten: it fails, never opens more).
+    pub const NAT_INSERT_FAILED: u32 = 10;
     /// `COUNTERS[DROP_BASE + reason]` counts drops by reason.
     pub const DROP_BASE: u32 = 16;
     pub const LEN: u32 = 32;

@@ -26,36 +26,6 @@ pub fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
     words(a) == words(b)
 }
 
-/// The canonical key of a tuple, and whether the tuple's source is the key's lower end.
-#[inline(always)]
-pub fn key_of(ep_id: u32, t: &Tuple) -> (CtKey, bool) {
-    let s = words(&t.src);
-    let d = words(&t.dst);
-    let src_lo = (s.0, s.1, u16::from_be(t.sport)) <= (d.0, d.1, u16::from_be(t.dport));
-    let key = if src_lo {
-        CtKey {
-            ep_id,
-            addr_lo: t.src,
-            addr_hi: t.dst,
-            port_lo: t.sport,
-            port_hi: t.dport,
-            proto: t.proto,
-            _pad: [0; 3],
-        }
-    } else {
-        CtKey {
-            ep_id,
-            addr_lo: t.dst,
-            addr_hi: t.src,
-            port_lo: t.dport,
-            port_hi: t.sport,
-            proto: t.proto,
-            _pad: [0; 3],
-        }
-    };
-    (key, src_lo)
-}
-
 /// The connection's first packet as a tuple (its originator as source).
 #[inline(always)]
 pub fn origin_tuple(key: &CtKey, e: &CtEntry) -> Tuple {
@@ -83,11 +53,36 @@ pub fn expired(e: &CtEntry, p: u8, now: u64) -> bool {
     now.wrapping_sub(e.last_seen_ns) > ct::idle_timeout(p, e.state)
 }
 
-/// A fresh entry for a connection whose first packet is `pkt`.
+/// The canonical key of a tuple written into `k` (scratch memory: the key does not fit on the
+/// stack next to the rest); returns whether the tuple's source is the key's lower end.
 #[inline(always)]
-pub fn new_entry(pkt: &Packet, src_lo: bool, dir: u8, rule: u32, rev: u32, now: u64, len: u32) -> CtEntry {
-    let f = pkt.tcp_flags;
-    let st = if pkt.tuple.proto != proto::TCP {
+pub fn key_into(k: &mut CtKey, ep_id: u32, t: &Tuple) -> bool {
+    let s = words(&t.src);
+    let d = words(&t.dst);
+    let src_lo = (s.0, s.1, u16::from_be(t.sport)) <= (d.0, d.1, u16::from_be(t.dport));
+    k.ep_id = ep_id;
+    if src_lo {
+        k.addr_lo = t.src;
+        k.addr_hi = t.dst;
+        k.port_lo = t.sport;
+        k.port_hi = t.dport;
+    } else {
+        k.addr_lo = t.dst;
+        k.addr_hi = t.src;
+        k.port_lo = t.dport;
+        k.port_hi = t.sport;
+    }
+    k.proto = t.proto;
+    k._pad = [0; 3];
+    src_lo
+}
+
+/// Writes a fresh entry into `e` for a connection whose first packet has protocol `p` and
+/// TCP flags `f`.
+#[allow(clippy::too_many_arguments, reason = "the fields of a new entry")]
+#[inline(always)]
+pub fn new_entry(e: &mut CtEntry, p: u8, f: u8, src_lo: bool, dir: u8, rule: u32, rev: u32, now: u64, len: u32) {
+    let st = if p != proto::TCP {
         state::ESTABLISHED
     } else if f & TCP_RST != 0 {
         // A RST never opens anything; the entry only records that the flow was allowed.
@@ -100,22 +95,21 @@ pub fn new_entry(pkt: &Packet, src_lo: bool, dir: u8, rule: u32, rev: u32, now: 
         // Mid-stream (e.g. the agent's conntrack was lost): allowed by policy, so track it.
         state::ESTABLISHED
     };
-    CtEntry {
-        created_ns: now,
-        last_seen_ns: now,
-        packets_orig: 1,
-        bytes_orig: len as u64,
-        packets_reply: 0,
-        bytes_reply: 0,
-        revision: rev,
-        rule,
-        state: st,
-        origin_dir: dir,
-        // A flow that starts with a RST never opened: its allow event is all there is to say.
-        flags: if src_lo { ct::CT_F_ORIG_LO } else { 0 }
-            | if st == state::CLOSED { ct::CT_F_END_REPORTED } else { 0 },
-        _pad: [0; 5],
-    }
+    e.created_ns = now;
+    e.last_seen_ns = now;
+    e.packets_orig = 1;
+    e.bytes_orig = len as u64;
+    e.packets_reply = 0;
+    e.bytes_reply = 0;
+    e.revision = rev;
+    e.rule = rule;
+    e.state = st;
+    e.origin_dir = dir;
+    // A flow that starts with a RST never opened: its allow event is all there is to say.
+    e.flags = if src_lo { ct::CT_F_ORIG_LO } else { 0 }
+        | if st == state::CLOSED { ct::CT_F_END_REPORTED } else { 0 };
+    e._pad = 0;
+    e.frontend = 0;
 }
 
 /// Accounts a packet of a tracked connection and advances the TCP state. Returns the

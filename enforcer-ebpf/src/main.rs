@@ -8,9 +8,13 @@
 //! 4. ICMP errors pass only when they relate to a tracked connection (or the direction is not
 //!    isolated);
 //! 5. conntrack: packets of a tracked connection pass (re-checked once after a policy change);
-//! 6. a new flow: the node itself always passes; otherwise a non-isolated direction passes and
+//! 6. a pod's new connection to a Service port is translated to a backend (see `service`): from
+//!    here on it is a connection to that backend;
+//! 7. a new flow: the node itself always passes; otherwise a non-isolated direction passes and
 //!    an isolated one needs an allow entry for the peer's identity (a fixed number of probes);
-//!    allowed flows are tracked.
+//!    allowed flows are tracked;
+//! 8. an allowed packet of a translated connection is rewritten (to the backend, or for a
+//!    reply back to the Service address).
 #![no_std]
 #![no_main]
 
@@ -19,10 +23,11 @@ mod maps;
 mod parse;
 mod policy;
 mod report;
+mod service;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
 use enforcer_common::{
-    ct::{FragEntry, FragKey},
+    ct::{FragEntry, FragKey, CT_F_HAIRPIN, CT_F_SERVICE, FRAG_NAT_HAIRPIN, FRAG_NAT_REWRITE},
     direction,
     endpoint::{EndpointInfo, F_AUDIT, F_EGRESS_ISOLATED, F_HAS_V4, F_HAS_V6, F_INGRESS_ISOLATED},
     family,
@@ -34,6 +39,7 @@ use enforcer_common::{
 use maps::{CONFIG, CONNTRACK, ENDPOINTS, FRAGMENTS};
 use parse::{Frag, Kind, Packet};
 use report::{count, Report};
+use service::{NAT_HAIRPIN, NAT_NONE, NAT_REWRITE};
 
 /// tcx: continue with the next program (if any), otherwise pass. Allowing with "next" rather
 /// than "pass" keeps programs of other tools attached to the same hook in the loop.
@@ -65,7 +71,7 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     };
     // SAFETY: per-CPU slot, used by this program run only (no preemption within a run).
     let pkt = unsafe { &mut *pkt };
-    *pkt = Packet::new();
+    pkt.reset();
     let mut rep = Report {
         // SAFETY: the context's skb pointer is valid for the whole program run.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
@@ -75,16 +81,30 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         peer_identity: 0,
         flags: 0,
     };
-    match try_handle(ctx, dir, pkt, &mut rep) {
-        Ok(()) => {
+    match try_handle(ctx, dir, pkt, &mut rep).and_then(|()| finish(ctx, dir, pkt, &rep)) {
+        Ok(action) => {
             count(counter::ALLOWED);
-            TC_ACT_UNSPEC
+            action
         }
         Err(reason) => {
             report::drop_event(pkt, &rep, reason);
             TC_ACT_SHOT
         }
     }
+}
+
+/// An allowed packet: rewritten when its connection is translated, and handed back to the
+/// pod when it is a hairpin (only pod egress, the tc ingress hook, can do that).
+#[inline(always)]
+fn finish(ctx: &TcContext, dir: u8, pkt: &mut Packet, rep: &Report) -> Result<i32, DropReason> {
+    if pkt.nat == NAT_NONE {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    service::rewrite(ctx, pkt)?;
+    if pkt.nat == NAT_HAIRPIN && dir == direction::EGRESS {
+        return service::hairpin(ctx, rep.ifindex);
+    }
+    Ok(TC_ACT_UNSPEC)
 }
 
 #[inline(always)]
@@ -139,74 +159,126 @@ fn decide(
 ) -> Result<(), DropReason> {
     // The peer's identity is only needed off the established path (new flows, ICMP errors,
     // re-checks): one LPM lookup saved on most packets.
-    let peer = if dir == direction::EGRESS { pkt.tuple.dst } else { pkt.tuple.src };
-
     if pkt.kind == Kind::IcmpError {
+        let peer = if dir == direction::EGRESS { pkt.tuple.dst } else { pkt.tuple.src };
         let ident = policy::identity_of(pkt.family, &peer);
         rep.peer_identity = ident;
         // An error never opens a connection: it passes when it is about one of ours.
-        let (key, _) = conntrack::key_of(ep.ep_id, &pkt.inner);
+        conntrack::key_into(&mut pkt.ct_key, ep.ep_id, &pkt.inner);
         // SAFETY: only tested for presence.
-        if unsafe { CONNTRACK.get(&key) }.is_some() || !isolated || ident == identity::HOST {
+        if unsafe { CONNTRACK.get(&pkt.ct_key) }.is_some() || !isolated || ident == identity::HOST {
             return Ok(());
         }
         return Err(DropReason::IcmpErrorUnrelated);
     }
 
     // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let rev = revision();
-    let (key, from_lo) = conntrack::key_of(ep.ep_id, &pkt.tuple);
-    if let Some(e) = CONNTRACK.get_ptr_mut(&key) {
-        // SAFETY: a valid pointer into the map value; concurrent updates of the counters are
-        // benign races (statistics), state changes are single-byte stores.
-        let e = unsafe { &mut *e };
-        if !conntrack::expired(e, pkt.tuple.proto, now) {
-            let is_reply = from_lo != (e.flags & enforcer_common::ct::CT_F_ORIG_LO != 0);
-            if is_reply {
-                rep.flags |= EV_F_REPLY;
-            }
-            if e.revision != rev {
-                // The policy changed since this connection was allowed: check its first packet
-                // again, as the pod's side saw it, under the policy now in force.
-                count(counter::CT_RECHECKED);
-                let orig = conntrack::origin_tuple(&key, e);
-                let odir = e.origin_dir;
-                let opeer = if odir == direction::EGRESS { &orig.dst } else { &orig.src };
-                let oisolated = ep.flags
-                    & if odir == direction::INGRESS { F_INGRESS_ISOLATED } else { F_EGRESS_ISOLATED }
-                    != 0;
-                let oident = policy::identity_of(pkt.family, opeer);
-                match check(ep, odir, oident, orig.proto, orig.dport, oisolated) {
-                    Some(rule) => {
-                        e.revision = rev;
-                        e.rule = rule;
-                    }
-                    // Audit mode: the connection goes on, as it would without policy.
-                    None if ep.flags & F_AUDIT != 0 => {
-                        e.revision = rev;
-                        e.rule = 0;
-                    }
-                    None => {
-                        let _ = CONNTRACK.remove(&key);
-                        return Err(DropReason::Revoked);
-                    }
-                }
-            }
-            let ended = conntrack::track(e, pkt, from_lo, is_reply, now, rep.len);
-            if ended != 0 {
-                report::end_event(&key, e, rep.ifindex, pkt.family, ended, now);
-            }
-            return Ok(());
-        }
-        if e.flags & enforcer_common::ct::CT_F_END_REPORTED == 0 {
-            // An idle connection found expired by its next packet, which is about to be
-            // checked as a new flow (and may replace the entry): report its end first.
-            e.flags |= enforcer_common::ct::CT_F_END_REPORTED;
-            report::end_event(&key, e, rep.ifindex, pkt.family, enforcer_common::ct::end::TIMEOUT, e.last_seen_ns);
-        }
+    pkt.now = unsafe { bpf_ktime_get_ns() };
+    pkt.revision = revision();
+    pkt.backend_set = 0;
+    if let Some(done) = established(ep, pkt, rep) {
+        return done;
     }
 
+    // Not tracked. A pod's packet to a Service port becomes a packet to a backend.
+    if dir == direction::EGRESS && service::translatable(pkt) {
+        if let Some(set) = service::forward(ep.ep_id, pkt) {
+            if let Some(done) = established(ep, pkt, rep) {
+                return done;
+            }
+            // Translated before, but no longer tracked (a closed connection's port used
+            // again, an evicted entry): the backend stands while the Service's backends are
+            // unchanged; otherwise the connection chooses again, or, with the Service gone,
+            // is an ordinary flow to that address.
+            pkt.tuple = pkt.wire;
+            pkt.nat = NAT_NONE;
+            match service::frontend_of(pkt) {
+                Some(fe) if fe.backend_set == set && service::forward(ep.ep_id, pkt).is_some() => {
+                    pkt.backend_set = set;
+                }
+                Some(fe) => {
+                    service::choose(pkt, &fe)?;
+                    pkt.backend_set = fe.backend_set;
+                }
+                None => {}
+            }
+        } else if let Some(fe) = service::frontend_of(pkt) {
+            service::choose(pkt, &fe)?;
+            pkt.backend_set = fe.backend_set;
+        }
+    }
+    new_flow(ep, pkt, rep, isolated)
+}
+
+/// A packet of a tracked connection: passes (re-checked once after a policy change), and a
+/// reply of a translated connection gets the Service address back. `None` when the packet's
+/// tuple is not tracked (or its entry expired: that connection's end is reported).
+/// Not inlined (like [`new_flow`]): each gets a stack frame of its own, which the 512-byte
+/// stack could not hold inlined together.
+#[inline(never)]
+fn established(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report) -> Option<Result<(), DropReason>> {
+    let from_lo = conntrack::key_into(&mut pkt.ct_key, ep.ep_id, &pkt.tuple);
+    let e = CONNTRACK.get_ptr_mut(&pkt.ct_key)?;
+    // SAFETY: a valid pointer into the map value; concurrent updates of the counters are
+    // benign races (statistics), state changes are single-byte stores.
+    let e = unsafe { &mut *e };
+    let (now, rev) = (pkt.now, pkt.revision);
+    if !conntrack::expired(e, pkt.tuple.proto, now) {
+        let is_reply = from_lo != (e.flags & enforcer_common::ct::CT_F_ORIG_LO != 0);
+        if is_reply {
+            rep.flags |= EV_F_REPLY;
+        }
+        if e.revision != rev {
+            // The policy changed since this connection was allowed: check its first packet
+            // again, as the pod's side saw it, under the policy now in force.
+            count(counter::CT_RECHECKED);
+            let orig = conntrack::origin_tuple(&pkt.ct_key, e);
+            let odir = e.origin_dir;
+            let opeer = if odir == direction::EGRESS { &orig.dst } else { &orig.src };
+            let oisolated = ep.flags
+                & if odir == direction::INGRESS { F_INGRESS_ISOLATED } else { F_EGRESS_ISOLATED }
+                != 0;
+            let oident = policy::identity_of(pkt.family, opeer);
+            match check(ep, odir, oident, orig.proto, orig.dport, oisolated) {
+                Some(rule) => {
+                    e.revision = rev;
+                    e.rule = rule;
+                }
+                // Audit mode: the connection goes on, as it would without policy.
+                None if ep.flags & F_AUDIT != 0 => {
+                    e.revision = rev;
+                    e.rule = 0;
+                }
+                None => {
+                    let _ = CONNTRACK.remove(&pkt.ct_key);
+                    return Some(Err(DropReason::Revoked));
+                }
+            }
+        }
+        let ended = conntrack::track(e, pkt, from_lo, is_reply, now, rep.len);
+        if ended != 0 {
+            report::end_event(&pkt.ct_key, e, rep.ifindex, pkt.family, ended, now);
+        }
+        if is_reply && e.flags & CT_F_SERVICE != 0 {
+            service::reverse(ep.ep_id, pkt, e.flags & CT_F_HAIRPIN != 0);
+        }
+        return Some(Ok(()));
+    }
+    if e.flags & enforcer_common::ct::CT_F_END_REPORTED == 0 {
+        // An idle connection found expired by its next packet, which is about to be
+        // checked as a new flow (and may replace the entry): report its end first.
+        e.flags |= enforcer_common::ct::CT_F_END_REPORTED;
+        report::end_event(&pkt.ct_key, e, rep.ifindex, pkt.family, enforcer_common::ct::end::TIMEOUT, e.last_seen_ns);
+    }
+    None
+}
+
+/// A packet that opens a connection (`pkt.tuple`, translated if it goes to a Service): the
+/// policy decides; an allowed one is tracked and reported.
+#[inline(never)]
+fn new_flow(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report, isolated: bool) -> Result<(), DropReason> {
+    let dir = rep.direction;
+    let peer = if dir == direction::EGRESS { pkt.tuple.dst } else { pkt.tuple.src };
     let ident = policy::identity_of(pkt.family, &peer);
     rep.peer_identity = ident;
     let (rule, audited) = match check(ep, dir, ident, pkt.tuple.proto, pkt.tuple.dport, isolated) {
@@ -216,8 +288,22 @@ fn decide(
         None if ep.flags & F_AUDIT != 0 => (0, true),
         None => return Err(DropReason::PolicyDenied),
     };
-    let entry = conntrack::new_entry(pkt, from_lo, dir, rule, rev, now, rep.len);
-    if CONNTRACK.insert(&key, &entry, 0).is_err() {
+    let from_lo = conntrack::key_into(&mut pkt.ct_key, ep.ep_id, &pkt.tuple);
+    conntrack::new_entry(
+        &mut pkt.ct_entry,
+        pkt.tuple.proto,
+        pkt.tcp_flags,
+        from_lo,
+        dir,
+        rule,
+        pkt.revision,
+        pkt.now,
+        rep.len,
+    );
+    if pkt.nat != NAT_NONE {
+        service::remember(ep.ep_id, pkt);
+    }
+    if CONNTRACK.insert(&pkt.ct_key, &pkt.ct_entry, 0).is_err() {
         // The packet was allowed and passes; its replies will be checked as new flows.
         count(counter::CT_INSERT_FAILED);
     } else {
@@ -242,20 +328,23 @@ fn check(ep: &EndpointInfo, dir: u8, ident: u32, proto: u8, dport: u16, isolated
     policy::allowed_by(ep.flags, ep.policy_set, dir, ident, proto, u16::from_be(dport))
 }
 
+/// The key of a datagram's fragments: its addresses as they travel (before any translation).
 #[inline(always)]
 fn frag_key(ep: &EndpointInfo, dir: u8, pkt: &Packet) -> FragKey {
+    let t = if pkt.nat != NAT_NONE { &pkt.wire } else { &pkt.tuple };
     FragKey {
         ep_id: ep.ep_id,
         id: pkt.frag_id,
-        src: pkt.tuple.src,
-        dst: pkt.tuple.dst,
+        src: t.src,
+        dst: t.dst,
         proto: pkt.tuple.proto,
         direction: dir,
         _pad: [0; 2],
     }
 }
 
-#[inline(always)]
+// Not inlined: its key and value get their own stack frame, apart from the policy path's.
+#[inline(never)]
 fn remember_first_fragment(ep: &EndpointInfo, dir: u8, pkt: &Packet, result: &Result<(), DropReason>) {
     let entry = FragEntry {
         // SAFETY: no preconditions.
@@ -267,7 +356,16 @@ fn remember_first_fragment(ep: &EndpointInfo, dir: u8, pkt: &Packet, result: &Re
             Ok(()) => 0,
             Err(r) => *r as u8,
         },
-        _pad: [0; 2],
+        nat: match pkt.nat {
+            NAT_REWRITE => FRAG_NAT_REWRITE,
+            NAT_HAIRPIN => FRAG_NAT_REWRITE | FRAG_NAT_HAIRPIN,
+            _ => 0,
+        },
+        _pad: 0,
+        nat_src: pkt.out.src,
+        nat_dst: pkt.out.dst,
+        frontend: pkt.frontend,
+        _pad2: 0,
     };
     if FRAGMENTS.insert(&frag_key(ep, dir, pkt), &entry, 0).is_err() {
         // Its later fragments will find no head: dropped where the direction is isolated.
@@ -275,7 +373,7 @@ fn remember_first_fragment(ep: &EndpointInfo, dir: u8, pkt: &Packet, result: &Re
     }
 }
 
-#[inline(always)]
+#[inline(never)]
 fn follow_first_fragment(ep: &EndpointInfo, dir: u8, pkt: &mut Packet, isolated: bool) -> Result<(), DropReason> {
     // SAFETY: the value is copied out at once.
     let head = unsafe { FRAGMENTS.get(&frag_key(ep, dir, pkt)) }.copied();
@@ -286,6 +384,16 @@ fn follow_first_fragment(ep: &EndpointInfo, dir: u8, pkt: &mut Packet, isolated:
             pkt.tuple.sport = h.sport;
             pkt.tuple.dport = h.dport;
             if h.verdict == verdict::ALLOWED {
+                if h.nat & FRAG_NAT_REWRITE != 0 {
+                    // The same translation as the first fragment: addresses only (a later
+                    // fragment has no ports; the first one's checksum covers the datagram).
+                    pkt.wire = pkt.tuple;
+                    pkt.out = pkt.tuple;
+                    pkt.out.src = h.nat_src;
+                    pkt.out.dst = h.nat_dst;
+                    pkt.frontend = h.frontend;
+                    pkt.nat = if h.nat & FRAG_NAT_HAIRPIN != 0 { NAT_HAIRPIN } else { NAT_REWRITE };
+                }
                 Ok(())
             } else {
                 Err(DropReason::FragmentOfDropped)

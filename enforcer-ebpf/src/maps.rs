@@ -13,6 +13,7 @@ use enforcer_common::{
     maps::sizes,
     policy::{Config, PolicyKey},
     reason::counter,
+    service::{BackendAddr, BackendKey, Frontend, FrontendKey, NatEntry, NatKey},
 };
 
 /// ifindex of the host-side veth → the local pod. Written by the agent.
@@ -48,7 +49,7 @@ pub static POLICY_RANGES: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(sizes::POLIC
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(sizes::CONNTRACK, 0);
 
 /// First-fragment verdicts for the later fragments of the same datagram.
-#[map]
+#[map(name = "FRAGMENTS_V2")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(sizes::FRAGMENTS, 0);
 
 /// Global settings: the policy revision.
@@ -71,3 +72,23 @@ pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_en
 /// Per-CPU counters, indexed by `enforcer_common::reason::counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::LEN, 0);
+
+/// (ClusterIP, port, protocol) → the Service port's backend set. Written by the agent.
+#[map]
+pub static SVC_FRONTENDS: HashMap<FrontendKey, Frontend> =
+    HashMap::pinned(sizes::SVC_FRONTENDS, BPF_F_NO_PREALLOC);
+
+/// (backend set, index) → backend address and target port. Written by the agent.
+#[map]
+pub static SVC_BACKENDS: HashMap<BackendKey, BackendAddr> =
+    HashMap::pinned(sizes::SVC_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// A client's packet to a Service (as it leaves the pod) → the tuple to the backend. LRU like
+/// conntrack: an evicted entry's connection chooses again (its tracking entry says nothing
+/// about the Service).
+#[map]
+pub static NAT_FWD: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::NAT, 0);
+
+/// A reply from a backend (as it travels to the client) → the tuple from the Service.
+#[map]
+pub static NAT_REV: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::NAT, 0);

@@ -8,7 +8,12 @@
 //! fails is `Malformed`: the packet is dropped, never passed unchecked.
 
 use aya_ebpf::programs::TcContext;
-use enforcer_common::{family, proto, reason::DropReason};
+use enforcer_common::{
+    ct::{CtEntry, CtKey},
+    family, proto,
+    reason::DropReason,
+    service::{NatEntry, NatKey},
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -73,6 +78,27 @@ pub struct Packet {
     pub tuple: Tuple,
     /// Valid for `Kind::IcmpError`.
     pub inner: Tuple,
+    /// Offset of the L4 header (0 for a later fragment: it has none).
+    pub l4_off: u16,
+    /// Service translation of this packet (`service::NAT_*`): its header still holds `wire`,
+    /// and is rewritten to `out` once the packet is allowed.
+    pub nat: u8,
+    pub wire: Tuple,
+    pub out: Tuple,
+    /// The Service port the packet went to (`service::Frontend::id`), for reports.
+    pub frontend: u32,
+    /// Room for NAT map keys and values: the 512-byte stack cannot hold them next to the
+    /// rest of a program run.
+    pub nat_key: NatKey,
+    pub nat_entry: NatEntry,
+    /// Likewise for the conntrack key and a new entry.
+    pub ct_key: CtKey,
+    pub ct_entry: CtEntry,
+    /// This run's clock, policy revision and (for a new translated connection) the backend
+    /// set its backend came from.
+    pub now: u64,
+    pub revision: u32,
+    pub backend_set: u32,
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -101,24 +127,31 @@ impl Tuple {
 }
 
 impl Packet {
-    pub const fn new() -> Self {
-        Packet {
-            family: 0,
-            kind: Kind::Plain,
-            frag: Frag::None,
-            frag_id: 0,
-            tcp_flags: 0,
-            icmp_type: 0,
-            icmp_code: 0,
-            tuple: Tuple::ZERO,
-            inner: Tuple::ZERO,
-        }
+    /// Clears what one run reads before writing. Field by field: a whole `Packet` built on the
+    /// stack would take most of the 512 bytes. The scratch parts (`nat_key`, `nat_entry`,
+    /// `ct_key`, `ct_entry`, `wire`, `out`) are always written before they are read.
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        self.family = 0;
+        self.kind = Kind::Plain;
+        self.frag = Frag::None;
+        self.frag_id = 0;
+        self.tcp_flags = 0;
+        self.icmp_type = 0;
+        self.icmp_code = 0;
+        self.tuple = Tuple::ZERO;
+        self.inner = Tuple::ZERO;
+        self.l4_off = 0;
+        self.nat = 0;
+        self.frontend = 0;
+        self.backend_set = 0;
     }
 }
 
 /// Parses the packet into `pkt` (which keeps what was parsed when an error is returned, for
-/// the drop report). ARP and IPv6 ND/MLD come back as `Kind::LinkControl`.
-#[inline(always)]
+/// the drop report). ARP and IPv6 ND/MLD come back as `Kind::LinkControl`. Not inlined: its
+/// header copies get a stack frame of their own, apart from the lookups'.
+#[inline(never)]
 pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), DropReason> {
     let ethertype = u16::from_be(load::<u16>(ctx, 12)?);
     let l4 = match ethertype {
@@ -217,6 +250,7 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4: usize) -> Result<(), DropReason> {
     let p = pkt.tuple.proto;
+    pkt.l4_off = l4 as u16;
     if p == proto::TCP {
         let h = load::<[u8; 14]>(ctx, l4)?;
         pkt.tuple.sport = u16::from_ne_bytes([h[0], h[1]]);

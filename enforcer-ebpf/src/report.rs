@@ -29,7 +29,8 @@ pub struct Report {
 }
 
 /// Reports a drop, at most once per `DROP_REPORT_INTERVAL_NS` per flow; the rest are counted.
-#[inline(always)]
+/// Not inlined: its key gets a stack frame of its own.
+#[inline(never)]
 pub fn drop_event(pkt: &Packet, r: &Report, reason: DropReason) {
     count(counter::DROP_BASE + reason as u32);
     let now = unsafe { bpf_ktime_get_ns() };
@@ -74,6 +75,33 @@ pub fn allow_event(pkt: &Packet, r: &Report, rule: u32) {
     emit(pkt, r, verdict::ALLOWED, 0, rule, now);
 }
 
+/// Writes the common part of an event straight into its ring-buffer slot (a whole event built
+/// on the stack first would not fit next to the rest of the program's locals).
+#[allow(clippy::too_many_arguments, reason = "one event's fields")]
+#[inline(always)]
+fn fill(
+    ev: &mut FlowEvent,
+    now: u64,
+    ifindex: u32,
+    ep_id: u32,
+    rule: u32,
+    len: u32,
+    t: &crate::parse::Tuple,
+    family: u8,
+) {
+    ev.ts_ns = now;
+    ev.ifindex = ifindex;
+    ev.ep_id = ep_id;
+    ev.rule = rule;
+    ev.len = len;
+    ev.src = t.src;
+    ev.dst = t.dst;
+    ev.sport = t.sport;
+    ev.dport = t.dport;
+    ev.family = family;
+    ev.proto = t.proto;
+}
+
 #[inline(always)]
 fn emit(pkt: &Packet, r: &Report, verdict: u8, reason: u8, rule: u32, now: u64) {
     let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
@@ -81,28 +109,19 @@ fn emit(pkt: &Packet, r: &Report, verdict: u8, reason: u8, rule: u32, now: u64) 
         count(counter::EVENTS_LOST);
         return;
     };
-    entry.write(FlowEvent {
-        ts_ns: now,
-        ifindex: r.ifindex,
-        ep_id: r.ep_id,
-        rule,
-        len: r.len,
-        src: pkt.tuple.src,
-        dst: pkt.tuple.dst,
-        sport: pkt.tuple.sport,
-        dport: pkt.tuple.dport,
-        family: pkt.family,
-        proto: pkt.tuple.proto,
-        direction: r.direction,
-        verdict,
-        reason,
-        tcp_flags: pkt.tcp_flags,
-        flags: r.flags,
-        icmp_type: pkt.icmp_type,
-        peer_identity: r.peer_identity,
-        icmp_code: pkt.icmp_code,
-        _pad: [0; 7],
-    });
+    // SAFETY: the slot is reserved for a FlowEvent; every field is written before submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill(ev, now, r.ifindex, r.ep_id, rule, r.len, &pkt.tuple, pkt.family);
+    ev.direction = r.direction;
+    ev.verdict = verdict;
+    ev.reason = reason;
+    ev.tcp_flags = pkt.tcp_flags;
+    ev.flags = r.flags;
+    ev.icmp_type = pkt.icmp_type;
+    ev.peer_identity = r.peer_identity;
+    ev.icmp_code = pkt.icmp_code;
+    ev._pad = [0; 3];
+    ev.frontend = pkt.frontend;
     entry.submit(0);
 }
 
@@ -115,36 +134,25 @@ pub fn end_event(key: &CtKey, e: &CtEntry, ifindex: u32, family: u8, end_reason:
         return;
     };
     let orig = crate::conntrack::origin_tuple(key, e);
-    entry.write(ConnEndEvent {
-        flow: FlowEvent {
-            ts_ns: now,
-            ifindex,
-            ep_id: key.ep_id,
-            rule: e.rule,
-            len: 0,
-            src: orig.src,
-            dst: orig.dst,
-            sport: orig.sport,
-            dport: orig.dport,
-            family,
-            proto: orig.proto,
-            direction: e.origin_dir,
-            verdict: verdict::ALLOWED,
-            reason: 0,
-            tcp_flags: 0,
-            flags: EV_F_END,
-            icmp_type: 0,
-            peer_identity: 0,
-            icmp_code: 0,
-            _pad: [0; 7],
-        },
-        created_ns: e.created_ns,
-        packets_orig: e.packets_orig,
-        bytes_orig: e.bytes_orig,
-        packets_reply: e.packets_reply,
-        bytes_reply: e.bytes_reply,
-        end_reason,
-        _pad: [0; 7],
-    });
+    // SAFETY: the slot is reserved for a ConnEndEvent; every field is written before submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill(&mut ev.flow, now, ifindex, key.ep_id, e.rule, 0, &orig, family);
+    ev.flow.direction = e.origin_dir;
+    ev.flow.verdict = verdict::ALLOWED;
+    ev.flow.reason = 0;
+    ev.flow.tcp_flags = 0;
+    ev.flow.flags = EV_F_END;
+    ev.flow.icmp_type = 0;
+    ev.flow.peer_identity = 0;
+    ev.flow.icmp_code = 0;
+    ev.flow._pad = [0; 3];
+    ev.flow.frontend = e.frontend;
+    ev.created_ns = e.created_ns;
+    ev.packets_orig = e.packets_orig;
+    ev.bytes_orig = e.bytes_orig;
+    ev.packets_reply = e.packets_reply;
+    ev.bytes_reply = e.bytes_reply;
+    ev.end_reason = end_reason;
+    ev._pad = [0; 7];
     entry.submit(0);
 }

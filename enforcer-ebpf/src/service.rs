@@ -1,0 +1,308 @@
+//! Service translation at the client pod's own veth (see `enforcer_common::service`).
+//!
+//! A pod's packet to a Service port (ClusterIP, port, protocol) gets a backend, chosen at
+//! random when its connection opens, and from then on is the packet of a connection to that
+//! backend: tracked, judged (the pod's egress, the backend's ingress on its own node) and
+//! reported on the backend's address and target port. The node's service NAT (kube-proxy)
+//! never sees it: its destination is already the backend when it enters the node. Replies are
+//! rewritten back to the Service address as they enter the client pod.
+//!
+//! A pod that is its own backend (hairpin) gets the packet straight back: as the node's NAT
+//! masquerades such a connection, the pod sees it come from another address (here the
+//! Service's, with the client's port), so that it does not come from the pod's own address,
+//! which the pod's stack would refuse.
+//!
+//! Per packet, whatever the number of Services or endpoints: one `SVC_FRONTENDS` and one
+//! `SVC_BACKENDS` lookup per new connection of a pod (misses for other traffic), one `NAT_FWD`
+//! lookup per packet of a translated connection, one `NAT_REV` lookup per reply.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::{bpf_csum_diff, bpf_get_prandom_u32, bpf_redirect_peer},
+    programs::TcContext,
+};
+use enforcer_common::{
+    ct::{CT_F_HAIRPIN, CT_F_SERVICE},
+    family, proto,
+    reason::{counter, DropReason},
+    service::{BackendKey, Frontend, FrontendKey, NatEntry, NatKey, NAT_F_HAIRPIN},
+};
+
+use crate::maps::{NAT_FWD, NAT_REV, SVC_BACKENDS, SVC_FRONTENDS};
+use crate::parse::{Frag, Packet, Tuple};
+use crate::report::count;
+
+/// `Packet::nat`: nothing to rewrite.
+pub const NAT_NONE: u8 = 0;
+/// Rewrite the header from `Packet::wire` to `Packet::out`.
+pub const NAT_REWRITE: u8 = 1;
+/// Rewrite, then hand the packet back to the pod it came from (hairpin).
+pub const NAT_HAIRPIN: u8 = 2;
+
+const ETH_HLEN: usize = 14;
+
+/// Fills `k` with `t` as it travels (`reversed`: the other way).
+#[inline(always)]
+fn set_key(k: &mut NatKey, ep_id: u32, t: &Tuple, reversed: bool) {
+    k.ep_id = ep_id;
+    if reversed {
+        k.src = t.dst;
+        k.dst = t.src;
+        k.sport = t.dport;
+        k.dport = t.sport;
+    } else {
+        k.src = t.src;
+        k.dst = t.dst;
+        k.sport = t.sport;
+        k.dport = t.dport;
+    }
+    k.proto = t.proto;
+    k._pad = [0; 3];
+}
+
+/// Fills `e` with `t` (`reversed`: the other way).
+#[inline(always)]
+fn set_entry(e: &mut NatEntry, t: &Tuple, reversed: bool) {
+    if reversed {
+        e.src = t.dst;
+        e.dst = t.src;
+        e.sport = t.dport;
+        e.dport = t.sport;
+    } else {
+        e.src = t.src;
+        e.dst = t.dst;
+        e.sport = t.sport;
+        e.dport = t.dport;
+    }
+}
+
+#[inline(always)]
+fn tuple_of(e: &NatEntry, proto: u8) -> Tuple {
+    Tuple {
+        src: e.src,
+        dst: e.dst,
+        sport: e.sport,
+        dport: e.dport,
+        proto,
+    }
+}
+
+/// Whether the packet can be a client's packet to a Service port: TCP or UDP, with ports.
+#[inline(always)]
+pub fn translatable(pkt: &Packet) -> bool {
+    (pkt.tuple.proto == proto::TCP || pkt.tuple.proto == proto::UDP) && pkt.frag != Frag::Later
+}
+
+/// The Service port the packet is addressed to, if any.
+#[inline(always)]
+pub fn frontend_of(pkt: &Packet) -> Option<Frontend> {
+    let key = FrontendKey {
+        addr: pkt.tuple.dst,
+        port: pkt.tuple.dport,
+        proto: pkt.tuple.proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { SVC_FRONTENDS.get(&key) }.copied()
+}
+
+/// A client packet of a connection translated earlier: `pkt.tuple` becomes the backend's
+/// tuple, the header is to be rewritten. Returns the `backend_set` the backend was chosen
+/// from.
+#[inline(always)]
+pub fn forward(ep_id: u32, pkt: &mut Packet) -> Option<u32> {
+    set_key(&mut pkt.nat_key, ep_id, &pkt.tuple, false);
+    // SAFETY: read at once, before any other map update.
+    let e = unsafe { NAT_FWD.get(&pkt.nat_key) }?;
+    pkt.wire = pkt.tuple;
+    pkt.out = tuple_of(e, pkt.tuple.proto);
+    pkt.tuple = pkt.out;
+    pkt.frontend = e.frontend;
+    pkt.nat = if e.flags & NAT_F_HAIRPIN != 0 { NAT_HAIRPIN } else { NAT_REWRITE };
+    Some(e.backend_set)
+}
+
+/// A new connection to a Service port: picks a backend at random and makes `pkt.tuple` the
+/// connection to it (the header is rewritten once the packet is allowed).
+#[inline(always)]
+pub fn choose(pkt: &mut Packet, fe: &Frontend) -> Result<(), DropReason> {
+    pkt.frontend = fe.id;
+    if fe.count == 0 {
+        return Err(DropReason::ServiceNoEndpoints);
+    }
+    // SAFETY: no preconditions.
+    let index = unsafe { bpf_get_prandom_u32() } % fe.count;
+    let key = BackendKey {
+        set: fe.backend_set,
+        index,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(b) = (unsafe { SVC_BACKENDS.get(&key) }).copied() else {
+        // The agent writes a set's backends before the frontend that counts them: a missing
+        // one is a torn update or a full map. Nothing can answer the connection.
+        return Err(DropReason::ServiceNoEndpoints);
+    };
+    pkt.wire = pkt.tuple;
+    let hairpin = crate::conntrack::addr_eq(&b.addr, &pkt.tuple.src);
+    pkt.out = Tuple {
+        // Hairpin: from the Service address (with the client's port), to the pod itself.
+        src: if hairpin { pkt.tuple.dst } else { pkt.tuple.src },
+        dst: b.addr,
+        sport: pkt.tuple.sport,
+        dport: b.port,
+        proto: pkt.tuple.proto,
+    };
+    pkt.tuple = pkt.out;
+    pkt.nat = if hairpin { NAT_HAIRPIN } else { NAT_REWRITE };
+    Ok(())
+}
+
+/// Records a new translated connection: its tracking entry's flags (`pkt.ct_entry`, not
+/// inserted yet), and both NAT entries.
+#[inline(always)]
+pub fn remember(ep_id: u32, pkt: &mut Packet) {
+    pkt.ct_entry.flags |= CT_F_SERVICE | if pkt.nat == NAT_HAIRPIN { CT_F_HAIRPIN } else { 0 };
+    pkt.ct_entry.frontend = pkt.frontend;
+    pkt.nat_entry.frontend = pkt.frontend;
+    pkt.nat_entry.backend_set = pkt.backend_set;
+    pkt.nat_entry.flags = if pkt.nat == NAT_HAIRPIN { NAT_F_HAIRPIN } else { 0 };
+    pkt.nat_entry._pad = [0; 3];
+    // The client's packets, as they leave the pod, go to the backend...
+    set_key(&mut pkt.nat_key, ep_id, &pkt.wire, false);
+    set_entry(&mut pkt.nat_entry, &pkt.out, false);
+    let fwd = NAT_FWD.insert(&pkt.nat_key, &pkt.nat_entry, 0);
+    // ... and the backend's replies come from the Service.
+    set_key(&mut pkt.nat_key, ep_id, &pkt.out, true);
+    set_entry(&mut pkt.nat_entry, &pkt.wire, true);
+    let rev = NAT_REV.insert(&pkt.nat_key, &pkt.nat_entry, 0);
+    if fwd.is_err() || rev.is_err() {
+        count(counter::NAT_INSERT_FAILED);
+    }
+    count(counter::SVC_TRANSLATED);
+}
+
+/// A reply of a translated connection: rewritten to come from the Service address.
+/// `hairpin` from the connection's entry. Without a `NAT_REV` entry (evicted) the reply is
+/// left as it is: the client refuses it, as it refuses any stray packet.
+#[inline(always)]
+pub fn reverse(ep_id: u32, pkt: &mut Packet, hairpin: bool) {
+    set_key(&mut pkt.nat_key, ep_id, &pkt.tuple, false);
+    // SAFETY: read at once, before any other map update.
+    if let Some(e) = unsafe { NAT_REV.get(&pkt.nat_key) } {
+        pkt.wire = pkt.tuple;
+        pkt.out = tuple_of(e, pkt.tuple.proto);
+        pkt.frontend = e.frontend;
+        pkt.nat = if hairpin { NAT_HAIRPIN } else { NAT_REWRITE };
+    }
+}
+
+/// Rewrites the header from `pkt.wire` to `pkt.out`: addresses (and the IPv4 header
+/// checksum), ports, and the L4 checksum (TCP, UDP; a later fragment has neither ports nor
+/// an L4 checksum: its first fragment's checksum covers the whole datagram). Not inlined: a
+/// frame of its own.
+#[inline(never)]
+pub fn rewrite(ctx: &TcContext, pkt: &mut Packet) -> Result<(), DropReason> {
+    let l4 = pkt.l4_off as usize;
+    let csum = if pkt.frag == Frag::Later {
+        0
+    } else if pkt.tuple.proto == proto::TCP {
+        l4 + 16
+    } else if pkt.tuple.proto == proto::UDP {
+        l4 + 6
+    } else {
+        0
+    };
+    // An IPv4 UDP checksum of zero means "none": the helper leaves it so.
+    let mangled = if pkt.tuple.proto == proto::UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled;
+    if pkt.family == family::IPV4 {
+        v4_addr(ctx, ETH_HLEN + 12, &pkt.wire.src, &pkt.out.src, csum, pseudo)?;
+        v4_addr(ctx, ETH_HLEN + 16, &pkt.wire.dst, &pkt.out.dst, csum, pseudo)?;
+    } else {
+        v6_addr(ctx, ETH_HLEN + 8, &mut pkt.wire.src, &mut pkt.out.src, csum, pseudo)?;
+        v6_addr(ctx, ETH_HLEN + 24, &mut pkt.wire.dst, &mut pkt.out.dst, csum, pseudo)?;
+    }
+    if csum != 0 {
+        port(ctx, l4, pkt.wire.sport, pkt.out.sport, csum, mangled)?;
+        port(ctx, l4 + 2, pkt.wire.dport, pkt.out.dport, csum, mangled)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn v4_addr(
+    ctx: &TcContext,
+    off: usize,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    csum: usize,
+    flags: u64,
+) -> Result<(), DropReason> {
+    // As the bytes lie in the packet: the checksum helpers take values in network order.
+    let o = u32::from_ne_bytes([old[12], old[13], old[14], old[15]]);
+    let n = u32::from_ne_bytes([new[12], new[13], new[14], new[15]]);
+    if o == n {
+        return Ok(());
+    }
+    if csum != 0 {
+        ctx.l4_csum_replace(csum, o as u64, n as u64, flags | 4)
+            .map_err(|_| DropReason::Malformed)?;
+    }
+    ctx.l3_csum_replace(ETH_HLEN + 10, o as u64, n as u64, 4)
+        .map_err(|_| DropReason::Malformed)?;
+    ctx.store(off, &n, 0).map_err(|_| DropReason::Malformed)
+}
+
+#[inline(always)]
+fn v6_addr(
+    ctx: &TcContext,
+    off: usize,
+    old: &mut [u8; 16],
+    new: &mut [u8; 16],
+    csum: usize,
+    flags: u64,
+) -> Result<(), DropReason> {
+    if crate::conntrack::addr_eq(old, new) {
+        return Ok(());
+    }
+    if csum != 0 {
+        // SAFETY: both buffers are 16 bytes of the per-CPU scratch slot (map memory).
+        let diff = unsafe {
+            bpf_csum_diff(
+                old.as_mut_ptr() as *mut u32,
+                16,
+                new.as_mut_ptr() as *mut u32,
+                16,
+                0,
+            )
+        };
+        // Size 0: `to` is a checksum difference.
+        ctx.l4_csum_replace(csum, 0, diff as u32 as u64, flags)
+            .map_err(|_| DropReason::Malformed)?;
+    }
+    ctx.store(off, new, 0).map_err(|_| DropReason::Malformed)
+}
+
+#[inline(always)]
+fn port(ctx: &TcContext, off: usize, old: u16, new: u16, csum: usize, flags: u64) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(csum, old as u64, new as u64, flags | 2)
+        .map_err(|_| DropReason::Malformed)?;
+    ctx.store(off, &new, 0).map_err(|_| DropReason::Malformed)
+}
+
+/// Hands a hairpin packet back to the pod: Ethernet addresses swapped (it now comes from the
+/// pod's gateway, the host side), into the pod's end of the veth without crossing the node.
+/// Returns the TC action.
+#[inline(always)]
+pub fn hairpin(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReason> {
+    let macs: [u8; 12] = ctx.load(0).map_err(|_| DropReason::Malformed)?;
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &swapped, 0).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: no preconditions; called from a tc ingress program, as the helper requires.
+    Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
+}
