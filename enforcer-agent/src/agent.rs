@@ -164,6 +164,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let (ends_tx, ends_rx) = tokio::sync::mpsc::channel(4096);
     let sweeper = tokio::spawn(sweep_conntrack(
         dp.take_conntrack().expect("taken once"),
+        dp.take_nat().expect("taken once"),
         opts.conntrack_sweep_interval,
         ends_tx,
         metrics.clone(),
@@ -317,24 +318,26 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 /// sink. Runs on a blocking thread: a pass over a full map is some hundred thousand syscalls.
 async fn sweep_conntrack(
     map: aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry>,
+    nat: crate::dataplane::services::NatMaps,
     every: Duration,
     ends: tokio::sync::mpsc::Sender<sink::Swept>,
     metrics: Metrics,
 ) {
-    let mut state = Some((map, ct_sweep::ByteMeter::default()));
+    let mut state = Some((map, nat, ct_sweep::ByteMeter::default()));
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while let Some((mut map, mut meter)) = state.take() {
+    while let Some((mut map, mut nat, mut meter)) = state.take() {
         tick.tick().await;
-        // The map and the meter go to the blocking thread and come back with the pass.
+        // The maps and the meter go to the blocking thread and come back with the pass.
         let pass = match tokio::task::spawn_blocking(move || {
-            let pass = ct_sweep::sweep(&mut map, ct_sweep::monotonic_now(), &mut meter);
-            (map, meter, pass)
+            let now = ct_sweep::monotonic_now();
+            let pass = ct_sweep::sweep_with_nat(&mut map, Some(&mut nat), now, &mut meter);
+            (map, nat, meter, pass)
         })
         .await
         {
-            Ok((map, meter, pass)) => {
-                state = Some((map, meter));
+            Ok((map, nat, meter, pass)) => {
+                state = Some((map, nat, meter));
                 pass
             }
             Err(e) => {
@@ -451,8 +454,10 @@ fn sync_once(
             )
         })
         .collect();
-    *ctx.write().expect("flow context lock poisoned") =
+    let mut flow_ctx =
         enrich::Context::new(&opts.node, &desired.cluster, tables, dp.endpoint_pods());
+    flow_ctx.frontends = dp.frontend_names().clone();
+    *ctx.write().expect("flow context lock poisoned") = flow_ctx;
     Ok(Status {
         digest: desired.digest.clone(),
         revision: report.revision,

@@ -22,6 +22,8 @@ use enforcer_common::maps::programs::{POD_EGRESS, POD_INGRESS};
 /// tcx verdicts as `BPF_PROG_TEST_RUN` returns them.
 pub const PASS: u32 = -1i32 as u32;
 pub const DROP: u32 = 2;
+/// `TC_ACT_REDIRECT`: handed to another device (a hairpin goes back into the pod).
+pub const REDIRECT: u32 = 7;
 
 /// The loopback: where `BPF_PROG_TEST_RUN` runs skb programs by default.
 const TEST_IFINDEX: u32 = 1;
@@ -163,6 +165,31 @@ impl Fixture {
             ..Default::default()
         };
         prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    }
+
+    /// Runs a packet and returns the verdict with the packet as the program left it.
+    fn run_out(&self, program: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.program(program).expect("program loaded");
+        let mut out = vec![0u8; pkt.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        };
+        let result = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(pkt.len());
+        (result.return_value, out)
+    }
+
+    /// Runs a packet leaving x/a; returns the verdict and the packet as it leaves the hook.
+    pub fn egress_out(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        self.run_out(POD_EGRESS, pkt)
+    }
+
+    /// Runs a packet entering x/a; returns the verdict and the packet as it leaves the hook.
+    pub fn ingress_out(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        self.run_out(POD_INGRESS, pkt)
     }
 
     /// Runs a packet leaving x/a.

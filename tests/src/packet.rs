@@ -204,3 +204,91 @@ fn checksum(b: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// The addresses, ports and checksum state of a plain frame (Ethernet, IPv4 without options
+/// or IPv6 without extension headers, then TCP or UDP), as a test reads a rewritten packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    /// The IPv4 header checksum verifies (always true for IPv6).
+    pub ip_checksum_ok: bool,
+    /// The TCP/UDP checksum verifies over the pseudo-header.
+    pub l4_checksum_ok: bool,
+    /// Ethernet destination and source.
+    pub macs: ([u8; 6], [u8; 6]),
+}
+
+fn l4_offset(f: &[u8]) -> (usize, bool) {
+    let v6 = f[14] >> 4 == 6;
+    (if v6 { 14 + 40 } else { 14 + 20 }, v6)
+}
+
+fn pseudo_sum(f: &[u8], l4_len: usize) -> Vec<u8> {
+    let (_, v6) = l4_offset(f);
+    let mut p = Vec::new();
+    if v6 {
+        p.extend_from_slice(&f[22..54]);
+        p.extend_from_slice(&(l4_len as u32).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, f[20]]);
+    } else {
+        p.extend_from_slice(&f[26..34]);
+        p.extend_from_slice(&[0, f[23]]);
+        p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    p
+}
+
+fn l4_csum_at(proto: u8) -> usize {
+    if proto == TCP {
+        16
+    } else {
+        6
+    }
+}
+
+/// Fills in the TCP or UDP checksum of a plain frame (the builders leave it zero).
+pub fn with_l4_checksum(mut f: Vec<u8>) -> Vec<u8> {
+    let (l4, v6) = l4_offset(&f);
+    let proto = if v6 { f[20] } else { f[23] };
+    let at = l4 + l4_csum_at(proto);
+    f[at] = 0;
+    f[at + 1] = 0;
+    let mut data = pseudo_sum(&f, f.len() - l4);
+    data.extend_from_slice(&f[l4..]);
+    let sum = checksum(&data);
+    f[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// Reads a plain frame back.
+pub fn seen(f: &[u8]) -> Seen {
+    let (l4, v6) = l4_offset(f);
+    let (src, dst): (IpAddr, IpAddr) = if v6 {
+        (
+            <[u8; 16]>::try_from(&f[22..38]).unwrap().into(),
+            <[u8; 16]>::try_from(&f[38..54]).unwrap().into(),
+        )
+    } else {
+        (
+            <[u8; 4]>::try_from(&f[26..30]).unwrap().into(),
+            <[u8; 4]>::try_from(&f[30..34]).unwrap().into(),
+        )
+    };
+    let mut data = pseudo_sum(f, f.len() - l4);
+    data.extend_from_slice(&f[l4..]);
+    Seen {
+        src,
+        dst,
+        sport: u16::from_be_bytes([f[l4], f[l4 + 1]]),
+        dport: u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]),
+        ip_checksum_ok: v6 || checksum(&f[14..34]) == 0,
+        l4_checksum_ok: checksum(&data) == 0,
+        macs: (
+            <[u8; 6]>::try_from(&f[0..6]).unwrap(),
+            <[u8; 6]>::try_from(&f[6..12]).unwrap(),
+        ),
+    }
+}

@@ -19,6 +19,7 @@ use crate::model::{
 };
 
 mod evaluate;
+pub mod services;
 pub mod tables;
 
 pub use evaluate::{evaluate, identity_of, Decision, Verdict};
@@ -114,6 +115,7 @@ pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
         prefixes,
         endpoints,
         rules,
+        services: services::compile_services(cluster, node),
     }
 }
 

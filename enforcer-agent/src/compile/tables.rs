@@ -148,6 +148,8 @@ pub struct Tables {
     pub endpoints: BTreeMap<PodKey, EndpointPlan>,
     /// Rule id `i` is `rules[i - 1]`.
     pub rules: Vec<RuleRef>,
+    /// Every Service port's address, with the backends a client on this node may reach.
+    pub services: BTreeMap<super::services::FrontendAddr, super::services::FrontendPlan>,
 }
 
 impl Tables {

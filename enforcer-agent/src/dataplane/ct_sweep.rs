@@ -21,6 +21,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use aya::maps::{HashMap, MapData, MapError};
 use enforcer_common::ct::{self, CtEntry, CtKey};
 
+use super::services::NatMaps;
 use crate::flows::decode::{ConnEnd, Event};
 
 /// What to do with one entry.
@@ -96,6 +97,7 @@ fn conn_event(key: &CtKey, e: &CtEntry, ts_ns: u64, reason: u8, counts: [u64; 4]
         reply: false,
         fragment: false,
         peer_identity: 0,
+        frontend: e.frontend,
         end: Some(ConnEnd {
             reason,
             created_ns: e.created_ns,
@@ -172,6 +174,16 @@ pub fn sweep(
     now: u64,
     meter: &mut ByteMeter,
 ) -> Result<Sweep, MapError> {
+    sweep_with_nat(map, None, now, meter)
+}
+
+/// One pass, also removing the NAT entries of the translated connections it removes.
+pub fn sweep_with_nat(
+    map: &mut HashMap<MapData, CtKey, CtEntry>,
+    mut nat: Option<&mut NatMaps>,
+    now: u64,
+    meter: &mut ByteMeter,
+) -> Result<Sweep, MapError> {
     let mut out = Sweep::default();
     // Collect first: deleting while iterating restarts the kernel's key walk. The datapath
     // deleting entries meanwhile can restart it too, so the walk is bounded: a pass cut short
@@ -210,6 +222,9 @@ pub fn sweep(
         match map.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(e),
+        }
+        if let Some(nat) = nat.as_deref_mut() {
+            nat.forget(&key, &seen)?;
         }
         out.removed += 1;
         if let Verdict::ReportAndRemove(ev) = verdict {

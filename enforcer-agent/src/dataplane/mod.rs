@@ -5,8 +5,9 @@
 //! 1. new identities (exact addresses and prefixes; fresh ids, referenced by nothing yet);
 //! 2. per endpoint: the complete new entry set under its other set id, then one `ENDPOINTS`
 //!    write switches set, flags and addresses together, then the old set is deleted;
-//! 3. the policy revision is bumped, so tracked connections are re-checked once;
-//! 4. stale identity prefixes are removed.
+//! 3. Service frontends and their backends (see [`services`] for their own order);
+//! 4. the policy revision is bumped, so tracked connections are re-checked once;
+//! 5. stale identity prefixes are removed.
 //!
 //! Between 1 and 2 an address that moved to a new, more specific prefix has no entries yet:
 //! it is denied for that instant, never allowed more than either policy allows.
@@ -15,6 +16,7 @@ pub mod bpffs;
 pub mod ct_sweep;
 pub mod entries;
 pub mod interfaces;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -124,6 +126,7 @@ pub struct SyncReport {
     pub attached: Vec<String>,
     pub detached: Vec<String>,
     pub revision: u32,
+    pub services: services::ServiceSync,
 }
 
 pub struct Dataplane {
@@ -139,6 +142,8 @@ pub struct Dataplane {
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     conntrack: Option<HashMap<MapData, CtKey, CtEntry>>,
+    nat: Option<services::NatMaps>,
+    services: services::ServiceMaps,
     ids: Identities,
     /// By ifindex.
     endpoints: BTreeMap<u32, EndpointState>,
@@ -209,6 +214,18 @@ impl Dataplane {
             .map_err(map_err(names::FLOW_EVENTS, "open"))?;
         let conntrack =
             HashMap::try_from(take(names::CONNTRACK)).map_err(map_err(names::CONNTRACK, "open"))?;
+        let nat = services::NatMaps {
+            fwd: HashMap::try_from(take(names::NAT_FWD))
+                .map_err(map_err(names::NAT_FWD, "open"))?,
+            rev: HashMap::try_from(take(names::NAT_REV))
+                .map_err(map_err(names::NAT_REV, "open"))?,
+        };
+        let service_maps = services::ServiceMaps::adopt(
+            HashMap::try_from(take(names::SVC_FRONTENDS))
+                .map_err(map_err(names::SVC_FRONTENDS, "open"))?,
+            HashMap::try_from(take(names::SVC_BACKENDS))
+                .map_err(map_err(names::SVC_BACKENDS, "open"))?,
+        )?;
 
         let mut dp = Dataplane {
             ebpf,
@@ -223,6 +240,8 @@ impl Dataplane {
             counters,
             events: Some(events),
             conntrack: Some(conntrack),
+            nat: Some(nat),
+            services: service_maps,
             ids: Identities::default(),
             endpoints: BTreeMap::new(),
             next_ep_id: 1,
@@ -320,6 +339,17 @@ impl Dataplane {
         self.conntrack.take()
     }
 
+    /// The NAT maps (once: the conntrack sweeper removes their entries with their
+    /// connections).
+    pub fn take_nat(&mut self) -> Option<services::NatMaps> {
+        self.nat.take()
+    }
+
+    /// What each Service frontend id stands for (flow enrichment).
+    pub fn frontend_names(&self) -> &BTreeMap<u32, services::FrontendName> {
+        self.services.names()
+    }
+
     /// The counters summed over CPUs, by `enforcer_common::reason::counter` index.
     pub fn counters(&self) -> Vec<u64> {
         (0..counter::LEN)
@@ -373,6 +403,11 @@ impl Dataplane {
             ),
             (names::POLICY_EXACT, exact, sizes::POLICY_EXACT),
             (names::POLICY_RANGES, ranges, sizes::POLICY_RANGES),
+            (
+                names::SVC_FRONTENDS,
+                self.services.len(),
+                sizes::SVC_FRONTENDS,
+            ),
         ]
     }
 
@@ -484,7 +519,10 @@ impl Dataplane {
             changed = true;
         }
 
-        // 3. revision: tracked connections get re-checked against what is now in force.
+        // 3. Service frontends.
+        report.services = self.services.sync(&tables.services)?;
+
+        // 4. revision: tracked connections get re-checked against what is now in force.
         if changed || report.entries_written > 0 {
             self.revision = self.revision.wrapping_add(1);
             self.config
@@ -499,7 +537,7 @@ impl Dataplane {
                 .map_err(map_err(names::CONFIG, "set"))?;
         }
 
-        // 4. stale prefixes.
+        // 5. stale prefixes.
         let stale: Vec<IpNet> = self
             .ids
             .by_prefix

@@ -30,6 +30,9 @@ pub struct Event {
     pub reply: bool,
     pub fragment: bool,
     pub peer_identity: u32,
+    /// The Service port the flow was sent to (`service::Frontend::id`; 0: none). `dst` is then
+    /// the backend the datapath chose (for a drop with no endpoint: the Service address).
+    pub frontend: u32,
     /// Set when the event is a connection's end (the tuple is then its first packet's).
     pub end: Option<ConnEnd>,
 }
@@ -134,6 +137,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         reply: e.flags & flow::EV_F_REPLY != 0,
         fragment: e.flags & flow::EV_F_FRAGMENT != 0,
         peer_identity: e.peer_identity,
+        frontend: e.frontend,
         end,
     })
 }

@@ -28,6 +28,22 @@ pub struct FlowEnd {
     /// say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Owner>,
+    /// On `dst`: the Service the flow was sent to, when the datapath translated it (`ip` and
+    /// `port` are then the backend's address and target port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+}
+
+/// The Service a flow was sent to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRef {
+    /// `namespace/name`.
+    pub name: String,
+    /// The Service address and port the client used.
+    pub ip: IpAddr,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
 }
 
 /// The rule that allowed a flow.
@@ -120,6 +136,8 @@ pub struct Context {
     pub pods_by_ip: BTreeMap<IpAddr, PodInfo>,
     /// Endpoint id → (local pod, host interface).
     pub endpoints: BTreeMap<u32, (PodKey, String)>,
+    /// Service frontend id → the Service port it stands for.
+    pub frontends: BTreeMap<u32, crate::dataplane::services::FrontendName>,
 }
 
 impl Context {
@@ -147,6 +165,7 @@ impl Context {
             tables,
             pods_by_ip,
             endpoints,
+            frontends: BTreeMap::new(),
         }
     }
 
@@ -159,6 +178,7 @@ impl Context {
             pod: pod.map(|p| p.key.name.clone()),
             labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
             workload: pod.and_then(|p| p.owner.clone()),
+            service: None,
         }
     }
 
@@ -202,7 +222,17 @@ impl Context {
             _ => Vec::new(),
         };
         let src = self.end(ev.src, sport);
-        let dst = self.end(ev.dst, dport);
+        let mut dst = self.end(ev.dst, dport);
+        let service = self
+            .frontends
+            .get(&ev.frontend)
+            .filter(|_| ev.frontend != 0);
+        dst.service = service.map(|f| ServiceRef {
+            name: f.service.to_string(),
+            ip: f.ip,
+            port: f.port,
+            port_name: f.port_name.clone(),
+        });
         let who = local
             .map(|(p, _)| p.to_string())
             .unwrap_or_else(|| format!("endpoint {}", ev.ep_id));
@@ -252,6 +282,21 @@ impl Context {
                 None => format!("allowed: {who} is not isolated for {}", dir_word(direction)),
             },
             (Some(Ok(enforcer_common::reason::DropReason::PolicyDenied)), true) => isolation,
+            (Some(Ok(enforcer_common::reason::DropReason::ServiceNoEndpoints)), true) => {
+                match service {
+                    Some(f) => format!(
+                        "dropped at {who}: Service {} port {} has no ready endpoint{}",
+                        f.service,
+                        f.port,
+                        if self.node.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" for node {}", self.node)
+                        }
+                    ),
+                    None => format!("dropped at {who}: the Service has no ready endpoint"),
+                }
+            }
             (Some(Ok(r)), true) => format!("dropped at {who}: {}", r.name().replace('_', " ")),
             (_, true) => format!("dropped at {who}"),
         };

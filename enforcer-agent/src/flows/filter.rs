@@ -418,6 +418,7 @@ fn probe() -> FlowRecord {
         pod: None,
         labels: BTreeMap::new(),
         workload: None,
+        service: None,
     };
     FlowRecord {
         schema: String::new(),
@@ -479,6 +480,7 @@ pub(crate) mod fixture {
             pod,
             labels: BTreeMap::new(),
             workload: None,
+            service: None,
         }
     }
 

@@ -33,6 +33,7 @@ pub fn pod(ns: &str, name: &str, ip: &str) -> FlowEnd {
         pod: Some(name.into()),
         labels: BTreeMap::new(),
         workload: None,
+        service: None,
     }
 }
 
@@ -52,6 +53,7 @@ pub fn ext(ip: &str) -> FlowEnd {
         pod: None,
         labels: BTreeMap::new(),
         workload: None,
+        service: None,
     }
 }
 

@@ -1,0 +1,312 @@
+//! The Service maps as the agent sees them: frontends and their backend sets (written by the
+//! agent), and the NAT entries of translated connections (written by the programs, removed by
+//! the conntrack sweeper with their connection).
+//!
+//! Update order, per frontend (so that no connection sees half a backend list): the new list
+//! is written under a fresh backend set, then one `SVC_FRONTENDS` write switches the frontend
+//! to it (with its count), then the old set is deleted. A frontend that goes is deleted before
+//! its set. Frontend ids are kept for as long as the agent runs and never reused, so that an
+//! event still in flight names the Service it was about.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
+
+use aya::maps::{HashMap, MapData, MapError};
+use enforcer_common::ct::{CtEntry, CtKey, CT_F_ORIG_LO, CT_F_SERVICE};
+use enforcer_common::maps as names;
+use enforcer_common::service::{BackendAddr, BackendKey, Frontend, FrontendKey, NatEntry, NatKey};
+
+use super::{map_err, Result};
+use crate::compile::services::{FrontendAddr, FrontendPlan};
+use crate::model::ServiceKey;
+
+/// The 16-byte form of an address (IPv4-mapped for IPv4), as the maps hold it.
+pub fn addr16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The address of a 16-byte map address.
+pub fn addr_of(a: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+pub fn frontend_key(f: &FrontendAddr) -> FrontendKey {
+    FrontendKey {
+        addr: addr16(f.ip),
+        port: f.port.to_be(),
+        proto: f.proto.to_kernel(),
+        _pad: 0,
+    }
+}
+
+/// What a frontend id stands for (flow records).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FrontendName {
+    pub service: ServiceKey,
+    pub port_name: Option<String>,
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FrontendState {
+    id: u32,
+    set: u32,
+    backends: Vec<BackendAddr>,
+}
+
+/// What a sync of the Service maps did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceSync {
+    pub frontends: usize,
+    pub frontends_written: usize,
+    pub frontends_removed: usize,
+    pub backends_written: usize,
+}
+
+pub struct ServiceMaps {
+    frontends: HashMap<MapData, FrontendKey, Frontend>,
+    backends: HashMap<MapData, BackendKey, BackendAddr>,
+    state: BTreeMap<FrontendKey, FrontendState>,
+    /// Every id handed out while this agent runs (removed frontends included).
+    names: BTreeMap<u32, FrontendName>,
+    ids: BTreeMap<FrontendKey, u32>,
+    next_id: u32,
+    next_set: u32,
+}
+
+impl ServiceMaps {
+    /// Opens the maps and adopts what an earlier agent left in them.
+    pub fn adopt(
+        frontends: HashMap<MapData, FrontendKey, Frontend>,
+        backends: HashMap<MapData, BackendKey, BackendAddr>,
+    ) -> Result<Self> {
+        let mut all_backends: BTreeMap<BackendKey, BackendAddr> = BTreeMap::new();
+        for item in backends.iter() {
+            let (k, v) = item.map_err(map_err(names::SVC_BACKENDS, "read"))?;
+            all_backends.insert(k, v);
+        }
+        let mut state = BTreeMap::new();
+        let (mut next_id, mut next_set) = (1, 1);
+        for item in frontends.iter() {
+            let (k, fe) = item.map_err(map_err(names::SVC_FRONTENDS, "read"))?;
+            let list = (0..fe.count)
+                .filter_map(|index| {
+                    all_backends
+                        .get(&BackendKey {
+                            set: fe.backend_set,
+                            index,
+                        })
+                        .copied()
+                })
+                .collect();
+            next_id = next_id.max(fe.id + 1);
+            next_set = next_set.max(fe.backend_set + 1);
+            state.insert(
+                k,
+                FrontendState {
+                    id: fe.id,
+                    set: fe.backend_set,
+                    backends: list,
+                },
+            );
+        }
+        let ids = state.iter().map(|(k, s)| (*k, s.id)).collect();
+        let mut maps = Self {
+            frontends,
+            backends,
+            state,
+            names: BTreeMap::new(),
+            ids,
+            next_id,
+            next_set,
+        };
+        // Backends of sets no frontend uses are leftovers of an interrupted update.
+        let in_use: std::collections::BTreeSet<u32> = maps.state.values().map(|s| s.set).collect();
+        for k in all_backends.keys().filter(|k| !in_use.contains(&k.set)) {
+            let _ = maps.backends.remove(k);
+        }
+        Ok(maps)
+    }
+
+    /// The Service each frontend id stands for.
+    pub fn names(&self) -> &BTreeMap<u32, FrontendName> {
+        &self.names
+    }
+
+    /// Frontends in the map.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    /// Makes the maps hold exactly `plans`.
+    pub fn sync(&mut self, plans: &BTreeMap<FrontendAddr, FrontendPlan>) -> Result<ServiceSync> {
+        let mut report = ServiceSync::default();
+        let mut desired = BTreeMap::new();
+        for (addr, plan) in plans {
+            let key = frontend_key(addr);
+            let backends: Vec<BackendAddr> = plan
+                .backends
+                .iter()
+                .map(|b| BackendAddr {
+                    addr: addr16(b.ip),
+                    port: b.port.to_be(),
+                    _pad: [0; 2],
+                })
+                .collect();
+            let id = *self.ids.entry(key).or_insert_with(|| {
+                let id = self.next_id;
+                self.next_id += 1;
+                id
+            });
+            self.names.insert(
+                id,
+                FrontendName {
+                    service: plan.service.clone(),
+                    port_name: plan.port_name.clone(),
+                    ip: addr.ip,
+                    port: addr.port,
+                },
+            );
+            desired.insert(key, (id, backends));
+        }
+
+        for (key, (id, backends)) in &desired {
+            if let Some(s) = self.state.get(key) {
+                if s.id == *id && &s.backends == backends {
+                    continue;
+                }
+            }
+            let set = self.next_set;
+            self.next_set = self.next_set.wrapping_add(1).max(1);
+            for (index, b) in backends.iter().enumerate() {
+                self.backends
+                    .insert(
+                        BackendKey {
+                            set,
+                            index: index as u32,
+                        },
+                        *b,
+                        0,
+                    )
+                    .map_err(map_err(names::SVC_BACKENDS, "insert"))?;
+            }
+            report.backends_written += backends.len();
+            self.frontends
+                .insert(
+                    *key,
+                    Frontend {
+                        id: *id,
+                        backend_set: set,
+                        count: backends.len() as u32,
+                        flags: 0,
+                    },
+                    0,
+                )
+                .map_err(map_err(names::SVC_FRONTENDS, "insert"))?;
+            report.frontends_written += 1;
+            let old = self.state.insert(
+                *key,
+                FrontendState {
+                    id: *id,
+                    set,
+                    backends: backends.clone(),
+                },
+            );
+            if let Some(old) = old {
+                self.remove_set(&old);
+            }
+        }
+
+        let gone: Vec<FrontendKey> = self
+            .state
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            let _ = self.frontends.remove(&key);
+            if let Some(old) = self.state.remove(&key) {
+                self.remove_set(&old);
+            }
+            report.frontends_removed += 1;
+        }
+        report.frontends = self.state.len();
+        Ok(report)
+    }
+
+    fn remove_set(&mut self, s: &FrontendState) {
+        for index in 0..s.backends.len() as u32 {
+            let _ = self.backends.remove(&BackendKey { set: s.set, index });
+        }
+    }
+}
+
+/// The NAT entries of translated connections, for the sweeper to remove with them.
+pub struct NatMaps {
+    pub fwd: HashMap<MapData, NatKey, NatEntry>,
+    pub rev: HashMap<MapData, NatKey, NatEntry>,
+}
+
+impl NatMaps {
+    /// Removes the NAT entries of a translated connection whose tracking entry goes: its
+    /// reply entry is keyed by the reverse of the connection's first packet (as translated),
+    /// and its value is the reverse of the client's packet, the key of its forward entry.
+    pub fn forget(&mut self, key: &CtKey, e: &CtEntry) -> std::result::Result<(), MapError> {
+        if e.flags & CT_F_SERVICE == 0 {
+            return Ok(());
+        }
+        let (lo, hi) = ((key.addr_lo, key.port_lo), (key.addr_hi, key.port_hi));
+        let ((src, sport), (dst, dport)) = if e.flags & CT_F_ORIG_LO != 0 {
+            (lo, hi)
+        } else {
+            (hi, lo)
+        };
+        let rev_key = NatKey {
+            ep_id: key.ep_id,
+            src: dst,
+            dst: src,
+            sport: dport,
+            dport: sport,
+            proto: key.proto,
+            _pad: [0; 3],
+        };
+        let rev = match self.rev.get(&rev_key, 0) {
+            Ok(v) => Some(v),
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(r) = rev {
+            let fwd_key = NatKey {
+                ep_id: key.ep_id,
+                src: r.dst,
+                dst: r.src,
+                sport: r.dport,
+                dport: r.sport,
+                proto: key.proto,
+                _pad: [0; 3],
+            };
+            ignore_missing(self.fwd.remove(&fwd_key))?;
+            ignore_missing(self.rev.remove(&rev_key))?;
+        }
+        Ok(())
+    }
+}
+
+fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

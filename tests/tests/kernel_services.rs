@@ -1,0 +1,284 @@
+//! Service translation in the datapath: a pod's connection to a ClusterIP port goes to a
+//! backend at its target port, is judged on that backend, and its replies come back from the
+//! Service address; both families; checksums stay valid; no endpoint fails; a pod that is its
+//! own backend gets its packets straight back (hairpin). Needs root (kernel 6.18 here).
+
+use enforcer_common::reason::{counter, DropReason};
+use enforcer_tests::packet::{seen, tcp, udp, with_l4_checksum, ACK, SYN};
+use enforcer_tests::{ip, privileged, Fixture, DROP, PASS, REDIRECT};
+
+/// y/web: ClusterIPs 10.96.2.10 and fd00:10:96:2::10, backend y/b (the only pod labelled
+/// pod=b in y), 80/TCP → 8080 and 53/UDP → 5353. y/empty: no endpoint. x/self: backend x/a
+/// itself (the local pod), 90/TCP → 80.
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: y}
+spec:
+  clusterIP: 10.96.2.10
+  clusterIPs: [10.96.2.10, "fd00:10:96:2::10"]
+  ipFamilies: [IPv4, IPv6]
+  selector: {pod: b}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: dns, port: 53, targetPort: 5353, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: y}
+spec: {clusterIP: 10.96.2.11, selector: {pod: nobody}, ports: [{port: 81}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: self, namespace: x}
+spec: {clusterIP: 10.96.1.20, selector: {pod: a}, ports: [{port: 90, targetPort: 80}]}
+"#;
+
+fn fixture(policies: &str) -> Fixture {
+    Fixture::new(&format!("{SERVICES}\n---\n{policies}"))
+}
+
+fn syn(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
+    with_l4_checksum(tcp(src, dst, sport, dport, SYN))
+}
+
+#[test]
+fn a_service_connection_goes_to_its_backend_and_its_replies_come_from_the_service() {
+    if !privileged() {
+        return;
+    }
+    let mut f = fixture("");
+    let (verdict, out) = f.egress_out(&syn("10.244.1.10", "10.96.2.10", 40000, 80));
+    assert_eq!(verdict, PASS);
+    let s = seen(&out);
+    assert_eq!((s.src, s.sport), (ip("10.244.1.10"), 40000));
+    assert_eq!(
+        (s.dst, s.dport),
+        (ip("10.244.2.11"), 8080),
+        "the backend at its target port"
+    );
+    assert!(s.ip_checksum_ok && s.l4_checksum_ok, "{s:?}");
+
+    let reply = with_l4_checksum(tcp("10.244.2.11", "10.244.1.10", 8080, 40000, SYN | ACK));
+    let (verdict, out) = f.ingress_out(&reply);
+    assert_eq!(verdict, PASS);
+    let s = seen(&out);
+    assert_eq!(
+        (s.src, s.sport),
+        (ip("10.96.2.10"), 80),
+        "the reply comes from the Service"
+    );
+    assert_eq!((s.dst, s.dport), (ip("10.244.1.10"), 40000));
+    assert!(s.ip_checksum_ok && s.l4_checksum_ok, "{s:?}");
+
+    // The rest of the connection follows the same backend.
+    let (verdict, out) = f.egress_out(&with_l4_checksum(tcp(
+        "10.244.1.10",
+        "10.96.2.10",
+        40000,
+        80,
+        ACK,
+    )));
+    assert_eq!(verdict, PASS);
+    assert_eq!(seen(&out).dst, ip("10.244.2.11"));
+    assert_eq!(f.counter(counter::SVC_TRANSLATED), 1);
+
+    let events = f.drain_events();
+    let opened: Vec<_> = events
+        .iter()
+        .filter(|e| e.end.is_none() && !e.reply)
+        .collect();
+    assert_eq!(opened.len(), 1, "{events:?}");
+    assert_eq!(opened[0].dst, ip("10.244.2.11"));
+    assert_eq!(opened[0].dport, 8080);
+    let name =
+        f.dp.frontend_names()
+            .get(&opened[0].frontend)
+            .expect("the event names its Service port");
+    assert_eq!(name.service.to_string(), "y/web");
+    assert_eq!((name.ip, name.port), (ip("10.96.2.10"), 80));
+}
+
+#[test]
+fn ipv6_and_udp_are_translated_both_ways_with_valid_checksums() {
+    if !privileged() {
+        return;
+    }
+    let f = fixture("");
+    let q = with_l4_checksum(udp("fd00:10:244:1::10", "fd00:10:96:2::10", 5000, 53));
+    let (verdict, out) = f.egress_out(&q);
+    assert_eq!(verdict, PASS);
+    let s = seen(&out);
+    assert_eq!((s.dst, s.dport), (ip("fd00:10:244:2::11"), 5353));
+    assert!(s.l4_checksum_ok, "{s:?}");
+    let a = with_l4_checksum(udp("fd00:10:244:2::11", "fd00:10:244:1::10", 5353, 5000));
+    let (verdict, out) = f.ingress_out(&a);
+    assert_eq!(verdict, PASS);
+    let s = seen(&out);
+    assert_eq!((s.src, s.sport), (ip("fd00:10:96:2::10"), 53));
+    assert!(s.l4_checksum_ok, "{s:?}");
+
+    // IPv4 UDP too, and a datagram without a checksum keeps having none.
+    let (verdict, out) = f.egress_out(&with_l4_checksum(udp(
+        "10.244.1.10",
+        "10.96.2.10",
+        5001,
+        53,
+    )));
+    assert_eq!(verdict, PASS);
+    let s = seen(&out);
+    assert_eq!((s.dst, s.dport), (ip("10.244.2.11"), 5353));
+    assert!(s.ip_checksum_ok && s.l4_checksum_ok, "{s:?}");
+    let (verdict, out) = f.egress_out(&udp("10.244.1.10", "10.96.2.10", 5002, 53));
+    assert_eq!(verdict, PASS);
+    assert_eq!(&out[40..42], &[0, 0], "a zero UDP checksum stays zero");
+}
+
+/// x/a may only reach the pods labelled pod=b of namespace y, on port 8080.
+const EGRESS_TO_BACKENDS_8080: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: 8080}]
+"#;
+
+#[test]
+fn egress_policy_judges_the_backend_and_its_target_port() {
+    if !privileged() {
+        return;
+    }
+    let f = fixture(EGRESS_TO_BACKENDS_8080);
+    assert_eq!(
+        f.egress(&syn("10.244.1.10", "10.96.2.10", 40001, 80)),
+        PASS,
+        "Service 80 → 8080"
+    );
+    assert_eq!(
+        f.egress(&syn("10.244.1.10", "10.244.2.11", 40002, 80)),
+        DROP,
+        "the same backend on port 80 directly"
+    );
+
+    let port_80_only = EGRESS_TO_BACKENDS_8080.replace("port: 8080", "port: 80");
+    let f = fixture(&port_80_only);
+    assert_eq!(
+        f.egress(&syn("10.244.1.10", "10.96.2.10", 40003, 80)),
+        DROP,
+        "the Service port is not what the policy sees"
+    );
+
+    let service_range = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-services, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: 10.96.0.0/16}}]}]
+"#;
+    let mut f = fixture(service_range);
+    assert_eq!(
+        f.egress(&syn("10.244.1.10", "10.96.2.10", 40004, 80)),
+        DROP,
+        "an ipBlock of the Service range allows nothing through a Service"
+    );
+    let events = f.drain_events();
+    let drop = events.iter().find(|e| e.dropped).expect("a drop event");
+    assert_eq!(drop.reason, Some(Ok(DropReason::PolicyDenied)));
+    assert_eq!(
+        (drop.dst, drop.dport),
+        (ip("10.244.2.11"), 8080),
+        "reported on the backend"
+    );
+    assert_ne!(drop.frontend, 0);
+
+    let pod_range = service_range.replace("10.96.0.0/16", "10.244.0.0/16");
+    let f = fixture(&pod_range);
+    assert_eq!(f.egress(&syn("10.244.1.10", "10.96.2.10", 40005, 80)), PASS);
+}
+
+#[test]
+fn a_service_port_without_endpoints_fails_and_says_why() {
+    if !privileged() {
+        return;
+    }
+    let mut f = fixture("");
+    assert_eq!(f.egress(&syn("10.244.1.10", "10.96.2.11", 40010, 81)), DROP);
+    let events = f.drain_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].reason, Some(Ok(DropReason::ServiceNoEndpoints)));
+    assert_eq!(events[0].dst, ip("10.96.2.11"));
+    // A port the Service does not have is no Service traffic: an ordinary flow to that address.
+    assert_eq!(
+        f.egress(&syn("10.244.1.10", "10.96.2.10", 40011, 443)),
+        PASS
+    );
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_gets_the_packets_back() {
+    if !privileged() {
+        return;
+    }
+    let f = fixture("");
+    let pkt = syn("10.244.1.10", "10.96.1.20", 40020, 90);
+    let (verdict, out) = f.egress_out(&pkt);
+    assert_eq!(verdict, REDIRECT, "handed back into the pod");
+    let s = seen(&out);
+    assert_eq!(
+        (s.src, s.sport),
+        (ip("10.96.1.20"), 40020),
+        "from the Service address"
+    );
+    assert_eq!(
+        (s.dst, s.dport),
+        (ip("10.244.1.10"), 80),
+        "to itself at the target port"
+    );
+    assert!(s.ip_checksum_ok && s.l4_checksum_ok, "{s:?}");
+    let before = seen(&pkt);
+    assert_eq!(
+        s.macs,
+        (before.macs.1, before.macs.0),
+        "Ethernet addresses swapped"
+    );
+
+    // The pod answers the Service address; that goes back in as the Service's reply.
+    let answer = with_l4_checksum(tcp("10.244.1.10", "10.96.1.20", 80, 40020, SYN | ACK));
+    let (verdict, out) = f.egress_out(&answer);
+    assert_eq!(verdict, REDIRECT);
+    let s = seen(&out);
+    assert_eq!((s.src, s.sport), (ip("10.96.1.20"), 90));
+    assert_eq!((s.dst, s.dport), (ip("10.244.1.10"), 40020));
+    assert!(s.ip_checksum_ok && s.l4_checksum_ok, "{s:?}");
+}
+
+#[test]
+fn a_policy_change_revokes_a_translated_connection_at_its_next_packet() {
+    if !privileged() {
+        return;
+    }
+    let mut f = fixture("");
+    assert_eq!(f.egress(&syn("10.244.1.10", "10.96.2.10", 40030, 80)), PASS);
+    let deny_all = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Egress]}
+"#;
+    f.apply(&format!("{SERVICES}\n---\n{deny_all}"));
+    let next = with_l4_checksum(tcp("10.244.1.10", "10.96.2.10", 40030, 80, ACK));
+    assert_eq!(f.egress(&next), DROP);
+    let events = f.drain_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == Some(Ok(DropReason::Revoked)) && e.dst == ip("10.244.2.11")),
+        "{events:?}"
+    );
+}
