@@ -19,6 +19,10 @@ pub(crate) fn cluster_from_yaml(yaml: &str) -> Result<Cluster, InvalidObject> {
             Some("Namespace") => cluster.insert_namespace(namespace_from_k8s(&parse(value))?),
             Some("Pod") => cluster.insert_pod(pod_from_k8s(&parse(value))?),
             Some("NetworkPolicy") => cluster.insert_policy(network_policy_from_k8s(&parse(value))?),
+            Some("Service") => cluster.insert_service(super::service_from_k8s(&parse(value))?),
+            Some("EndpointSlice") => {
+                cluster.insert_endpoint_slice(super::endpoint_slice_from_k8s(&parse(value))?)
+            }
             other => panic!("unexpected kind {other:?}"),
         }
     }

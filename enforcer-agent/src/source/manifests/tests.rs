@@ -114,8 +114,21 @@ fn removing_a_file_removes_its_objects() {
 #[test]
 fn documents_without_kind_are_errors_and_other_kinds_are_ignored() {
     let (objects, errors) =
-        parse_file("foo: bar\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s\n");
+        parse_file("foo: bar\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: s\n");
     assert!(objects.is_empty());
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].0, 1);
+}
+
+#[test]
+fn services_and_endpoint_slices_are_read() {
+    let (objects, errors) = parse_file(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: y}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-1, namespace: y, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints: [{addresses: [10.244.2.10]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: y}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 0}]}\n",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(objects.len(), 3);
+    let converted: Vec<_> = objects.iter().map(|(_, o)| o.convert()).collect();
+    assert!(converted[0].is_ok() && converted[1].is_ok());
+    let err = converted[2].as_ref().unwrap_err().to_string();
+    assert!(err.contains("Service y/bad") && err.contains("spec.ports[0].port"), "{err}");
 }
