@@ -221,12 +221,18 @@ impl Context {
             },
             _ => Vec::new(),
         };
-        let src = self.end(ev.src, sport);
-        let mut dst = self.end(ev.dst, dport);
         let service = self
             .frontends
             .get(&ev.frontend)
             .filter(|_| ev.frontend != 0);
+        // A pod reaching itself through its Service (hairpin) is handed its packets back from
+        // the Service address: the record shows the pod on both ends.
+        let src_ip = match service {
+            Some(f) if f.ip == ev.src => ev.dst,
+            _ => ev.src,
+        };
+        let src = self.end(src_ip, sport);
+        let mut dst = self.end(ev.dst, dport);
         dst.service = service.map(|f| ServiceRef {
             name: f.service.to_string(),
             ip: f.ip,
