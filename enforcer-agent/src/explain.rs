@@ -1,13 +1,20 @@
 //! `enforcer explain`: would this connection be allowed, and by which rules (or why not)? Both
 //! sides are computed from the same compiled tables the kernel reads (the source pod's egress
 //! on its node, the destination pod's ingress on its node), with the kernel's own lookup order.
+//! A connection to a Service is explained for each backend the client's node may send it to,
+//! at the backend's target port, as the datapath judges it.
 
 use std::net::IpAddr;
 
 use serde::Serialize;
 
 use crate::compile::{compile, evaluate, Decision, Direction, NodeInput, Verdict};
-use crate::model::{Cluster, PodKey};
+use crate::model::service::{candidates, EndpointIndex, IpFamily};
+use crate::model::{Cluster, PodKey, Protocol, ServiceKey};
+
+/// The key of [`Cluster::nodes`] under which addresses that belong to every node are kept
+/// (`enforcer explain --node-ip`, for manifests without Node objects).
+pub const ANY_NODE: &str = "";
 
 /// One end of the connection to explain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +54,19 @@ pub enum ExplainError {
     NoSuchPod(String),
     #[error("pod {pod} has no {family} address")]
     NoAddress { pod: String, family: &'static str },
+    #[error("no Service {0} in the cluster")]
+    NoSuchService(String),
+    #[error("Service {service} has no {family} ClusterIP")]
+    NoClusterIp {
+        service: String,
+        family: &'static str,
+    },
+    #[error("Service {service} has no port {port}/{protocol}")]
+    NoServicePort {
+        service: String,
+        port: u16,
+        protocol: String,
+    },
 }
 
 fn pod_ip(cluster: &Cluster, pod: &PodKey, v6: bool) -> Result<IpAddr, ExplainError> {
@@ -78,11 +98,24 @@ fn side(
         .get(pod)
         .and_then(|p| p.node.clone())
         .unwrap_or_default();
+    // The pod's node is always allowed to and from its pods (kubelet probes): its addresses
+    // from its Node object, and those given for every node. A pod without a node (standalone
+    // manifests) is on whichever node reads it: every known node address counts.
+    let host_ips: Vec<IpAddr> = if node.is_empty() {
+        cluster.nodes.values().flatten().copied().collect()
+    } else {
+        [node.as_str(), ANY_NODE]
+            .iter()
+            .filter_map(|n| cluster.nodes.get(*n))
+            .flatten()
+            .copied()
+            .collect()
+    };
     let tables = compile(
         cluster,
         &NodeInput {
             name: node,
-            host_ips: Vec::new(),
+            host_ips,
             audit: false,
         },
     );
@@ -192,6 +225,133 @@ pub fn explain(
         egress,
         ingress,
     })
+}
+
+/// A connection to a Service, explained for each backend it may reach.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceExplanation {
+    pub from: String,
+    pub service: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    /// `allowed` (every backend), `denied` (none), `depends_on_backend` (the datapath picks
+    /// one at random per connection), or `no_endpoints` (the connection fails).
+    pub verdict: &'static str,
+    /// One per backend the client's node may send the connection to, at its target port.
+    pub backends: Vec<Explanation>,
+}
+
+/// Explains a new connection of pod `from` to Service `svc` on its port `port`/`proto`.
+pub fn explain_service(
+    cluster: &Cluster,
+    from: &PodKey,
+    svc: &ServiceKey,
+    proto: u8,
+    port: u16,
+    v6: bool,
+) -> Result<ServiceExplanation, ExplainError> {
+    let family = if v6 { IpFamily::V6 } else { IpFamily::V4 };
+    let client = cluster
+        .pods
+        .get(from)
+        .ok_or_else(|| ExplainError::NoSuchPod(from.to_string()))?;
+    let client_ip = pod_ip(cluster, from, v6)?;
+    let service = cluster
+        .services
+        .get(svc)
+        .ok_or_else(|| ExplainError::NoSuchService(svc.to_string()))?;
+    let ip = service
+        .cluster_ip(family)
+        .ok_or(ExplainError::NoClusterIp {
+            service: svc.to_string(),
+            family: family.as_str(),
+        })?;
+    let protocol = crate::flows::decode::protocol_name(proto);
+    let sp = Protocol::from_k8s(&protocol)
+        .and_then(|p| service.port(port, p))
+        .ok_or_else(|| ExplainError::NoServicePort {
+            service: svc.to_string(),
+            port,
+            protocol: protocol.clone(),
+        })?;
+    let endpoints = EndpointIndex::new(cluster).endpoints(service, sp, family);
+    let mut backends = Vec::new();
+    for b in candidates(service, &endpoints, client.node.as_deref()) {
+        let to = match &b.pod {
+            Some(p) => End::Pod(p.clone()),
+            None => End::Ip(b.ip),
+        };
+        let mut e = explain(cluster, &End::Pod(from.clone()), &to, proto, b.port, v6)?;
+        if b.ip == client_ip {
+            // The datapath hands a hairpin connection straight back to the pod, from the
+            // Service address: only the pod's egress applies (kube-proxy would masquerade it
+            // to the node's address, which the pod's ingress always allows).
+            e.ingress = Side {
+                pod: e.ingress.pod.clone(),
+                allowed: true,
+                verdict: None,
+                rule: None,
+                reason: "hairpin: the pod reaches itself through the Service; its ingress policy does not apply".into(),
+            };
+            e.allowed = e.egress.allowed;
+        }
+        backends.push(e);
+    }
+    let allowed = backends.iter().filter(|e| e.allowed).count();
+    let verdict = match (backends.len(), allowed) {
+        (0, _) => "no_endpoints",
+        (n, a) if a == n => "allowed",
+        (_, 0) => "denied",
+        _ => "depends_on_backend",
+    };
+    Ok(ServiceExplanation {
+        from: from.to_string(),
+        service: svc.to_string(),
+        ip,
+        port,
+        protocol,
+        verdict,
+        backends,
+    })
+}
+
+/// A Service explanation for humans.
+pub fn render_service(e: &ServiceExplanation) -> String {
+    let n = e.backends.len();
+    let allowed = e.backends.iter().filter(|b| b.allowed).count();
+    let head = match e.verdict {
+        "allowed" => "ALLOWED",
+        "denied" => "DENIED",
+        "no_endpoints" => "FAILS",
+        _ => "DEPENDS",
+    };
+    let mut out = format!(
+        "{head} {} -> service {} ({}/{}): ",
+        e.from,
+        e.service,
+        fmt_ip_port(e.ip, e.port),
+        e.protocol
+    );
+    if n == 0 {
+        out += "no ready endpoint for this client's node: the connection fails\n";
+        return out;
+    }
+    out += &format!("{allowed} of {n} backends allowed\n");
+    for b in &e.backends {
+        out += &format!("  backend {} port {}\n", b.to, b.port);
+        for line in render(b).lines().skip(1) {
+            out += &format!("  {line}\n");
+        }
+    }
+    out
+}
+
+fn fmt_ip_port(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
 }
 
 /// The explanation for humans.
@@ -322,6 +482,100 @@ spec:
             "{}",
             e.egress.reason
         );
+    }
+
+    const SERVICES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: prod, labels: {app: web}}
+spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 9090, name: http}]}]}
+status: {podIP: 10.0.2.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: prod}
+spec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: local, namespace: prod}
+spec: {clusterIP: 10.96.0.11, selector: {app: web}, internalTrafficPolicy: Local, ports: [{port: 80, targetPort: http}]}
+"#;
+
+    fn with_services() -> Cluster {
+        let (objs, errs) = parse_file(&format!("{CLUSTER}\n---\n{SERVICES}"));
+        assert!(errs.is_empty());
+        let objs: Vec<_> = objs
+            .into_iter()
+            .map(|(_, o)| o.convert().unwrap())
+            .collect();
+        cluster_of(objs.iter())
+    }
+
+    #[test]
+    fn a_service_is_explained_per_backend_at_its_target_port() {
+        let c = with_services();
+        let db: PodKey = "prod/db".parse().unwrap();
+        let e = explain_service(&c, &db, &"prod/web".parse().unwrap(), 6, 80, false).unwrap();
+        // prod/web: 8080 (its named port http), allowed both ways; prod/api: 9090, which
+        // db's egress (8080 only) does not allow.
+        assert_eq!(e.verdict, "depends_on_backend");
+        let ports: Vec<(String, u16, bool)> = e
+            .backends
+            .iter()
+            .map(|b| (b.to.clone(), b.port, b.allowed))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("prod/web".into(), 8080, true),
+                ("prod/api".into(), 9090, false)
+            ]
+        );
+        let text = render_service(&e);
+        assert!(
+            text.starts_with("DEPENDS prod/db -> service prod/web (10.96.0.10:80/TCP): 1 of 2"),
+            "{text}"
+        );
+        // internalTrafficPolicy Local: only the backend on db's node (n2) is a candidate.
+        let local = explain_service(&c, &db, &"prod/local".parse().unwrap(), 6, 80, false).unwrap();
+        assert_eq!(local.backends.len(), 1);
+        assert_eq!(local.backends[0].to, "prod/api");
+        assert!(matches!(
+            explain_service(&c, &db, &"prod/web".parse().unwrap(), 6, 81, false),
+            Err(ExplainError::NoServicePort { .. })
+        ));
+    }
+
+    #[test]
+    fn the_pods_node_is_always_allowed() {
+        let mut c = cluster();
+        c.nodes
+            .insert("n1".into(), vec!["192.168.0.1".parse().unwrap()]);
+        let e = explain(
+            &c,
+            &End::Ip("192.168.0.1".parse().unwrap()),
+            &pod("prod/web"),
+            6,
+            9999,
+            false,
+        )
+        .unwrap();
+        assert!(e.allowed, "{}", e.ingress.reason);
+        assert!(e.ingress.reason.contains("node"), "{}", e.ingress.reason);
+        // Another node's address is just an address.
+        c.nodes
+            .insert("n9".into(), vec!["192.168.0.9".parse().unwrap()]);
+        let e = explain(
+            &c,
+            &End::Ip("192.168.0.9".parse().unwrap()),
+            &pod("prod/web"),
+            6,
+            9999,
+            false,
+        )
+        .unwrap();
+        assert!(!e.allowed);
     }
 
     #[test]

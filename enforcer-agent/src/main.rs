@@ -35,7 +35,7 @@ enum Cmd {
 
 #[derive(clap::Args)]
 #[command(group = clap::ArgGroup::new("src").required(true).args(["from", "from_ip"]))]
-#[command(group = clap::ArgGroup::new("dst").required(true).args(["to", "to_ip"]))]
+#[command(group = clap::ArgGroup::new("dst").required(true).args(["to", "to_ip", "to_service"]))]
 struct ExplainArgs {
     /// Source pod, NAMESPACE/POD.
     #[arg(long)]
@@ -49,6 +49,14 @@ struct ExplainArgs {
     /// Destination address (not a pod).
     #[arg(long)]
     to_ip: Option<std::net::IpAddr>,
+    /// Destination Service, NAMESPACE/NAME (with --port its Service port): explained for each
+    /// backend the source's node may send the connection to, at its target port.
+    #[arg(long, value_name = "NS/NAME", requires = "from")]
+    to_service: Option<String>,
+    /// An address of the pods' nodes (repeatable; Node objects in the cluster are read too):
+    /// a pod's node is always allowed to and from it.
+    #[arg(long, value_name = "IP")]
+    node_ip: Vec<std::net::IpAddr>,
     /// Destination port and protocol: 80, 80/TCP, 53/UDP, 9000/SCTP; or ICMP.
     #[arg(long, default_value = "80/TCP")]
     port: String,
@@ -82,8 +90,10 @@ fn parse_port(s: &str) -> anyhow::Result<(u8, u16)> {
 }
 
 async fn explain(a: ExplainArgs) -> anyhow::Result<()> {
-    use enforcer_agent::explain::{explain, render, End};
-    let cluster = match &a.manifests {
+    use enforcer_agent::explain::{
+        explain, explain_service, render, render_service, End, ANY_NODE,
+    };
+    let mut cluster = match &a.manifests {
         Some(dir) => {
             let snap = enforcer_agent::source::manifests::ManifestFolder::new(dir.clone())
                 .read()
@@ -97,10 +107,20 @@ async fn explain(a: ExplainArgs) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
+            let nodes = enforcer_agent::source::kube::node_addresses(client.clone())
+                .await
+                .context("listing Nodes")?;
             let mut src = enforcer_agent::source::kube::KubeSource::start(client).await?;
-            src.snapshot().0
+            let mut cluster = src.snapshot().0;
+            cluster.nodes.extend(nodes);
+            cluster
         }
     };
+    cluster
+        .nodes
+        .entry(ANY_NODE.to_owned())
+        .or_default()
+        .extend(&a.node_ip);
     let end = |pod: &Option<String>, ip: Option<std::net::IpAddr>| -> anyhow::Result<End> {
         match (pod, ip) {
             (Some(p), _) => Ok(End::Pod(
@@ -114,6 +134,21 @@ async fn explain(a: ExplainArgs) -> anyhow::Result<()> {
     let mut proto = proto;
     if proto == 1 && a.ipv6 {
         proto = 58;
+    }
+    if let Some(svc) = &a.to_service {
+        let from = a
+            .from
+            .as_deref()
+            .expect("clap requires --from with --to-service");
+        let from = from.parse().map_err(|e| anyhow::anyhow!("{from:?}: {e}"))?;
+        let svc = svc.parse().map_err(|e| anyhow::anyhow!("{svc:?}: {e}"))?;
+        let e = explain_service(&cluster, &from, &svc, proto, port, a.ipv6)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&e)?);
+        } else {
+            print!("{}", render_service(&e));
+        }
+        return Ok(());
     }
     let e = explain(
         &cluster,

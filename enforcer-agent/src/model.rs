@@ -14,7 +14,10 @@ use ipnet::IpNet;
 mod convert;
 pub mod service;
 
-pub use convert::{namespace_from_k8s, network_policy_from_k8s, pod_from_k8s, InvalidObject};
+pub use convert::{
+    namespace_from_k8s, network_policy_from_k8s, node_addresses_from_k8s, pod_from_k8s,
+    InvalidObject,
+};
 pub use service::convert::{endpoint_slice_from_k8s, service_from_k8s};
 pub use service::{EndpointSlice, Service, ServiceKey, SliceKey};
 
@@ -314,6 +317,9 @@ pub struct Cluster {
     pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
     pub services: BTreeMap<ServiceKey, Service>,
     pub endpoint_slices: BTreeMap<SliceKey, EndpointSlice>,
+    /// Node addresses by node name (`explain` only: the agent takes its own node's addresses
+    /// from its network namespace).
+    pub nodes: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl Cluster {

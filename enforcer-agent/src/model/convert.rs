@@ -649,3 +649,19 @@ fn validate_label_value(ctx: &Ctx, field: &str, value: &str) -> Result<(), Inval
         Err(ctx.err(field, format!("{value:?} is not a valid label value")))
     }
 }
+
+/// A Node's name and addresses (`status.addresses` of type InternalIP and ExternalIP);
+/// addresses that do not parse are left out (they are informational here).
+pub fn node_addresses_from_k8s(node: &core::Node) -> Result<(String, Vec<IpAddr>), InvalidObject> {
+    let name = object_name("Node", &node.metadata)?;
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| sloppy_ip(&a.address))
+        .collect();
+    Ok((name, addresses))
+}

@@ -118,6 +118,21 @@ impl KubeSource {
     }
 }
 
+/// Every Node's addresses, listed once (for `explain`: the agent itself does not watch Nodes,
+/// whose status changes often and says nothing about policy).
+pub async fn node_addresses(
+    client: Client,
+) -> anyhow::Result<Vec<(String, Vec<std::net::IpAddr>)>> {
+    let list = Api::<k8s_openapi::api::core::v1::Node>::all(client)
+        .list(&Default::default())
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|n| crate::model::node_addresses_from_k8s(n).ok())
+        .collect())
+}
+
 /// Converts API objects, keeping the last good version of any that does not convert.
 pub fn convert_all(
     api: &[ApiObject],

@@ -168,6 +168,7 @@ fn collect(
             serde_yaml::from_value(value).map(|o| ApiObject::Policy(Box::new(o)))
         }
         ("v1", "Service") => serde_yaml::from_value(value).map(|o| ApiObject::Service(Box::new(o))),
+        ("v1", "Node") => serde_yaml::from_value(value).map(|o| ApiObject::Node(Box::new(o))),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             serde_yaml::from_value(value).map(|o| ApiObject::EndpointSlice(Box::new(o)))
         }

@@ -20,6 +20,8 @@ pub enum Object {
     Policy(model::NetworkPolicy),
     Service(model::Service),
     EndpointSlice(model::EndpointSlice),
+    /// A Node's name and addresses.
+    Node(String, Vec<std::net::IpAddr>),
 }
 
 impl Object {
@@ -30,6 +32,7 @@ impl Object {
             Object::Policy(p) => ("NetworkPolicy", p.key.to_string()),
             Object::Service(s) => ("Service", s.key.to_string()),
             Object::EndpointSlice(s) => ("EndpointSlice", s.key.to_string()),
+            Object::Node(name, _) => ("Node", name.clone()),
         }
     }
 }
@@ -41,6 +44,7 @@ pub enum ApiObject {
     Policy(Box<net::NetworkPolicy>),
     Service(Box<core::Service>),
     EndpointSlice(Box<discovery::EndpointSlice>),
+    Node(Box<core::Node>),
 }
 
 impl ApiObject {
@@ -53,6 +57,10 @@ impl ApiObject {
             ApiObject::EndpointSlice(s) => {
                 Object::EndpointSlice(model::endpoint_slice_from_k8s(s)?)
             }
+            ApiObject::Node(n) => {
+                let (name, addrs) = model::node_addresses_from_k8s(n)?;
+                Object::Node(name, addrs)
+            }
         })
     }
 
@@ -64,10 +72,11 @@ impl ApiObject {
             ApiObject::Policy(p) => ("NetworkPolicy", &p.metadata),
             ApiObject::Service(s) => ("Service", &s.metadata),
             ApiObject::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
+            ApiObject::Node(n) => ("Node", &n.metadata),
         };
         let name = meta.name.clone().unwrap_or_default();
         match kind {
-            "Namespace" => (kind, name),
+            "Namespace" | "Node" => (kind, name),
             _ => (
                 kind,
                 format!(
@@ -90,6 +99,9 @@ pub fn cluster_of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Cluster 
             Object::Policy(p) => cluster.insert_policy(p.clone()),
             Object::Service(s) => cluster.insert_service(s.clone()),
             Object::EndpointSlice(s) => cluster.insert_endpoint_slice(s.clone()),
+            Object::Node(name, addrs) => {
+                cluster.nodes.insert(name.clone(), addrs.clone());
+            }
         }
     }
     cluster

@@ -513,24 +513,40 @@ spec: {clusterIP: None, selector: {pod: b}, ports: [{port: 80}]}
     let fe = |ip: &str, port: u16, proto: Proto| {
         tables
             .services
-            .get(&services::FrontendAddr { ip: ip.parse().unwrap(), port, proto })
+            .get(&services::FrontendAddr {
+                ip: ip.parse().unwrap(),
+                port,
+                proto,
+            })
             .unwrap_or_else(|| panic!("frontend {ip}:{port}"))
     };
     let http = fe("10.96.2.10", 80, Proto::Tcp);
     assert_eq!(http.service.to_string(), "y/web");
     assert_eq!(
-        http.backends.iter().map(|b| (b.ip, b.port)).collect::<Vec<_>>(),
+        http.backends
+            .iter()
+            .map(|b| (b.ip, b.port))
+            .collect::<Vec<_>>(),
         vec![("10.244.2.10".parse().unwrap(), 80)],
         "the named target port of y/a"
     );
     let v6 = fe("fd00:10:96:2::10", 53, Proto::Udp);
-    assert_eq!(v6.backends[0].ip, "fd00:10:244:2::10".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        v6.backends[0].ip,
+        "fd00:10:244:2::10".parse::<IpAddr>().unwrap()
+    );
     assert_eq!(v6.backends[0].port, 81);
-    assert_eq!(tables.services.len(), 5, "SCTP and headless are not translated: {:?}", tables.services.keys());
+    assert_eq!(
+        tables.services.len(),
+        5,
+        "SCTP and headless are not translated: {:?}",
+        tables.services.keys()
+    );
     // Pods without a node are on every node, so z/b backs z/local here; on a named node
     // elsewhere it would not.
     assert_eq!(fe("10.96.3.10", 80, Proto::Tcp).backends.len(), 1);
-    let mut cluster = cluster_from_yaml(&format!("{}\n---\n{services}", base_cluster_yaml())).unwrap();
+    let mut cluster =
+        cluster_from_yaml(&format!("{}\n---\n{services}", base_cluster_yaml())).unwrap();
     cluster.pods.get_mut(&pod_key("z/b")).unwrap().node = Some("node-2".into());
     let elsewhere = compile(&cluster, &node());
     let local = &elsewhere.services[&services::FrontendAddr {
@@ -538,5 +554,8 @@ spec: {clusterIP: None, selector: {pod: b}, ports: [{port: 80}]}
         port: 80,
         proto: Proto::Tcp,
     }];
-    assert!(local.backends.is_empty(), "internalTrafficPolicy Local: none on this node");
+    assert!(
+        local.backends.is_empty(),
+        "internalTrafficPolicy Local: none on this node"
+    );
 }

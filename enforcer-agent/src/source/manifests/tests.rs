@@ -130,5 +130,8 @@ fn services_and_endpoint_slices_are_read() {
     let converted: Vec<_> = objects.iter().map(|(_, o)| o.convert()).collect();
     assert!(converted[0].is_ok() && converted[1].is_ok());
     let err = converted[2].as_ref().unwrap_err().to_string();
-    assert!(err.contains("Service y/bad") && err.contains("spec.ports[0].port"), "{err}");
+    assert!(
+        err.contains("Service y/bad") && err.contains("spec.ports[0].port"),
+        "{err}"
+    );
 }
