@@ -196,26 +196,27 @@ pub fn endpoint_slice_from_k8s(
         kind: "EndpointSlice",
         name: key.to_string(),
     };
-    let family =
-        match slice.address_type.as_str() {
-            "IPv4" => IpFamily::V4,
-            "IPv6" => IpFamily::V6,
-            "FQDN" => {
-                return Ok(EndpointSlice {
-                    key,
-                    service: None,
-                    family: None,
-                    ports: Vec::new(),
-                    endpoints: Vec::new(),
-                })
-            }
-            other => return Err(ctx.err(
+    let family = match slice.address_type.as_str() {
+        "IPv4" => IpFamily::V4,
+        "IPv6" => IpFamily::V6,
+        "FQDN" => {
+            return Ok(EndpointSlice {
+                key,
+                service: None,
+                family: None,
+                ports: Vec::new(),
+                endpoints: Vec::new(),
+            })
+        }
+        other => {
+            return Err(ctx.err(
                 "addressType",
                 format!(
                     "unsupported value {other:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\""
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let service = slice
         .metadata
         .labels
