@@ -285,7 +285,14 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Lab(cmd) => runtime()?.block_on(lab::cli::run(cmd)),
         Cmd::Explain(a) => runtime()?.block_on(explain(a)),
-        Cmd::Flows(args) => flows::client::run(args).map_err(anyhow::Error::from),
+        Cmd::Flows(mut args) => {
+            if let Some(name) = &args.lab {
+                // A lab's nodes each have an agent: ask them all (or --node's).
+                args.sockets =
+                    lab::instance::LabState::load(name)?.flow_sockets(args.node.as_deref())?;
+            }
+            flows::client::run(args).map_err(anyhow::Error::from)
+        }
     }
 }
 

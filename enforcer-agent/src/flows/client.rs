@@ -172,9 +172,15 @@ struct RawFlowsArgs {
     /// Show times in UTC rather than the local time zone (table output).
     #[arg(long)]
     utc: bool,
-    /// The agent's flow socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// The agent's flow socket; repeat to merge several agents' flows.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, conflicts_with = "lab")]
+    socket: Vec<PathBuf>,
+    /// The flows of a lab (`enforcer lab`): every node's agent, merged.
+    #[arg(long, value_name = "NAME", conflicts_with = "file")]
+    lab: Option<String>,
+    /// With --lab: only this node's agent.
+    #[arg(long, value_name = "NODE", requires = "lab")]
+    node: Option<String>,
     /// Read a saved flow log (JSON lines) instead of asking the agent; repeat for several
     /// files, oldest first (`--file flows.jsonl.1 --file flows.jsonl`).
     #[arg(long, value_name = "PATH")]
@@ -192,7 +198,12 @@ pub struct FlowsArgs {
     pub output: Option<OutputFormat>,
     pub color: ColorChoice,
     pub utc: bool,
-    pub socket: PathBuf,
+    /// The agents to ask (their flows are merged in time order).
+    pub sockets: Vec<PathBuf>,
+    /// `--lab`: the caller replaces `sockets` with the lab's (see `enforcer lab`).
+    pub lab: Option<String>,
+    /// `--node`, with `--lab`.
+    pub node: Option<String>,
     pub files: Vec<PathBuf>,
 }
 
@@ -272,7 +283,9 @@ impl FlowsArgs {
             output: raw.output,
             color: raw.color,
             utc: raw.utc,
-            socket: raw.socket,
+            sockets: raw.socket,
+            lab: raw.lab,
+            node: raw.node,
             files: raw.file,
         })
     }
@@ -413,6 +426,94 @@ pub fn query_agent<W: Write>(
     req: &Request,
     printer: &mut Printer<W>,
 ) -> Result<(), ClientError> {
+    read_messages(socket, req, |msg| print_message(printer, msg))?;
+    printer.flush().map_err(ClientError::Output)
+}
+
+fn print_message<W: Write>(printer: &mut Printer<W>, msg: Message) -> Result<(), ClientError> {
+    match msg {
+        Message::Flow(r) => printer.flow(&r).map_err(ClientError::Output),
+        Message::Lost { count } => printer.lost(count).map_err(ClientError::Output),
+        Message::Error { message } => Err(ClientError::Refused { message }),
+    }
+}
+
+/// Asks several agents (the nodes of a lab) and prints their flows merged: without
+/// `--follow`, every agent's history sorted by time (the last N of all of them); with it,
+/// records as they arrive from any agent. An agent that cannot be reached is reported and
+/// skipped while another answers.
+pub fn query_agents<W: Write>(
+    sockets: &[PathBuf],
+    req: &Request,
+    printer: &mut Printer<W>,
+) -> Result<(), ClientError> {
+    if let [one] = sockets {
+        return query_agent(one, req, printer);
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Result<Message, ClientError>>();
+    for socket in sockets {
+        let (tx, socket, req) = (tx.clone(), socket.clone(), req.clone());
+        std::thread::spawn(move || {
+            let sent = read_messages(&socket, &req, |m| {
+                tx.send(Ok(m))
+                    .map_err(|_| ClientError::Output(io::ErrorKind::BrokenPipe.into()))
+            });
+            if let Err(e) = sent {
+                let _ = tx.send(Err(e));
+            }
+        });
+    }
+    drop(tx);
+    let mut history: Vec<Message> = Vec::new();
+    let mut failures = 0;
+    for msg in rx {
+        match msg {
+            Ok(m) if req.follow => {
+                print_message(printer, m)?;
+                printer.flush().map_err(ClientError::Output)?;
+            }
+            Ok(m) => history.push(m),
+            Err(e) => {
+                failures += 1;
+                if failures == sockets.len() {
+                    return Err(e);
+                }
+                eprintln!("warning: {e}");
+            }
+        }
+    }
+    // Flow times are RFC 3339 in UTC with a fixed width: they sort as strings; the sort is
+    // stable, so one agent's order is kept.
+    let time = |m: &Message| match m {
+        Message::Flow(r) => r.time.clone(),
+        _ => String::new(),
+    };
+    history.sort_by_key(time);
+    let flows = history
+        .iter()
+        .filter(|m| matches!(m, Message::Flow(_)))
+        .count();
+    let skip = req.last.map_or(0, |n| flows.saturating_sub(n));
+    let mut seen = 0;
+    for m in history {
+        if matches!(m, Message::Flow(_)) {
+            seen += 1;
+            if seen <= skip {
+                continue;
+            }
+        }
+        print_message(printer, m)?;
+    }
+    printer.flush().map_err(ClientError::Output)
+}
+
+/// Sends `req` to the agent on `socket` and hands each answer line to `on_msg` until the agent
+/// closes the connection.
+fn read_messages(
+    socket: &Path,
+    req: &Request,
+    mut on_msg: impl FnMut(Message) -> Result<(), ClientError>,
+) -> Result<(), ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NoAgent {
             socket: socket.into(),
@@ -446,13 +547,9 @@ pub fn query_agent<W: Write>(
                 line: line.trim_end().to_string(),
                 source,
             })?;
-        match msg {
-            Message::Flow(r) => printer.flow(&r).map_err(ClientError::Output)?,
-            Message::Lost { count } => printer.lost(count).map_err(ClientError::Output)?,
-            Message::Error { message } => return Err(ClientError::Refused { message }),
-        }
+        on_msg(msg)?;
     }
-    printer.flush().map_err(ClientError::Output)
+    Ok(())
 }
 
 /// Runs `enforcer flows`.
@@ -474,7 +571,7 @@ pub fn run(args: FlowsArgs) -> Result<(), ClientError> {
     let mut printer = Printer::new(BufWriter::new(stdout.lock()), format, table, args.follow);
     let history = args.history(SystemTime::now());
     let result = if args.files.is_empty() {
-        query_agent(&args.socket, &args.request(&history), &mut printer)
+        query_agents(&args.sockets, &args.request(&history), &mut printer)
     } else {
         read_files(
             &args.files,
@@ -600,7 +697,8 @@ pub(crate) mod tests {
         assert_eq!(a.since, Some(Since::Ago(Duration::from_secs(300))));
         assert_eq!(a.output, Some(OutputFormat::Json));
         assert_eq!(a.color, ColorChoice::Never);
-        assert_eq!(a.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(a.sockets, [PathBuf::from("/tmp/x.sock")]);
+        assert_eq!((a.lab.as_deref(), a.node.as_deref()), (None, None));
         let f = &a.filter.include;
         assert_eq!(f.verdict, [Verdict::Dropped]);
         assert_eq!(f.namespace, ["prod", "dev"]);
@@ -630,7 +728,17 @@ pub(crate) mod tests {
         assert!(a.filter.exclude.is_empty());
 
         let d = parse("").unwrap();
-        assert_eq!(d.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(d.sockets, [PathBuf::from(DEFAULT_SOCKET)]);
+        let l = parse("--lab demo --node node-a").unwrap();
+        assert_eq!(
+            (l.lab.as_deref(), l.node.as_deref()),
+            (Some("demo"), Some("node-a"))
+        );
+        let two = parse("--socket a.sock --socket b.sock").unwrap();
+        assert_eq!(
+            two.sockets,
+            [PathBuf::from("a.sock"), PathBuf::from("b.sock")]
+        );
         assert_eq!(
             (d.output, d.color, d.follow),
             (None, ColorChoice::Auto, false)
@@ -775,14 +883,24 @@ pub(crate) mod tests {
         let (table, jsonl_out) = tokio::task::spawn_blocking(move || {
             let a = parse(&format!("--socket {} --verdict allowed", s.display())).unwrap();
             let mut p = printer(OutputFormat::Table);
-            query_agent(&a.socket, &a.request(&a.history(SystemTime::now())), &mut p).unwrap();
+            query_agent(
+                &a.sockets[0],
+                &a.request(&a.history(SystemTime::now())),
+                &mut p,
+            )
+            .unwrap();
             let a = parse(&format!(
                 "--socket {} --not --from-port 1 --last 2",
                 s.display()
             ))
             .unwrap();
             let mut q = printer(OutputFormat::Jsonl);
-            query_agent(&a.socket, &a.request(&a.history(SystemTime::now())), &mut q).unwrap();
+            query_agent(
+                &a.sockets[0],
+                &a.request(&a.history(SystemTime::now())),
+                &mut q,
+            )
+            .unwrap();
             (String::from_utf8(p.into_inner()).unwrap(), q.into_inner())
         })
         .await
@@ -794,5 +912,40 @@ pub(crate) mod tests {
         );
         assert_eq!(ports_of(jsonl_out), [4, 5]);
         server.abort();
+    }
+
+    /// Two agents (a lab's nodes): their histories merge in time order, `--last` counts over
+    /// both, and a missing third agent is skipped with a warning.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn merges_several_agents() {
+        let dir = TempDir::new("flows-merge");
+        let (sa, sb) = (dir.0.join("a.sock"), dir.0.join("b.sock"));
+        let (a, b) = (FlowStore::new(100), FlowStore::new(100));
+        a.push(rec(1, true, "2024-11-23T18:40:48.100Z"));
+        b.push(rec(2, true, "2024-11-23T18:40:48.200Z"));
+        a.push(rec(3, true, "2024-11-23T18:40:48.300Z"));
+        b.push(rec(4, true, "2024-11-23T18:40:48.400Z"));
+        let servers = [
+            tokio::spawn(FlowServer::bind(&sa, a).unwrap().run()),
+            tokio::spawn(FlowServer::bind(&sb, b).unwrap().run()),
+        ];
+        let missing = dir.0.join("c.sock");
+        let (all, last) = tokio::task::spawn_blocking(move || {
+            let sockets = [sa, sb, missing];
+            let run = |args: &str| {
+                let a = parse(args).unwrap();
+                let mut p = printer(OutputFormat::Jsonl);
+                query_agents(&sockets, &a.request(&a.history(SystemTime::now())), &mut p).unwrap();
+                ports_of(p.into_inner())
+            };
+            (run("--all"), run("--last 3"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(all, [1, 2, 3, 4]);
+        assert_eq!(last, [2, 3, 4]);
+        for s in servers {
+            s.abort();
+        }
     }
 }

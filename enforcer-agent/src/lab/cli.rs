@@ -8,9 +8,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::instance::{self, AgentStatus, Lab, LabState};
-use super::probe::run_probes;
+use super::placement::Placement;
+use super::probe::measure_step;
 use super::scenario::{self, compare, Probe, Results, Scenario, StepResult};
-use super::servers::{endpoints_for, ServerSet};
+use super::services::{cluster_from_yaml, scenario_has_services, ClusterIpMemory};
 use super::topology::{self, Topology};
 
 /// Subcommands of `enforcer lab`.
@@ -20,7 +21,7 @@ pub enum LabCommand {
     Run(RunArgs),
     /// Bring up a scenario's first step (or the built-in demo) with its agent and leave it running.
     Up(UpArgs),
-    /// Show the pods, interfaces, addresses and agent of a running lab.
+    /// Show the nodes, pods, interfaces, addresses and agents of a running lab.
     Status(StatusArgs),
     /// Run a command inside a pod's network namespace of a running lab.
     Exec(ExecArgs),
@@ -51,6 +52,11 @@ pub struct RunArgs {
     /// Time a probe may take before it counts as failed.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
+    /// Spread the pods that name no node (spec.nodeName) over these nodes, e.g.
+    /// `--nodes node-a,node-b`: one node namespace and agent each, the same pod on the same
+    /// node in every step.
+    #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +70,9 @@ pub struct UpArgs {
     /// `--agent-arg=--alerts-config=alerts.yaml`.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
+    /// Spread the pods that name no node over these nodes (as `lab run --nodes`).
+    #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -172,7 +181,14 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| format!("r{}", std::process::id()));
-    let results = interruptible(run_scenario(&scenario, &name, args.keep, timeout)).await?;
+    let results = interruptible(run_scenario(
+        &scenario,
+        &name,
+        args.keep,
+        timeout,
+        &args.nodes,
+    ))
+    .await?;
 
     if args.json {
         println!("{}", results.to_json_pretty());
@@ -193,6 +209,13 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the lab of `steps`: their pods' nodes (spread over `spread` when given), and
+/// kube-proxy when a step has Services.
+fn create_lab(steps: &[scenario::Step], name: &str, spread: &[String]) -> anyhow::Result<Lab> {
+    let placement = Placement::plan(steps, spread).context("placing the pods on nodes")?;
+    Lab::create(name, placement, scenario_has_services(steps))
+}
+
 /// Builds the lab, runs every step, and returns the measured results. The lab is removed when
 /// this returns (or is abandoned), unless `keep`.
 pub async fn run_scenario(
@@ -200,8 +223,9 @@ pub async fn run_scenario(
     name: &str,
     keep: bool,
     timeout: Duration,
+    spread: &[String],
 ) -> anyhow::Result<Results> {
-    let mut lab = Lab::create(name)?;
+    let mut lab = create_lab(&scenario.steps, name, spread)?;
     lab.sync_pods(&scenario.steps[0].pods)?;
     lab.start_agent(keep, &[])?;
     let mut results = Results::default();
@@ -212,15 +236,23 @@ pub async fn run_scenario(
         lab.apply(step).await?;
         let applied = started.elapsed();
         let pods = lab.topo.pods();
-        let servers = ServerSet::start(&pods, &endpoints_for(&step.probes))?;
-        let probes = run_probes(&pods, &step.probes, timeout).await?;
-        servers.stop().await;
+        let probes = measure_step(
+            &pods,
+            &step.probes,
+            lab.cluster(),
+            lab.cluster_ips(),
+            timeout,
+        )
+        .await
+        .with_context(|| format!("probing step {}", step.label()))?;
         eprintln!(
-            "step {} ({}): {} pods, {} policies; agent applied in {:.2}s; {} probes in {:.2}s",
+            "step {} ({}): {} pods on {} node(s), {} policies, {} services; agents applied in {:.2}s; {} probes in {:.2}s",
             i + 1,
             step.label(),
             pods.len(),
+            lab.topo.layout().nodes.len(),
             step.policy_count,
+            lab.cluster().services.len(),
             applied.as_secs_f64(),
             step.probes.len(),
             (started.elapsed() - applied).as_secs_f64()
@@ -239,6 +271,7 @@ pub async fn run_scenario(
 }
 
 fn probes_yaml(probes: &[Probe]) -> String {
+    // Serialized as written: Service probes keep their `service` key.
     serde_yaml::to_string(probes).expect("probes serialize")
 }
 
@@ -262,19 +295,22 @@ async fn cmd_up(args: UpArgs) -> anyhow::Result<()> {
         None => demo_scenario(),
     };
     let agent_args: Vec<&str> = args.agent_args.iter().map(String::as_str).collect();
-    let state = up(&scenario, &args.name, &agent_args).await?.detach()?;
+    let state = up(&scenario, &args.name, &agent_args, &args.nodes)
+        .await?
+        .detach()?;
     print_up_summary(&state);
     Ok(())
 }
 
-/// Builds the first step of `scenario` with a detached agent and waits until it applied it.
+/// Builds the first step of `scenario` with detached agents and waits until they applied it.
 pub(crate) async fn up(
     scenario: &Scenario,
     name: &str,
     agent_args: &[&str],
+    spread: &[String],
 ) -> anyhow::Result<Lab> {
     let step = &scenario.steps[0];
-    let mut lab = Lab::create(name)?;
+    let mut lab = create_lab(&scenario.steps[..1], name, spread)?;
     lab.sync_pods(&step.pods)?;
     lab.start_agent(true, agent_args)?;
     lab.set_probes_file(&probes_yaml(&step.probes))?;
@@ -285,17 +321,27 @@ pub(crate) async fn up(
 
 fn print_up_summary(state: &LabState) {
     let name = &state.name;
-    println!("lab {name:?} is up (node namespace {})", state.node_netns);
+    if state.nodes.len() > 1 {
+        println!("lab {name:?} is up ({} nodes)", state.nodes.len());
+    } else {
+        println!("lab {name:?} is up (node namespace {})", state.node_netns);
+    }
+    print_nodes(state);
     print_pods(state);
     match state.agent_pid {
-        Some(pid) => println!("agent: pid {pid}, log {}", state.paths.agent_log.display()),
+        Some(pid) if state.nodes.len() <= 1 => {
+            println!("agent: pid {pid}, log {}", state.paths.agent_log.display())
+        }
+        Some(_) => {}
         None => println!("agent: not started"),
     }
     println!(
-        "manifests: {} (edit and save: the agent re-applies)",
+        "manifests: {} (edit and save: the agents re-apply)",
         state.paths.manifests_dir.display()
     );
-    println!("flow log:  {}", state.paths.flow_log.display());
+    if state.nodes.len() <= 1 {
+        println!("flow log:  {}", state.paths.flow_log.display());
+    }
     println!();
     println!("try:");
     if let Some(pod) = state.pods.first() {
@@ -308,8 +354,45 @@ fn print_up_summary(state: &LabState) {
     }
     println!("  enforcer lab probe --name {name}");
     println!("  enforcer lab status --name {name}");
-    println!("  tail -f {}", state.paths.flow_log.display());
+    println!("  enforcer flows --lab {name} --follow");
     println!("  enforcer lab down --name {name}");
+}
+
+/// The nodes with their addresses and agents (a single-node lab shows its one node).
+fn print_nodes(state: &LabState) {
+    if state.nodes.is_empty() {
+        return;
+    }
+    let width = state
+        .nodes
+        .iter()
+        .map(|n| n.spec.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:width$}  {:24}  {:11}  {:16}  AGENT",
+        "NODE", "NETNS", "IPv4", "IPv6"
+    );
+    for n in &state.nodes {
+        let agent = match n.agent_pid {
+            Some(pid) if instance::pid_alive(pid) => {
+                format!("pid {pid} (running), log {}", n.paths.agent_log.display())
+            }
+            Some(pid) => format!(
+                "pid {pid} (NOT running), log {}",
+                n.paths.agent_log.display()
+            ),
+            None => "none".into(),
+        };
+        println!(
+            "  {:width$}  {:24}  {:11}  {:16}  {agent}",
+            n.spec.name,
+            n.spec.netns,
+            n.spec.ipv4.to_string(),
+            n.spec.ipv6.to_string()
+        );
+    }
 }
 
 fn print_pods(state: &LabState) {
@@ -320,15 +403,23 @@ fn print_pods(state: &LabState) {
         .max()
         .unwrap_or(3)
         .max(3);
+    let node_width = state
+        .pods
+        .iter()
+        .map(|p| p.node.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     println!(
-        "  {:width$}  {:16}  {:7}  {:15}  IPv6",
-        "POD", "NETNS", "IFACE", "IPv4"
+        "  {:width$}  {:node_width$}  {:16}  {:7}  {:15}  IPv6",
+        "POD", "NODE", "NETNS", "IFACE", "IPv4"
     );
     for p in &state.pods {
         let v6 = p.ipv6.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
         println!(
-            "  {:width$}  {:16}  {:7}  {:15}  {v6}",
+            "  {:width$}  {:node_width$}  {:16}  {:7}  {:15}  {v6}",
             p.key(),
+            p.node,
             p.netns,
             p.ifname,
             p.ipv4.to_string()
@@ -351,15 +442,41 @@ pub(crate) fn resolve_name(name: Option<String>) -> String {
 fn cmd_status(args: StatusArgs) -> anyhow::Result<()> {
     let name = resolve_name(args.name);
     let state = LabState::load(&name)?;
-    let alive = state.agent_pid.is_some_and(instance::pid_alive);
-    let agent_status: Option<AgentStatus> = std::fs::read_to_string(&state.paths.status_file)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    // (node, agent alive, agent status) for every node; today's layout has one.
+    let agents: Vec<(String, bool, Option<AgentStatus>, std::path::PathBuf)> =
+        if state.nodes.is_empty() {
+            vec![(
+                super::placement::DEFAULT_NODE.to_owned(),
+                state.agent_pid.is_some_and(instance::pid_alive),
+                AgentStatus::read(&state.paths.status_file),
+                state.paths.agent_log.clone(),
+            )]
+        } else {
+            state
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.spec.name.clone(),
+                        n.agent_pid.is_some_and(instance::pid_alive),
+                        AgentStatus::read(&n.paths.status_file),
+                        n.paths.agent_log.clone(),
+                    )
+                })
+                .collect()
+        };
     if args.json {
+        let nodes: Vec<serde_json::Value> = agents
+            .iter()
+            .map(|(node, alive, st, _)| {
+                serde_json::json!({"node": node, "agent_alive": alive, "agent_status": st})
+            })
+            .collect();
         let out = serde_json::json!({
             "lab": state,
-            "agent_alive": alive,
-            "agent_status": agent_status,
+            "agent_alive": agents.first().map(|a| a.1),
+            "agent_status": agents.first().map(|a| &a.2),
+            "agents": nodes,
         });
         println!(
             "{}",
@@ -368,36 +485,46 @@ fn cmd_status(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "lab {name:?} (node namespace {}, state {})",
-        state.node_netns,
-        state.paths.state_dir.display()
-    );
-    print_pods(&state);
-    match state.agent_pid {
-        Some(pid) => println!(
-            "agent: pid {pid} ({})",
-            if alive { "running" } else { "NOT running" }
-        ),
-        None => println!("agent: none"),
-    }
-    if let Some(st) = agent_status {
-        let attached = st.endpoints.values().filter(|e| e.attached).count();
-        println!(
-            "agent status: digest {}, {attached}/{} endpoints attached, {} pending, {} errors",
-            st.digest.as_deref().unwrap_or("-"),
-            st.endpoints.len(),
-            st.pending.len(),
-            st.errors.len()
-        );
-        for err in &st.errors {
-            println!("  error: {err}");
+        "lab {name:?} ({} node(s), state {}{})",
+        agents.len(),
+        state.paths.state_dir.display(),
+        if state.kube_proxy {
+            ", kube-proxy on every node"
+        } else {
+            ""
         }
-    }
-    if !alive {
-        println!(
-            "agent.log tail:\n{}",
-            instance::log_tail(&state.paths.agent_log, 10)
-        );
+    );
+    print_nodes(&state);
+    print_pods(&state);
+    for (node, alive, st, log) in &agents {
+        if state.nodes.is_empty() {
+            match state.agent_pid {
+                Some(pid) => println!(
+                    "agent: pid {pid} ({})",
+                    if *alive { "running" } else { "NOT running" }
+                ),
+                None => println!("agent: none"),
+            }
+        }
+        if let Some(st) = st {
+            let attached = st.endpoints.values().filter(|e| e.attached).count();
+            println!(
+                "node {node}: agent status: digest {}, {attached}/{} endpoints attached, {} pending, {} errors",
+                st.digest.as_deref().unwrap_or("-"),
+                st.endpoints.len(),
+                st.pending.len(),
+                st.errors.len()
+            );
+            for err in &st.errors {
+                println!("  error: {err}");
+            }
+        }
+        if !alive {
+            println!(
+                "node {node}: agent.log tail:\n{}",
+                instance::log_tail(log, 10)
+            );
+        }
     }
     Ok(())
 }
@@ -440,16 +567,24 @@ async fn cmd_probe(args: ProbeArgs) -> anyhow::Result<()> {
         .context("no probes file given and the lab has none recorded")?;
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let probes: Vec<Probe> = serde_yaml::from_str::<Option<Vec<Probe>>>(&text)
-        .with_context(|| format!("parsing {}", path.display()))?
-        .unwrap_or_default();
-    let topo = Topology::attach(&name, &state.pods)?;
+    let probes = scenario::parse_probes(&path, &text)?;
+    let topo = Topology::attach(&name, &state.layout(), &state.pods)?;
     let pods = topo.pods();
-    let servers = ServerSet::start(&pods, &endpoints_for(&probes))?;
-    let results = run_probes(&pods, &probes, Duration::from_millis(args.timeout_ms)).await;
-    servers.stop().await;
+    // The Services as the agents and kube-proxy last saw them.
+    let manifest = state.paths.manifests_dir.join("cluster.yaml");
+    let cluster_yaml = std::fs::read_to_string(&manifest).unwrap_or_default();
+    let (cluster, _) = cluster_from_yaml(&[&cluster_yaml]);
+    let memory = ClusterIpMemory(state.cluster_ips.clone());
+    let results = measure_step(
+        &pods,
+        &probes,
+        &cluster,
+        &memory,
+        Duration::from_millis(args.timeout_ms),
+    )
+    .await?;
     let results = Results {
-        steps: vec![StepResult { probes: results? }],
+        steps: vec![StepResult { probes: results }],
     };
     if args.json {
         println!("{}", results.to_json_pretty());

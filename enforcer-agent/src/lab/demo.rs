@@ -128,7 +128,7 @@ const TRAFFIC: &[Flow] = &[
 pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let scenario = demo_scenario();
     // Allowed connections are logged too, so the flow log shows both outcomes.
-    let lab = interruptible(up(&scenario, &args.name, &["--log-allowed"])).await?;
+    let lab = interruptible(up(&scenario, &args.name, &["--log-allowed"], &[])).await?;
     let pods = lab.topo.pods();
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for f in TRAFFIC {

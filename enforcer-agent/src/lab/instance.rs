@@ -1,102 +1,31 @@
-//! A lab instance: its topology, its agent process and its state directory
-//! (`/run/enforcer-lab/<name>/`), plus tearing down instances left running by `lab up`.
+//! A lab instance: its topology, one agent process per node, its kube-proxy, and its state
+//! directory (`/run/enforcer-lab/<name>/`).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
 
+use super::kube_proxy;
+use super::nodes::NodeLayout;
+use super::placement::Placement;
 use super::scenario::{PodSpec, Step};
-use super::topology::{self, PodState, Topology};
+use super::services::{cluster_from_yaml, ClusterIpMemory};
+use super::state::NodeState;
+use super::topology::Topology;
+use crate::model::Cluster;
 
-/// Where lab instances keep their state.
-pub const STATE_ROOT: &str = "/run/enforcer-lab";
-/// bpffs directory under which each instance's agent pins its objects.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/enforcer";
-/// How long to wait for the agent to take a new state into account.
+pub use super::cleanup::{all_instances, down_instance, is_lab_agent, pid_alive};
+pub use super::state::{
+    AgentStatus, EndpointStatus, LabPaths, LabState, NodePaths, PIN_ROOT, STATE_ROOT,
+};
+
+/// How long to wait for the agents to take a new state into account.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 const APPLY_POLL: Duration = Duration::from_millis(50);
-
-/// Files and folders of one instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LabPaths {
-    pub state_dir: PathBuf,
-    pub state_file: PathBuf,
-    pub manifests_dir: PathBuf,
-    pub status_file: PathBuf,
-    pub flow_log: PathBuf,
-    pub agent_log: PathBuf,
-    pub pin_dir: PathBuf,
-}
-
-impl LabPaths {
-    pub fn new(instance: &str) -> Self {
-        let state_dir = Path::new(STATE_ROOT).join(instance);
-        Self {
-            state_file: state_dir.join("state.json"),
-            manifests_dir: state_dir.join("manifests"),
-            status_file: state_dir.join("status.json"),
-            flow_log: state_dir.join("flows.jsonl"),
-            agent_log: state_dir.join("agent.log"),
-            pin_dir: Path::new(PIN_ROOT).join(instance),
-            state_dir,
-        }
-    }
-}
-
-/// `state.json`: everything `lab status/exec/probe/down` need to find a running instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LabState {
-    pub name: String,
-    pub node_netns: String,
-    pub agent_pid: Option<u32>,
-    pub paths: LabPaths,
-    pub pods: Vec<PodState>,
-    /// A probes file for `lab probe` (the scenario's first step, or the demo's).
-    #[serde(default)]
-    pub probes_file: Option<PathBuf>,
-}
-
-impl LabState {
-    pub fn load(instance: &str) -> anyhow::Result<Self> {
-        let path = LabPaths::new(instance).state_file;
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "reading {} (is lab instance {instance:?} up? see `enforcer lab status`)",
-                path.display()
-            )
-        })?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-
-    pub fn pod(&self, key: &str) -> Option<&PodState> {
-        self.pods.iter().find(|p| p.key() == key)
-    }
-}
-
-/// What `status.json` (written by the agent after each apply) holds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AgentStatus {
-    #[serde(default)]
-    pub digest: Option<String>,
-    #[serde(default)]
-    pub endpoints: std::collections::BTreeMap<String, EndpointStatus>,
-    #[serde(default)]
-    pub pending: Vec<String>,
-    #[serde(default)]
-    pub errors: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct EndpointStatus {
-    #[serde(default)]
-    pub ifname: Option<String>,
-    #[serde(default)]
-    pub attached: bool,
-}
 
 /// A running lab; everything it created is removed on drop unless [`Lab::detach`]ed.
 #[derive(Debug)]
@@ -104,14 +33,22 @@ pub struct Lab {
     pub name: String,
     pub paths: LabPaths,
     pub topo: Topology,
-    agent: Option<Child>,
-    probes_file: Option<PathBuf>,
+    placement: Placement,
+    /// Plays kube-proxy on every node (the scenario has Services).
+    kube_proxy: bool,
+    /// Node name -> its agent.
+    agents: BTreeMap<String, Child>,
+    probes_file: Option<std::path::PathBuf>,
+    cluster_ips: ClusterIpMemory,
+    /// The model of the manifests of the last applied step.
+    cluster: Cluster,
     armed: bool,
 }
 
 impl Lab {
-    /// Creates the state directory and the node namespace.
-    pub fn create(name: &str) -> anyhow::Result<Self> {
+    /// Creates the state directory and the node namespaces (and the fabric) that `placement`
+    /// needs; `kube_proxy`: the lab programs Service NAT on every node.
+    pub fn create(name: &str, placement: Placement, kube_proxy: bool) -> anyhow::Result<Self> {
         validate_name(name)?;
         let paths = LabPaths::new(name);
         if paths.state_dir.exists() {
@@ -120,9 +57,28 @@ impl Lab {
                 paths.state_dir.display()
             );
         }
+        let layout = NodeLayout::new(name, &placement, kube_proxy);
+        for node in &layout.nodes {
+            let socket = paths.node(&node.name, layout.is_single()).flow_socket;
+            // sun_path holds 108 bytes with its NUL.
+            if socket.as_os_str().len() > 107 {
+                bail!(
+                    "node name {:?} makes the flow socket path {} too long",
+                    node.name,
+                    socket.display()
+                );
+            }
+        }
         std::fs::create_dir_all(&paths.manifests_dir)
             .with_context(|| format!("creating {}", paths.manifests_dir.display()))?;
-        let topo = match Topology::create(name) {
+        if !layout.is_single() {
+            for node in &layout.nodes {
+                let dir = paths.state_dir.join("nodes").join(&node.name);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+        }
+        let topo = match Topology::create_layout(name, layout) {
             Ok(t) => t,
             Err(err) => {
                 let _ = std::fs::remove_dir_all(&paths.state_dir);
@@ -133,20 +89,42 @@ impl Lab {
             name: name.to_owned(),
             paths,
             topo,
-            agent: None,
+            placement,
+            kube_proxy,
+            agents: BTreeMap::new(),
             probes_file: None,
+            cluster_ips: ClusterIpMemory::default(),
+            cluster: Cluster::default(),
             armed: true,
         })
     }
 
+    fn node_paths(&self, node: &str) -> NodePaths {
+        self.paths.node(node, self.topo.layout().is_single())
+    }
+
     pub fn state(&self) -> LabState {
+        let layout = self.topo.layout();
+        let nodes: Vec<NodeState> = layout
+            .nodes
+            .iter()
+            .map(|n| NodeState {
+                spec: n.clone(),
+                agent_pid: self.agents.get(&n.name).map(Child::id),
+                paths: self.node_paths(&n.name),
+            })
+            .collect();
         LabState {
             name: self.name.clone(),
             node_netns: self.topo.node_netns().to_owned(),
-            agent_pid: self.agent.as_ref().map(|c| c.id()),
+            agent_pid: nodes.first().and_then(|n| n.agent_pid),
             paths: self.paths.clone(),
             pods: self.topo.pod_states(),
             probes_file: self.probes_file.clone(),
+            nodes,
+            fabric: layout.fabric.clone(),
+            kube_proxy: self.kube_proxy,
+            cluster_ips: self.cluster_ips.0.clone(),
         }
     }
 
@@ -163,110 +141,177 @@ impl Lab {
         Ok(())
     }
 
-    /// Builds the pods of a step (keeping pods that already exist).
+    /// Builds the pods of a step, each on its node (keeping pods that already exist).
     pub fn sync_pods(&mut self, pods: &[PodSpec]) -> anyhow::Result<()> {
-        self.topo.sync_pods(pods)?;
+        let placed: Vec<PodSpec> = pods
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.node = self.placement.node_of(&p.key()).map(str::to_owned);
+                p
+            })
+            .collect();
+        self.topo.sync_pods(&placed)?;
         self.save_state()
     }
 
-    /// Starts the agent (this binary's `agent` subcommand) for this instance. With `detach`
-    /// it runs in its own session so it outlives this process.
+    /// Starts one agent (this binary's `agent` subcommand) per node. With `detach` they run
+    /// in their own sessions so they outlive this process.
     pub fn start_agent(&mut self, detach: bool, extra_args: &[&str]) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("finding the enforcer binary")?;
-        let log = std::fs::File::create(&self.paths.agent_log)
-            .with_context(|| format!("creating {}", self.paths.agent_log.display()))?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("agent")
-            .arg("--manifests")
-            .arg(&self.paths.manifests_dir)
-            .args(["--node", "lab", "--netns"])
-            .arg(crate::netns::named_path(self.topo.node_netns()))
-            .arg("--pin-dir")
-            .arg(&self.paths.pin_dir)
-            .arg("--status-file")
-            .arg(&self.paths.status_file)
-            .arg("--flow-log")
-            .arg(&self.paths.flow_log)
-            .arg("--flow-socket")
-            .arg(self.paths.state_dir.join("flows.sock"))
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if detach {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::setsid() < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+        for node in self.topo.layout().nodes.clone() {
+            let paths = self.node_paths(&node.name);
+            let log = std::fs::File::create(&paths.agent_log)
+                .with_context(|| format!("creating {}", paths.agent_log.display()))?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg("agent")
+                .arg("--manifests")
+                .arg(&self.paths.manifests_dir)
+                .args(["--node", &node.name, "--netns"])
+                .arg(crate::netns::named_path(&node.netns))
+                .arg("--pin-dir")
+                .arg(&paths.pin_dir)
+                .arg("--status-file")
+                .arg(&paths.status_file)
+                .arg("--flow-log")
+                .arg(&paths.flow_log)
+                .arg("--flow-socket")
+                .arg(&paths.flow_socket)
+                .args(extra_args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log);
+            if detach {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        if libc::setsid() < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
             }
+            let child = cmd.spawn().with_context(|| {
+                format!(
+                    "starting node {}'s agent ({} agent ...)",
+                    node.name,
+                    exe.display()
+                )
+            })?;
+            self.agents.insert(node.name.clone(), child);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting the agent ({} agent ...)", exe.display()))?;
-        self.agent = Some(child);
         self.save_state()
     }
 
-    /// Writes a step's manifests and waits until the agent reports it applied them.
-    pub async fn apply(&mut self, step: &Step) -> anyhow::Result<AgentStatus> {
+    /// Writes a step's manifests (with every pod's node when there are several agents),
+    /// programs every node's kube-proxy, and waits until every node's agent reports it
+    /// applied them.
+    pub async fn apply(&mut self, step: &Step) -> anyhow::Result<Vec<AgentStatus>> {
+        let cluster_yaml = self
+            .placement
+            .manifests(&step.cluster_yaml)
+            .with_context(|| format!("placing the pods of step {}", step.label()))?;
         write_atomic(
             &self.paths.manifests_dir.join("cluster.yaml"),
-            step.cluster_yaml.as_bytes(),
+            cluster_yaml.as_bytes(),
         )?;
         write_atomic(
             &self.paths.manifests_dir.join("policies.yaml"),
             step.policies_yaml.as_bytes(),
         )?;
+        let (cluster, errors) = cluster_from_yaml(&[&cluster_yaml]);
+        if self.kube_proxy {
+            for err in &errors {
+                eprintln!("warning: step {}: cluster.yaml {err}", step.label());
+            }
+            for node in &self.topo.layout().nodes {
+                let rules = kube_proxy::ruleset(&cluster, &node.name);
+                kube_proxy::apply(&node.netns, &rules).with_context(|| {
+                    format!(
+                        "programming node {}'s kube-proxy for step {}",
+                        node.name,
+                        step.label()
+                    )
+                })?;
+            }
+        }
+        self.cluster_ips.remember(&cluster);
+        self.cluster = cluster;
+        self.save_state()?;
         let digest = crate::source::manifests::digest_dir(&self.paths.manifests_dir)
             .with_context(|| format!("digesting {}", self.paths.manifests_dir.display()))?;
         let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
-        let mut last: Option<AgentStatus> = None;
+        let nodes: Vec<String> = self
+            .topo
+            .layout()
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
         loop {
-            if let Some(child) = self.agent.as_mut() {
-                if let Some(exit) = child.try_wait().context("checking the agent process")? {
-                    bail!(
-                        "the agent exited ({exit}) before applying step {}; agent.log tail:\n{}",
-                        step.label(),
-                        log_tail(&self.paths.agent_log, 40)
-                    );
+            let mut statuses = Vec::new();
+            let mut waiting = Vec::new();
+            for node in &nodes {
+                let paths = self.node_paths(node);
+                if let Some(child) = self.agents.get_mut(node) {
+                    if let Some(exit) = child.try_wait().context("checking an agent process")? {
+                        bail!(
+                            "node {node}'s agent exited ({exit}) before applying step {}; agent.log tail:\n{}",
+                            step.label(),
+                            log_tail(&paths.agent_log, 40)
+                        );
+                    }
+                }
+                match AgentStatus::read(&paths.status_file) {
+                    Some(st)
+                        if st.digest.as_deref() == Some(digest.as_str())
+                            && st.pending.is_empty() =>
+                    {
+                        statuses.push(st)
+                    }
+                    other => waiting.push((node.clone(), paths, other)),
                 }
             }
-            if let Ok(text) = std::fs::read_to_string(&self.paths.status_file) {
-                if let Ok(status) = serde_json::from_str::<AgentStatus>(&text) {
-                    if status.digest.as_deref() == Some(digest.as_str())
-                        && status.pending.is_empty()
-                    {
-                        self.check_endpoints(&status);
-                        return Ok(status);
-                    }
-                    last = Some(status);
+            if waiting.is_empty() {
+                for (node, st) in nodes.iter().zip(&statuses) {
+                    self.check_endpoints(node, st);
                 }
+                return Ok(statuses);
             }
             if tokio::time::Instant::now() >= deadline {
+                let (node, paths, last) = &waiting[0];
                 let status = last
-                    .map(|s| serde_json::to_string(&s).expect("status serializes"))
-                    .unwrap_or_else(|| format!("no readable {}", self.paths.status_file.display()));
+                    .as_ref()
+                    .map(|s| serde_json::to_string(s).expect("status serializes"))
+                    .unwrap_or_else(|| format!("no readable {}", paths.status_file.display()));
                 bail!(
-                    "the agent did not apply step {} within {}s (waiting for digest {digest} and no pending endpoints)\nlast status: {status}\nagent.log tail:\n{}",
+                    "node {node}'s agent did not apply step {} within {}s (waiting for digest {digest} and no pending endpoints)\nlast status: {status}\nagent.log tail:\n{}",
                     step.label(),
                     APPLY_TIMEOUT.as_secs(),
-                    log_tail(&self.paths.agent_log, 40)
+                    log_tail(&paths.agent_log, 40)
                 );
             }
             tokio::time::sleep(APPLY_POLL).await;
         }
     }
 
-    /// Warns about pods the agent does not report as attached (their results would show
-    /// unenforced traffic).
-    fn check_endpoints(&self, status: &AgentStatus) {
+    /// The model of the last applied step's manifests (pods with their nodes, Services).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Every ClusterIP any Service had so far.
+    pub fn cluster_ips(&self) -> &ClusterIpMemory {
+        &self.cluster_ips
+    }
+
+    /// Warns about `node`'s pods its agent does not report as attached (their results would
+    /// show unenforced traffic).
+    fn check_endpoints(&self, node: &str, status: &AgentStatus) {
         let (mut detached, mut unlisted) = (Vec::new(), Vec::new());
-        for pod in self.topo.pod_states() {
+        for pod in self.topo.pod_states().iter().filter(|p| p.node == node) {
             match status.endpoints.get(&pod.key()) {
                 Some(ep) if ep.attached => {}
                 Some(_) => detached.push(pod.key()),
@@ -275,24 +320,36 @@ impl Lab {
         }
         if !detached.is_empty() {
             eprintln!(
-                "warning: the agent reports these pods as not attached: {}",
+                "warning: node {node}'s agent reports these pods as not attached: {}",
                 detached.join(", ")
             );
         }
         if !unlisted.is_empty() {
             eprintln!(
-                "warning: the agent's status does not list these pods: {}",
+                "warning: node {node}'s agent's status does not list these pods: {}",
                 unlisted.join(", ")
             );
         }
         for err in &status.errors {
-            eprintln!("warning: agent reports: {err}");
+            eprintln!("warning: node {node}'s agent reports: {err}");
         }
     }
 
-    /// The agent's pid, if this lab started one.
+    /// The first node's agent's pid, if this lab started one.
     pub fn agent_pid(&self) -> Option<u32> {
-        self.agent.as_ref().map(|c| c.id())
+        self.agents.values().next().map(Child::id)
+    }
+
+    /// The first node's agent log.
+    pub fn agent_log(&self) -> std::path::PathBuf {
+        let first = &self.topo.layout().nodes[0].name;
+        self.node_paths(first).agent_log
+    }
+
+    /// The first node's flow log.
+    pub fn flow_log(&self) -> std::path::PathBuf {
+        let first = &self.topo.layout().nodes[0].name;
+        self.node_paths(first).flow_log
     }
 
     /// Leaves the instance running after this process exits (`lab up`).
@@ -300,19 +357,18 @@ impl Lab {
         self.save_state()?;
         let state = self.state();
         self.armed = false;
-        // Dropping the Child neither kills nor waits; the agent is re-parented to init.
-        self.agent = None;
+        // Dropping a Child neither kills nor waits; the agents are re-parented to init.
+        self.agents.clear();
         self.topo.detach();
         Ok(state)
     }
 
-    /// Stops the agent and removes everything now.
+    /// Stops the agents and removes everything now.
     pub fn teardown(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            stop_child(&mut child);
-        }
+        super::cleanup::stop_children(self.agents.values_mut());
+        self.agents.clear();
         self.topo.teardown();
-        remove_pins(&self.paths.pin_dir);
+        super::cleanup::remove_pins(&self.paths.pin_dir);
         let _ = std::fs::remove_dir_all(&self.paths.state_dir);
         self.armed = false;
     }
@@ -372,127 +428,4 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn stop_child(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let pid = child.id();
-    terminate_pid(pid);
-    let _ = child.wait();
-}
-
-/// SIGTERM, then SIGKILL after 3 s.
-fn terminate_pid(pid: u32) {
-    let pid = pid as libc::pid_t;
-    // SAFETY: plain syscall with integer arguments.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    for _ in 0..60 {
-        if !pid_alive(pid as u32) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    for _ in 0..40 {
-        if !pid_alive(pid as u32) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Whether a process exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Field 3 (after the parenthesised command name) is the state; Z = zombie.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-/// Whether `pid` is this instance's agent (guards against a recycled pid).
-pub fn is_lab_agent(pid: u32, paths: &LabPaths) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    cmdline.contains("agent") && cmdline.contains(&*paths.status_file.to_string_lossy())
-}
-
-fn remove_pins(pin_dir: &Path) {
-    if pin_dir.exists() {
-        if let Err(err) = std::fs::remove_dir_all(pin_dir) {
-            eprintln!("warning: removing {}: {err}", pin_dir.display());
-        }
-    }
-}
-
-/// Removes an instance left running (`lab down`): agent, namespaces, pins, state directory.
-/// Returns whether anything was found.
-pub fn down_instance(name: &str) -> bool {
-    let paths = LabPaths::new(name);
-    let state = LabState::load(name).ok();
-    let mut found = false;
-    if let Some(pid) = state.as_ref().and_then(|s| s.agent_pid) {
-        found = true;
-        if pid_alive(pid) && is_lab_agent(pid, &paths) {
-            terminate_pid(pid);
-        }
-    }
-    let mut names: Vec<String> = state
-        .iter()
-        .flat_map(|s| s.pods.iter().map(|p| p.netns.clone()))
-        .collect();
-    names.extend(topology::list_netns(&format!(
-        "{}{name}-",
-        topology::NETNS_PREFIX
-    )));
-    names.sort();
-    names.dedup();
-    // Pods first: their veth peers live in the node namespace.
-    let node = topology::node_netns_name(name);
-    for ns in names.iter().filter(|n| **n != node) {
-        found = true;
-        topology::delete_netns(ns);
-    }
-    if crate::netns::named_path(&node).exists() {
-        found = true;
-        topology::delete_netns(&node);
-    }
-    if paths.pin_dir.exists() {
-        found = true;
-        remove_pins(&paths.pin_dir);
-    }
-    if paths.state_dir.exists() {
-        found = true;
-        let _ = std::fs::remove_dir_all(&paths.state_dir);
-    }
-    found
-}
-
-/// Every instance name known from state directories or `enf-*` namespaces.
-pub fn all_instances() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(STATE_ROOT)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    for ns in topology::list_netns(topology::NETNS_PREFIX) {
-        let rest = &ns[topology::NETNS_PREFIX.len()..];
-        if let Some(inst) = rest.strip_suffix("-node") {
-            names.push(inst.to_owned());
-        } else if let Some((inst, _)) = rest.rsplit_once("-p") {
-            names.push(inst.to_owned());
-        }
-    }
-    names.sort();
-    names.dedup();
-    names
 }

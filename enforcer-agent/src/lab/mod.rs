@@ -1,18 +1,30 @@
-//! The network-namespace lab: builds a node and its pods as network namespaces, runs the real
-//! agent against them, and measures which connections policies let through.
+//! The network-namespace lab: builds nodes and their pods as network namespaces, runs the real
+//! agent on every node, plays kube-proxy, and measures which connections policies let through.
 //!
-//! - [`scenario`]: scenario directories (FORMAT.md), result matrices and their comparison.
-//! - [`topology`]: the namespaces, veth pairs, addresses and routes (RAII).
-//! - [`instance`]: one lab instance: topology + agent process + state directory.
+//! - [`scenario`]: scenario directories (FORMAT.md, SERVICES.md), result matrices and their
+//!   comparison.
+//! - [`placement`]: which node each pod runs on (spread mode), and the agents' manifests.
+//! - [`nodes`] / [`topology`]: node namespaces and their fabric; pods, veth pairs, addresses
+//!   and routes (RAII).
+//! - [`kube_proxy`]: each node's Service NAT (nftables, as kube-proxy writes it).
+//! - [`services`]: a step's Services: endpoints, probe targets, backend servers.
+//! - [`instance`] / [`state`] / [`cleanup`]: one lab instance: topology + one agent per node
+//!   + state directory; `lab down`.
 //! - [`servers`] / [`probe`]: listeners and clients inside pod namespaces.
 //! - [`cli`]: `enforcer lab ...` ([`cli::LabCommand`], [`cli::run`]); [`demo`]: `lab demo`.
 
+pub mod cleanup;
 pub mod cli;
 pub mod demo;
 pub mod instance;
+pub mod kube_proxy;
+pub mod nodes;
+pub mod placement;
 pub mod probe;
 pub mod scenario;
 pub mod servers;
+pub mod services;
+pub mod state;
 pub mod topology;
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! Probing: clients created in the source pod's namespace connect to the destination pod.
-//! All probes of a step run concurrently, so a step costs about one timeout.
+//! Probing: clients created in the source pod's namespace connect to the destination pod, or
+//! to a Service's ClusterIP. All probes of a step run concurrently, so a step costs about one
+//! timeout.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,8 +103,24 @@ pub async fn connect_once(
     Ok(attempt(socket, to, protocol, limit).await)
 }
 
-/// The matrix skeleton of a probe: every pod pair, self cells and pairs that cannot be judged
-/// (IPv6 probe, a pod without IPv6) set to `null`, others to `false` until measured.
+/// What one probe item connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeTarget {
+    /// Every other pod, at its address of the probe's family, once (FORMAT.md).
+    Pods,
+    /// A Service's ClusterIP: each client row (`namespace/name`) opens `attempts[row]`
+    /// connections, each with a new socket, since the node picks a backend per connection
+    /// (SERVICES.md section 9.4). Rows without attempts are not judged.
+    Service {
+        ip: IpAddr,
+        /// The matrix column, `service/NS/NAME`.
+        column: String,
+        attempts: BTreeMap<String, usize>,
+    },
+}
+
+/// The matrix skeleton of a pod probe: every pod pair, self cells and pairs that cannot be
+/// judged (IPv6 probe, a pod without IPv6) set to `null`, others to `false` until measured.
 fn empty_matrix(pods: &[Arc<LivePod>], family: Family) -> Matrix {
     let mut matrix = Matrix::new();
     for from in pods {
@@ -121,70 +138,162 @@ fn empty_matrix(pods: &[Arc<LivePod>], family: Family) -> Matrix {
     matrix
 }
 
-/// Runs every probe for every ordered pair of distinct pods, all at once, and returns one
-/// result per probe in the probes' order. Servers must already be listening.
+/// Connections of one cell: (probe index, source row, column) -> (succeeded, failed).
+type Tally = BTreeMap<(usize, String, String), (usize, usize)>;
+
+/// One connection to make from a pod.
+struct Job {
+    probe: usize,
+    column: String,
+    addr: SocketAddr,
+    protocol: Proto,
+}
+
+/// Runs every probe, all at once, and returns one result per probe in the probes' order:
+/// pod probes for every ordered pair of distinct pods, Service probes for every pod with an
+/// address of the family. A cell is `true` when all its connections succeed, `false` when
+/// all fail, and `null` when they disagree. Servers must already be listening. `targets`
+/// gives each probe's target (missing ones are pod probes).
 pub async fn run_probes(
     pods: &[Arc<LivePod>],
     probes: &[Probe],
+    targets: &[ProbeTarget],
     limit: Duration,
 ) -> anyhow::Result<Vec<ProbeResult>> {
+    let target = |i: usize| targets.get(i).unwrap_or(&ProbeTarget::Pods);
     let mut results: Vec<ProbeResult> = probes
         .iter()
-        .map(|p| ProbeResult {
-            family: p.family,
-            matrix: empty_matrix(pods, p.family()),
-            port: p.port,
-            protocol: p.protocol,
+        .enumerate()
+        .map(|(i, p)| {
+            let matrix = match target(i) {
+                ProbeTarget::Pods => empty_matrix(pods, p.family()),
+                ProbeTarget::Service {
+                    column, attempts, ..
+                } => pods
+                    .iter()
+                    .map(|from| {
+                        let key = from.state.key();
+                        let cell = attempts.get(&key).map(|_| false);
+                        (key, BTreeMap::from([(column.clone(), cell)]))
+                    })
+                    .collect(),
+            };
+            ProbeResult {
+                family: p.family,
+                matrix,
+                port: p.port,
+                protocol: p.protocol,
+                service: p.service.clone(),
+            }
         })
         .collect();
     let mut tasks = tokio::task::JoinSet::new();
     for from in pods {
-        // Create all of this pod's client sockets with one switch into its namespace.
-        let mut jobs = Vec::new();
+        let from_key = from.state.key();
+        let mut jobs: Vec<Job> = Vec::new();
         for (i, probe) in probes.iter().enumerate() {
-            for to in pods {
-                if results[i].matrix[&from.state.key()][&to.state.key()].is_none() {
-                    continue;
+            match target(i) {
+                ProbeTarget::Pods => {
+                    for to in pods {
+                        if results[i].matrix[&from_key][&to.state.key()].is_none() {
+                            continue;
+                        }
+                        let addr = to
+                            .state
+                            .addr(probe.family(), probe.port)
+                            .expect("judged cells have an address of the probe's family");
+                        jobs.push(Job {
+                            probe: i,
+                            column: to.state.key(),
+                            addr,
+                            protocol: probe.protocol,
+                        });
+                    }
                 }
-                let addr = to
-                    .state
-                    .addr(probe.family(), probe.port)
-                    .expect("judged cells have an address of the probe's family");
-                jobs.push((i, to.state.key(), addr, probe.protocol));
+                ProbeTarget::Service {
+                    ip,
+                    column,
+                    attempts,
+                } => {
+                    for _ in 0..attempts.get(&from_key).copied().unwrap_or(0) {
+                        jobs.push(Job {
+                            probe: i,
+                            column: column.clone(),
+                            addr: SocketAddr::new(*ip, probe.port),
+                            protocol: probe.protocol,
+                        });
+                    }
+                }
             }
         }
+        // Create all of this pod's client sockets with one switch into its namespace.
         let sockets = from.netns.run(|| {
             jobs.iter()
-                .map(|(_, _, addr, proto)| {
-                    let (ty, p) = match proto {
+                .map(|job| {
+                    let (ty, p) = match job.protocol {
                         Proto::Tcp => (Type::STREAM, Protocol::TCP),
                         Proto::Udp => (Type::DGRAM, Protocol::UDP),
                     };
-                    let s = socket2::Socket::new(Domain::for_address(*addr), ty, Some(p))?;
+                    let s = socket2::Socket::new(Domain::for_address(job.addr), ty, Some(p))?;
                     s.set_nonblocking(true)?;
                     Ok(s)
                 })
                 .collect::<std::io::Result<Vec<_>>>()
         })?;
-        let sockets = sockets
-            .with_context(|| format!("creating client sockets in pod {}", from.state.key()))?;
-        for ((i, to_key, addr, proto), socket) in jobs.into_iter().zip(sockets) {
-            let from_key = from.state.key();
+        let sockets =
+            sockets.with_context(|| format!("creating client sockets in pod {from_key}"))?;
+        for (job, socket) in jobs.into_iter().zip(sockets) {
+            let from_key = from_key.clone();
             tasks.spawn(async move {
-                let ok = attempt(socket, addr, proto, limit).await;
-                (i, from_key, to_key, ok)
+                let ok = attempt(socket, job.addr, job.protocol, limit).await;
+                ((job.probe, from_key, job.column), ok)
             });
         }
     }
+    let mut tally = Tally::new();
     while let Some(joined) = tasks.join_next().await {
-        let (i, from, to, ok) = joined.context("probe task failed")?;
+        let (cell, ok) = joined.context("probe task failed")?;
+        let counts = tally.entry(cell).or_default();
+        if ok {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
+    for ((i, from, to), (succeeded, failed)) in tally {
         if let Some(cell) = results[i]
             .matrix
             .get_mut(&from)
             .and_then(|row| row.get_mut(&to))
         {
-            *cell = Some(ok);
+            *cell = match (succeeded, failed) {
+                (_, 0) => Some(true),
+                (0, _) => Some(false),
+                _ => None,
+            };
         }
     }
     Ok(results)
+}
+
+/// Measures one step of a running lab: starts the servers it needs (every pod serves the pod
+/// probes' ports, every Service backend its reachable target ports), runs every probe at
+/// once, stops the servers. `cluster` is the model of the step's manifests.
+pub async fn measure_step(
+    pods: &[Arc<LivePod>],
+    probes: &[Probe],
+    cluster: &crate::model::Cluster,
+    cluster_ips: &super::services::ClusterIpMemory,
+    limit: Duration,
+) -> anyhow::Result<Vec<ProbeResult>> {
+    let services = super::services::StepServices::new(cluster);
+    let targets = services.targets(probes, pods, cluster_ips)?;
+    let servers = super::servers::ServerSet::start_with(
+        pods,
+        &super::servers::endpoints_for(probes),
+        &services.backend_endpoints(probes),
+    )?;
+    let results = run_probes(pods, probes, &targets, limit).await;
+    servers.stop().await;
+    results
 }

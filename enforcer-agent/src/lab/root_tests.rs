@@ -20,6 +20,7 @@ fn pod(ns: &str, name: &str, n: u8, h: u8) -> PodSpec {
         name: name.into(),
         ipv4: format!("10.244.{n}.{h}").parse().unwrap(),
         ipv6: Some(format!("fd00:10:244:{n}::{h}").parse().unwrap()),
+        node: None,
     }
 }
 
@@ -44,6 +45,7 @@ fn three_pods_connect_without_agent_and_cleanup_removes_netns() {
     ]
     .into_iter()
     .map(|(port, protocol, family)| Probe {
+        service: None,
         port,
         protocol,
         family,
@@ -63,7 +65,7 @@ fn three_pods_connect_without_agent_and_cleanup_removes_netns() {
         let started = Instant::now();
         let results = rt.block_on(async {
             let servers = ServerSet::start(&pods, &endpoints_for(&probes)).unwrap();
-            let r = run_probes(&pods, &probes, Duration::from_secs(2))
+            let r = run_probes(&pods, &probes, &[], Duration::from_secs(2))
                 .await
                 .unwrap();
             servers.stop().await;
@@ -81,12 +83,13 @@ fn three_pods_connect_without_agent_and_cleanup_removes_netns() {
 
         // Nothing listens on 82: refused at once (TCP RST / ICMP unreachable), i.e. `false`.
         let closed = [Probe {
+            service: None,
             port: 82,
             protocol: Proto::Tcp,
             family: None,
         }];
         let r = rt
-            .block_on(run_probes(&pods, &closed, Duration::from_secs(2)))
+            .block_on(run_probes(&pods, &closed, &[], Duration::from_secs(2)))
             .unwrap();
         assert_eq!(r[0].matrix["x/a"]["y/a"], Some(false));
 

@@ -52,6 +52,12 @@ pub enum ScenarioError {
     AmbiguousLayout { dir: PathBuf },
     #[error("{dir}: no steps (expected cluster.yaml/policies.yaml/probes.yaml or steps/NN/)")]
     NoSteps { dir: PathBuf },
+    #[error("{path}: probe #{index} names service {service:?}; write it NAMESPACE/NAME")]
+    BadServiceProbe {
+        path: PathBuf,
+        index: usize,
+        service: String,
+    },
 }
 
 /// Transport protocol of a probe.
@@ -92,9 +98,13 @@ fn default_proto() -> Proto {
     Proto::Tcp
 }
 
-/// One item of `probes.yaml`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// One item of `probes.yaml`: a pod probe (every pod pair, FORMAT.md) or, with `service`, a
+/// Service probe (every pod to the Service's ClusterIP, SERVICES.md section 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
+    /// `NAMESPACE/NAME` of the Service; `port` is then a Service port, not a target port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub port: u16,
     #[serde(default = "default_proto")]
     pub protocol: Proto,
@@ -104,13 +114,40 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// A pod probe.
+    pub fn pods(port: u16, protocol: Proto, family: Option<Family>) -> Self {
+        Self {
+            service: None,
+            port,
+            protocol,
+            family,
+        }
+    }
+
     pub fn family(&self) -> Family {
         self.family.unwrap_or(Family::IPv4)
+    }
+
+    /// The matrix column of a Service probe: `service/NAMESPACE/NAME`.
+    pub fn service_column(&self) -> Option<String> {
+        self.service.as_ref().map(|s| format!("service/{s}"))
+    }
+
+    /// Whether two probes have the same key (SERVICES.md section 7): service, port, protocol
+    /// and family, an absent family being IPv4.
+    pub fn same_key(&self, other: &Probe) -> bool {
+        self.service == other.service
+            && self.port == other.port
+            && self.protocol == other.protocol
+            && self.family() == other.family()
     }
 }
 
 impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(svc) = &self.service {
+            write!(f, "service {svc} ")?;
+        }
         write!(f, "{}/{} {}", self.port, self.protocol, self.family())
     }
 }
@@ -122,6 +159,8 @@ pub struct PodSpec {
     pub name: String,
     pub ipv4: Ipv4Addr,
     pub ipv6: Option<Ipv6Addr>,
+    /// `spec.nodeName` as written (`None`: the lab places the pod).
+    pub node: Option<String>,
 }
 
 impl PodSpec {
@@ -290,11 +329,7 @@ impl Step {
         }
         let policy_count = yaml_documents(&dir.join("policies.yaml"), &policies_yaml)?.len();
         let probes_path = dir.join("probes.yaml");
-        let probes: Option<Vec<Probe>> =
-            serde_yaml::from_str(probes_yaml).map_err(|source| ScenarioError::Yaml {
-                path: probes_path,
-                source,
-            })?;
+        let probes = parse_probes(&probes_path, probes_yaml)?;
         Ok(Self {
             name,
             dir: dir.to_path_buf(),
@@ -303,7 +338,7 @@ impl Step {
             pods,
             namespaces,
             policy_count,
-            probes: probes.unwrap_or_default(),
+            probes,
         })
     }
 
@@ -316,6 +351,30 @@ impl Step {
             &self.name
         }
     }
+}
+
+/// Parses a `probes.yaml` (an empty file is no probes) and checks Service references.
+pub fn parse_probes(path: &Path, text: &str) -> Result<Vec<Probe>, ScenarioError> {
+    let probes: Option<Vec<Probe>> =
+        serde_yaml::from_str(text).map_err(|source| ScenarioError::Yaml {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let probes = probes.unwrap_or_default();
+    for (i, probe) in probes.iter().enumerate() {
+        if let Some(svc) = &probe.service {
+            let ok = matches!(svc.split_once('/'),
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/'));
+            if !ok {
+                return Err(ScenarioError::BadServiceProbe {
+                    path: path.to_path_buf(),
+                    index: i + 1,
+                    service: svc.clone(),
+                });
+            }
+        }
+    }
+    Ok(probes)
 }
 
 /// The non-empty documents of a multi-document YAML stream (empty or comment-only documents,
@@ -372,15 +431,21 @@ fn pod_spec(path: &Path, pod: &Pod) -> Result<PodSpec, ScenarioError> {
         path: path.to_path_buf(),
         pod: key,
     })?;
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty());
     Ok(PodSpec {
         namespace,
         name,
         ipv4,
         ipv6,
+        node,
     })
 }
 
-/// Source pod -> destination pod -> outcome (`None` = not judged).
+/// Source pod -> destination pod (or `service/NS/NAME`) -> outcome (`None` = not judged).
 pub type Matrix = BTreeMap<String, BTreeMap<String, Option<bool>>>;
 
 /// Expected or measured results: `expected.json`'s format. Fields are declared in the
@@ -402,11 +467,15 @@ pub struct ProbeResult {
     pub matrix: Matrix,
     pub port: u16,
     pub protocol: Proto,
+    /// The Service of a Service probe (its matrix has one column, `service/NS/NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl ProbeResult {
     pub fn probe(&self) -> Probe {
         Probe {
+            service: self.service.clone(),
             port: self.port,
             protocol: self.protocol,
             family: self.family,
@@ -414,9 +483,7 @@ impl ProbeResult {
     }
 
     fn matches(&self, probe: &Probe) -> bool {
-        self.port == probe.port
-            && self.protocol == probe.protocol
-            && self.family.unwrap_or(Family::IPv4) == probe.family()
+        self.probe().same_key(probe)
     }
 }
 
@@ -459,6 +526,21 @@ impl fmt::Display for Mismatch {
             Some(v) => v.to_string(),
             None => "missing".into(),
         };
+        if let Some(svc) = &self.probe.service {
+            // A Service cell is (step, service, port, protocol, from): its one column is the
+            // Service itself.
+            return write!(
+                f,
+                "step {} service {svc} port {} {} {}: {} expected {}, got {}",
+                self.step,
+                self.probe.port,
+                self.probe.protocol,
+                self.probe.family(),
+                self.from,
+                self.expected,
+                actual
+            );
+        }
         write!(
             f,
             "step {} port {} {} {}: {} -> {} expected {}, got {}",
@@ -498,8 +580,10 @@ impl fmt::Display for Comparison {
     }
 }
 
-/// Compares per FORMAT.md section 4: probes matched by step and (port, protocol, family);
-/// every expected boolean cell counts once; expected `null` cells are skipped.
+/// Compares per FORMAT.md section 4 and SERVICES.md section 7: entries matched by step and key
+/// ((port, protocol, family), plus the Service for a Service probe); every expected boolean
+/// cell counts once; expected `null` cells are skipped; an actual `null` or missing cell is a
+/// mismatch.
 pub fn compare(expected: &Results, actual: &Results) -> Comparison {
     let mut cmp = Comparison::default();
     for (i, exp_step) in expected.steps.iter().enumerate() {
@@ -521,7 +605,7 @@ pub fn compare(expected: &Results, actual: &Results) -> Comparison {
                     } else {
                         cmp.mismatches.push(Mismatch {
                             step: i + 1,
-                            probe,
+                            probe: probe.clone(),
                             from: from.clone(),
                             to: to.clone(),
                             expected,
@@ -535,25 +619,34 @@ pub fn compare(expected: &Results, actual: &Results) -> Comparison {
     cmp
 }
 
-/// A human-readable matrix: rows are sources, columns destinations; `.` allowed, `X` denied,
-/// `-` not judged. Cells marked with `!` differ from `expected` when given.
+/// A human-readable matrix: rows are sources, columns destinations (the pods, or the one
+/// Service column); `.` allowed, `X` denied, `-` not judged (or, for a Service, the
+/// connections disagreed). Cells marked with `!` differ from `expected` when given.
 pub fn render_matrix(result: &ProbeResult, expected: Option<&ProbeResult>) -> String {
     let keys: Vec<&String> = result.matrix.keys().collect();
+    let columns: Vec<&String> = result
+        .matrix
+        .values()
+        .flat_map(|row| row.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let width = keys
         .iter()
+        .chain(&columns)
         .map(|k| k.len())
         .max()
         .unwrap_or(0)
         .max("from\\to".len());
     let mut out = format!("{:width$}", "from\\to");
-    for k in &keys {
+    for k in &columns {
         out.push_str(&format!(" {k:>width$}"));
     }
     out.push('\n');
     for from in &keys {
         out.push_str(&format!("{from:width$}"));
-        for to in &keys {
-            let cell = result.matrix[*from].get(*to).copied().flatten();
+        for to in &columns {
+            let cell = result.matrix[*from].get(to.as_str()).copied().flatten();
             let mut text = match cell {
                 Some(true) => ".".to_string(),
                 Some(false) => "X".to_string(),
@@ -561,7 +654,7 @@ pub fn render_matrix(result: &ProbeResult, expected: Option<&ProbeResult>) -> St
             };
             let exp = expected
                 .and_then(|e| e.matrix.get(*from))
-                .and_then(|r| r.get(*to))
+                .and_then(|r| r.get(to.as_str()))
                 .copied()
                 .flatten();
             if let Some(exp) = exp {

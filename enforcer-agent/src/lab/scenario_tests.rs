@@ -74,16 +74,19 @@ fn single_step_layout_with_defaults() {
         step.probes,
         vec![
             Probe {
+                service: None,
                 port: 80,
                 protocol: Proto::Tcp,
                 family: None
             },
             Probe {
+                service: None,
                 port: 81,
                 protocol: Proto::Tcp,
                 family: None
             },
             Probe {
+                service: None,
                 port: 80,
                 protocol: Proto::Udp,
                 family: Some(Family::IPv6)
@@ -216,6 +219,7 @@ fn two_pod_result(ab: Option<bool>, ba: Option<bool>, family: Option<Family>) ->
         ]),
         port: 80,
         protocol: Proto::Tcp,
+        service: None,
     }
 }
 
@@ -292,6 +296,7 @@ fn comparison_counts_judged_cells_and_reports_mismatches() {
             Mismatch {
                 step: 1,
                 probe: Probe {
+                    service: None,
                     port: 80,
                     protocol: Proto::Tcp,
                     family: None
@@ -304,6 +309,7 @@ fn comparison_counts_judged_cells_and_reports_mismatches() {
             Mismatch {
                 step: 2,
                 probe: Probe {
+                    service: None,
                     port: 80,
                     protocol: Proto::Tcp,
                     family: Some(Family::IPv6)

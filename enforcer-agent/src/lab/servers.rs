@@ -1,7 +1,8 @@
 //! Listeners inside pod namespaces: a TCP accept loop and a UDP echo loop per pod and per
-//! probed (port, protocol, family).
+//! probed (port, protocol, family), and on each Service backend per target port a Service
+//! probe can reach (SERVICES.md section 9.1).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,10 +31,11 @@ impl From<&Probe> for Endpoint {
     }
 }
 
-/// The distinct endpoints a list of probes needs.
+/// The distinct endpoints every pod serves for a list of probes (its pod probes).
 pub fn endpoints_for(probes: &[Probe]) -> Vec<Endpoint> {
     probes
         .iter()
+        .filter(|p| p.service.is_none())
         .map(Endpoint::from)
         .collect::<BTreeSet<_>>()
         .into_iter()
@@ -50,9 +52,22 @@ impl ServerSet {
     /// Starts a listener for every endpoint in every pod (IPv6 endpoints only in pods with an
     /// IPv6 address). Must run inside a tokio runtime.
     pub fn start(pods: &[Arc<LivePod>], endpoints: &[Endpoint]) -> anyhow::Result<Self> {
+        Self::start_with(pods, endpoints, &BTreeMap::new())
+    }
+
+    /// As [`ServerSet::start`], plus `extra[pod]` on that pod (a Service's backends).
+    pub fn start_with(
+        pods: &[Arc<LivePod>],
+        endpoints: &[Endpoint],
+        extra: &BTreeMap<String, BTreeSet<Endpoint>>,
+    ) -> anyhow::Result<Self> {
         let mut set = Self::default();
         for pod in pods {
-            for ep in endpoints {
+            let mut all: BTreeSet<Endpoint> = endpoints.iter().copied().collect();
+            if let Some(more) = extra.get(&pod.state.key()) {
+                all.extend(more.iter().copied());
+            }
+            for ep in &all {
                 let Some(addr) = pod.state.addr(ep.family, ep.port) else {
                     continue;
                 };

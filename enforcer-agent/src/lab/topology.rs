@@ -1,11 +1,13 @@
-//! The lab's network: one node namespace and one namespace per pod, joined by veth pairs,
-//! routed like a CNI that uses a link-local gateway (Calico/Cilium style):
+//! The lab's network: the node namespaces ([`super::nodes`]) and one namespace per pod, each
+//! pod joined to its node by a veth pair, routed like a CNI that uses a link-local gateway
+//! (Calico/Cilium style):
 //!
 //! ```text
-//!   pod netns                         node netns (forwarding on; node0 or lo: 10.244.0.1, fd00:10:244::1)
-//!   eth0 10.244.1.10/32  <--veth-->   lxcN 169.254.1.1/32, fe80::1/64
-//!   default via 169.254.1.1           10.244.1.10/32 dev lxcN src 10.244.0.1
-//!   default via fe80::1               fd00:10:244:1::10/128 dev lxcN src fd00:10:244::1
+//!   pod netns                         its node's netns (forwarding on; node address N)
+//!   eth0 10.244.1.10/32  <--veth-->   lxcI 169.254.1.1/32, fe80::1/64
+//!   default via 169.254.1.1           10.244.1.10/32 dev lxcI src N
+//!   default via fe80::1               fd00:10:244:1::10/128 dev lxcI src N6
+//!                                     every other node: 10.244.1.10/32 via N dev eth0
 //! ```
 //!
 //! Everything is created with `ip` and owned by [`Topology`], whose `Drop` removes it unless
@@ -14,29 +16,25 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use super::nodes::{self, NodeLayout, NodeSpec, UPLINK};
+use super::placement::DEFAULT_NODE;
 use super::scenario::{Family, PodSpec};
 use crate::netns::Netns;
 
-/// The node's own addresses (on the `node0` dummy interface).
-pub const NODE_IPV4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
-pub const NODE_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
-/// The interface holding the node's addresses (falls back to `lo` without the dummy driver).
-pub const NODE_DEVICE: &str = "node0";
+pub use super::nodes::{node_netns_name, NODE_DEVICE, NODE_IPV4, NODE_IPV6};
+
 /// Gateway addresses every pod routes through (on each host-side veth).
 pub const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const GATEWAY_IPV6: &str = "fe80::1";
 /// Prefix of every namespace the lab creates (`lab down --all` removes all of them).
 pub const NETNS_PREFIX: &str = "enf-";
-
-pub fn node_netns_name(instance: &str) -> String {
-    format!("{NETNS_PREFIX}{instance}-node")
-}
 
 pub fn pod_netns_name(instance: &str, index: u32) -> String {
     format!("{NETNS_PREFIX}{instance}-p{index}")
@@ -49,7 +47,10 @@ pub struct PodState {
     pub name: String,
     pub index: u32,
     pub netns: String,
-    /// Host-side interface in the node namespace.
+    /// The node it runs on.
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// Host-side interface in its node's namespace.
     pub ifname: String,
     pub ipv4: Ipv4Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +72,10 @@ impl PodState {
     pub fn addr(&self, family: Family, port: u16) -> Option<SocketAddr> {
         self.ip(family).map(|ip| SocketAddr::new(ip, port))
     }
+}
+
+fn default_node() -> String {
+    DEFAULT_NODE.to_owned()
 }
 
 /// A built pod with an open handle on its namespace.
@@ -99,8 +104,17 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Runs several `ip` commands in one process inside `netns` (`ip -n NS -batch -`).
-fn ip_batch(netns: &str, lines: &[String]) -> anyhow::Result<()> {
-    let mut child = Command::new("ip")
+pub(crate) fn ip_batch(netns: &str, lines: &[String]) -> anyhow::Result<()> {
+    ip_batch_with(netns, lines, false)
+}
+
+/// As [`ip_batch`]; with `force`, later commands still run after one fails (cleanup).
+fn ip_batch_with(netns: &str, lines: &[String], force: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new("ip");
+    if force {
+        cmd.arg("-force");
+    }
+    let mut child = cmd
         .args(["-n", netns, "-batch", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -127,7 +141,7 @@ fn ip_batch(netns: &str, lines: &[String]) -> anyhow::Result<()> {
 
 /// Sets a sysctl inside a namespace by writing `/proc/sys` from a thread switched into it
 /// (net sysctls resolve against the writing thread's namespace).
-fn sysctl(netns: &Netns, key: &str, value: &str) -> anyhow::Result<()> {
+pub(crate) fn sysctl(netns: &Netns, key: &str, value: &str) -> anyhow::Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     netns
         .run(|| std::fs::write(&path, value))?
@@ -160,77 +174,56 @@ pub fn list_netns(prefix: &str) -> Vec<String> {
 #[derive(Debug)]
 pub struct Topology {
     instance: String,
-    node_name: String,
-    node: Option<Netns>,
+    layout: NodeLayout,
     pods: BTreeMap<String, Arc<LivePod>>,
     next_index: u32,
     armed: bool,
 }
 
 impl Topology {
-    /// Creates the node namespace. A namespace of the same name left by an earlier run is an
-    /// error (run `lab down` first).
+    /// Today's single node (no fabric); see [`Topology::create_layout`].
     pub fn create(instance: &str) -> anyhow::Result<Self> {
-        let node_name = node_netns_name(instance);
-        if crate::netns::named_path(&node_name).exists() {
-            bail!("network namespace {node_name} already exists; remove it with `enforcer lab down --name {instance}`");
+        Self::create_layout(instance, NodeLayout::single(instance))
+    }
+
+    /// Creates the fabric (if any) and every node's namespace. A namespace of the same name
+    /// left by an earlier run is an error (run `lab down` first).
+    pub fn create_layout(instance: &str, layout: NodeLayout) -> anyhow::Result<Self> {
+        let names = layout
+            .nodes
+            .iter()
+            .map(|n| n.netns.clone())
+            .chain(layout.fabric.clone());
+        for name in names {
+            if crate::netns::named_path(&name).exists() {
+                bail!("network namespace {name} already exists; remove it with `enforcer lab down --name {instance}`");
+            }
         }
-        let mut topo = Self {
+        // Armed from the start: on a failure below, dropping it removes whatever of the layout
+        // was created (none of its namespaces existed before, checked above).
+        let topo = Self {
             instance: instance.to_owned(),
-            node_name: node_name.clone(),
-            node: None,
+            layout: layout.clone(),
             pods: BTreeMap::new(),
             next_index: 1,
             armed: true,
         };
-        ip(&["netns", "add", &node_name])?;
-        let node = Netns::open_named(&node_name)?;
-        for (key, value) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv6.conf.all.forwarding", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-            ("net.ipv6.conf.all.accept_dad", "0"),
-            ("net.ipv6.conf.default.accept_dad", "0"),
-            ("net.ipv6.conf.default.accept_ra", "0"),
-        ] {
-            sysctl(&node, key, value)?;
+        if let Some(fabric) = &layout.fabric {
+            nodes::create_fabric(fabric)?;
         }
-        topo.node = Some(node);
-        // Kernels built without the dummy driver get the node addresses on lo instead.
-        let node_dev = match ip(&[
-            "-n",
-            &node_name,
-            "link",
-            "add",
-            NODE_DEVICE,
-            "type",
-            "dummy",
-        ]) {
-            Ok(()) => NODE_DEVICE,
-            Err(err) => {
-                tracing::debug!(error = %err, "no dummy interface; node addresses go on lo");
-                "lo"
-            }
-        };
-        ip_batch(
-            &node_name,
-            &[
-                "link set lo up".into(),
-                format!("addr add {NODE_IPV4}/32 dev {node_dev}"),
-                format!("addr add {NODE_IPV6}/128 dev {node_dev} nodad"),
-                format!("link set {node_dev} up"),
-            ],
-        )
-        .with_context(|| format!("setting up node namespace {node_name}"))?;
+        for node in &layout.nodes {
+            nodes::create_node(node, layout.fabric.as_deref())?;
+        }
         Ok(topo)
     }
 
     /// Re-opens the namespaces of a running lab (from its `state.json`); the result does not
     /// own them (dropping it removes nothing).
-    pub fn attach(instance: &str, pods: &[PodState]) -> anyhow::Result<Self> {
-        let node_name = node_netns_name(instance);
-        let node = Netns::open_named(&node_name)?;
+    pub fn attach(instance: &str, layout: &NodeLayout, pods: &[PodState]) -> anyhow::Result<Self> {
+        for node in &layout.nodes {
+            Netns::open_named(&node.netns)
+                .with_context(|| format!("opening node {}'s namespace", node.name))?;
+        }
         let mut map = BTreeMap::new();
         for pod in pods {
             let netns = Netns::open_named(&pod.netns)?;
@@ -244,16 +237,20 @@ impl Topology {
         }
         Ok(Self {
             instance: instance.to_owned(),
-            node_name,
-            node: Some(node),
+            layout: layout.clone(),
             next_index: pods.iter().map(|p| p.index + 1).max().unwrap_or(1),
             pods: map,
             armed: false,
         })
     }
 
+    /// The first node's namespace (the only one in a single-node lab).
     pub fn node_netns(&self) -> &str {
-        &self.node_name
+        &self.layout.nodes[0].netns
+    }
+
+    pub fn layout(&self) -> &NodeLayout {
+        &self.layout
     }
 
     pub fn next_index(&self) -> u32 {
@@ -273,15 +270,19 @@ impl Topology {
         self.pods.values().map(|p| p.state.clone()).collect()
     }
 
-    /// Makes the set of pods match `specs`: pods that disappeared (or whose addresses changed)
-    /// are removed, new ones are added; pods present before keep their namespace.
+    /// Makes the set of pods match `specs`: pods that disappeared (or whose addresses or node
+    /// changed) are removed, new ones are added; pods present before keep their namespace.
+    /// A spec without a node goes to the default node.
     pub fn sync_pods(&mut self, specs: &[PodSpec]) -> anyhow::Result<()> {
         let stale: Vec<String> = self
             .pods
             .iter()
             .filter(|(key, pod)| {
                 !specs.iter().any(|s| {
-                    &s.key() == *key && s.ipv4 == pod.state.ipv4 && s.ipv6 == pod.state.ipv6
+                    &s.key() == *key
+                        && s.ipv4 == pod.state.ipv4
+                        && s.ipv6 == pod.state.ipv6
+                        && s.node.as_deref().unwrap_or(DEFAULT_NODE) == pod.state.node
                 })
             })
             .map(|(key, _)| key.clone())
@@ -297,13 +298,18 @@ impl Topology {
         Ok(())
     }
 
-    /// Builds one pod: namespace, veth pair, addresses and routes on both sides.
+    /// Builds one pod: namespace, veth pair to its node, addresses and routes on both sides,
+    /// and a route to it on every other node.
     pub fn add_pod(&mut self, spec: &PodSpec) -> anyhow::Result<()> {
+        let key = spec.key();
+        let node_name = spec.node.as_deref().unwrap_or(DEFAULT_NODE);
+        let node = self.layout.node(node_name).cloned().with_context(|| {
+            format!("pod {key} is placed on node {node_name:?}, which this lab does not have")
+        })?;
         let index = self.next_index;
         self.next_index += 1;
         let netns_name = pod_netns_name(&self.instance, index);
         let ifname = format!("lxc{index}");
-        let key = spec.key();
         ip(&["netns", "add", &netns_name]).with_context(|| format!("creating pod {key}"))?;
         // Own the namespace before configuring it, so a failure below still removes it.
         let netns = match Netns::open_named(&netns_name) {
@@ -318,17 +324,18 @@ impl Topology {
             name: spec.name.clone(),
             index,
             netns: netns_name.clone(),
+            node: node.name.clone(),
             ifname: ifname.clone(),
             ipv4: spec.ipv4,
             ipv6: spec.ipv6,
         };
         let live = Arc::new(LivePod { state, netns });
         self.pods.insert(key.clone(), live.clone());
-        self.configure_pod(&live, spec)
-            .with_context(|| format!("building pod {key} in {netns_name}"))
+        self.configure_pod(&live, &node)
+            .with_context(|| format!("building pod {key} in {netns_name} on node {}", node.name))
     }
 
-    fn configure_pod(&self, pod: &LivePod, spec: &PodSpec) -> anyhow::Result<()> {
+    fn configure_pod(&self, pod: &LivePod, node: &NodeSpec) -> anyhow::Result<()> {
         for (key, value) in [
             ("net.ipv6.conf.all.accept_dad", "0"),
             ("net.ipv6.conf.default.accept_dad", "0"),
@@ -340,19 +347,20 @@ impl Topology {
         }
         let ifname = &pod.state.ifname;
         let podns = &pod.state.netns;
+        let (v4, node_v4, node_v6) = (pod.state.ipv4, node.ipv4, node.ipv6);
         let mut node_cmds = vec![
             format!("link add {ifname} type veth peer name eth0 netns {podns}"),
             format!("addr add {GATEWAY_IPV4}/32 dev {ifname}"),
             format!("addr add {GATEWAY_IPV6}/64 dev {ifname} nodad"),
             format!("link set {ifname} up"),
-            format!("route add {}/32 dev {ifname} src {NODE_IPV4}", spec.ipv4),
+            format!("route add {v4}/32 dev {ifname} src {node_v4}"),
         ];
         let mut pod_cmds = vec![
             "link set lo up".to_string(),
-            format!("addr add {}/32 dev eth0", spec.ipv4),
+            format!("addr add {v4}/32 dev eth0"),
         ];
-        if let Some(v6) = spec.ipv6 {
-            node_cmds.push(format!("route add {v6}/128 dev {ifname} src {NODE_IPV6}"));
+        if let Some(v6) = pod.state.ipv6 {
+            node_cmds.push(format!("route add {v6}/128 dev {ifname} src {node_v6}"));
             pod_cmds.push(format!("addr add {v6}/128 dev eth0 nodad"));
         }
         pod_cmds.extend([
@@ -360,31 +368,55 @@ impl Topology {
             format!("route add {GATEWAY_IPV4} dev eth0 scope link"),
             format!("route add default via {GATEWAY_IPV4} dev eth0"),
         ]);
-        if spec.ipv6.is_some() {
+        if pod.state.ipv6.is_some() {
             pod_cmds.push(format!("route add ::/0 via {GATEWAY_IPV6} dev eth0"));
         }
-        ip_batch(&self.node_name, &node_cmds)?;
+        ip_batch(&node.netns, &node_cmds)?;
         ip_batch(podns, &pod_cmds)?;
+        // `replace`: an address may come back on another node after its pod was removed.
+        let mut remote = vec![format!("route replace {v4}/32 via {node_v4} dev {UPLINK}")];
+        if let Some(v6) = pod.state.ipv6 {
+            remote.push(format!("route replace {v6}/128 via {node_v6} dev {UPLINK}"));
+        }
+        for other in self.layout.nodes.iter().filter(|n| n.name != node.name) {
+            ip_batch(&other.netns, &remote)
+                .with_context(|| format!("routing to the pod from node {}", other.name))?;
+        }
         Ok(())
     }
 
-    /// Removes one pod: the veth pair first (so nothing lingers in the node namespace even if
-    /// something still holds the pod namespace open), then the namespace.
+    /// Removes one pod: the veth pair and the other nodes' routes first (so nothing lingers in
+    /// the node namespaces even if something still holds the pod namespace open), then the
+    /// namespace.
     pub fn remove_pod(&mut self, key: &str) {
         if let Some(pod) = self.pods.remove(key) {
-            let _ = ip(&["-n", &self.node_name, "link", "del", &pod.state.ifname]);
-            delete_netns(&pod.state.netns);
+            let st = &pod.state;
+            if let Some(node) = self.layout.node(&st.node) {
+                let _ = ip(&["-n", &node.netns, "link", "del", &st.ifname]);
+            }
+            let mut routes = vec![format!("route del {}/32", st.ipv4)];
+            if let Some(v6) = st.ipv6 {
+                routes.push(format!("route del {v6}/128"));
+            }
+            for other in self.layout.nodes.iter().filter(|n| n.name != st.node) {
+                let _ = ip_batch_with(&other.netns, &routes, true);
+            }
+            delete_netns(&st.netns);
         }
     }
 
-    /// Removes everything now (idempotent).
+    /// Removes everything now (idempotent): pods, then nodes, then the fabric.
     pub fn teardown(&mut self) {
         let keys: Vec<String> = self.pods.keys().cloned().collect();
         for key in keys {
             self.remove_pod(&key);
         }
-        self.node = None;
-        delete_netns(&self.node_name);
+        for node in &self.layout.nodes {
+            delete_netns(&node.netns);
+        }
+        if let Some(fabric) = &self.layout.fabric {
+            delete_netns(fabric);
+        }
         self.armed = false;
     }
 

@@ -1,0 +1,188 @@
+//! The Services of a step as the lab sees them: the cluster model of the manifests the agents
+//! read (the model's own derivation of endpoints, SERVICES.md section 4, is the only one),
+//! what each Service probe connects to and how often, and what each backend must serve.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::bail;
+
+use super::probe::ProbeTarget;
+use super::scenario::{Family, Probe, Proto};
+use super::servers::Endpoint;
+use super::topology::LivePod;
+use crate::model::service::{candidates, Backend, EndpointIndex, IpFamily};
+use crate::model::{Cluster, Protocol, Service, ServiceKey};
+use crate::source::manifests::parse_file;
+use crate::source::objects::{cluster_of, Object};
+
+/// Connections per candidate backend in a Service cell (SERVICES.md section 9.4 asks for at
+/// least 4), and the least per cell (a cell without candidates still tries).
+pub const ATTEMPTS_PER_CANDIDATE: usize = 4;
+pub const MIN_ATTEMPTS: usize = 2;
+
+/// The cluster model of manifest texts, and the objects that do not convert (reported by the
+/// agents as well; the lab's kube-proxy, like the real one, only sees what the API accepted).
+pub fn cluster_from_yaml(texts: &[&str]) -> (Cluster, Vec<String>) {
+    let mut objects: Vec<Object> = Vec::new();
+    let mut errors = Vec::new();
+    for text in texts {
+        let (parsed, errs) = parse_file(text);
+        errors.extend(errs.into_iter().map(|(n, e)| format!("document {n}: {e}")));
+        for (n, api) in parsed {
+            match api.convert() {
+                Ok(o) => objects.push(o),
+                Err(e) => errors.push(format!("document {n}: {e}")),
+            }
+        }
+    }
+    (cluster_of(&objects), errors)
+}
+
+pub fn ip_family(f: Family) -> IpFamily {
+    match f {
+        Family::IPv4 => IpFamily::V4,
+        Family::IPv6 => IpFamily::V6,
+    }
+}
+
+pub fn model_protocol(p: Proto) -> Protocol {
+    match p {
+        Proto::Tcp => Protocol::Tcp,
+        Proto::Udp => Protocol::Udp,
+    }
+}
+
+/// Remembers every ClusterIP a Service had, so a probe may name a deleted Service (SERVICES.md
+/// section 5: the client connects to the address it had).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterIpMemory(pub BTreeMap<String, Vec<IpAddr>>);
+
+impl ClusterIpMemory {
+    pub fn remember(&mut self, cluster: &Cluster) {
+        for svc in cluster.services.values() {
+            if !svc.cluster_ips.is_empty() {
+                self.0.insert(svc.key.to_string(), svc.cluster_ips.clone());
+            }
+        }
+    }
+
+    pub fn get(&self, service: &str, family: Family) -> Option<IpAddr> {
+        let family = ip_family(family);
+        self.0
+            .get(service)?
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == family)
+    }
+}
+
+/// The Services of one step.
+pub struct StepServices<'a> {
+    pub cluster: &'a Cluster,
+    index: EndpointIndex<'a>,
+}
+
+impl<'a> StepServices<'a> {
+    pub fn new(cluster: &'a Cluster) -> Self {
+        Self {
+            cluster,
+            index: EndpointIndex::new(cluster),
+        }
+    }
+
+    /// The Service a probe names and E(S, P, F), when S is present and has port P.
+    pub fn endpoints(&self, probe: &Probe) -> Option<(&'a Service, Vec<Backend>)> {
+        let key: ServiceKey = probe.service.as_deref()?.parse().ok()?;
+        let svc = self.cluster.services.get(&key)?;
+        let port = svc.port(probe.port, model_protocol(probe.protocol))?;
+        Some((
+            svc,
+            self.index.endpoints(svc, port, ip_family(probe.family())),
+        ))
+    }
+
+    /// How many backends a client on `node` may reach through the probe's Service port.
+    pub fn candidate_count(&self, probe: &Probe, node: &str) -> usize {
+        match self.endpoints(probe) {
+            Some((svc, eps)) => candidates(svc, &eps, Some(node)).len(),
+            None => 0,
+        }
+    }
+
+    /// What every Service probe connects to: its ClusterIP of the probe's family (from this
+    /// step, else from the step it last had one) and, per client row, how many connections
+    /// measure the cell (none: the client has no address of the family, a `null` row).
+    pub fn targets(
+        &self,
+        probes: &[Probe],
+        pods: &[Arc<LivePod>],
+        memory: &ClusterIpMemory,
+    ) -> anyhow::Result<Vec<ProbeTarget>> {
+        probes
+            .iter()
+            .map(|probe| {
+                let Some(service) = &probe.service else {
+                    return Ok(ProbeTarget::Pods);
+                };
+                let present = probe
+                    .service
+                    .as_deref()
+                    .and_then(|s| s.parse::<ServiceKey>().ok())
+                    .and_then(|k| self.cluster.services.get(&k))
+                    .and_then(|s| s.cluster_ip(ip_family(probe.family())));
+                let Some(ip) = present.or_else(|| memory.get(service, probe.family())) else {
+                    bail!(
+                        "probe {probe}: service {service} has no {} ClusterIP in this step or an earlier one",
+                        probe.family()
+                    );
+                };
+                let attempts = pods
+                    .iter()
+                    .filter(|p| p.state.ip(probe.family()).is_some())
+                    .map(|p| {
+                        let n = self.candidate_count(probe, &p.state.node);
+                        (p.state.key(), (ATTEMPTS_PER_CANDIDATE * n).max(MIN_ATTEMPTS))
+                    })
+                    .collect();
+                Ok(ProbeTarget::Service {
+                    ip,
+                    column: probe.service_column().expect("a Service probe"),
+                    attempts,
+                })
+            })
+            .collect()
+    }
+
+    /// The listeners Service probes need: every backend B serves every target port t (with
+    /// the probe's protocol and family) of E(S, P, F) for each probed (S, P, F); keyed by
+    /// the backend's `namespace/name`.
+    pub fn backend_endpoints(&self, probes: &[Probe]) -> BTreeMap<String, BTreeSet<Endpoint>> {
+        let mut out: BTreeMap<String, BTreeSet<Endpoint>> = BTreeMap::new();
+        for probe in probes.iter().filter(|p| p.service.is_some()) {
+            let Some((_, eps)) = self.endpoints(probe) else {
+                continue;
+            };
+            for b in eps {
+                if let Some(pod) = &b.pod {
+                    out.entry(pod.to_string()).or_default().insert(Endpoint {
+                        port: b.port,
+                        protocol: probe.protocol,
+                        family: probe.family(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether any step of a scenario has a Service or a Service probe: then the lab plays
+/// kube-proxy on every node.
+pub fn scenario_has_services(steps: &[super::scenario::Step]) -> bool {
+    steps.iter().any(|s| {
+        s.probes.iter().any(|p| p.service.is_some())
+            || !cluster_from_yaml(&[&s.cluster_yaml]).0.services.is_empty()
+    })
+}
