@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::alerts::{notify, Alerts, AlertsConfig};
 use crate::compile::{compile, NodeInput, Tables};
+use crate::dataplane::services::GoneBackend;
 use crate::dataplane::{ct_sweep, interfaces, Dataplane, Iface};
 use crate::flows::{enrich, rotate, server, sink, store};
 use crate::metrics::http::{self as metrics_http, Ready};
@@ -162,11 +163,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     });
     let (lost_tx, lost_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ends_tx, ends_rx) = tokio::sync::mpsc::channel(4096);
+    let (flush_tx, flush_rx) = tokio::sync::mpsc::unbounded_channel();
     let sweeper = tokio::spawn(sweep_conntrack(
         dp.take_conntrack().expect("taken once"),
         dp.take_nat().expect("taken once"),
         opts.conntrack_sweep_interval,
         ends_tx,
+        flush_rx,
         metrics.clone(),
     ));
     let outputs = sink::Outputs {
@@ -279,7 +282,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             last_errors = desired.errors.clone();
         }
-        match sync_once(&mut dp, &opts, &desired, &ctx, &metrics) {
+        match sync_once(&mut dp, &opts, &desired, &ctx, &metrics, &flush_tx) {
             Ok(status) => {
                 ready.set();
                 if let Some(t) = noticed.take() {
@@ -316,22 +319,41 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
 /// Sweeps the conntrack map every `every`, sending the ends of idle connections to the flow
 /// sink. Runs on a blocking thread: a pass over a full map is some hundred thousand syscalls.
+/// Also flushes the UDP flows whose Service backend went (sent by the sync loop), as soon as
+/// they arrive.
 async fn sweep_conntrack(
     map: aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry>,
     nat: crate::dataplane::services::NatMaps,
     every: Duration,
     ends: tokio::sync::mpsc::Sender<sink::Swept>,
+    mut flush: tokio::sync::mpsc::UnboundedReceiver<Vec<GoneBackend>>,
     metrics: Metrics,
 ) {
     let mut state = Some((map, nat, ct_sweep::ByteMeter::default()));
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while let Some((mut map, mut nat, mut meter)) = state.take() {
-        tick.tick().await;
+        let mut gone = Vec::new();
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(g) = flush.recv() => gone.extend(g),
+        }
+        while let Ok(g) = flush.try_recv() {
+            gone.extend(g);
+        }
         // The maps and the meter go to the blocking thread and come back with the pass.
         let pass = match tokio::task::spawn_blocking(move || {
+            let flushed = nat.flush(&mut map, &gone);
             let now = ct_sweep::monotonic_now();
-            let pass = ct_sweep::sweep_with_nat(&mut map, Some(&mut nat), now, &mut meter);
+            let pass = ct_sweep::sweep_with_nat(&mut map, Some(&mut nat), now, &mut meter)
+                .and_then(|mut pass| {
+                    pass.ends.extend(
+                        flushed?
+                            .iter()
+                            .filter_map(|(k, e)| ct_sweep::flushed_end(k, e)),
+                    );
+                    Ok(pass)
+                });
             (map, nat, meter, pass)
         })
         .await
@@ -377,6 +399,7 @@ fn sync_once(
     desired: &Desired,
     ctx: &Arc<RwLock<enrich::Context>>,
     metrics: &Metrics,
+    flush: &tokio::sync::mpsc::UnboundedSender<Vec<GoneBackend>>,
 ) -> anyhow::Result<Status> {
     let started = Instant::now();
     let host_ips: Vec<IpAddr> =
@@ -411,9 +434,14 @@ fn sync_once(
             None => pending.push(pod.to_string()),
         }
     }
-    let report = dp
+    let mut report = dp
         .sync(&tables, &ifaces)
         .context("writing the datapath maps")?;
+    let gone = std::mem::take(&mut report.services.gone_udp_backends);
+    if !gone.is_empty() {
+        // The sweeper owns the conntrack and NAT maps: it flushes these flows at once.
+        let _ = flush.send(gone);
+    }
     metrics
         .sync_duration
         .with_label_values(&["apply"])

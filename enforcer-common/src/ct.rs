@@ -94,6 +94,10 @@ pub mod end {
     /// Not an end (the agent's sweeper only): what a connection carried since the previous
     /// sweep, for the volume detector.
     pub const ACTIVE: u8 = 4;
+    /// The Service endpoint a UDP flow was translated to is gone (the agent flushes such
+    /// flows, as kube-proxy flushes their conntrack entries): its next datagram chooses a live
+    /// backend.
+    pub const BACKEND_GONE: u8 = 5;
 }
 
 /// Value of `CONNTRACK`.

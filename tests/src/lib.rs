@@ -150,11 +150,16 @@ impl Fixture {
 
     /// Applies a new set of policies (the cluster stays the same).
     pub fn apply(&mut self, policies: &str) {
+        self.apply_report(policies);
+    }
+
+    /// Applies a new set of policies and returns what the sync did.
+    pub fn apply_report(&mut self, policies: &str) -> enforcer_agent::dataplane::SyncReport {
         let t = tables(policies);
         assert!(t.endpoints.contains_key(&self.pod), "x/a must be local");
         self.dp
             .sync_for_test_run(&t, &self.pod, TEST_IFINDEX)
-            .expect("syncing the maps");
+            .expect("syncing the maps")
     }
 
     fn run(&self, program: &str, pkt: &[u8]) -> u32 {

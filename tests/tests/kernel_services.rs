@@ -3,6 +3,7 @@
 //! Service address; both families; checksums stay valid; no endpoint fails; a pod that is its
 //! own backend gets its packets straight back (hairpin). Needs root (kernel 6.18 here).
 
+use enforcer_agent::dataplane::services::addr16;
 use enforcer_common::reason::{counter, DropReason};
 use enforcer_tests::packet::{seen, tcp, udp, with_l4_checksum, ACK, SYN};
 use enforcer_tests::{ip, privileged, Fixture, DROP, PASS, REDIRECT};
@@ -280,5 +281,39 @@ spec: {podSelector: {}, policyTypes: [Egress]}
             .iter()
             .any(|e| e.reason == Some(Ok(DropReason::Revoked)) && e.dst == ip("10.244.2.11")),
         "{events:?}"
+    );
+}
+
+#[test]
+fn udp_flows_to_a_backend_that_left_are_flushed_and_choose_again() {
+    if !privileged() {
+        return;
+    }
+    let mut f = fixture("");
+    let q = with_l4_checksum(udp("10.244.1.10", "10.96.2.10", 5000, 53));
+    let (_, out) = f.egress_out(&q);
+    assert_eq!(seen(&out).dst, ip("10.244.2.11"));
+    // y/web now selects y/c instead of y/b.
+    let moved = SERVICES.replacen("selector: {pod: b}", "selector: {pod: c}", 1);
+    let report = f.apply_report(&moved);
+    let gone = report.services.gone_udp_backends.clone();
+    assert!(
+        gone.iter().any(
+            |(_, addr, port)| *addr == addr16(ip("10.244.2.11")) && u16::from_be(*port) == 5353
+        ),
+        "{gone:?}"
+    );
+    // Until flushed, the flow keeps its backend (as a kube-proxy conntrack entry would).
+    let (_, out) = f.egress_out(&q);
+    assert_eq!(seen(&out).dst, ip("10.244.2.11"));
+    let mut ct = f.dp.take_conntrack().unwrap();
+    let mut nat = f.dp.take_nat().unwrap();
+    let flushed = nat.flush(&mut ct, &gone).unwrap();
+    assert_eq!(flushed.len(), 1, "the one flow to y/b");
+    let (_, out) = f.egress_out(&q);
+    assert_eq!(
+        seen(&out).dst,
+        ip("10.244.2.12"),
+        "the next datagram goes to the live backend"
     );
 }

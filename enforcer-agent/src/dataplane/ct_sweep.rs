@@ -67,6 +67,22 @@ fn end_event(key: &CtKey, e: &CtEntry) -> Event {
     conn_event(key, e, e.last_seen_ns, reason, counts)
 }
 
+/// The end of a translated flow flushed because its backend left the Service (`None` when its
+/// end was reported already).
+pub fn flushed_end(key: &CtKey, e: &CtEntry) -> Option<Event> {
+    if e.flags & ct::CT_F_END_REPORTED != 0 {
+        return None;
+    }
+    let counts = [e.packets_orig, e.bytes_orig, e.packets_reply, e.bytes_reply];
+    Some(conn_event(
+        key,
+        e,
+        e.last_seen_ns,
+        ct::end::BACKEND_GONE,
+        counts,
+    ))
+}
+
 /// An event about the connection of `key`/`e`, with the counts `[packets, bytes]` of the
 /// originator then the responder.
 fn conn_event(key: &CtKey, e: &CtEntry, ts_ns: u64, reason: u8, counts: [u64; 4]) -> Event {

@@ -69,7 +69,14 @@ pub struct ServiceSync {
     pub frontends_written: usize,
     pub frontends_removed: usize,
     pub backends_written: usize,
+    /// Backends of UDP frontends that this sync removed: their flows are to be flushed
+    /// ([`NatMaps::flush`]).
+    #[serde(skip)]
+    pub gone_udp_backends: Vec<GoneBackend>,
 }
+
+/// A backend that left a frontend: (frontend id, address, target port in network order).
+pub type GoneBackend = (u32, [u8; 16], u16);
 
 pub struct ServiceMaps {
     frontends: HashMap<MapData, FrontendKey, Frontend>,
@@ -225,6 +232,14 @@ impl ServiceMaps {
                 },
             );
             if let Some(old) = old {
+                if key.proto == enforcer_common::proto::UDP {
+                    report.gone_udp_backends.extend(
+                        old.backends
+                            .iter()
+                            .filter(|b| !backends.contains(b))
+                            .map(|b| (old.id, b.addr, b.port)),
+                    );
+                }
                 self.remove_set(&old);
             }
         }
@@ -238,6 +253,11 @@ impl ServiceMaps {
         for key in gone {
             let _ = self.frontends.remove(&key);
             if let Some(old) = self.state.remove(&key) {
+                if key.proto == enforcer_common::proto::UDP {
+                    report
+                        .gone_udp_backends
+                        .extend(old.backends.iter().map(|b| (old.id, b.addr, b.port)));
+                }
                 self.remove_set(&old);
             }
             report.frontends_removed += 1;
@@ -301,6 +321,89 @@ impl NatMaps {
             ignore_missing(self.rev.remove(&rev_key))?;
         }
         Ok(())
+    }
+}
+
+/// The conntrack key of a connection (its ends in canonical order, as the datapath keys it)
+/// and whether `src` is its lower end.
+pub fn ct_key(
+    ep_id: u32,
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> (CtKey, bool) {
+    let src_lo = (src, u16::from_be(sport)) <= (dst, u16::from_be(dport));
+    let ((addr_lo, port_lo), (addr_hi, port_hi)) = if src_lo {
+        ((src, sport), (dst, dport))
+    } else {
+        ((dst, dport), (src, sport))
+    };
+    (
+        CtKey {
+            ep_id,
+            addr_lo,
+            addr_hi,
+            port_lo,
+            port_hi,
+            proto,
+            _pad: [0; 3],
+        },
+        src_lo,
+    )
+}
+
+impl NatMaps {
+    /// Flushes the translated flows whose backend left its frontend (`gone`): their tracking
+    /// and NAT entries go, so that the next datagram chooses a live backend, as kube-proxy
+    /// flushes the conntrack entries of a removed UDP endpoint. Returns each flushed tracking
+    /// entry (for its end record). The walk is bounded like the sweeper's.
+    pub fn flush(
+        &mut self,
+        conntrack: &mut HashMap<MapData, CtKey, CtEntry>,
+        gone: &[GoneBackend],
+    ) -> std::result::Result<Vec<(CtKey, CtEntry)>, MapError> {
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        let gone: std::collections::BTreeSet<GoneBackend> = gone.iter().copied().collect();
+        let bound = 2 * names::sizes::NAT as usize;
+        let mut doomed = Vec::new();
+        for item in self.fwd.iter().take(bound) {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            if gone.contains(&(v.frontend, v.dst, v.dport)) {
+                doomed.push((k, v));
+            }
+        }
+        let mut ended = Vec::new();
+        for (k, v) in doomed {
+            let (key, _) = ct_key(k.ep_id, v.src, v.dst, v.sport, v.dport, k.proto);
+            match conntrack.get(&key, 0) {
+                Ok(e) => {
+                    ignore_missing(conntrack.remove(&key))?;
+                    ended.push((key, e));
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e),
+            }
+            let rev_key = NatKey {
+                ep_id: k.ep_id,
+                src: v.dst,
+                dst: v.src,
+                sport: v.dport,
+                dport: v.sport,
+                proto: k.proto,
+                _pad: [0; 3],
+            };
+            ignore_missing(self.rev.remove(&rev_key))?;
+            ignore_missing(self.fwd.remove(&k))?;
+        }
+        Ok(ended)
     }
 }
 

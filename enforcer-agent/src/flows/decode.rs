@@ -58,6 +58,7 @@ impl ConnEnd {
             enforcer_common::ct::end::RESET => "reset",
             enforcer_common::ct::end::TIMEOUT => "timeout",
             enforcer_common::ct::end::ACTIVE => "active",
+            enforcer_common::ct::end::BACKEND_GONE => "backend_gone",
             _ => "unknown",
         }
     }
