@@ -38,6 +38,12 @@ pub const NAT_FWD: &str = "NAT_FWD";
 /// LRU hash [`crate::service::NatKey`] → [`crate::service::NatEntry`]: replies of translated
 /// connections (from the backend) → the Service address. Written by the programs.
 pub const NAT_REV: &str = "NAT_REV";
+/// LRU hash [`crate::service::AffinityKey`] → [`crate::service::Affinity`]: each client's
+/// backend of a Service with `sessionAffinity: ClientIP`. Written by the programs.
+pub const SVC_AFFINITY: &str = "SVC_AFFINITY";
+/// Hash [`crate::service::MemberKey`] → u32 (1): the backends of each backend set of a
+/// frontend with affinity. Written by the agent; read per new connection with affinity.
+pub const SVC_MEMBERS: &str = "SVC_MEMBERS";
 /// Array of one [`crate::policy::Config`]: the policy revision in force.
 pub const CONFIG: &str = "CONFIG";
 /// LRU hash [`crate::flow::FlowKey`] → last report time (u64 ns): rate-limits drop reports.
@@ -48,7 +54,7 @@ pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const COUNTERS: &str = "COUNTERS";
 
 /// Every map that is pinned (all of them).
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 18] = [
     ENDPOINTS,
     IDENTITY_ADDR,
     IDENTITY_V4,
@@ -65,6 +71,8 @@ pub const ALL: [&str; 16] = [
     SVC_BACKENDS,
     NAT_FWD,
     NAT_REV,
+    SVC_AFFINITY,
+    SVC_MEMBERS,
 ];
 
 /// Program names (the ELF section functions).
@@ -89,6 +97,8 @@ pub mod sizes {
     pub const SVC_BACKENDS: u32 = 524_288;
     /// One entry per translated connection, like conntrack.
     pub const NAT: u32 = CONNTRACK;
+    pub const SVC_AFFINITY: u32 = 262_144;
+    pub const SVC_MEMBERS: u32 = SVC_BACKENDS;
     /// Bytes of the flow-event ring buffer (a power of two, multiple of the page size).
     pub const FLOW_EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 }

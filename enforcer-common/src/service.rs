@@ -9,7 +9,11 @@
 //! - `NAT_REV`: [`NatKey`] of a reply as it travels (from the backend) → [`NatEntry`]: the
 //!   tuple the client expects (from the Service).
 //!
-//! The agent writes the first two; the programs write the NAT maps when they open a translated
+//! - `SVC_AFFINITY`: [`AffinityKey`] → [`Affinity`]: `sessionAffinity: ClientIP`, each
+//!   client's backend (written by the programs); `SVC_MEMBERS`: [`MemberKey`] → `u32` (1):
+//!   which backends a set holds, for frontends with affinity (written by the agent).
+//!
+//! The agent writes the frontends, backends and members; the programs write the NAT maps when they open a translated
 //! connection, and the agent's conntrack sweeper removes them with the connection.
 
 /// Key of `SVC_FRONTENDS`.
@@ -38,9 +42,50 @@ pub struct Frontend {
     /// Backends in the set (host order): indexes `0..count`. Zero: the Service has no ready
     /// endpoint (for this node), and its connections are dropped.
     pub count: u32,
+    /// `FE_F_*` (host order).
     pub flags: u32,
+    /// With [`FE_F_AFFINITY`]: how long a client keeps its backend after its last new
+    /// connection, in seconds (host order).
+    pub affinity_s: u32,
 }
-const _: () = assert!(core::mem::size_of::<Frontend>() == 16);
+const _: () = assert!(core::mem::size_of::<Frontend>() == 20);
+
+/// `sessionAffinity: ClientIP`: a client's new connections go to the backend its previous
+/// one went to, while that backend is still in the set and the affinity has not timed out.
+pub const FE_F_AFFINITY: u32 = 1 << 0;
+
+/// Key of `SVC_AFFINITY`: one client of one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    /// [`Frontend::id`] (host order).
+    pub frontend: u32,
+    /// The client's address, network order (IPv4-mapped for IPv4).
+    pub client: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
+
+/// Value of `SVC_AFFINITY`: the client's backend and when it last opened a connection to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Affinity {
+    /// `bpf_ktime_get_ns` (host order).
+    pub last_ns: u64,
+    pub backend: BackendAddr,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<Affinity>() == 32);
+
+/// Key of `SVC_MEMBERS`: a backend of a backend set (only for frontends with affinity: it
+/// tells, in one lookup, whether a client's remembered backend is still in the set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MemberKey {
+    /// Host order.
+    pub set: u32,
+    pub backend: BackendAddr,
+}
+const _: () = assert!(core::mem::size_of::<MemberKey>() == 24);
 
 /// Key of `SVC_BACKENDS`.
 #[repr(C)]
@@ -55,7 +100,7 @@ const _: () = assert!(core::mem::size_of::<BackendKey>() == 8);
 
 /// Value of `SVC_BACKENDS`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct BackendAddr {
     /// Network order (IPv4-mapped for IPv4).
     pub addr: [u8; 16],

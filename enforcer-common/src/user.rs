@@ -20,3 +20,6 @@ unsafe impl aya::Pod for service::BackendKey {}
 unsafe impl aya::Pod for service::BackendAddr {}
 unsafe impl aya::Pod for service::NatKey {}
 unsafe impl aya::Pod for service::NatEntry {}
+unsafe impl aya::Pod for service::AffinityKey {}
+unsafe impl aya::Pod for service::Affinity {}
+unsafe impl aya::Pod for service::MemberKey {}

@@ -13,7 +13,7 @@ use enforcer_common::{
     maps::sizes,
     policy::{Config, PolicyKey},
     reason::counter,
-    service::{BackendAddr, BackendKey, Frontend, FrontendKey, NatEntry, NatKey},
+    service::{Affinity, AffinityKey, BackendAddr, BackendKey, Frontend, FrontendKey, MemberKey, NatEntry, NatKey},
 };
 
 /// ifindex of the host-side veth → the local pod. Written by the agent.
@@ -92,3 +92,14 @@ pub static NAT_FWD: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::NAT
 /// A reply from a backend (as it travels to the client) → the tuple from the Service.
 #[map]
 pub static NAT_REV: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::NAT, 0);
+
+/// (frontend, client address) → the client's backend under `sessionAffinity: ClientIP`. LRU:
+/// a forgotten client simply chooses again.
+#[map]
+pub static SVC_AFFINITY: LruHashMap<AffinityKey, Affinity> =
+    LruHashMap::pinned(sizes::SVC_AFFINITY, 0);
+
+/// (backend set, backend) → 1, for the sets of frontends with affinity. Written by the agent.
+#[map]
+pub static SVC_MEMBERS: HashMap<MemberKey, u32> =
+    HashMap::pinned(sizes::SVC_MEMBERS, BPF_F_NO_PREALLOC);

@@ -25,10 +25,13 @@ use enforcer_common::{
     ct::{CT_F_HAIRPIN, CT_F_SERVICE},
     family, proto,
     reason::{counter, DropReason},
-    service::{BackendKey, Frontend, FrontendKey, NatEntry, NatKey, NAT_F_HAIRPIN},
+    service::{
+        Affinity, AffinityKey, BackendAddr, BackendKey, Frontend, FrontendKey, MemberKey, NatEntry,
+        NatKey, FE_F_AFFINITY, NAT_F_HAIRPIN,
+    },
 };
 
-use crate::maps::{NAT_FWD, NAT_REV, SVC_BACKENDS, SVC_FRONTENDS};
+use crate::maps::{NAT_FWD, NAT_REV, SVC_AFFINITY, SVC_BACKENDS, SVC_FRONTENDS, SVC_MEMBERS};
 use crate::parse::{Frag, Packet, Tuple};
 use crate::report::count;
 
@@ -122,26 +125,66 @@ pub fn forward(ep_id: u32, pkt: &mut Packet) -> Option<u32> {
     Some(e.backend_set)
 }
 
-/// A new connection to a Service port: picks a backend at random and makes `pkt.tuple` the
-/// connection to it (the header is rewritten once the packet is allowed).
-#[inline(always)]
+/// A new connection to a Service port: picks a backend (at random, or under session affinity
+/// the client's previous one while it is still a backend) and makes `pkt.tuple` the
+/// connection to it (the header is rewritten once the packet is allowed). Not inlined: its
+/// keys get a frame of their own.
+#[inline(never)]
 pub fn choose(pkt: &mut Packet, fe: &Frontend) -> Result<(), DropReason> {
     pkt.frontend = fe.id;
     if fe.count == 0 {
         return Err(DropReason::ServiceNoEndpoints);
     }
-    // SAFETY: no preconditions.
-    let index = unsafe { bpf_get_prandom_u32() } % fe.count;
-    let key = BackendKey {
-        set: fe.backend_set,
-        index,
+    let affinity = fe.flags & FE_F_AFFINITY != 0;
+    let akey = AffinityKey {
+        frontend: fe.id,
+        client: pkt.tuple.src,
     };
-    // SAFETY: the value is copied out at once.
-    let Some(b) = (unsafe { SVC_BACKENDS.get(&key) }).copied() else {
-        // The agent writes a set's backends before the frontend that counts them: a missing
-        // one is a torn update or a full map. Nothing can answer the connection.
-        return Err(DropReason::ServiceNoEndpoints);
-    };
+    let mut b = BackendAddr::default();
+    let mut kept = false;
+    if affinity {
+        if let Some(a) = SVC_AFFINITY.get_ptr_mut(&akey) {
+            // SAFETY: a valid pointer into the map value; a racing update only changes which
+            // of two live backends the client keeps.
+            let a = unsafe { &mut *a };
+            let member = MemberKey {
+                set: fe.backend_set,
+                backend: a.backend,
+            };
+            let fresh = pkt.now.wrapping_sub(a.last_ns) <= fe.affinity_s as u64 * 1_000_000_000;
+            // SAFETY: only tested for presence.
+            if fresh && unsafe { SVC_MEMBERS.get(&member) }.is_some() {
+                a.last_ns = pkt.now;
+                b = a.backend;
+                kept = true;
+            }
+        }
+    }
+    if !kept {
+        // SAFETY: no preconditions.
+        let index = unsafe { bpf_get_prandom_u32() } % fe.count;
+        let key = BackendKey {
+            set: fe.backend_set,
+            index,
+        };
+        // SAFETY: the value is copied out at once.
+        let Some(chosen) = (unsafe { SVC_BACKENDS.get(&key) }).copied() else {
+            // The agent writes a set's backends before the frontend that counts them: a
+            // missing one is a torn update or a full map. Nothing can answer the connection.
+            return Err(DropReason::ServiceNoEndpoints);
+        };
+        b = chosen;
+        if affinity {
+            let a = Affinity {
+                last_ns: pkt.now,
+                backend: b,
+                _pad: [0; 4],
+            };
+            if SVC_AFFINITY.insert(&akey, &a, 0).is_err() {
+                count(counter::NAT_INSERT_FAILED);
+            }
+        }
+    }
     pkt.wire = pkt.tuple;
     let hairpin = crate::conntrack::addr_eq(&b.addr, &pkt.tuple.src);
     pkt.out = Tuple {

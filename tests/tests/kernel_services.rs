@@ -317,3 +317,77 @@ fn udp_flows_to_a_backend_that_left_are_flushed_and_choose_again() {
         "the next datagram goes to the live backend"
     );
 }
+
+/// y/sticky and y/spread: backends y/b and y/c (pod in [b, c]) at 8080; sticky with
+/// `sessionAffinity: ClientIP`.
+const TWO_BACKENDS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: y}
+spec:
+  clusterIP: 10.96.2.30
+  selector: {pod: b}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: spread, namespace: y}
+spec: {clusterIP: 10.96.2.31, selector: {pod: b}, ports: [{port: 80, targetPort: 8080}]}
+"#;
+
+/// The backends that `connections` new connections (source ports from `first_port`) reach.
+fn backends_seen(
+    f: &Fixture,
+    vip: &str,
+    first_port: u16,
+    connections: u16,
+) -> std::collections::BTreeSet<std::net::IpAddr> {
+    (0..connections)
+        .map(|i| {
+            let (verdict, out) = f.egress_out(&syn("10.244.1.10", vip, first_port + i, 80));
+            assert_eq!(verdict, PASS);
+            seen(&out).dst
+        })
+        .collect()
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_clients_backend_while_it_is_one() {
+    if !privileged() {
+        return;
+    }
+    // y/c labelled pod=b too (and which=c): both Services select y/b and y/c.
+    let y_c = |labels: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: c, namespace: y, labels: {{{labels}}}}}\nspec: {{nodeName: other, containers: [{{name: c}}]}}\nstatus: {{podIP: 10.244.2.12, podIPs: [{{ip: 10.244.2.12}}]}}\n")
+    };
+    let mut f = Fixture::new(&format!("{TWO_BACKENDS}\n---\n{}", y_c("pod: b, which: c")));
+    let spread = backends_seen(&f, "10.96.2.31", 42000, 40);
+    assert_eq!(
+        spread.len(),
+        2,
+        "without affinity, connections spread: {spread:?}"
+    );
+    let sticky = backends_seen(&f, "10.96.2.30", 43000, 40);
+    assert_eq!(sticky.len(), 1, "with affinity, one backend: {sticky:?}");
+    let kept = *sticky.iter().next().unwrap();
+    // The client's backend leaves the Service: its next connections go to the other one.
+    let without_kept = if kept == ip("10.244.2.11") {
+        format!(
+            "{}\n---\n{}",
+            TWO_BACKENDS.replacen("selector: {pod: b}", "selector: {pod: b, which: c}", 1),
+            y_c("pod: b, which: c")
+        )
+    } else {
+        format!("{TWO_BACKENDS}\n---\n{}", y_c("pod: c, which: c"))
+    };
+    f.apply(&without_kept);
+    let after = backends_seen(&f, "10.96.2.30", 44000, 5);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(
+        *after.iter().next().unwrap(),
+        kept,
+        "a backend that left is not kept"
+    );
+}

@@ -29,6 +29,8 @@ pub struct FrontendPlan {
     /// ready endpoint (for this node, under `internalTrafficPolicy: Local`), and its
     /// connections fail.
     pub backends: Vec<Backend>,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout: Option<u32>,
 }
 
 /// Every frontend of the cluster's Services, as seen from `node`. Only TCP and UDP ports are
@@ -63,6 +65,7 @@ pub fn compile_services(
                     service: svc.key.clone(),
                     port_name: port.name.clone(),
                     backends,
+                    affinity_timeout: svc.affinity_timeout,
                 });
             }
         }

@@ -225,6 +225,8 @@ impl Dataplane {
                 .map_err(map_err(names::SVC_FRONTENDS, "open"))?,
             HashMap::try_from(take(names::SVC_BACKENDS))
                 .map_err(map_err(names::SVC_BACKENDS, "open"))?,
+            HashMap::try_from(take(names::SVC_MEMBERS))
+                .map_err(map_err(names::SVC_MEMBERS, "open"))?,
         )?;
 
         let mut dp = Dataplane {

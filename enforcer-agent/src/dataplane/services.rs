@@ -14,7 +14,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use aya::maps::{HashMap, MapData, MapError};
 use enforcer_common::ct::{CtEntry, CtKey, CT_F_ORIG_LO, CT_F_SERVICE};
 use enforcer_common::maps as names;
-use enforcer_common::service::{BackendAddr, BackendKey, Frontend, FrontendKey, NatEntry, NatKey};
+use enforcer_common::service::{
+    BackendAddr, BackendKey, Frontend, FrontendKey, MemberKey, NatEntry, NatKey, FE_F_AFFINITY,
+};
 
 use super::{map_err, Result};
 use crate::compile::services::{FrontendAddr, FrontendPlan};
@@ -60,6 +62,8 @@ struct FrontendState {
     id: u32,
     set: u32,
     backends: Vec<BackendAddr>,
+    /// Affinity timeout (seconds); the set's members are in `SVC_MEMBERS` when set.
+    affinity: Option<u32>,
 }
 
 /// What a sync of the Service maps did.
@@ -81,6 +85,7 @@ pub type GoneBackend = (u32, [u8; 16], u16);
 pub struct ServiceMaps {
     frontends: HashMap<MapData, FrontendKey, Frontend>,
     backends: HashMap<MapData, BackendKey, BackendAddr>,
+    members: HashMap<MapData, MemberKey, u32>,
     state: BTreeMap<FrontendKey, FrontendState>,
     /// Every id handed out while this agent runs (removed frontends included).
     names: BTreeMap<u32, FrontendName>,
@@ -94,6 +99,7 @@ impl ServiceMaps {
     pub fn adopt(
         frontends: HashMap<MapData, FrontendKey, Frontend>,
         backends: HashMap<MapData, BackendKey, BackendAddr>,
+        members: HashMap<MapData, MemberKey, u32>,
     ) -> Result<Self> {
         let mut all_backends: BTreeMap<BackendKey, BackendAddr> = BTreeMap::new();
         for item in backends.iter() {
@@ -122,13 +128,20 @@ impl ServiceMaps {
                     id: fe.id,
                     set: fe.backend_set,
                     backends: list,
+                    affinity: (fe.flags & FE_F_AFFINITY != 0).then_some(fe.affinity_s),
                 },
             );
+        }
+        let mut all_members = Vec::new();
+        for item in members.iter() {
+            let (k, _) = item.map_err(map_err(names::SVC_MEMBERS, "read"))?;
+            all_members.push(k);
         }
         let ids = state.iter().map(|(k, s)| (*k, s.id)).collect();
         let mut maps = Self {
             frontends,
             backends,
+            members,
             state,
             names: BTreeMap::new(),
             ids,
@@ -139,6 +152,9 @@ impl ServiceMaps {
         let in_use: std::collections::BTreeSet<u32> = maps.state.values().map(|s| s.set).collect();
         for k in all_backends.keys().filter(|k| !in_use.contains(&k.set)) {
             let _ = maps.backends.remove(k);
+        }
+        for k in all_members.iter().filter(|k| !in_use.contains(&k.set)) {
+            let _ = maps.members.remove(k);
         }
         Ok(maps)
     }
@@ -186,12 +202,12 @@ impl ServiceMaps {
                     port: addr.port,
                 },
             );
-            desired.insert(key, (id, backends));
+            desired.insert(key, (id, backends, plan.affinity_timeout));
         }
 
-        for (key, (id, backends)) in &desired {
+        for (key, (id, backends, affinity)) in &desired {
             if let Some(s) = self.state.get(key) {
-                if s.id == *id && &s.backends == backends {
+                if s.id == *id && &s.backends == backends && &s.affinity == affinity {
                     continue;
                 }
             }
@@ -209,6 +225,13 @@ impl ServiceMaps {
                     )
                     .map_err(map_err(names::SVC_BACKENDS, "insert"))?;
             }
+            if affinity.is_some() {
+                for b in backends {
+                    self.members
+                        .insert(MemberKey { set, backend: *b }, 1, 0)
+                        .map_err(map_err(names::SVC_MEMBERS, "insert"))?;
+                }
+            }
             report.backends_written += backends.len();
             self.frontends
                 .insert(
@@ -217,7 +240,8 @@ impl ServiceMaps {
                         id: *id,
                         backend_set: set,
                         count: backends.len() as u32,
-                        flags: 0,
+                        flags: if affinity.is_some() { FE_F_AFFINITY } else { 0 },
+                        affinity_s: affinity.unwrap_or(0),
                     },
                     0,
                 )
@@ -229,6 +253,7 @@ impl ServiceMaps {
                     id: *id,
                     set,
                     backends: backends.clone(),
+                    affinity: *affinity,
                 },
             );
             if let Some(old) = old {
@@ -269,6 +294,14 @@ impl ServiceMaps {
     fn remove_set(&mut self, s: &FrontendState) {
         for index in 0..s.backends.len() as u32 {
             let _ = self.backends.remove(&BackendKey { set: s.set, index });
+        }
+        if s.affinity.is_some() {
+            for b in &s.backends {
+                let _ = self.members.remove(&MemberKey {
+                    set: s.set,
+                    backend: *b,
+                });
+            }
         }
     }
 }

@@ -119,6 +119,10 @@ pub struct Service {
     pub selector: Option<Labels>,
     pub ports: Vec<ServicePort>,
     pub internal_traffic: TrafficPolicy,
+    /// `sessionAffinity: ClientIP`: how long (seconds) a client keeps its backend
+    /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, 10800 by default). `None`: no
+    /// affinity.
+    pub affinity_timeout: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

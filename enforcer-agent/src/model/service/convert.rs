@@ -103,12 +103,37 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<Service, InvalidObject> {
             ))
         }
     };
+    let affinity_timeout = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10_800);
+            if !(1..=86_400).contains(&t) {
+                return Err(ctx.err(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    format!("{t} must be greater than 0 and less than or equal to 86400"),
+                ));
+            }
+            Some(t as u32)
+        }
+        Some(other) => {
+            return Err(ctx.err(
+                "spec.sessionAffinity",
+                format!("unsupported value {other:?}: supported values: \"ClientIP\", \"None\""),
+            ))
+        }
+    };
     Ok(Service {
         key,
         cluster_ips,
         selector,
         ports,
         internal_traffic,
+        affinity_timeout,
     })
 }
 

@@ -185,6 +185,20 @@ spec: {clusterIP: 10.96.2.10, selector: {app: api}, internalTrafficPolicy: Local
 }
 
 #[test]
+fn session_affinity_defaults_its_timeout() {
+    let s = service(
+        "metadata: {name: s, namespace: y}
+spec: {clusterIP: 10.96.0.1, sessionAffinity: ClientIP, ports: [{port: 80}]}",
+    );
+    assert_eq!(s.affinity_timeout, Some(10_800));
+    let none = service(
+        "metadata: {name: s, namespace: y}
+spec: {clusterIP: 10.96.0.1, sessionAffinity: None, ports: [{port: 80}]}",
+    );
+    assert_eq!(none.affinity_timeout, None);
+}
+
+#[test]
 fn headless_and_dual_stack_addresses() {
     let headless = service(
         "metadata: {name: h, namespace: y}
@@ -236,6 +250,16 @@ spec: {clusterIP: 10.96.0.1, internalTrafficPolicy: Nearby, ports: [{port: 80}]}
             "metadata: {name: s, namespace: y}
 spec: {clusterIP: 10.96.0.999, ports: [{port: 80}]}",
             "spec.clusterIPs[0]",
+        ),
+        (
+            "metadata: {name: s, namespace: y}
+spec: {clusterIP: 10.96.0.1, sessionAffinity: Cookie, ports: [{port: 80}]}",
+            "spec.sessionAffinity",
+        ),
+        (
+            "metadata: {name: s, namespace: y}
+spec: {clusterIP: 10.96.0.1, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}, ports: [{port: 80}]}",
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
         ),
     ] {
         let err = service_err(yaml);
