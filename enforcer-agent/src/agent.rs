@@ -448,6 +448,9 @@ fn sync_once(
         .observe(applying.elapsed().as_secs_f64());
     metrics.policies.set(desired.cluster.policies.len() as i64);
     metrics.endpoints.set(report.endpoints as i64);
+    metrics
+        .service_frontends
+        .set(report.services.frontends as i64);
     for (map, entries, max) in dp.map_usage() {
         metrics
             .map_entries

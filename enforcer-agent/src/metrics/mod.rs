@@ -32,6 +32,12 @@ pub struct Metrics {
     pub lost_events: IntGaugeVec,
     /// Drop reports suppressed by the per-flow rate limit (the drops are still counted).
     pub rate_limited_reports: IntGauge,
+    /// New connections to a Service translated to a backend by the datapath (kernel counter).
+    pub service_translations: IntGauge,
+    /// NAT/affinity map insert failures (kernel counter).
+    pub nat_insert_failures: IntGauge,
+    /// Service ports (frontends) in the datapath.
+    pub service_frontends: IntGauge,
     pub policies: IntGauge,
     pub endpoints: IntGauge,
     pub pending_endpoints: IntGauge,
@@ -89,6 +95,9 @@ impl Metrics {
                 &["source"],
             ).expect("valid")),
             rate_limited_reports: reg(&r, IntGauge::new("enforcer_drop_reports_rate_limited_total", "Drop reports suppressed by the per-flow rate limit").expect("valid")),
+            service_translations: reg(&r, IntGauge::new("enforcer_service_translations_total", "New connections to a Service translated to a backend by the datapath").expect("valid")),
+            nat_insert_failures: reg(&r, IntGauge::new("enforcer_nat_insert_failures_total", "Service NAT or affinity entries the datapath could not insert").expect("valid")),
+            service_frontends: reg(&r, IntGauge::new("enforcer_service_frontends", "Service ports (ClusterIP, port, protocol) the datapath translates").expect("valid")),
             policies: reg(&r, IntGauge::new("enforcer_policies", "NetworkPolicies in force").expect("valid")),
             endpoints: reg(&r, IntGauge::new("enforcer_endpoints", "Local pods enforced on this node").expect("valid")),
             pending_endpoints: reg(&r, IntGauge::new("enforcer_endpoints_pending", "Local pods whose interface was not found yet").expect("valid")),
@@ -167,6 +176,10 @@ impl Metrics {
             .set(get(counter::EVENTS_LOST) as i64);
         self.rate_limited_reports
             .set(get(counter::EVENTS_RATE_LIMITED) as i64);
+        self.service_translations
+            .set(get(counter::SVC_TRANSLATED) as i64);
+        self.nat_insert_failures
+            .set(get(counter::NAT_INSERT_FAILED) as i64);
     }
 
     /// The text exposition.
