@@ -39,7 +39,7 @@ use enforcer_common::{
 use maps::{CONFIG, CONNTRACK, ENDPOINTS, FRAGMENTS};
 use parse::{Frag, Kind, Packet};
 use report::{count, Report};
-use service::{NAT_HAIRPIN, NAT_NONE, NAT_REWRITE};
+use service::{NAT_HAIRPIN, NAT_ICMP, NAT_NONE, NAT_REWRITE};
 
 /// tcx: continue with the next program (if any), otherwise pass. Allowing with "next" rather
 /// than "pass" keeps programs of other tools attached to the same hook in the loop.
@@ -81,7 +81,11 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         peer_identity: 0,
         flags: 0,
     };
-    match try_handle(ctx, dir, pkt, &mut rep).and_then(|()| finish(ctx, dir, pkt, &rep)) {
+    let verdict = match try_handle(ctx, dir, pkt, &mut rep) {
+        Ok(()) => finish(ctx, dir, pkt, &rep),
+        Err(reason) => Err(reason),
+    };
+    match verdict {
         Ok(action) => {
             count(counter::ALLOWED);
             action
@@ -98,6 +102,10 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
 #[inline(always)]
 fn finish(ctx: &TcContext, dir: u8, pkt: &mut Packet, rep: &Report) -> Result<i32, DropReason> {
     if pkt.nat == NAT_NONE {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    if pkt.nat == NAT_ICMP {
+        service::rewrite_icmp(ctx, pkt)?;
         return Ok(TC_ACT_UNSPEC);
     }
     service::rewrite(ctx, pkt)?;
@@ -163,10 +171,21 @@ fn decide(
         let peer = if dir == direction::EGRESS { pkt.tuple.dst } else { pkt.tuple.src };
         let ident = policy::identity_of(pkt.family, &peer);
         rep.peer_identity = ident;
+        // An error about a translated connection is translated with it: the client sends and
+        // gets errors about the Service address, the rest of the path sees the backend.
+        if dir == direction::EGRESS {
+            service::icmp_forward(ep.ep_id, pkt);
+        }
         // An error never opens a connection: it passes when it is about one of ours.
         conntrack::key_into(&mut pkt.ct_key, ep.ep_id, &pkt.inner);
-        // SAFETY: only tested for presence.
-        if unsafe { CONNTRACK.get(&pkt.ct_key) }.is_some() || !isolated || ident == identity::HOST {
+        // SAFETY: the flags are copied out at once.
+        if let Some(flags) = unsafe { CONNTRACK.get(&pkt.ct_key) }.map(|e| e.flags) {
+            if dir == direction::INGRESS && flags & CT_F_SERVICE != 0 && flags & CT_F_HAIRPIN == 0 {
+                service::icmp_reverse(ep.ep_id, pkt);
+            }
+            return Ok(());
+        }
+        if !isolated || ident == identity::HOST {
             return Ok(());
         }
         return Err(DropReason::IcmpErrorUnrelated);

@@ -80,6 +80,8 @@ pub struct Packet {
     pub inner: Tuple,
     /// Offset of the L4 header (0 for a later fragment: it has none).
     pub l4_off: u16,
+    /// For `Kind::IcmpError`: offset of the quoted packet's L4 header.
+    pub inner_l4: u16,
     /// Service translation of this packet (`service::NAT_*`): its header still holds `wire`,
     /// and is rewritten to `out` once the packet is allowed.
     pub nat: u8,
@@ -142,6 +144,7 @@ impl Packet {
         self.tuple = Tuple::ZERO;
         self.inner = Tuple::ZERO;
         self.l4_off = 0;
+        self.inner_l4 = 0;
         self.nat = 0;
         self.frontend = 0;
         self.backend_set = 0;
@@ -328,6 +331,7 @@ fn parse_inner_ipv6(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(),
 #[inline(always)]
 fn inner_ports(ctx: &TcContext, pkt: &mut Packet, l4: usize, echo: u8) -> Result<(), DropReason> {
     let p = pkt.inner.proto;
+    pkt.inner_l4 = l4 as u16;
     if has_ports(p) {
         let ports = load::<[u16; 2]>(ctx, l4)?;
         pkt.inner.sport = ports[0];

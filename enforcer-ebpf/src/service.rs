@@ -41,6 +41,9 @@ pub const NAT_NONE: u8 = 0;
 pub const NAT_REWRITE: u8 = 1;
 /// Rewrite, then hand the packet back to the pod it came from (hairpin).
 pub const NAT_HAIRPIN: u8 = 2;
+/// An ICMP error about a translated connection: the quoted packet is rewritten from `wire` to
+/// `out` (and the outer address that was the quoted one's peer with it).
+pub const NAT_ICMP: u8 = 3;
 
 const ETH_HLEN: usize = 14;
 
@@ -239,6 +242,121 @@ pub fn reverse(ep_id: u32, pkt: &mut Packet, hairpin: bool) {
     }
 }
 
+/// An error the client sends about a packet it got from a Service (it quotes the Service
+/// address): quoted and outer addresses become the backend's, as the connection's are.
+#[inline(always)]
+pub fn icmp_forward(ep_id: u32, pkt: &mut Packet) {
+    set_key(&mut pkt.nat_key, ep_id, &pkt.inner, true);
+    // SAFETY: read at once, before any other map update.
+    if let Some(e) = unsafe { NAT_FWD.get(&pkt.nat_key) } {
+        if e.flags & NAT_F_HAIRPIN != 0 {
+            return;
+        }
+        pkt.wire = pkt.inner;
+        // The quoted packet travelled backend → client: the reverse of the client's packet.
+        pkt.out = Tuple {
+            src: e.dst,
+            dst: e.src,
+            sport: e.dport,
+            dport: e.sport,
+            proto: pkt.inner.proto,
+        };
+        pkt.inner = pkt.out;
+        pkt.frontend = e.frontend;
+        pkt.nat = NAT_ICMP;
+    }
+}
+
+/// An error the client gets about a packet it sent to a Service (on the way, the packet was
+/// the backend's): quoted and outer addresses become the Service's again.
+#[inline(always)]
+pub fn icmp_reverse(ep_id: u32, pkt: &mut Packet) {
+    set_key(&mut pkt.nat_key, ep_id, &pkt.inner, true);
+    // SAFETY: read at once, before any other map update.
+    if let Some(e) = unsafe { NAT_REV.get(&pkt.nat_key) } {
+        pkt.wire = pkt.inner;
+        pkt.out = Tuple {
+            src: e.dst,
+            dst: e.src,
+            sport: e.dport,
+            dport: e.sport,
+            proto: pkt.inner.proto,
+        };
+        pkt.frontend = e.frontend;
+        pkt.nat = NAT_ICMP;
+    }
+}
+
+/// Rewrites an ICMP error from `pkt.wire` to `pkt.out` (the quoted packet's tuple): the
+/// quoted addresses and ports, the quoted IPv4 header's checksum, the outer address that was
+/// the quoted packet's peer (a backend reporting about its own connection), and the ICMP
+/// checksum over all of it (ICMPv6: with its pseudo-header). The quoted L4 checksum is left:
+/// receivers do not check it. Not inlined: a frame of its own.
+#[inline(never)]
+pub fn rewrite_icmp(ctx: &TcContext, pkt: &mut Packet) -> Result<(), DropReason> {
+    let csum = pkt.l4_off as usize + 2;
+    let inner_ip = pkt.l4_off as usize + 8;
+    let v4 = pkt.family == family::IPV4;
+    let (src_off, dst_off) = if v4 { (12, 16) } else { (8, 24) };
+    let outer_src_changes = crate::conntrack::addr_eq(&pkt.tuple.src, &pkt.wire.dst)
+        && !crate::conntrack::addr_eq(&pkt.wire.dst, &pkt.out.dst);
+    let outer_dst_changes = crate::conntrack::addr_eq(&pkt.tuple.dst, &pkt.wire.src)
+        && !crate::conntrack::addr_eq(&pkt.wire.src, &pkt.out.src);
+    if v4 {
+        inner_v4_addr(ctx, inner_ip, src_off, &pkt.wire.src, &pkt.out.src, csum)?;
+        inner_v4_addr(ctx, inner_ip, dst_off, &pkt.wire.dst, &pkt.out.dst, csum)?;
+        // ICMPv4's checksum does not cover the outer header.
+        if outer_src_changes {
+            v4_addr(ctx, ETH_HLEN + 12, &pkt.wire.dst, &pkt.out.dst, 0, 0)?;
+        }
+        if outer_dst_changes {
+            v4_addr(ctx, ETH_HLEN + 16, &pkt.wire.src, &pkt.out.src, 0, 0)?;
+        }
+    } else {
+        let (w, o) = (&mut pkt.wire, &mut pkt.out);
+        v6_addr(ctx, inner_ip + src_off, &mut w.src, &mut o.src, csum, 0)?;
+        v6_addr(ctx, inner_ip + dst_off, &mut w.dst, &mut o.dst, csum, 0)?;
+        let pseudo = BPF_F_PSEUDO_HDR as u64;
+        if outer_src_changes {
+            v6_addr(ctx, ETH_HLEN + 8, &mut w.dst, &mut o.dst, csum, pseudo)?;
+        }
+        if outer_dst_changes {
+            v6_addr(ctx, ETH_HLEN + 24, &mut w.src, &mut o.src, csum, pseudo)?;
+        }
+    }
+    if pkt.inner.proto == proto::TCP || pkt.inner.proto == proto::UDP {
+        let l4 = pkt.inner_l4 as usize;
+        port(ctx, l4, pkt.wire.sport, pkt.out.sport, csum, 0)?;
+        port(ctx, l4 + 2, pkt.wire.dport, pkt.out.dport, csum, 0)?;
+    }
+    Ok(())
+}
+
+/// One address of a quoted IPv4 header: the address, the quoted header's checksum, and the
+/// ICMP checksum for both changes.
+#[inline(always)]
+fn inner_v4_addr(
+    ctx: &TcContext,
+    inner_ip: usize,
+    field: usize,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    icmp_csum: usize,
+) -> Result<(), DropReason> {
+    let o = u32::from_ne_bytes([old[12], old[13], old[14], old[15]]);
+    let n = u32::from_ne_bytes([new[12], new[13], new[14], new[15]]);
+    if o == n {
+        return Ok(());
+    }
+    let err = |_| DropReason::Malformed;
+    let before: u16 = ctx.load(inner_ip + 10).map_err(err)?;
+    ctx.l3_csum_replace(inner_ip + 10, o as u64, n as u64, 4).map_err(err)?;
+    let after: u16 = ctx.load(inner_ip + 10).map_err(err)?;
+    ctx.l4_csum_replace(icmp_csum, o as u64, n as u64, 4).map_err(err)?;
+    ctx.l4_csum_replace(icmp_csum, before as u64, after as u64, 2).map_err(err)?;
+    ctx.store(inner_ip + field, &n, 0).map_err(err)
+}
+
 /// Rewrites the header from `pkt.wire` to `pkt.out`: addresses (and the IPv4 header
 /// checksum), ports, and the L4 checksum (TCP, UDP; a later fragment has neither ports nor
 /// an L4 checksum: its first fragment's checksum covers the whole datagram). Not inlined: a
@@ -273,6 +391,7 @@ pub fn rewrite(ctx: &TcContext, pkt: &mut Packet) -> Result<(), DropReason> {
 }
 
 #[inline(always)]
+/// `csum` 0: no L4 checksum to update.
 fn v4_addr(
     ctx: &TcContext,
     off: usize,

@@ -194,7 +194,7 @@ pub fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     ))
 }
 
-fn checksum(b: &[u8]) -> u16 {
+pub fn checksum(b: &[u8]) -> u16 {
     let mut sum = 0u32;
     for c in b.chunks(2) {
         sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));

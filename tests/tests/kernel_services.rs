@@ -391,3 +391,118 @@ fn client_ip_affinity_keeps_a_clients_backend_while_it_is_one() {
         "a backend that left is not kept"
     );
 }
+
+/// Fills in the ICMP (IPv4) or ICMPv6 checksum of a frame without extension headers.
+fn with_icmp_checksum(mut f: Vec<u8>) -> Vec<u8> {
+    let at = icmp_offset(&f);
+    f[at + 2] = 0;
+    f[at + 3] = 0;
+    let sum = enforcer_tests::packet::checksum(&icmp_sum_input(&f));
+    f[at + 2..at + 4].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+fn icmp_offset(f: &[u8]) -> usize {
+    if f[14] >> 4 == 6 {
+        14 + 40
+    } else {
+        14 + 20
+    }
+}
+
+fn icmp_sum_input(f: &[u8]) -> Vec<u8> {
+    let at = icmp_offset(f);
+    let mut data = Vec::new();
+    if f[14] >> 4 == 6 {
+        data.extend_from_slice(&f[22..54]);
+        data.extend_from_slice(&((f.len() - at) as u32).to_be_bytes());
+        data.extend_from_slice(&[0, 0, 0, 58]);
+    }
+    data.extend_from_slice(&f[at..]);
+    data
+}
+
+fn icmp_checksum_ok(f: &[u8]) -> bool {
+    enforcer_tests::packet::checksum(&icmp_sum_input(f)) == 0
+}
+
+fn addr_at(f: &[u8], off: usize, v6: bool) -> std::net::IpAddr {
+    if v6 {
+        <[u8; 16]>::try_from(&f[off..off + 16]).unwrap().into()
+    } else {
+        <[u8; 4]>::try_from(&f[off..off + 4]).unwrap().into()
+    }
+}
+
+#[test]
+fn icmp_errors_about_a_translated_connection_are_translated_with_it() {
+    use enforcer_tests::packet::{eth, icmp_error, ip as ip_pkt, tcp_hdr, IpOpts, ICMP, ICMPV6};
+    if !privileged() {
+        return;
+    }
+    let f = fixture("");
+    for v6 in [false, true] {
+        let (client, vip, backend) = if v6 {
+            ("fd00:10:244:1::10", "fd00:10:96:2::10", "fd00:10:244:2::11")
+        } else {
+            ("10.244.1.10", "10.96.2.10", "10.244.2.11")
+        };
+        let sport = 45000 + u16::from(v6);
+        assert_eq!(f.egress(&syn(client, vip, sport, 80)), PASS);
+        // The backend reports about the client's packet as it reached it (to the backend).
+        let quoted = ip_pkt(
+            ip(client),
+            ip(backend),
+            6,
+            &tcp_hdr(sport, 8080, SYN),
+            &IpOpts::default(),
+        );
+        let proto = if v6 { ICMPV6 } else { ICMP };
+        let err = with_icmp_checksum(eth(&ip_pkt(
+            ip(backend),
+            ip(client),
+            proto,
+            &icmp_error(v6, &quoted),
+            &IpOpts::default(),
+        )));
+        let (verdict, out) = f.ingress_out(&err);
+        assert_eq!(verdict, PASS);
+        let inner_ip = icmp_offset(&out) + 8;
+        let (outer_src, inner_dst, inner_l4) = if v6 {
+            (
+                addr_at(&out, 22, true),
+                addr_at(&out, inner_ip + 24, true),
+                inner_ip + 40,
+            )
+        } else {
+            (
+                addr_at(&out, 26, false),
+                addr_at(&out, inner_ip + 16, false),
+                inner_ip + 20,
+            )
+        };
+        assert_eq!(outer_src, ip(vip), "the error comes from the Service");
+        assert_eq!(
+            inner_dst,
+            ip(vip),
+            "about the client's packet to the Service"
+        );
+        assert_eq!(
+            u16::from_be_bytes([out[inner_l4 + 2], out[inner_l4 + 3]]),
+            80
+        );
+        assert!(icmp_checksum_ok(&out), "ICMP checksum (v6: {v6})");
+        if !v6 {
+            assert_eq!(
+                enforcer_tests::packet::checksum(&out[inner_ip..inner_ip + 20]),
+                0,
+                "the quoted IPv4 header's checksum"
+            );
+            assert_eq!(
+                enforcer_tests::packet::checksum(&out[14..34]),
+                0,
+                "the outer header's"
+            );
+        }
+    }
+}
