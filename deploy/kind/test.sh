@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Cluster test (needs Docker and kind; not run by `cargo xtask test`): builds the image, creates
 # a kind cluster, deploys the agent, and checks that a default-deny policy blocks a connection
-# that worked before, and that the flow log reports it. KEEP=1 keeps the cluster on failure.
+# that worked before, and that the flow log reports it; then that a client whose egress only
+# allows the server pods on their port reaches them through their Service (judged on the
+# backend, with kube-proxy running), and that its node's flows name the Service. KEEP=1 keeps
+# the cluster on failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLUSTER=${CLUSTER:-enforcer-test}
@@ -66,4 +69,31 @@ spec:
 YAML
 for i in $(seq 1 20); do probe && break; sleep 1; done
 probe || { echo "FAIL: allow rule not applied" >&2; exit 1; }
-echo "PASS: kind NetworkPolicy test"
+
+# Services: the client's egress allows only the server pods on port 80; the Service's port is
+# 8080 (targetPort 80) at a ClusterIP no pod selector matches.
+kubectl -n "$NS" expose pod server --name=web --port=8080 --target-port=80
+VIP=$(kubectl -n "$NS" get service web -o jsonpath='{.spec.clusterIP}')
+kubectl -n "$NS" apply -f - <<YAML
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-to-server}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: server}}}], ports: [{port: 80}]}]
+YAML
+svc_probe() { kubectl -n "$NS" exec client -- /agnhost connect "$VIP:8080" --timeout=3s >/dev/null 2>&1; }
+for i in $(seq 1 20); do svc_probe && break; sleep 1; done
+svc_probe || { echo "FAIL: the Service is not reachable though its backend is allowed" >&2; exit 1; }
+if kubectl -n "$NS" exec client -- /agnhost connect "$IP:8080" --timeout=3s >/dev/null 2>&1; then
+  echo "FAIL: port 8080 of the pod itself is allowed" >&2; exit 1
+fi
+CNODE=$(kubectl -n "$NS" get pod client -o jsonpath='{.spec.nodeName}')
+CAGENT=$(kubectl -n enforcer-system get pod -l app.kubernetes.io/name=enforcer \
+  --field-selector "spec.nodeName=$CNODE" -o jsonpath='{.items[0].metadata.name}')
+SFLOWS=$(kubectl -n enforcer-system exec "$CAGENT" -- /usr/local/bin/enforcer flows \
+  --from-pod "$NS/client" --last 50 --output jsonl)
+echo "$SFLOWS" | grep -q "\"service\":{\"name\":\"$NS/web\"" \
+  || { echo "FAIL: no flow of $NS/client names the Service $NS/web: $SFLOWS" >&2; exit 1; }
+echo "PASS: kind NetworkPolicy and Service test"
