@@ -74,6 +74,8 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "procps",
+    // the labs' kube-proxy (Service NAT in each node namespace)
+    "nftables",
 ];
 
 fn missing_packages() -> Vec<&'static str> {

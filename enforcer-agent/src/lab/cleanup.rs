@@ -66,6 +66,29 @@ pub fn is_lab_agent(pid: u32, status_file: &Path) -> bool {
     cmdline.contains("agent") && cmdline.contains(&*status_file.to_string_lossy())
 }
 
+/// Live `enforcer agent` processes whose `--status-file` lies under `dir`.
+fn agents_writing_under(dir: &Path) -> Vec<u32> {
+    let prefix = format!("{}/", dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.iter().any(|a| *a == b"agent")
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--status-file" && w[1].starts_with(prefix.as_bytes()))
+        })
+        .filter(|pid| pid_alive(*pid))
+        .collect()
+}
+
 pub(crate) fn remove_pins(pin_dir: &Path) {
     if pin_dir.exists() {
         if let Err(err) = std::fs::remove_dir_all(pin_dir) {
@@ -93,12 +116,15 @@ pub fn down_instance(name: &str) -> bool {
             }
         }
     }
-    found |= !agents.is_empty();
     let mut pids: Vec<u32> = agents
         .iter()
         .filter(|(pid, status)| pid_alive(*pid) && is_lab_agent(*pid, status))
         .map(|(pid, _)| *pid)
         .collect();
+    // Agents whose state.json is gone (a crashed run) are still known by their status file,
+    // which lies in this instance's state directory.
+    pids.extend(agents_writing_under(&paths.state_dir));
+    found |= !agents.is_empty() || !pids.is_empty();
     pids.sort();
     pids.dedup();
     terminate_pids(&pids);

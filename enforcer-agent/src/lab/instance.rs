@@ -340,18 +340,6 @@ impl Lab {
         self.agents.values().next().map(Child::id)
     }
 
-    /// The first node's agent log.
-    pub fn agent_log(&self) -> std::path::PathBuf {
-        let first = &self.topo.layout().nodes[0].name;
-        self.node_paths(first).agent_log
-    }
-
-    /// The first node's flow log.
-    pub fn flow_log(&self) -> std::path::PathBuf {
-        let first = &self.topo.layout().nodes[0].name;
-        self.node_paths(first).flow_log
-    }
-
     /// Leaves the instance running after this process exits (`lab up`).
     pub fn detach(mut self) -> anyhow::Result<LabState> {
         self.save_state()?;

@@ -351,3 +351,183 @@ fn rendered_matrix_marks_differences() {
     assert!(lines[1].ends_with("-       ."), "{text}");
     assert!(lines[2].contains(".!"), "{text}");
 }
+
+#[test]
+fn service_probes_parse_mixed_with_pod_probes() {
+    let dir = TempDir::new("svc-probes");
+    let mut c = cluster(&[("x", "a", &["10.244.1.10"])]);
+    c.push_str("---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  namespace: x\nspec:\n  nodeName: node-b\nstatus:\n  podIP: 10.244.1.11\n");
+    dir.write("cluster.yaml", &c);
+    dir.write("policies.yaml", "");
+    dir.write(
+        "probes.yaml",
+        "- service: y/web\n  port: 80\n  protocol: TCP\n- port: 8080\n  protocol: TCP\n- service: y/dns\n  port: 53\n  protocol: UDP\n  family: IPv6\n",
+    );
+    let s = Scenario::load(&dir.0).unwrap();
+    let step = &s.steps[0];
+    assert_eq!(
+        step.probes,
+        [
+            Probe {
+                service: Some("y/web".into()),
+                port: 80,
+                protocol: Proto::Tcp,
+                family: None
+            },
+            Probe::pods(8080, Proto::Tcp, None),
+            Probe {
+                service: Some("y/dns".into()),
+                port: 53,
+                protocol: Proto::Udp,
+                family: Some(Family::IPv6)
+            },
+        ]
+    );
+    assert_eq!(
+        step.probes[0].service_column().as_deref(),
+        Some("service/y/web")
+    );
+    assert_eq!(step.probes[1].service_column(), None);
+    assert_eq!(step.probes[2].to_string(), "service y/dns 53/UDP IPv6");
+    assert_eq!(step.pods[0].node, None);
+    assert_eq!(step.pods[1].node.as_deref(), Some("node-b"));
+
+    // A Service is named NAMESPACE/NAME.
+    for bad in ["web", "/web", "y/", "y/web/x"] {
+        dir.write("probes.yaml", &format!("- service: {bad}\n  port: 80\n"));
+        let err = Scenario::load(&dir.0).unwrap_err();
+        assert!(
+            matches!(&err, ScenarioError::BadServiceProbe { index: 1, service, .. } if service == bad),
+            "{bad}: {err}"
+        );
+    }
+}
+
+fn service_result(
+    service: &str,
+    cells: &[(&str, Option<bool>)],
+    family: Option<Family>,
+) -> ProbeResult {
+    let column = format!("service/{service}");
+    ProbeResult {
+        family,
+        matrix: cells
+            .iter()
+            .map(|(from, v)| (from.to_string(), BTreeMap::from([(column.clone(), *v)])))
+            .collect(),
+        port: 80,
+        protocol: Proto::Tcp,
+        service: Some(service.into()),
+    }
+}
+
+#[test]
+fn service_result_entries_have_the_documented_shape() {
+    let r = Results {
+        steps: vec![StepResult {
+            probes: vec![service_result(
+                "y/web",
+                &[("x/a", Some(true)), ("y/a", None)],
+                Some(Family::IPv6),
+            )],
+        }],
+    };
+    let json = r.to_json_pretty();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"steps": [{"probes": [{
+            "family": "IPv6", "port": 80, "protocol": "TCP", "service": "y/web",
+            "matrix": {"x/a": {"service/y/web": true}, "y/a": {"service/y/web": null}}
+        }]}]})
+    );
+    assert_eq!(serde_json::from_str::<Results>(&json).unwrap(), r);
+    // Pod entries have no `service` key at all.
+    let pod = Results {
+        steps: vec![StepResult {
+            probes: vec![two_pod_result(Some(true), None, None)],
+        }],
+    };
+    assert!(!pod.to_json_pretty().contains("service"));
+}
+
+#[test]
+fn service_entries_compare_by_service_port_protocol_and_family() {
+    let expected = Results {
+        steps: vec![StepResult {
+            probes: vec![
+                service_result(
+                    "y/web",
+                    &[("x/a", Some(true)), ("y/a", None), ("z/a", Some(false))],
+                    None,
+                ),
+                service_result("y/api", &[("x/a", Some(false))], None),
+                two_pod_result(Some(true), Some(false), None),
+            ],
+        }],
+    };
+    assert_eq!(
+        compare(&expected, &expected).to_string(),
+        "5/5 probes match"
+    );
+
+    // Entries are found by key, not position; a null where a boolean is expected (the
+    // connections disagreed), a missing row, another family and another Service all miss.
+    let actual = Results {
+        steps: vec![StepResult {
+            probes: vec![
+                two_pod_result(Some(true), Some(false), None),
+                service_result("y/api", &[("x/a", Some(false))], Some(Family::IPv6)),
+                service_result("y/web", &[("x/a", None), ("y/a", Some(true))], None),
+                service_result("y/other", &[("x/a", Some(false))], None),
+            ],
+        }],
+    };
+    let cmp = compare(&expected, &actual);
+    assert_eq!((cmp.matched, cmp.judged), (2, 5), "{cmp}");
+    let web = |from: &str, expected: bool| Mismatch {
+        step: 1,
+        probe: Probe {
+            service: Some("y/web".into()),
+            port: 80,
+            protocol: Proto::Tcp,
+            family: None,
+        },
+        from: from.into(),
+        to: "service/y/web".into(),
+        expected,
+        actual: None,
+    };
+    assert_eq!(cmp.mismatches[0], web("x/a", true));
+    assert_eq!(cmp.mismatches[1], web("z/a", false));
+    assert_eq!(cmp.mismatches[2].probe.service.as_deref(), Some("y/api"));
+    let text = cmp.to_string();
+    assert!(
+        text.contains("step 1 service y/web port 80 TCP IPv4: x/a expected true, got missing"),
+        "{text}"
+    );
+    assert!(
+        text.contains("step 1 service y/api port 80 TCP IPv4: x/a expected false, got missing"),
+        "{text}"
+    );
+
+    // A pod probe on the Service's port is a different entry.
+    let pods_only = Results {
+        steps: vec![StepResult {
+            probes: vec![two_pod_result(Some(true), Some(false), None)],
+        }],
+    };
+    assert_eq!(compare(&expected, &pods_only).matched, 2);
+}
+
+#[test]
+fn service_matrix_renders_one_column() {
+    let r = service_result("y/web", &[("x/a", Some(true)), ("z/a", Some(false))], None);
+    let exp = service_result("y/web", &[("x/a", Some(true)), ("z/a", Some(true))], None);
+    let text = render_matrix(&r, Some(&exp));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].trim_end().ends_with("service/y/web"), "{text}");
+    assert!(lines[1].trim_end().ends_with('.'), "{text}");
+    assert!(lines[2].trim_end().ends_with("X!"), "{text}");
+}

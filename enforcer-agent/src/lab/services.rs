@@ -186,3 +186,99 @@ pub fn scenario_has_services(steps: &[super::scenario::Step]) -> bool {
             || !cluster_from_yaml(&[&s.cluster_yaml]).0.services.is_empty()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: y, labels: {app: web}}\n\
+spec: {nodeName: node-a, containers: [{name: c, ports: [{containerPort: 8080, name: http}]}]}\n\
+status: {podIP: 10.244.2.10, podIPs: [{ip: 10.244.2.10}, {ip: 'fd00:10:244:2::10'}]}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: y, labels: {app: web}}\n\
+spec: {nodeName: node-b, containers: [{name: c, ports: [{containerPort: 9090, name: http}]}]}\n\
+status: {podIP: 10.244.2.11}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: y}\n\
+spec: {clusterIP: 10.96.2.10, clusterIPs: [10.96.2.10, 'fd00:10:96:2::10'], ipFamilies: [IPv4, IPv6],\n\
+  ipFamilyPolicy: RequireDualStack, internalTrafficPolicy: Local, selector: {app: web},\n\
+  ports: [{name: http, port: 80, targetPort: http}, {name: dns, port: 53, protocol: UDP, targetPort: 5353}]}\n";
+
+    fn probe(service: &str, port: u16, protocol: Proto, family: Option<Family>) -> Probe {
+        Probe {
+            service: Some(service.into()),
+            port,
+            protocol,
+            family,
+        }
+    }
+
+    #[test]
+    fn endpoints_candidates_and_backend_servers_of_service_probes() {
+        let (cluster, errors) = cluster_from_yaml(&[CLUSTER]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = StepServices::new(&cluster);
+        let http = probe("y/web", 80, Proto::Tcp, None);
+        let (_, eps) = s.endpoints(&http).unwrap();
+        assert_eq!(
+            eps.iter()
+                .map(|b| (b.ip.to_string(), b.port))
+                .collect::<Vec<_>>(),
+            [
+                ("10.244.2.10".to_string(), 8080),
+                ("10.244.2.11".to_string(), 9090)
+            ]
+        );
+        // Local: each node sees its own backend.
+        assert_eq!(s.candidate_count(&http, "node-a"), 1);
+        assert_eq!(s.candidate_count(&http, "node-c"), 0);
+        // Absent port (80/UDP) and absent Service: nothing.
+        assert!(s.endpoints(&probe("y/web", 80, Proto::Udp, None)).is_none());
+        assert!(s
+            .endpoints(&probe("y/gone", 80, Proto::Tcp, None))
+            .is_none());
+        assert_eq!(
+            s.candidate_count(&probe("y/gone", 80, Proto::Tcp, None), "node-a"),
+            0
+        );
+
+        let probes = [
+            http.clone(),
+            probe("y/web", 53, Proto::Udp, Some(Family::IPv6)),
+            Probe::pods(80, Proto::Tcp, None),
+        ];
+        let servers = s.backend_endpoints(&probes);
+        let ep = |port, protocol, family| Endpoint {
+            port,
+            protocol,
+            family,
+        };
+        assert_eq!(
+            servers["y/a"],
+            BTreeSet::from([
+                ep(8080, Proto::Tcp, Family::IPv4),
+                ep(5353, Proto::Udp, Family::IPv6)
+            ])
+        );
+        assert_eq!(
+            servers["y/b"],
+            BTreeSet::from([ep(9090, Proto::Tcp, Family::IPv4)])
+        );
+    }
+
+    #[test]
+    fn cluster_ips_are_remembered_across_steps() {
+        let (cluster, _) = cluster_from_yaml(&[CLUSTER]);
+        let mut memory = ClusterIpMemory::default();
+        memory.remember(&cluster);
+        // A later step without the Service keeps what it had.
+        memory.remember(&Cluster::default());
+        assert_eq!(
+            memory.get("y/web", Family::IPv4),
+            Some("10.96.2.10".parse().unwrap())
+        );
+        assert_eq!(
+            memory.get("y/web", Family::IPv6),
+            Some("fd00:10:96:2::10".parse().unwrap())
+        );
+        assert_eq!(memory.get("y/other", Family::IPv4), None);
+    }
+}
