@@ -7,12 +7,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use ipnet::IpNet;
 
 mod convert;
-pub mod service;
 
 pub use convert::{
     namespace_from_k8s, network_policy_from_k8s, node_addresses_from_k8s, pod_from_k8s,
@@ -30,6 +28,7 @@ pub type Labels = BTreeMap<String, String>;
 /// The label the API server sets on every namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// A `namespace/name` key type (also used by `service`, declared after this macro).
 macro_rules! namespaced_key {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -45,21 +44,21 @@ macro_rules! namespaced_key {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "{}/{}", self.namespace, self.name)
             }
         }
 
         /// Parses `namespace/name` (both parts non-empty).
-        impl FromStr for $name {
-            type Err = KeyParseError;
+        impl std::str::FromStr for $name {
+            type Err = $crate::model::KeyParseError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s.split_once('/') {
                     Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
                         Ok(Self::new(ns, name))
                     }
-                    _ => Err(KeyParseError { input: s.to_owned() }),
+                    _ => Err($crate::model::KeyParseError { input: s.to_owned() }),
                 }
             }
         }
@@ -76,6 +75,9 @@ namespaced_key!(
     /// A pod's identity, written `namespace/name`.
     PodKey
 );
+
+// After the macro: the module uses it for its keys.
+pub mod service;
 namespaced_key!(
     /// A NetworkPolicy's identity, written `namespace/name`.
     PolicyKey

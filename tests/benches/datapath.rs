@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use aya::programs::{TestRun, TestRunOptions};
 use enforcer_common::maps::programs::POD_INGRESS;
 use enforcer_tests::packet::*;
-use enforcer_tests::{privileged, Fixture};
+use enforcer_tests::{median, privileged, Fixture};
 
 const BATCH: u32 = 10_000;
 const ROUNDS: usize = 15;
@@ -52,11 +52,6 @@ fn batch_ns(f: &mut Fixture, pkt: &[u8]) -> f64 {
     // Keep the ring buffer from filling up with allowed-connection events.
     f.drain_events();
     r.duration.as_nanos() as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
 }
 
 fn main() {

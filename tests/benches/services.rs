@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use aya::programs::{TestRun, TestRunOptions};
 use enforcer_common::maps::programs::{POD_EGRESS, POD_INGRESS};
 use enforcer_tests::packet::*;
-use enforcer_tests::{privileged, Fixture, PASS};
+use enforcer_tests::{median, privileged, Fixture, PASS};
 
 const BATCH: u32 = 2_000;
 const ROUNDS: usize = 15;
@@ -62,11 +62,6 @@ fn batch_ns(f: &mut Fixture, program: &str, pkt: &[u8]) -> f64 {
     }
     f.drain_events();
     total as f64 / f64::from(BATCH)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
 }
 
 fn main() {

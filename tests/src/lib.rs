@@ -82,6 +82,12 @@ status: {podIP: 10.244.2.12, podIPs: [{ip: 10.244.2.12}, {ip: "fd00:10:244:2::12
 
 pub const NODE_IP: &str = "10.244.0.1";
 
+/// The median of benchmark samples.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("a valid address in a test")
 }

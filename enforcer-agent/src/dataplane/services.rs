@@ -341,15 +341,7 @@ impl NatMaps {
             Err(e) => return Err(e),
         };
         if let Some(r) = rev {
-            let fwd_key = NatKey {
-                ep_id: key.ep_id,
-                src: r.dst,
-                dst: r.src,
-                sport: r.dport,
-                dport: r.sport,
-                proto: key.proto,
-                _pad: [0; 3],
-            };
+            let fwd_key = reversed_key(key.ep_id, &r, key.proto);
             ignore_missing(self.fwd.remove(&fwd_key))?;
             ignore_missing(self.rev.remove(&rev_key))?;
         }
@@ -424,19 +416,24 @@ impl NatMaps {
                 Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(e),
             }
-            let rev_key = NatKey {
-                ep_id: k.ep_id,
-                src: v.dst,
-                dst: v.src,
-                sport: v.dport,
-                dport: v.sport,
-                proto: k.proto,
-                _pad: [0; 3],
-            };
-            ignore_missing(self.rev.remove(&rev_key))?;
+            ignore_missing(self.rev.remove(&reversed_key(k.ep_id, &v, k.proto)))?;
             ignore_missing(self.fwd.remove(&k))?;
         }
         Ok(ended)
+    }
+}
+
+/// The NAT key of the packet that travels the other way from the tuple `e` holds: a forward
+/// entry's value gives its reply's key, a reply entry's value its forward key.
+fn reversed_key(ep_id: u32, e: &NatEntry, proto: u8) -> NatKey {
+    NatKey {
+        ep_id,
+        src: e.dst,
+        dst: e.src,
+        sport: e.dport,
+        dport: e.sport,
+        proto,
+        _pad: [0; 3],
     }
 }
 

@@ -49,52 +49,11 @@ impl IpFamily {
     }
 }
 
-macro_rules! key_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name {
-            pub namespace: String,
-            pub name: String,
-        }
-
-        impl $name {
-            pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-                Self { namespace: namespace.into(), name: name.into() }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "{}/{}", self.namespace, self.name)
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = super::KeyParseError;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s.split_once('/') {
-                    Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                        Ok(Self::new(ns, name))
-                    }
-                    _ => Err(super::KeyParseError { input: s.to_owned() }),
-                }
-            }
-        }
-
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-    };
-}
-
-key_type!(
+namespaced_key!(
     /// A Service's identity, written `namespace/name`.
     ServiceKey
 );
-key_type!(
+namespaced_key!(
     /// An EndpointSlice's identity, written `namespace/name`.
     SliceKey
 );
