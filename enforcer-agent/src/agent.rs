@@ -53,6 +53,8 @@ pub struct AgentOptions {
     pub alert_webhook: Option<hyper::Uri>,
     /// How often the conntrack map is swept (see [`crate::dataplane::ct_sweep`]).
     pub conntrack_sweep_interval: Duration,
+    /// How long an API watch may fail before the agent reports itself not ready.
+    pub source_stale_grace: Duration,
 }
 
 /// Written after every sync (atomically): what is in force.
@@ -223,6 +225,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // Events lost before this agent started are not this stream's gap.
     let mut lost_seen = dp.counters()[enforcer_common::reason::counter::EVENTS_LOST as usize];
     let mut pending_since: Option<Instant> = None;
+    let mut went_stale = false;
     let mut last_errors: Vec<String> = Vec::new();
     loop {
         tokio::select! {
@@ -251,6 +254,22 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         // Pods whose interface is missing are retried every half second.
         if pending_since.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
             dirty = true;
+        }
+        if let Source::Kube(k) = &source {
+            let stale = k.stale_for().unwrap_or_default();
+            metrics.source_stale.set(stale.as_secs_f64());
+            if stale > opts.source_stale_grace && !went_stale {
+                tracing::error!(
+                    stale_s = stale.as_secs(),
+                    "the Kubernetes API has not answered a watch for longer than the grace period: not ready (the last state stays enforced)"
+                );
+                ready.unset();
+                went_stale = true;
+            } else if stale.is_zero() && went_stale {
+                // Back: ready again once the next sync has applied what changed meanwhile.
+                went_stale = false;
+                dirty = true;
+            }
         }
         if counters_copied.elapsed() >= Duration::from_secs(1) {
             let counters = dp.counters();
@@ -284,7 +303,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
         match sync_once(&mut dp, &opts, &desired, &ctx, &metrics, &flush_tx) {
             Ok(status) => {
-                ready.set();
+                let stale = match &source {
+                    Source::Kube(k) => k.stale_for().unwrap_or_default(),
+                    Source::Folder(_) => Duration::ZERO,
+                };
+                if stale <= opts.source_stale_grace {
+                    ready.set();
+                }
                 if let Some(t) = noticed.take() {
                     metrics.propagation_delay.observe(t.elapsed().as_secs_f64());
                 }

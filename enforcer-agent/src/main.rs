@@ -231,6 +231,10 @@ struct AgentArgs {
     /// ones reported (with their packet and byte counts).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     conntrack_sweep_interval: std::time::Duration,
+    /// With the Kubernetes API: how long a watch may fail before /readyz fails (what is
+    /// enforced stays in force meanwhile; `enforcer_source_stale_seconds` says how long).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    source_stale_grace: std::time::Duration,
     /// POST alerts to this Alertmanager-compatible URL (http://host:9093/api/v2/alerts).
     #[arg(long)]
     alert_webhook: Option<hyper::Uri>,
@@ -280,6 +284,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 alert_webhook: a.alert_webhook,
                 conntrack_sweep_interval: a.conntrack_sweep_interval,
+                source_stale_grace: a.source_stale_grace,
             };
             runtime()?.block_on(agent::run(opts))
         }

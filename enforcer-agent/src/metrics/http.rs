@@ -20,6 +20,9 @@ impl Ready {
     pub fn set(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
+    pub fn unset(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
     pub fn get(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
@@ -37,7 +40,7 @@ fn respond(metrics: &Metrics, ready: &Ready, path: &str) -> Response<Full<Bytes>
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "not synced yet\n".to_string(),
+            "not synced, or the source is stale\n".to_string(),
         ),
         _ => (
             StatusCode::NOT_FOUND,

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub nat_insert_failures: IntGauge,
     /// Service ports (frontends) in the datapath.
     pub service_frontends: IntGauge,
+    /// How long the oldest failing API watch has been failing (0: all healthy).
+    pub source_stale: prometheus::Gauge,
     pub policies: IntGauge,
     pub endpoints: IntGauge,
     pub pending_endpoints: IntGauge,
@@ -97,6 +99,7 @@ impl Metrics {
             rate_limited_reports: reg(&r, IntGauge::new("enforcer_drop_reports_rate_limited_total", "Drop reports suppressed by the per-flow rate limit").expect("valid")),
             service_translations: reg(&r, IntGauge::new("enforcer_service_translations_total", "New connections to a Service translated to a backend by the datapath").expect("valid")),
             nat_insert_failures: reg(&r, IntGauge::new("enforcer_nat_insert_failures_total", "Service NAT or affinity entries the datapath could not insert").expect("valid")),
+            source_stale: reg(&r, prometheus::Gauge::new("enforcer_source_stale_seconds", "How long the oldest failing Kubernetes API watch has been failing (0: every watch is healthy); its last state stays enforced").expect("valid")),
             service_frontends: reg(&r, IntGauge::new("enforcer_service_frontends", "Service ports (ClusterIP, port, protocol) the datapath translates").expect("valid")),
             policies: reg(&r, IntGauge::new("enforcer_policies", "NetworkPolicies in force").expect("valid")),
             endpoints: reg(&r, IntGauge::new("enforcer_endpoints", "Local pods enforced on this node").expect("valid")),

@@ -1,9 +1,20 @@
 //! The Kubernetes API as the source (`enforcer agent` in a DaemonSet): reflector stores of all
-//! Namespaces, Pods, NetworkPolicies, Services and EndpointSlices. Every watch event only wakes the sync loop, which
-//! snapshots the stores and recompiles (level-triggered: a re-list converges to the same maps).
-//! This is the only module holding a `kube::Client`.
+//! Namespaces, Pods, NetworkPolicies, Services and EndpointSlices. Every watch event only
+//! wakes the sync loop, which snapshots the stores and recompiles (level-triggered: a re-list
+//! converges to the same maps). This is the only module holding a `kube::Client`.
+//!
+//! - Every event wakes the loop, the watcher's own `Init`/`InitDone` included: a re-list after
+//!   an outage that returns none of a kind (every policy deleted meanwhile) changes the store
+//!   without any object event, and must be applied like one.
+//! - While a watch fails, its store keeps its last state (what is enforced stays) and the
+//!   watcher retries with backoff; [`KubeSource::stale_for`] says for how long, so the agent
+//!   can report it and stop being ready.
+//! - The stores hold objects without `managedFields` (often the bulk of an object, never read
+//!   here), and a snapshot shares them (`Arc`) instead of copying them.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -11,11 +22,14 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 
 use super::objects::{cluster_of, ApiObject, LastGood, Object, ObjectKey};
 use crate::model::Cluster;
+
+/// Since when each kind's watch has been failing (absent: healthy).
+type Health = Arc<Mutex<BTreeMap<&'static str, Instant>>>;
 
 pub struct KubeSource {
     namespaces: Store<Namespace>,
@@ -25,10 +39,11 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     /// Woken on every watch event.
     pub changed: Arc<Notify>,
+    health: Health,
     last_good: LastGood,
 }
 
-fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+fn watch<K>(api: Api<K>, kind: &'static str, changed: Arc<Notify>, health: Health) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -39,16 +54,29 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    let events = watcher(api, watcher::Config::default())
         .default_backoff()
-        .touched_objects();
+        .modify(|o: &mut K| o.managed_fields_mut().clear());
+    let stream = reflector::reflector(writer, events);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(_) => changed.notify_one(),
-                // The watcher retries with backoff; the stores keep their last state meanwhile.
-                Err(e) => tracing::warn!(error = %e, kind = K::kind(&()).as_ref(), "watch error"),
+                Ok(_) => {
+                    if health.lock().expect("health lock").remove(kind).is_some() {
+                        tracing::info!(kind, "watch recovered");
+                    }
+                    changed.notify_one();
+                }
+                // The watcher retries with backoff; the store keeps its last state meanwhile.
+                Err(e) => {
+                    health
+                        .lock()
+                        .expect("health lock")
+                        .entry(kind)
+                        .or_insert_with(Instant::now);
+                    tracing::warn!(error = %e, kind, "watch error");
+                }
             }
         }
     });
@@ -59,11 +87,33 @@ impl KubeSource {
     /// Starts the watches and waits until every store has its first full list.
     pub async fn start(client: Client) -> anyhow::Result<Self> {
         let changed = Arc::new(Notify::new());
-        let namespaces = watch(Api::<Namespace>::all(client.clone()), changed.clone());
-        let pods = watch(Api::<Pod>::all(client.clone()), changed.clone());
-        let policies = watch(Api::<NetworkPolicy>::all(client.clone()), changed.clone());
-        let services = watch(Api::<Service>::all(client.clone()), changed.clone());
-        let slices = watch(Api::<EndpointSlice>::all(client), changed.clone());
+        let health = Health::default();
+        let (c, h) = (&changed, &health);
+        let namespaces = watch(
+            Api::<Namespace>::all(client.clone()),
+            "Namespace",
+            c.clone(),
+            h.clone(),
+        );
+        let pods = watch(Api::<Pod>::all(client.clone()), "Pod", c.clone(), h.clone());
+        let policies = watch(
+            Api::<NetworkPolicy>::all(client.clone()),
+            "NetworkPolicy",
+            c.clone(),
+            h.clone(),
+        );
+        let services = watch(
+            Api::<Service>::all(client.clone()),
+            "Service",
+            c.clone(),
+            h.clone(),
+        );
+        let slices = watch(
+            Api::<EndpointSlice>::all(client),
+            "EndpointSlice",
+            c.clone(),
+            h.clone(),
+        );
         namespaces.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         policies.wait_until_ready().await?;
@@ -76,8 +126,20 @@ impl KubeSource {
             services,
             slices,
             changed,
+            health,
             last_good: LastGood::default(),
         })
+    }
+
+    /// How long the oldest failing watch has been failing (`None`: every watch is healthy).
+    /// Its store keeps the last state it had.
+    pub fn stale_for(&self) -> Option<Duration> {
+        self.health
+            .lock()
+            .expect("health lock")
+            .values()
+            .min()
+            .map(|since| since.elapsed())
     }
 
     /// The cluster as the stores hold it now, with the objects that did not convert.
@@ -85,31 +147,16 @@ impl KubeSource {
         let api: Vec<ApiObject> = self
             .namespaces
             .state()
-            .iter()
-            .map(|n| ApiObject::Namespace(Box::new((**n).clone())))
-            .chain(
-                self.pods
-                    .state()
-                    .iter()
-                    .map(|p| ApiObject::Pod(Box::new((**p).clone()))),
-            )
-            .chain(
-                self.policies
-                    .state()
-                    .iter()
-                    .map(|p| ApiObject::Policy(Box::new((**p).clone()))),
-            )
-            .chain(
-                self.services
-                    .state()
-                    .iter()
-                    .map(|s| ApiObject::Service(Box::new((**s).clone()))),
-            )
+            .into_iter()
+            .map(ApiObject::Namespace)
+            .chain(self.pods.state().into_iter().map(ApiObject::Pod))
+            .chain(self.policies.state().into_iter().map(ApiObject::Policy))
+            .chain(self.services.state().into_iter().map(ApiObject::Service))
             .chain(
                 self.slices
                     .state()
-                    .iter()
-                    .map(|s| ApiObject::EndpointSlice(Box::new((**s).clone()))),
+                    .into_iter()
+                    .map(ApiObject::EndpointSlice),
             )
             .collect();
         let (objects, errors) = convert_all(&api, &self.last_good);
@@ -183,7 +230,7 @@ mod tests {
         let api: Vec<ApiObject> = list
             .items
             .into_iter()
-            .map(|p| ApiObject::Pod(Box::new(p)))
+            .map(|p| ApiObject::Pod(Arc::new(p)))
             .collect();
         let (objects, errors) = convert_all(&api, &LastGood::default());
         assert!(errors.is_empty(), "{errors:?}");
@@ -215,10 +262,10 @@ mod tests {
             r#"{"metadata":{"name":"p","namespace":"prod"},"spec":{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.0.0.0/8","except":["11.0.0.0/16"]}}]}]}}"#,
         )
         .unwrap();
-        let (first, _) = convert_all(&[ApiObject::Policy(Box::new(good))], &LastGood::default());
+        let (first, _) = convert_all(&[ApiObject::Policy(Arc::new(good))], &LastGood::default());
         let mut last = LastGood::default();
         last.replace(first.clone());
-        let (second, errors) = convert_all(&[ApiObject::Policy(Box::new(bad))], &last);
+        let (second, errors) = convert_all(&[ApiObject::Policy(Arc::new(bad))], &last);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("except"), "{}", errors[0]);
         assert_eq!(first, second);

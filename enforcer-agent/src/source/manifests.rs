@@ -161,16 +161,22 @@ fn collect(
             return;
         }
         ("v1", "Namespace") => {
-            serde_yaml::from_value(value).map(|o| ApiObject::Namespace(Box::new(o)))
+            serde_yaml::from_value(value).map(|o| ApiObject::Namespace(std::sync::Arc::new(o)))
         }
-        ("v1", "Pod") => serde_yaml::from_value(value).map(|o| ApiObject::Pod(Box::new(o))),
+        ("v1", "Pod") => {
+            serde_yaml::from_value(value).map(|o| ApiObject::Pod(std::sync::Arc::new(o)))
+        }
         ("networking.k8s.io/v1", "NetworkPolicy") => {
-            serde_yaml::from_value(value).map(|o| ApiObject::Policy(Box::new(o)))
+            serde_yaml::from_value(value).map(|o| ApiObject::Policy(std::sync::Arc::new(o)))
         }
-        ("v1", "Service") => serde_yaml::from_value(value).map(|o| ApiObject::Service(Box::new(o))),
-        ("v1", "Node") => serde_yaml::from_value(value).map(|o| ApiObject::Node(Box::new(o))),
+        ("v1", "Service") => {
+            serde_yaml::from_value(value).map(|o| ApiObject::Service(std::sync::Arc::new(o)))
+        }
+        ("v1", "Node") => {
+            serde_yaml::from_value(value).map(|o| ApiObject::Node(std::sync::Arc::new(o)))
+        }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            serde_yaml::from_value(value).map(|o| ApiObject::EndpointSlice(Box::new(o)))
+            serde_yaml::from_value(value).map(|o| ApiObject::EndpointSlice(std::sync::Arc::new(o)))
         }
         ("", _) | (_, "") => {
             errors.push((

@@ -2,6 +2,7 @@
 //! that became invalid.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -37,14 +38,15 @@ impl Object {
     }
 }
 
-/// A typed API object as read from a manifest or the API.
+/// A typed API object as read from a manifest or the API. Shared (`Arc`), so that a snapshot
+/// of the API's reflector stores copies no object.
 pub enum ApiObject {
-    Namespace(Box<core::Namespace>),
-    Pod(Box<core::Pod>),
-    Policy(Box<net::NetworkPolicy>),
-    Service(Box<core::Service>),
-    EndpointSlice(Box<discovery::EndpointSlice>),
-    Node(Box<core::Node>),
+    Namespace(Arc<core::Namespace>),
+    Pod(Arc<core::Pod>),
+    Policy(Arc<net::NetworkPolicy>),
+    Service(Arc<core::Service>),
+    EndpointSlice(Arc<discovery::EndpointSlice>),
+    Node(Arc<core::Node>),
 }
 
 impl ApiObject {
