@@ -36,7 +36,8 @@ fn dir_word(d: Direction) -> &'static str {
     }
 }
 
-/// `ns/pod:port`, or the address when the end is not a known pod (`[v6]:port`).
+/// `ns/pod:port`, or the address when the end is not a known pod (`[v6]:port`); a flow sent
+/// to a Service shows it before the backend (`service y/web:80 => y/web-1:8080`).
 pub fn endpoint(e: &FlowEnd) -> String {
     let host = match (&e.namespace, &e.pod) {
         (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
@@ -45,9 +46,13 @@ pub fn endpoint(e: &FlowEnd) -> String {
             ip => ip.to_string(),
         },
     };
-    match e.port {
+    let end = match e.port {
         Some(p) => format!("{host}:{p}"),
         None => host,
+    };
+    match &e.service {
+        Some(s) => format!("service {}:{} => {end}", s.name, s.port),
+        None => end,
     }
 }
 
@@ -313,6 +318,24 @@ fn local_offset(secs: i64) -> i64 {
         i64::from(tm.tm_gmtoff)
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+    use crate::flows::enrich::ServiceRef;
+
+    #[test]
+    fn a_flow_to_a_service_shows_it_before_the_backend() {
+        let mut e = crate::flows::filter::fixture::end("y/web-1", "10.244.2.10", Some(8080));
+        e.service = Some(ServiceRef {
+            name: "y/web".into(),
+            ip: "10.96.2.10".parse().unwrap(),
+            port: 80,
+            port_name: None,
+        });
+        assert_eq!(endpoint(&e), "service y/web:80 => y/web-1:8080");
     }
 }
 
