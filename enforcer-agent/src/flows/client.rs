@@ -137,6 +137,9 @@ struct FilterArgs {
     /// The policy whose rule allowed the flow, or one that isolates the pod of a dropped flow.
     #[arg(long, value_name = "NS/NAME", value_parser = parse_policy)]
     policy: Vec<String>,
+    /// The Service the flow was sent to (its backend is the destination).
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_policy)]
+    service: Vec<String>,
     /// Negate the filter flag right after it: `--not --namespace kube-system`. Flags are
     /// AND-ed, repeats of one flag OR-ed; a negated value excludes every flow it matches.
     // Append (not Count) so that clap records the position of every occurrence.
@@ -267,7 +270,7 @@ impl FlowsArgs {
         apply_negation!(m, f, filter, &positions, &mut used;
             verdict, event, namespace, from_namespace, to_namespace, pod, from_pod, to_pod,
             label, from_label, to_label, ip, from_ip, to_ip, port, from_port, to_port,
-            protocol, direction, reason, policy);
+            protocol, direction, reason, policy, service);
         if used.len() != nots {
             return Err(clap::Error::raw(
                 clap::error::ErrorKind::ArgumentConflict,

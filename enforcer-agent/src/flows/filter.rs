@@ -341,6 +341,9 @@ pub struct Criteria {
     /// of a dropped flow.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policy: Vec<String>,
+    /// `NAMESPACE/NAME`: the Service the flow was sent to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service: Vec<String>,
 }
 
 /// `None` when there are no values (the field does not constrain), else whether any matches.
@@ -358,7 +361,7 @@ impl Criteria {
     }
 
     /// For every field: `None` if it has no values, else whether one of them matches.
-    fn results(&self, r: &FlowRecord) -> [Option<bool>; 21] {
+    fn results(&self, r: &FlowRecord) -> [Option<bool>; 22] {
         let ns = |end: &FlowEnd, want: &String| end.namespace.as_ref() == Some(want);
         let ip = |end: &FlowEnd, net: &IpNet| net.contains(&end.ip);
         let port = |end: &FlowEnd, p: &u16| end.port == Some(*p);
@@ -393,6 +396,9 @@ impl Criteria {
             }),
             any(&self.policy, |p| {
                 r.rule.as_ref().is_some_and(|rule| &rule.policy == p) || r.isolated_by.contains(p)
+            }),
+            any(&self.service, |s| {
+                r.dst.service.as_ref().is_some_and(|d| &d.name == s)
             }),
         ]
     }
@@ -673,6 +679,27 @@ mod tests {
         };
         assert!(f("prod/backend-from-frontend").matches(&r));
         assert!(!f("prod/default-deny-ingress").matches(&r));
+    }
+
+    #[test]
+    fn service_matches_the_service_the_flow_was_sent_to() {
+        let (s, mut d) = debug_to_backend();
+        d.service = Some(crate::flows::enrich::ServiceRef {
+            name: "prod/backend".into(),
+            ip: "10.96.4.10".parse().unwrap(),
+            port: 80,
+            port_name: None,
+        });
+        let f = |svc: &str| Filter {
+            include: crit(|c| c.service = strings(&[svc])),
+            ..Filter::default()
+        };
+        assert!(f("prod/backend").matches(&allowed(s.clone(), d)));
+        let (_, direct) = debug_to_backend();
+        assert!(
+            !f("prod/backend").matches(&allowed(s, direct)),
+            "a flow straight to the pod"
+        );
     }
 
     #[test]
