@@ -25,6 +25,7 @@ const SCAN_PORTS: std::ops::RangeInclusive<u16> = 1..=30;
 /// One connection the demo makes each round, and whether the demo policies allow it.
 struct Flow {
     from: &'static str,
+    /// A pod, or `service:NS/NAME` (the demo's Service, at its ClusterIP).
     to: &'static str,
     port: u16,
     protocol: Proto,
@@ -107,6 +108,23 @@ const TRAFFIC: &[Flow] = &[
         Family::IPv4,
         false,
     ),
+    // Through the backend's Service: judged on the backend at its target port (8080).
+    flow(
+        "prod/frontend",
+        "service:prod/backend",
+        80,
+        Proto::Tcp,
+        Family::IPv4,
+        true,
+    ),
+    flow(
+        "dev/debug",
+        "service:prod/backend",
+        80,
+        Proto::Tcp,
+        Family::IPv6,
+        false,
+    ),
     flow(
         "dev/scanner",
         "prod/frontend",
@@ -131,7 +149,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let lab = interruptible(up(&scenario, &args.name, &["--log-allowed"], &[])).await?;
     let pods = lab.topo.pods();
     let mut endpoints: Vec<Endpoint> = Vec::new();
-    for f in TRAFFIC {
+    for f in TRAFFIC.iter().filter(|f| !f.to.starts_with("service:")) {
         let ep = Endpoint {
             port: f.port,
             protocol: f.protocol,
@@ -267,6 +285,11 @@ async fn traffic_loop(
     Ok(())
 }
 
+/// The ClusterIPs of the demo's Service prod/backend (`demo/cluster.yaml`).
+const DEMO_SERVICE_IPV4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 1, 10);
+const DEMO_SERVICE_IPV6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd00, 0x10, 0x96, 1, 0, 0, 0, 0x10);
+
 fn endpoints_of(
     topo: &Topology,
     from: &str,
@@ -278,6 +301,13 @@ fn endpoints_of(
         .pod(from)
         .with_context(|| format!("demo pod {from} missing"))?
         .clone();
+    if to == "service:prod/backend" {
+        let ip: std::net::IpAddr = match family {
+            Family::IPv4 => DEMO_SERVICE_IPV4.into(),
+            Family::IPv6 => DEMO_SERVICE_IPV6.into(),
+        };
+        return Ok((src, SocketAddr::new(ip, port)));
+    }
     let dst = topo
         .pod(to)
         .with_context(|| format!("demo pod {to} missing"))?;
@@ -324,7 +354,8 @@ fn read_from(path: &Path, offset: &mut u64) -> Option<String> {
 }
 
 /// An allowed connection is logged once per side; the demo shows only the destination's
-/// (ingress) record of it. Drops are always shown.
+/// (ingress) record of it, except for a connection to a Service, whose client side (egress)
+/// is the record that names the Service. Drops are always shown.
 fn is_allowed_egress(line: &str) -> bool {
     let Ok(rec) = serde_json::from_str::<Value>(line) else {
         return false;
@@ -334,8 +365,10 @@ fn is_allowed_egress(line: &str) -> bool {
             .and_then(|v| v.as_str())
             .map(str::to_ascii_lowercase)
     };
+    let to_service = rec.get("dst").and_then(|d| d.get("service")).is_some();
     field("verdict").as_deref() == Some("allowed")
         && field("direction").as_deref() == Some("egress")
+        && !to_service
 }
 
 /// `time  DROPPED  dev/scanner -> prod/db :5432/TCP  (policy_denied: detail)  [ingress]`;
@@ -416,14 +449,26 @@ pub fn format_flow_line(line: &str) -> String {
     out
 }
 
-/// `ns/pod` when the record names the pod, else the IP (or `?`).
+/// `ns/pod` when the record names the pod, else the IP (or `?`); a flow sent to a Service
+/// shows it first (`service prod/backend:80 => prod/backend`).
 fn peer(v: Option<&Value>) -> String {
     let Some(v) = v else { return "?".into() };
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|s| !s.is_empty());
-    match (field("namespace"), field("pod")) {
+    let end = match (field("namespace"), field("pod")) {
         (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
         (None, Some(pod)) => pod.to_owned(),
         _ => field("ip").map(str::to_owned).unwrap_or_else(|| "?".into()),
+    };
+    let service = v.get("service");
+    match service.and_then(|s| s.get("name")).and_then(Value::as_str) {
+        Some(name) => {
+            let port = service
+                .and_then(|s| s.get("port"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            format!("service {name}:{port} => {end}")
+        }
+        None => end,
     }
 }
 
