@@ -66,6 +66,9 @@ pub struct Status {
     pub endpoints: BTreeMap<String, EndpointStatus>,
     /// Local pods whose host interface was not found (not enforced yet).
     pub pending: Vec<String>,
+    /// The addresses of the pending pods (what their host route would lead to).
+    #[serde(skip)]
+    pub pending_ips: Vec<IpAddr>,
     pub errors: Vec<String>,
 }
 
@@ -225,6 +228,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // Events lost before this agent started are not this stream's gap.
     let mut lost_seen = dp.counters()[enforcer_common::reason::counter::EVENTS_LOST as usize];
     let mut pending_since: Option<Instant> = None;
+    let mut pending_ips: Vec<IpAddr> = Vec::new();
+    let mut pending_backoff = Duration::from_millis(500);
+    let mut pending_logged: std::collections::BTreeSet<String> = Default::default();
     let mut went_stale = false;
     let mut last_errors: Vec<String> = Vec::new();
     loop {
@@ -251,9 +257,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 }
             }
         }
-        // Pods whose interface is missing are retried every half second.
-        if pending_since.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
-            dirty = true;
+        // Pods whose interface is missing: re-checked as soon as a host route to one of their
+        // addresses appears (reading the route tables is cheap; a recompile is not), and
+        // otherwise with a backoff from 0.5 s to 8 s.
+        if let Some(since) = pending_since {
+            let appeared = !pending_ips.is_empty()
+                && interfaces::host_routes()
+                    .map(|r| pending_ips.iter().any(|ip| r.contains_key(ip)))
+                    .unwrap_or(false);
+            if appeared || since.elapsed() > pending_backoff {
+                dirty = true;
+                pending_backoff = (pending_backoff * 2).min(Duration::from_secs(8));
+            }
         }
         if let Source::Kube(k) = &source {
             let stale = k.stale_for().unwrap_or_default();
@@ -315,11 +330,29 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 }
                 metrics.pending_endpoints.set(status.pending.len() as i64);
                 metrics.invalid_objects.set(status.errors.len() as i64);
-                pending_since = if status.pending.is_empty() {
-                    None
+                // Each pod that waits for its interface is logged once, and once when it is
+                // enforced.
+                for pod in status
+                    .pending
+                    .iter()
+                    .filter(|p| !pending_logged.contains(*p))
+                {
+                    tracing::warn!(pod = %pod, "no host route to the pod's addresses yet: not enforced until its interface appears");
+                }
+                for pod in pending_logged
+                    .iter()
+                    .filter(|p| !status.pending.contains(p))
+                {
+                    tracing::info!(pod = %pod, "the pod's interface appeared: enforced");
+                }
+                pending_logged = status.pending.iter().cloned().collect();
+                if status.pending.is_empty() {
+                    pending_since = None;
+                    pending_backoff = Duration::from_millis(500);
                 } else {
-                    Some(Instant::now())
-                };
+                    pending_since = Some(Instant::now());
+                }
+                pending_ips = status.pending_ips.clone();
                 if let Some(path) = &opts.status_file {
                     if let Err(e) = write_status(path, &status) {
                         tracing::warn!(error = %format!("{e:#}"), "status file");
@@ -445,6 +478,7 @@ fn sync_once(
     let routes = interfaces::host_routes().context("reading host routes")?;
     let mut ifaces: BTreeMap<PodKey, Iface> = BTreeMap::new();
     let mut pending = Vec::new();
+    let mut pending_ips = Vec::new();
     for (pod, plan) in &tables.endpoints {
         let ips: Vec<IpAddr> = plan
             .ipv4
@@ -456,7 +490,11 @@ fn sync_once(
             Some(i) => {
                 ifaces.insert(pod.clone(), i);
             }
-            None => pending.push(pod.to_string()),
+            None => {
+                pending.push(pod.to_string());
+                // The addresses still without a route: their route appearing is the signal.
+                pending_ips.extend(ips.iter().filter(|ip| !routes.contains_key(ip)));
+            }
         }
     }
     let mut report = dp
@@ -519,6 +557,7 @@ fn sync_once(
         revision: report.revision,
         endpoints,
         pending,
+        pending_ips,
         errors: desired.errors.clone(),
     })
 }
