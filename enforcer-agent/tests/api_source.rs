@@ -99,7 +99,10 @@ async fn converge(
         }
         notifications += 1;
         let (cluster, errors) = source.snapshot();
-        assert!(errors.is_empty(), "{what}: objects did not convert: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "{what}: objects did not convert: {errors:?}"
+        );
         if want(&cluster) {
             return cluster;
         }
@@ -131,7 +134,8 @@ fn seed(api: &ApiServer) {
 fn has_seed(c: &Cluster) -> bool {
     c.namespaces.contains_key("prod")
         && c.pods.contains_key(&PodKey::new("prod", "web-1"))
-        && c.policies.contains_key(&PolicyKey::new("prod", "web-ingress"))
+        && c.policies
+            .contains_key(&PolicyKey::new("prod", "web-ingress"))
         && c.services.contains_key(&ServiceKey::new("prod", "web"))
         && c.endpoint_slices
             .contains_key(&SliceKey::new("prod", "web-abc12"))
@@ -168,7 +172,12 @@ async fn the_double_pages_lists_consistently_and_serves_exact_versions() {
     bounded(async {
         let api = ApiServer::start().await;
         for i in 0..5 {
-            api.create(&pod("prod", &format!("p{i}"), &format!("10.0.0.{}", i + 1), &[]));
+            api.create(&pod(
+                "prod",
+                &format!("p{i}"),
+                &format!("10.0.0.{}", i + 1),
+                &[],
+            ));
         }
         // Without the client's own retries of 504, to see the answer.
         let mut config = api.config();
@@ -187,7 +196,10 @@ async fn the_double_pages_lists_consistently_and_serves_exact_versions() {
             .list(&ListParams::default().limit(2).continue_token(&token))
             .await
             .unwrap();
-        assert_eq!(second.metadata.resource_version.as_deref(), Some(at.as_str()));
+        assert_eq!(
+            second.metadata.resource_version.as_deref(),
+            Some(at.as_str())
+        );
         let third = pods
             .list(
                 &ListParams::default()
@@ -210,13 +222,21 @@ async fn the_double_pages_lists_consistently_and_serves_exact_versions() {
             .unwrap();
         assert_eq!(exact.items.len(), 5);
         let newest = pods
-            .list(&ListParams::default().at(&at).matching(VersionMatch::NotOlderThan))
+            .list(
+                &ListParams::default()
+                    .at(&at)
+                    .matching(VersionMatch::NotOlderThan),
+            )
             .await
             .unwrap();
         assert_eq!(newest.items.len(), 4);
         let future = (api.resource_version() + 10).to_string();
         match pods
-            .list(&ListParams::default().at(&future).matching(VersionMatch::NotOlderThan))
+            .list(
+                &ListParams::default()
+                    .at(&future)
+                    .matching(VersionMatch::NotOlderThan),
+            )
             .await
         {
             Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (504, "Timeout")),
@@ -237,7 +257,10 @@ async fn the_double_pages_lists_consistently_and_serves_exact_versions() {
             }
         }
         // Selectors are rejected, not ignored.
-        assert!(pods.list(&ListParams::default().labels("app=web")).await.is_err());
+        assert!(pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .is_err());
     })
     .await
 }
@@ -299,7 +322,10 @@ async fn the_double_streams_watch_events_bookmarks_timeouts_and_410() {
         }
         match initial.try_next().await.unwrap() {
             Some(WatchEvent::Bookmark(b)) => {
-                assert!(b.metadata.annotations.contains_key("k8s.io/initial-events-end"))
+                assert!(b
+                    .metadata
+                    .annotations
+                    .contains_key("k8s.io/initial-events-end"))
             }
             other => panic!("second event of a streaming list: {other:?}"),
         }
@@ -342,7 +368,10 @@ async fn the_double_injects_status_hang_and_reset() {
         api.set_fault_all(Fault::Status(503));
         let answer = get().await.expect("an answer").unwrap();
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-        assert!(answer.contains("\"reason\":\"ServiceUnavailable\""), "{answer}");
+        assert!(
+            answer.contains("\"reason\":\"ServiceUnavailable\""),
+            "{answer}"
+        );
 
         api.set_fault_all(Fault::Reset);
         let err = get().await.expect("an answer").expect_err("a reset");
@@ -380,7 +409,12 @@ async fn start_returns_only_once_every_kind_is_listed() {
             r.kind == Kind::EndpointSlice && r.verb == Verb::List
         });
         let mut starting = tokio::spawn(KubeSource::start(api.client()));
-        let others = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Service];
+        let others = [
+            Kind::Namespace,
+            Kind::Pod,
+            Kind::NetworkPolicy,
+            Kind::Service,
+        ];
         wait_for(
             &api,
             "the other kinds listed and watching, the EndpointSlice list hanging",
@@ -413,7 +447,11 @@ async fn start_returns_only_once_every_kind_is_listed() {
     .await
 }
 
-type Step = (&'static str, Box<dyn Fn(&ApiServer)>, Box<dyn Fn(&Cluster) -> bool>);
+type Step = (
+    &'static str,
+    Box<dyn Fn(&ApiServer)>,
+    Box<dyn Fn(&Cluster) -> bool>,
+);
 
 #[tokio::test]
 async fn add_modify_and_delete_of_every_kind_reach_the_snapshot() {
@@ -427,8 +465,12 @@ async fn add_modify_and_delete_of_every_kind_reach_the_snapshot() {
         let steps: Vec<Step> = vec![
             (
                 "Namespace added",
+                // As JSON, the way a test can write any shape.
                 Box::new(|api| {
-                    api.create(&namespace("dev", &[("team", "dev")]));
+                    api.create_json(serde_json::json!({
+                        "apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "dev", "labels": {"team": "dev"}},
+                    }));
                 }),
                 Box::new(|c| {
                     c.namespaces
@@ -439,7 +481,10 @@ async fn add_modify_and_delete_of_every_kind_reach_the_snapshot() {
             (
                 "Namespace modified",
                 Box::new(|api| {
-                    api.update(&namespace("dev", &[("team", "platform")]));
+                    api.update_json(serde_json::json!({
+                        "apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "dev", "labels": {"team": "platform"}},
+                    }));
                 }),
                 Box::new(|c| {
                     c.namespaces.get("dev").is_some_and(|n| {
@@ -452,16 +497,26 @@ async fn add_modify_and_delete_of_every_kind_reach_the_snapshot() {
                 Box::new(|api| {
                     api.create(&pod("prod", "web-1", "10.244.1.10", &[("app", "web")]));
                 }),
-                Box::new(move |c| c.pods.get(&web()).is_some_and(|p| p.ips == [ip("10.244.1.10")])),
+                Box::new(move |c| {
+                    c.pods
+                        .get(&web())
+                        .is_some_and(|p| p.ips == [ip("10.244.1.10")])
+                }),
             ),
             (
                 "Pod modified",
                 Box::new(|api| {
-                    api.update(&pod("prod", "web-1", "10.244.1.11", &[("app", "web"), ("v", "2")]));
+                    api.apply(&pod(
+                        "prod",
+                        "web-1",
+                        "10.244.1.11",
+                        &[("app", "web"), ("v", "2")],
+                    ));
                 }),
                 Box::new(move |c| {
                     c.pods.get(&web()).is_some_and(|p| {
-                        p.ips == [ip("10.244.1.11")] && p.labels.get("v").map(String::as_str) == Some("2")
+                        p.ips == [ip("10.244.1.11")]
+                            && p.labels.get("v").map(String::as_str) == Some("2")
                     })
                 }),
             ),
@@ -475,7 +530,12 @@ async fn add_modify_and_delete_of_every_kind_reach_the_snapshot() {
             (
                 "NetworkPolicy modified",
                 Box::new(|api| {
-                    api.update(&policy("prod", "web-ingress", &[("app", "web")], &[8080, 9090]));
+                    api.update(&policy(
+                        "prod",
+                        "web-ingress",
+                        &[("app", "web")],
+                        &[8080, 9090],
+                    ));
                 }),
                 Box::new(|c| policy_ports(c, "web-ingress") == Some(vec![8080, 9090])),
             ),
@@ -493,7 +553,13 @@ async fn add_modify_and_delete_of_every_kind_reach_the_snapshot() {
             (
                 "Service modified",
                 Box::new(|api| {
-                    api.update(&service("prod", "web", "10.96.0.10", 8000, &[("app", "web")]));
+                    api.update(&service(
+                        "prod",
+                        "web",
+                        "10.96.0.10",
+                        8000,
+                        &[("app", "web")],
+                    ));
                 }),
                 Box::new(|c| {
                     c.services
@@ -515,7 +581,12 @@ async fn add_modify_and_delete_of_every_kind_reach_the_snapshot() {
             (
                 "EndpointSlice modified",
                 Box::new(|api| {
-                    api.update(&slice("prod", "web-abc12", "web", &["10.244.1.11", "10.244.1.12"]));
+                    api.update(&slice(
+                        "prod",
+                        "web-abc12",
+                        "web",
+                        &["10.244.1.11", "10.244.1.12"],
+                    ));
                 }),
                 Box::new(|c| {
                     c.endpoint_slices
@@ -582,10 +653,20 @@ async fn paged_first_lists_arrive_complete_and_consistent() {
         // More than the watcher's page size (500): 3 pages of pods, 2 of policies.
         for i in 0..1234 {
             let addr = format!("10.244.{}.{}", i / 250, i % 250 + 1);
-            api.create(&pod("prod", &format!("web-{i:04}"), &addr, &[("app", "web")]));
+            api.create(&pod(
+                "prod",
+                &format!("web-{i:04}"),
+                &addr,
+                &[("app", "web")],
+            ));
         }
         for i in 0..501 {
-            api.create(&policy("prod", &format!("p-{i:03}"), &[("app", "web")], &[8080]));
+            api.create(&policy(
+                "prod",
+                &format!("p-{i:03}"),
+                &[("app", "web")],
+                &[8080],
+            ));
         }
         // The pods' second page waits while the cluster changes: the list stays at the first
         // page's version, and the watch from there brings the changes.
@@ -593,9 +674,12 @@ async fn paged_first_lists_arrive_complete_and_consistent() {
             r.kind == Kind::Pod && r.verb == Verb::List && r.continue_token.is_some()
         });
         let starting = tokio::spawn(KubeSource::start(api.client()));
-        wait_for(&api, "the pods' second page hanging", Duration::from_secs(10), || {
-            api.hanging(Kind::Pod) == 1
-        })
+        wait_for(
+            &api,
+            "the pods' second page hanging",
+            Duration::from_secs(10),
+            || api.hanging(Kind::Pod) == 1,
+        )
         .await;
         api.create(&pod("prod", "late", "10.250.0.1", &[]));
         api.delete::<Pod>("prod/web-1233");
@@ -611,10 +695,7 @@ async fn paged_first_lists_arrive_complete_and_consistent() {
         assert_eq!(pages(Kind::Pod), 3, "{}", api.request_log());
         assert_eq!(pages(Kind::NetworkPolicy), 2, "{}", api.request_log());
         assert_eq!(api.lists_started(Kind::Pod), 1);
-        assert!(api
-            .answered()
-            .iter()
-            .all(|r| r.answer == Answer::Served));
+        assert!(api.answered().iter().all(|r| r.answer == Answer::Served));
 
         let (first, errors) = source.snapshot();
         assert!(errors.is_empty(), "{errors:?}");
@@ -630,7 +711,14 @@ async fn paged_first_lists_arrive_complete_and_consistent() {
                 && c.pods[&pod_key("web-0000")].ips == [ip("10.250.0.2")]
         };
         if !want(&source.snapshot().0) {
-            converge(&mut source, &api, "the changes made during the paged list", Duration::from_secs(5), want).await;
+            converge(
+                &mut source,
+                &api,
+                "the changes made during the paged list",
+                Duration::from_secs(5),
+                want,
+            )
+            .await;
         }
         assert_eq!(api.requests(Kind::Pod, Verb::Watch), 1);
     })
@@ -650,9 +738,12 @@ async fn an_expired_continue_token_restarts_the_list() {
             r.kind == Kind::Pod && r.verb == Verb::List && r.continue_token.is_some()
         });
         let starting = tokio::spawn(KubeSource::start(api.client()));
-        wait_for(&api, "the pods' second page hanging", Duration::from_secs(10), || {
-            api.hanging(Kind::Pod) == 1
-        })
+        wait_for(
+            &api,
+            "the pods' second page hanging",
+            Duration::from_secs(10),
+            || api.hanging(Kind::Pod) == 1,
+        )
         .await;
         api.compact();
         api.clear_fault();
@@ -682,11 +773,16 @@ async fn take_watch_down(api: &ApiServer, kind: Kind) {
         api.open_watches(kind) == 1
     })
     .await;
-    api.set_fault(Fault::Hang, move |r| r.kind == kind && r.verb == Verb::Watch);
+    api.set_fault(Fault::Hang, move |r| {
+        r.kind == kind && r.verb == Verb::Watch
+    });
     assert_eq!(api.close_watches_of(kind), 1);
-    wait_for(api, "the watch to come back and hang", Duration::from_secs(10), || {
-        api.hanging(kind) == 1
-    })
+    wait_for(
+        api,
+        "the watch to come back and hang",
+        Duration::from_secs(10),
+        || api.hanging(kind) == 1,
+    )
     .await;
 }
 
@@ -708,9 +804,13 @@ async fn a_relist_after_compaction_drops_what_was_deleted_meanwhile() {
         drain(&source);
         api.clear_fault();
 
-        converge(&mut source, &api, "the pods after the relist", Duration::from_secs(5), |c| {
-            c.pods.keys().eq([&pod_key("web-3"), &pod_key("web-4")]) && has_other_seed(c)
-        })
+        converge(
+            &mut source,
+            &api,
+            "the pods after the relist",
+            Duration::from_secs(5),
+            |c| c.pods.keys().eq([&pod_key("web-3"), &pod_key("web-4")]) && has_other_seed(c),
+        )
         .await;
         assert_eq!(
             api.count(|r| r.info.kind == Kind::Pod && r.answer == Answer::Gone),
@@ -719,7 +819,12 @@ async fn a_relist_after_compaction_drops_what_was_deleted_meanwhile() {
             api.request_log()
         );
         assert_eq!(api.lists_started(Kind::Pod), 2);
-        for kind in [Kind::Namespace, Kind::NetworkPolicy, Kind::Service, Kind::EndpointSlice] {
+        for kind in [
+            Kind::Namespace,
+            Kind::NetworkPolicy,
+            Kind::Service,
+            Kind::EndpointSlice,
+        ] {
             assert_eq!(api.lists_started(kind), 1, "{kind:?} did not need a relist");
         }
     })
@@ -728,7 +833,8 @@ async fn a_relist_after_compaction_drops_what_was_deleted_meanwhile() {
 
 fn has_other_seed(c: &Cluster) -> bool {
     c.namespaces.contains_key("prod")
-        && c.policies.contains_key(&PolicyKey::new("prod", "web-ingress"))
+        && c.policies
+            .contains_key(&PolicyKey::new("prod", "web-ingress"))
         && c.services.contains_key(&ServiceKey::new("prod", "web"))
         && c.endpoint_slices
             .contains_key(&SliceKey::new("prod", "web-abc12"))
@@ -748,26 +854,36 @@ async fn a_relist_that_finds_no_policies_left_empties_the_snapshot() {
 
         take_watch_down(&api, Kind::NetworkPolicy).await;
         assert_eq!(api.delete_all(Kind::NetworkPolicy), 2);
+        assert_eq!(api.object_count(Kind::NetworkPolicy), 0);
         api.compact();
         drain(&source);
         api.clear_fault();
 
-        wait_for(&api, "the policies' relist", Duration::from_secs(10), || {
-            api.count(|r| {
-                r.info.kind == Kind::NetworkPolicy
-                    && r.info.verb == Verb::List
-                    && r.answer == Answer::Served
-            }) == 2
-        })
+        wait_for(
+            &api,
+            "the policies' relist",
+            Duration::from_secs(10),
+            || {
+                api.count(|r| {
+                    r.info.kind == Kind::NetworkPolicy
+                        && r.info.verb == Verb::List
+                        && r.answer == Answer::Served
+                }) == 2
+            },
+        )
         .await;
         assert_eq!(
             api.count(|r| r.info.kind == Kind::NetworkPolicy && r.answer == Answer::Gone),
             1,
             "the resumed watch got 410"
         );
-        converge(&mut source, &api, "no NetworkPolicy after the empty relist", Duration::from_secs(5), |c| {
-            c.policies.is_empty() && c.pods.contains_key(&pod_key("web-1"))
-        })
+        converge(
+            &mut source,
+            &api,
+            "no NetworkPolicy after the empty relist",
+            Duration::from_secs(5),
+            |c| c.policies.is_empty() && c.pods.contains_key(&pod_key("web-1")),
+        )
         .await;
     })
     .await
@@ -792,18 +908,21 @@ async fn an_outage_keeps_the_last_snapshot_and_recovers_within_5s() {
             );
         };
         let every_kind = |n: usize, answer: Answer| {
-            Kind::ALL.iter().all(|k| {
-                api.count(|r| r.info.kind == *k && r.answer == answer) >= n
-            })
+            Kind::ALL
+                .iter()
+                .all(|k| api.count(|r| r.info.kind == *k && r.answer == answer) >= n)
         };
 
         // 5xx for at least a second (the client retries 503 itself), watches down with it.
         api.set_fault_all(Fault::Status(503));
         api.close_watches();
         let since = Instant::now();
-        wait_for(&api, "a 503 for every kind", Duration::from_secs(10), || {
-            every_kind(1, Answer::Status(503))
-        })
+        wait_for(
+            &api,
+            "a 503 for every kind",
+            Duration::from_secs(10),
+            || every_kind(1, Answer::Status(503)),
+        )
         .await;
         tokio::time::sleep_until(since + Duration::from_secs(1)).await;
         intact(&mut source, "the 5xx phase");
@@ -812,35 +931,57 @@ async fn an_outage_keeps_the_last_snapshot_and_recovers_within_5s() {
         api.set_fault_all(Fault::Hang);
         api.create(&namespace("dev", &[]));
         api.create(&pod("prod", "web-2", "10.244.1.20", &[("app", "web")]));
-        api.update(&policy("prod", "web-ingress", &[("app", "web")], &[8080, 9090]));
+        api.update(&policy(
+            "prod",
+            "web-ingress",
+            &[("app", "web")],
+            &[8080, 9090],
+        ));
         api.delete::<Service>("prod/web");
-        api.update(&slice("prod", "web-abc12", "web", &["10.244.1.10", "10.244.1.20"]));
-        wait_for(&api, "a request of every kind hanging", Duration::from_secs(15), || {
-            Kind::ALL.iter().all(|k| api.hanging(*k) >= 1)
-        })
+        api.update(&slice(
+            "prod",
+            "web-abc12",
+            "web",
+            &["10.244.1.10", "10.244.1.20"],
+        ));
+        wait_for(
+            &api,
+            "a request of every kind hanging",
+            Duration::from_secs(15),
+            || Kind::ALL.iter().all(|k| api.hanging(*k) >= 1),
+        )
         .await;
         intact(&mut source, "the hang");
 
         // Then connection resets: the hung requests, and one more try of every kind.
         api.set_fault_all(Fault::Reset);
-        wait_for(&api, "two resets for every kind", Duration::from_secs(10), || {
-            every_kind(2, Answer::Reset)
-        })
+        wait_for(
+            &api,
+            "two resets for every kind",
+            Duration::from_secs(10),
+            || every_kind(2, Answer::Reset),
+        )
         .await;
         intact(&mut source, "the resets");
 
         drain(&source);
         api.clear_fault();
         let recovered = Instant::now();
-        converge(&mut source, &api, "the changes made during the outage", Duration::from_secs(5), |c| {
-            c.namespaces.contains_key("dev")
-                && c.pods.contains_key(&pod_key("web-2"))
-                && policy_ports(c, "web-ingress") == Some(vec![8080, 9090])
-                && c.services.is_empty()
-                && c.endpoint_slices
-                    .get(&SliceKey::new("prod", "web-abc12"))
-                    .is_some_and(|s| s.endpoints.len() == 2)
-        })
+        converge(
+            &mut source,
+            &api,
+            "the changes made during the outage",
+            Duration::from_secs(5),
+            |c| {
+                c.namespaces.contains_key("dev")
+                    && c.pods.contains_key(&pod_key("web-2"))
+                    && policy_ports(c, "web-ingress") == Some(vec![8080, 9090])
+                    && c.services.is_empty()
+                    && c.endpoint_slices
+                        .get(&SliceKey::new("prod", "web-abc12"))
+                        .is_some_and(|s| s.endpoints.len() == 2)
+            },
+        )
         .await;
         eprintln!("recovered {:?} after the API did", recovered.elapsed());
     })

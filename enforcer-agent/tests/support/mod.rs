@@ -2,8 +2,6 @@
 //! client: the API server double ([`apiserver`]) and small builders of the objects it serves
 //! (typed k8s-openapi objects, shaped as the API server returns them).
 
-#![allow(dead_code, reason = "each test binary uses a different part of the support")]
-
 pub mod apiserver;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -73,7 +71,13 @@ pub fn policy(ns: &str, name: &str, selector: &[(&str, &str)], ports: &[u16]) ->
 }
 
 /// A ClusterIP Service of one TCP port to target port `http`.
-pub fn service(ns: &str, name: &str, cluster_ip: &str, port: u16, selector: &[(&str, &str)]) -> Service {
+pub fn service(
+    ns: &str,
+    name: &str,
+    cluster_ip: &str,
+    port: u16,
+    selector: &[(&str, &str)],
+) -> Service {
     typed(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": ns},
