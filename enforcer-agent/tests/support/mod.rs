@@ -1,0 +1,123 @@
+//! Support for the tests that drive the agent's Kubernetes source through the real `kube`
+//! client: the API server double ([`apiserver`]) and small builders of the objects it serves
+//! (typed k8s-openapi objects, shaped as the API server returns them).
+
+pub mod apiserver;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::{json, Value};
+
+fn typed<K: serde::de::DeserializeOwned>(value: Value) -> K {
+    serde_json::from_value(value).expect("the fixture is a valid object")
+}
+
+fn label_map(labels: &[(&str, &str)]) -> Value {
+    Value::Object(
+        labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect(),
+    )
+}
+
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+    typed(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": label_map(labels)},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }))
+}
+
+/// A running pod on `node-1` with one address and a container port `http` 8080/TCP.
+pub fn pod(ns: &str, name: &str, ip: &str, labels: &[(&str, &str)]) -> Pod {
+    typed(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": label_map(labels)},
+        "spec": {
+            "nodeName": "node-1",
+            "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}],
+        },
+        "status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }))
+}
+
+/// A policy selecting pods with `selector`, isolating them for ingress, allowing TCP `ports`
+/// from pods labelled `app=client` (no ports: allowing nothing).
+pub fn policy(ns: &str, name: &str, selector: &[(&str, &str)], ports: &[u16]) -> NetworkPolicy {
+    let ingress = if ports.is_empty() {
+        json!([])
+    } else {
+        json!([{
+            "from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+            "ports": ports.iter().map(|p| json!({"protocol": "TCP", "port": p})).collect::<Vec<_>>(),
+        }])
+    };
+    typed(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "podSelector": {"matchLabels": label_map(selector)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }))
+}
+
+/// A ClusterIP Service of one TCP port to target port `http`.
+pub fn service(
+    ns: &str,
+    name: &str,
+    cluster_ip: &str,
+    port: u16,
+    selector: &[(&str, &str)],
+) -> Service {
+    typed(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "selector": label_map(selector),
+            "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": "http"}],
+        },
+    }))
+}
+
+/// An IPv4 EndpointSlice of `service` with ready endpoints on port `http` 8080.
+pub fn slice(ns: &str, name: &str, service: &str, addresses: &[&str]) -> EndpointSlice {
+    typed(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": ns,
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": addresses.iter().map(|a| json!({
+            "addresses": [a], "conditions": {"ready": true}, "nodeName": "node-1",
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// What a cluster model holds, one line per kind (for failure messages).
+pub fn summary(c: &enforcer_agent::model::Cluster) -> String {
+    fn keys<K: std::fmt::Display, V>(m: &std::collections::BTreeMap<K, V>) -> String {
+        let mut names: Vec<String> = m.keys().take(8).map(|k| k.to_string()).collect();
+        if m.len() > 8 {
+            names.push(format!("... ({} in all)", m.len()));
+        }
+        names.join(", ")
+    }
+    format!(
+        "namespaces: [{}]\npods: [{}]\npolicies: [{}]\nservices: [{}]\nslices: [{}]",
+        keys(&c.namespaces),
+        keys(&c.pods),
+        keys(&c.policies),
+        keys(&c.services),
+        keys(&c.endpoint_slices),
+    )
+}
