@@ -55,6 +55,9 @@ pub struct AgentOptions {
     pub conntrack_sweep_interval: Duration,
     /// How long an API watch may fail before the agent reports itself not ready.
     pub source_stale_grace: Duration,
+    /// How long a read from the API may take before the request fails (watches are held
+    /// open for 5/6 of it).
+    pub api_timeout: Duration,
 }
 
 /// Written after every sync (atomically): what is in force.
@@ -202,11 +205,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut source = match &opts.manifests {
         Some(dir) => Source::Folder(ManifestFolder::new(dir.clone())),
         None => {
-            let client = kube::Client::try_default()
+            let client = crate::source::kube::client(opts.api_timeout)
                 .await
                 .context("connecting to the Kubernetes API")?;
+            // Watches end (and resume) before a silent stream would hit the read timeout.
+            let watch_timeout = opts.api_timeout.mul_f64(5.0 / 6.0);
             Source::Kube(Box::new(
-                KubeSource::start(client)
+                KubeSource::start_with(client, watch_timeout)
                     .await
                     .context("starting the API watches")?,
             ))

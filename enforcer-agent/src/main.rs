@@ -104,7 +104,7 @@ async fn explain(a: ExplainArgs) -> anyhow::Result<()> {
             snap.cluster
         }
         None => {
-            let client = kube::Client::try_default()
+            let client = enforcer_agent::source::kube::client(std::time::Duration::from_secs(60))
                 .await
                 .context("connecting to the Kubernetes API")?;
             let nodes = enforcer_agent::source::kube::node_addresses(client.clone())
@@ -235,6 +235,10 @@ struct AgentArgs {
     /// enforced stays in force meanwhile; `enforcer_source_stale_seconds` says how long).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     source_stale_grace: std::time::Duration,
+    /// With the Kubernetes API: how long a read may take before the request fails, so that a
+    /// hung API server is noticed (watches are renewed every 5/6 of it).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    api_timeout: std::time::Duration,
     /// POST alerts to this Alertmanager-compatible URL (http://host:9093/api/v2/alerts).
     #[arg(long)]
     alert_webhook: Option<hyper::Uri>,
@@ -285,6 +289,7 @@ fn main() -> anyhow::Result<()> {
                 alert_webhook: a.alert_webhook,
                 conntrack_sweep_interval: a.conntrack_sweep_interval,
                 source_stale_grace: a.source_stale_grace,
+                api_timeout: a.api_timeout,
             };
             runtime()?.block_on(agent::run(opts))
         }

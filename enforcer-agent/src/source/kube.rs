@@ -43,7 +43,76 @@ pub struct KubeSource {
     last_good: LastGood,
 }
 
-fn watch<K>(api: Api<K>, kind: &'static str, changed: Arc<Notify>, health: Health) -> Store<K>
+/// Retry delays of a failing watch: from 0.5 s doubling to at most 4 s, plus up to a quarter
+/// more at random (so that the agents of every node do not retry in step after an outage).
+/// kube's default goes up to 30 s; with at most 4 s between tries, what changed during an
+/// outage is applied within about 5 s of the API's return.
+struct WatchBackoff {
+    next: Duration,
+    jitter: std::collections::hash_map::RandomState,
+    tries: u64,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: WatchBackoff::FIRST,
+            jitter: Default::default(),
+            tries: 0,
+        }
+    }
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(4);
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        use std::hash::BuildHasher;
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        self.tries += 1;
+        let quarter = delay.as_millis() as u64 / 4;
+        let extra = self.jitter.hash_one(self.tries) % (quarter + 1);
+        Some(delay + Duration::from_millis(extra))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// How long the API server holds a watch open before the client starts the next one (from
+/// the last version: no relist). Shorter than the client's read timeout ([`client`]), so that
+/// a stream that goes silent for longer is a hung API, not a quiet one.
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// The agent's client: the kubeconfig or in-cluster configuration, with
+/// - no client-side retries: the watcher retries with its own backoff, and kube's default
+///   retry of 429/503/504 (15 attempts, up to minutes) would hide an outage from it;
+/// - `timeout` on every read, so that a request the API never answers fails instead of
+///   hanging the watch for good.
+pub async fn client(timeout: Duration) -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer().await?;
+    config.default_retry = false;
+    config.read_timeout = Some(timeout);
+    config.reset_reader_on_write = true;
+    Ok(Client::try_from(config)?)
+}
+
+fn watch<K>(
+    api: Api<K>,
+    kind: &'static str,
+    wc: watcher::Config,
+    changed: Arc<Notify>,
+    health: Health,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -54,8 +123,8 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let events = watcher(api, watcher::Config::default())
-        .default_backoff()
+    let events = watcher(api, wc)
+        .backoff(WatchBackoff::default())
         .modify(|o: &mut K| o.managed_fields_mut().clear());
     let stream = reflector::reflector(writer, events);
     tokio::spawn(async move {
@@ -86,34 +155,27 @@ where
 impl KubeSource {
     /// Starts the watches and waits until every store has its first full list.
     pub async fn start(client: Client) -> anyhow::Result<Self> {
+        Self::start_with(client, WATCH_TIMEOUT).await
+    }
+
+    /// Like [`KubeSource::start`], with watches held open at most `watch_timeout` (at least
+    /// 1 s) by the API server.
+    pub async fn start_with(client: Client, watch_timeout: Duration) -> anyhow::Result<Self> {
         let changed = Arc::new(Notify::new());
         let health = Health::default();
-        let (c, h) = (&changed, &health);
-        let namespaces = watch(
-            Api::<Namespace>::all(client.clone()),
-            "Namespace",
-            c.clone(),
-            h.clone(),
-        );
-        let pods = watch(Api::<Pod>::all(client.clone()), "Pod", c.clone(), h.clone());
-        let policies = watch(
-            Api::<NetworkPolicy>::all(client.clone()),
-            "NetworkPolicy",
-            c.clone(),
-            h.clone(),
-        );
-        let services = watch(
-            Api::<Service>::all(client.clone()),
-            "Service",
-            c.clone(),
-            h.clone(),
-        );
-        let slices = watch(
-            Api::<EndpointSlice>::all(client),
-            "EndpointSlice",
-            c.clone(),
-            h.clone(),
-        );
+        let wc = watcher::Config::default().timeout(watch_timeout.as_secs().max(1) as u32);
+        let w = |kind| (kind, wc.clone(), changed.clone(), health.clone());
+        let (k, c, n, h) = w("Namespace");
+        let namespaces = watch(Api::<Namespace>::all(client.clone()), k, c, n, h);
+        let (k, c, n, h) = w("Pod");
+        let pods = watch(Api::<Pod>::all(client.clone()), k, c, n, h);
+        let (k, c, n, h) = w("NetworkPolicy");
+        let policies = watch(Api::<NetworkPolicy>::all(client.clone()), k, c, n, h);
+        let (k, c, n, h) = w("Service");
+        let services = watch(Api::<Service>::all(client.clone()), k, c, n, h);
+        let (k, c, n, h) = w("EndpointSlice");
+        let slices = watch(Api::<EndpointSlice>::all(client.clone()), k, c, n, h);
+        tokio::spawn(recheck_failing(client, health.clone()));
         namespaces.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         policies.wait_until_ready().await?;
@@ -162,6 +224,46 @@ impl KubeSource {
         let (objects, errors) = convert_all(&api, &self.last_good);
         self.last_good.replace(objects.clone());
         (cluster_of(objects.values()), errors)
+    }
+}
+
+/// A watch that resumes without an event (nothing changed meanwhile) says nothing about
+/// having recovered: every 2 s, each failing kind is listed (one item) and counts as healthy
+/// again once that works. Its watch then resumes at its next try (at most ~5 s).
+async fn recheck_failing(client: Client, health: Health) {
+    async fn lists<K>(client: &Client) -> bool
+    where
+        K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    {
+        let lp = kube::api::ListParams::default().limit(1);
+        let api = Api::<K>::all(client.clone());
+        let list = api.list_metadata(&lp);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), list).await,
+            Ok(Ok(_))
+        )
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let failing: Vec<&'static str> = health
+            .lock()
+            .expect("health lock")
+            .keys()
+            .copied()
+            .collect();
+        for kind in failing {
+            let ok = match kind {
+                "Namespace" => lists::<Namespace>(&client).await,
+                "Pod" => lists::<Pod>(&client).await,
+                "NetworkPolicy" => lists::<NetworkPolicy>(&client).await,
+                "Service" => lists::<Service>(&client).await,
+                _ => lists::<EndpointSlice>(&client).await,
+            };
+            if ok && health.lock().expect("health lock").remove(kind).is_some() {
+                tracing::info!(kind, "the API answers again");
+            }
+        }
     }
 }
 
