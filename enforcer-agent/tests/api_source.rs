@@ -348,6 +348,46 @@ async fn the_double_streams_watch_events_bookmarks_timeouts_and_410() {
 }
 
 #[tokio::test]
+async fn the_double_keeps_a_bounded_history() {
+    let _log = init_tracing();
+    bounded(async {
+        let api = ApiServer::start_with(Options {
+            history: Some(2),
+            ..Options::default()
+        })
+        .await;
+        let first = api.create(&pod("prod", "a", "10.0.0.1", &[]));
+        let second = api.create(&pod("prod", "b", "10.0.0.2", &[]));
+        api.create(&pod("prod", "c", "10.0.0.3", &[]));
+        let pods: Api<Pod> = Api::all(api.client());
+        let watch = |from: u64| {
+            let pods = pods.clone();
+            async move {
+                let mut events = pods
+                    .watch(&WatchParams::default().timeout(1), &from.to_string())
+                    .await
+                    .unwrap()
+                    .boxed();
+                let mut seen = Vec::new();
+                while let Some(e) = events.try_next().await.unwrap() {
+                    seen.push(match e {
+                        WatchEvent::Added(p) => p.metadata.name.unwrap(),
+                        WatchEvent::Error(e) => format!("{} {}", e.code, e.reason),
+                        other => format!("{other:?}"),
+                    });
+                }
+                seen
+            }
+        };
+        // The last two events are kept: from the first write on, both come; before it, 410.
+        assert_eq!(watch(first).await, ["b", "c"]);
+        assert_eq!(watch(second).await, ["c"]);
+        assert_eq!(watch(first - 1).await, ["410 Expired"]);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn the_double_injects_status_hang_and_reset() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _log = init_tracing();

@@ -26,9 +26,9 @@
 //!   `allowWatchBookmarks=true`; `timeoutSeconds` ends the stream (default 1800 s); a version
 //!   older than the retained history gets HTTP 200 and one `ERROR` event (Status 410 `Expired`),
 //!   as the watch cache answers;
-//! - **history and compaction**: [`Options::history`] keeps at most that many events; [`ApiServer::compact`]
-//!   drops them all (and, like the API server's compactor, takes a version itself), so every
-//!   client that resumes gets 410 and relists;
+//! - **history and compaction**: [`Options::history`] keeps at most that many events;
+//!   [`ApiServer::compact`] drops them all (and, like the API server's compactor, takes a version
+//!   itself), so every client that resumes gets 410 and relists;
 //! - **faults** chosen by the test, for every request or those a predicate picks
 //!   ([`Fault::Status`]: answer a Status with that code; [`Fault::Hang`]: read the request and never
 //!   answer until the fault changes, then look again; [`Fault::Reset`]: reset the connection,
@@ -40,8 +40,13 @@
 //! object, other resources (404), label/field selectors (rejected with 400 rather than ignored,
 //! so a test cannot pass by accident), auth, TLS, protobuf/CBOR, gzip, `pretty`, graceful deletion
 //! and finalizers (deletes are immediate), admission and validation beyond the Namespace label,
-//! the real server's 3 s wait before "too large resource version", bookmarks just before a
-//! watch times out.
+//! the real server's 3 s wait before "too large resource version" (and its answer to a watch:
+//! here a 504 before the stream), bookmarks just before a watch times out.
+//!
+//! What kube 5's watcher sends, with the source's default `watcher::Config`: lists with
+//! `limit=500` and no `resourceVersion` (most recent), paged with `continue`; then a watch from
+//! the list's version with `allowWatchBookmarks=true&timeoutSeconds=290`; on a 410, a new list.
+//! The client itself retries 429/503/504 answers (`Config::default_retry`).
 
 mod http;
 mod store;

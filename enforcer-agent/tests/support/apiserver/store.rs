@@ -38,11 +38,16 @@ pub(super) struct Change {
     pub(super) prev: Option<Arc<Value>>,
 }
 
+/// What a watch's body sends next.
 pub(super) enum Item {
+    /// One event, serialized, newline-terminated.
     Line(Bytes),
+    /// The end of the stream.
     End,
 }
 
+/// A watch being served: every write of its kind (and namespace) is queued to `tx`, under the
+/// state lock, so the order of events is the order of versions.
 pub(super) struct OpenWatch {
     pub(super) kind: Kind,
     pub(super) namespace: Option<String>,
