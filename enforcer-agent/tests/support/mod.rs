@@ -1,4 +1,7 @@
-#![allow(dead_code, reason = "each test that includes the support module uses a part of it")]
+#![allow(
+    dead_code,
+    reason = "each test that includes the support module uses a part of it"
+)]
 
 //! Support for the tests that drive the agent's Kubernetes source through the real `kube`
 //! client: the API server double ([`apiserver`]) and small builders of the objects it serves
