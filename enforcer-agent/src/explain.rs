@@ -84,9 +84,49 @@ fn pod_ip(cluster: &Cluster, pod: &PodKey, v6: bool) -> Result<IpAddr, ExplainEr
         })
 }
 
-/// One pod's side: compile for the pod's node and evaluate as the kernel would.
+/// The tables compiled for each node an explanation looks at (a Service's backends share
+/// nodes: each is compiled once).
+type NodeTables = std::collections::BTreeMap<String, crate::compile::Tables>;
+
+/// The tables the kernel of `node` reads ("" for a pod without a node).
+fn tables_for<'t>(
+    cluster: &Cluster,
+    cache: &'t mut NodeTables,
+    node: &str,
+) -> &'t crate::compile::Tables {
+    cache
+        .entry(node.to_owned())
+        .or_insert_with(|| compile_for(cluster, node))
+}
+
+fn compile_for(cluster: &Cluster, node: &str) -> crate::compile::Tables {
+    // The pod's node is always allowed to and from its pods (kubelet probes): its addresses
+    // from its Node object, and those given for every node. A pod without a node (standalone
+    // manifests) is on whichever node reads it: every known node address counts.
+    let host_ips: Vec<IpAddr> = if node.is_empty() {
+        cluster.nodes.values().flatten().copied().collect()
+    } else {
+        [node, ANY_NODE]
+            .iter()
+            .filter_map(|n| cluster.nodes.get(*n))
+            .flatten()
+            .copied()
+            .collect()
+    };
+    compile(
+        cluster,
+        &NodeInput {
+            name: node.to_owned(),
+            host_ips,
+            audit: false,
+        },
+    )
+}
+
+/// One pod's side: the tables of the pod's node, evaluated as the kernel would.
 fn side(
     cluster: &Cluster,
+    cache: &mut NodeTables,
     pod: &PodKey,
     direction: Direction,
     peer: IpAddr,
@@ -98,28 +138,8 @@ fn side(
         .get(pod)
         .and_then(|p| p.node.clone())
         .unwrap_or_default();
-    // The pod's node is always allowed to and from its pods (kubelet probes): its addresses
-    // from its Node object, and those given for every node. A pod without a node (standalone
-    // manifests) is on whichever node reads it: every known node address counts.
-    let host_ips: Vec<IpAddr> = if node.is_empty() {
-        cluster.nodes.values().flatten().copied().collect()
-    } else {
-        [node.as_str(), ANY_NODE]
-            .iter()
-            .filter_map(|n| cluster.nodes.get(*n))
-            .flatten()
-            .copied()
-            .collect()
-    };
-    let tables = compile(
-        cluster,
-        &NodeInput {
-            name: node,
-            host_ips,
-            audit: false,
-        },
-    );
-    let v = evaluate(&tables, pod, direction, peer, proto, port);
+    let tables = tables_for(cluster, cache, &node);
+    let v = evaluate(tables, pod, direction, peer, proto, port);
     let dir = match direction {
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
@@ -199,6 +219,18 @@ pub fn explain(
     port: u16,
     v6: bool,
 ) -> Result<Explanation, ExplainError> {
+    explain_cached(cluster, &mut NodeTables::new(), from, to, proto, port, v6)
+}
+
+fn explain_cached(
+    cluster: &Cluster,
+    cache: &mut NodeTables,
+    from: &End,
+    to: &End,
+    proto: u8,
+    port: u16,
+    v6: bool,
+) -> Result<Explanation, ExplainError> {
     let ip_of = |e: &End| match e {
         End::Pod(p) => pod_ip(cluster, p, v6),
         End::Ip(ip) => Ok(*ip),
@@ -209,11 +241,11 @@ pub fn explain(
         End::Ip(ip) => ip.to_string(),
     };
     let egress = match from {
-        End::Pod(p) => side(cluster, p, Direction::Egress, dst, proto, port),
+        End::Pod(p) => side(cluster, cache, p, Direction::Egress, dst, proto, port),
         End::Ip(ip) => outside(&ip.to_string()),
     };
     let ingress = match to {
-        End::Pod(p) => side(cluster, p, Direction::Ingress, src, proto, port),
+        End::Pod(p) => side(cluster, cache, p, Direction::Ingress, src, proto, port),
         End::Ip(ip) => outside(&ip.to_string()),
     };
     Ok(Explanation {
@@ -277,12 +309,14 @@ pub fn explain_service(
         })?;
     let endpoints = EndpointIndex::new(cluster).endpoints(service, sp, family);
     let mut backends = Vec::new();
+    let mut cache = NodeTables::new();
     for b in candidates(service, &endpoints, client.node.as_deref()) {
         let to = match &b.pod {
             Some(p) => End::Pod(p.clone()),
             None => End::Ip(b.ip),
         };
-        let mut e = explain(cluster, &End::Pod(from.clone()), &to, proto, b.port, v6)?;
+        let from = End::Pod(from.clone());
+        let mut e = explain_cached(cluster, &mut cache, &from, &to, proto, b.port, v6)?;
         if b.ip == client_ip {
             // The datapath hands a hairpin connection straight back to the pod, from the
             // Service address: only the pod's egress applies (kube-proxy would masquerade it

@@ -209,19 +209,19 @@ fn decide(
             // again, an evicted entry): the backend stands while the Service's backends are
             // unchanged; otherwise the connection chooses again, or, with the Service gone,
             // is an ordinary flow to that address.
-            pkt.tuple = pkt.wire;
-            pkt.nat = NAT_NONE;
-            match service::frontend_of(pkt) {
-                Some(fe) if fe.backend_set == set && service::forward(ep.ep_id, pkt).is_some() => {
-                    pkt.backend_set = set;
+            match service::frontend_of(&pkt.wire) {
+                // Keeps the translation `forward` made.
+                Some(fe) if fe.backend_set == set => pkt.backend_set = set,
+                found => {
+                    pkt.tuple = pkt.wire;
+                    pkt.nat = NAT_NONE;
+                    if let Some(fe) = found {
+                        service::choose(pkt, &fe)?;
+                        pkt.backend_set = fe.backend_set;
+                    }
                 }
-                Some(fe) => {
-                    service::choose(pkt, &fe)?;
-                    pkt.backend_set = fe.backend_set;
-                }
-                None => {}
             }
-        } else if let Some(fe) = service::frontend_of(pkt) {
+        } else if let Some(fe) = service::frontend_of(&pkt.tuple) {
             service::choose(pkt, &fe)?;
             pkt.backend_set = fe.backend_set;
         }

@@ -99,13 +99,13 @@ pub fn translatable(pkt: &Packet) -> bool {
     (pkt.tuple.proto == proto::TCP || pkt.tuple.proto == proto::UDP) && pkt.frag != Frag::Later
 }
 
-/// The Service port the packet is addressed to, if any.
+/// The Service port `t` is addressed to, if any.
 #[inline(always)]
-pub fn frontend_of(pkt: &Packet) -> Option<Frontend> {
+pub fn frontend_of(t: &Tuple) -> Option<Frontend> {
     let key = FrontendKey {
-        addr: pkt.tuple.dst,
-        port: pkt.tuple.dport,
-        proto: pkt.tuple.proto,
+        addr: t.dst,
+        port: t.dport,
+        proto: t.proto,
         _pad: 0,
     };
     // SAFETY: the value is copied out at once.

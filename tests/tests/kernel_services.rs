@@ -506,3 +506,30 @@ fn icmp_errors_about_a_translated_connection_are_translated_with_it() {
         }
     }
 }
+
+#[test]
+fn a_client_port_used_again_keeps_its_backend_only_while_the_backends_are_unchanged() {
+    if !privileged() {
+        return;
+    }
+    let mut f = fixture("");
+    let open_and_reset = |f: &Fixture| {
+        let (verdict, out) = f.egress_out(&syn("10.244.1.10", "10.96.2.10", 46000, 80));
+        assert_eq!(verdict, PASS);
+        let reset = with_l4_checksum(tcp(
+            "10.244.1.10",
+            "10.96.2.10",
+            46000,
+            80,
+            enforcer_tests::packet::RST,
+        ));
+        assert_eq!(f.egress(&reset), PASS);
+        seen(&out).dst
+    };
+    assert_eq!(open_and_reset(&f), ip("10.244.2.11"));
+    // The closed connection's port opens again: same backend set, same backend.
+    assert_eq!(open_and_reset(&f), ip("10.244.2.11"));
+    // y/web moves to y/c: the port's next connection chooses among the new backends.
+    f.apply(&SERVICES.replacen("selector: {pod: b}", "selector: {pod: c}", 1));
+    assert_eq!(open_and_reset(&f), ip("10.244.2.12"));
+}
