@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::model::{Cluster, PodKey};
 use crate::source::kube::KubeSource;
 use crate::source::manifests::{stat_signature, ManifestFolder};
+use crate::source::revision::KindRevision;
 use enforcer_common::ct::{CtEntry, CtKey};
 
 /// How the agent was asked to run.
@@ -28,6 +29,8 @@ use enforcer_common::ct::{CtEntry, CtKey};
 pub struct AgentOptions {
     /// Standalone: a folder of manifests. `None`: the Kubernetes API.
     pub manifests: Option<PathBuf>,
+    /// The API's kubeconfig (`None`: inferred: `$KUBECONFIG`, `~/.kube/config`, in-cluster).
+    pub kubeconfig: Option<PathBuf>,
     pub node: String,
     pub pin_dir: PathBuf,
     pub status_file: Option<PathBuf>,
@@ -73,6 +76,10 @@ pub struct Status {
     #[serde(skip)]
     pub pending_ips: Vec<IpAddr>,
     pub errors: Vec<String>,
+    /// With the API as source: what the applied snapshot held of each kind (so that
+    /// `enforcer lab wait` can tell the API's state has been applied).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub source: BTreeMap<&'static str, KindRevision>,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +98,7 @@ struct Desired {
     cluster: Cluster,
     errors: Vec<String>,
     digest: String,
+    revisions: BTreeMap<&'static str, KindRevision>,
 }
 
 impl Source {
@@ -104,14 +112,16 @@ impl Source {
                     cluster: snap.cluster,
                     errors: snap.errors.iter().map(|e| e.to_string()).collect(),
                     digest: snap.digest,
+                    revisions: BTreeMap::new(),
                 })
             }
             Source::Kube(k) => {
-                let (cluster, errors) = k.snapshot();
+                let snap = k.snapshot_full();
                 Ok(Desired {
-                    cluster,
-                    errors,
+                    cluster: snap.cluster,
+                    errors: snap.errors,
                     digest: String::new(),
+                    revisions: snap.revisions,
                 })
             }
         }
@@ -205,7 +215,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut source = match &opts.manifests {
         Some(dir) => Source::Folder(ManifestFolder::new(dir.clone())),
         None => {
-            let client = crate::source::kube::client(opts.api_timeout)
+            let client = crate::source::kube::client(opts.api_timeout, opts.kubeconfig.as_deref())
                 .await
                 .context("connecting to the Kubernetes API")?;
             // Watches end (and resume) before a silent stream would hit the read timeout.
@@ -564,5 +574,6 @@ fn sync_once(
         pending,
         pending_ips,
         errors: desired.errors.clone(),
+        source: desired.revisions.clone(),
     })
 }

@@ -66,6 +66,9 @@ struct ExplainArgs {
     /// Read the cluster from this manifest folder instead of the Kubernetes API.
     #[arg(long)]
     manifests: Option<PathBuf>,
+    /// Connect to the Kubernetes API with this kubeconfig (default: inferred).
+    #[arg(long, conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -104,9 +107,12 @@ async fn explain(a: ExplainArgs) -> anyhow::Result<()> {
             snap.cluster
         }
         None => {
-            let client = enforcer_agent::source::kube::client(std::time::Duration::from_secs(60))
-                .await
-                .context("connecting to the Kubernetes API")?;
+            let client = enforcer_agent::source::kube::client(
+                std::time::Duration::from_secs(60),
+                a.kubeconfig.as_deref(),
+            )
+            .await
+            .context("connecting to the Kubernetes API")?;
             let nodes = enforcer_agent::source::kube::node_addresses(client.clone())
                 .await
                 .context("listing Nodes")?;
@@ -172,6 +178,10 @@ struct AgentArgs {
     /// instead of the Kubernetes API.
     #[arg(long)]
     manifests: Option<PathBuf>,
+    /// Connect to the Kubernetes API with this kubeconfig (default: `$KUBECONFIG`,
+    /// `~/.kube/config`, or the pod's service account in a cluster).
+    #[arg(long, conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
     /// This node's name: pods with this spec.nodeName (or none, from manifests) are enforced.
     #[arg(long, env = "NODE_NAME")]
     node: String,
@@ -269,6 +279,7 @@ fn main() -> anyhow::Result<()> {
             }
             let opts = agent::AgentOptions {
                 manifests: a.manifests,
+                kubeconfig: a.kubeconfig,
                 node: a.node,
                 pin_dir: a.pin_dir,
                 status_file: a.status_file,

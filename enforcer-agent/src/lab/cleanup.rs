@@ -66,6 +66,30 @@ pub fn is_lab_agent(pid: u32, status_file: &Path) -> bool {
     cmdline.contains("agent") && cmdline.contains(&*status_file.to_string_lossy())
 }
 
+/// Live `enforcer lab controller --name <name>` processes (a lab on an API). Stopped before
+/// the agents, so that it does not build anything again meanwhile.
+fn controllers_of(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(2)
+                .any(|w| w == [b"lab".as_slice(), b"controller"])
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--name" && w[1] == name.as_bytes())
+        })
+        .filter(|pid| pid_alive(*pid))
+        .collect()
+}
+
 /// Live `enforcer agent` processes whose `--status-file` lies under `dir`.
 fn agents_writing_under(dir: &Path) -> Vec<u32> {
     let prefix = format!("{}/", dir.display());
@@ -104,6 +128,13 @@ pub fn down_instance(name: &str) -> bool {
     let paths = LabPaths::new(name);
     let state = LabState::load(name).ok();
     let mut found = false;
+    let controllers = controllers_of(name);
+    if !controllers.is_empty() {
+        found = true;
+        terminate_pids(&controllers);
+    }
+    // Read after the controller stopped: it may have started agents since.
+    let state = LabState::load(name).ok().or(state);
     let mut agents: Vec<(u32, &Path)> = Vec::new();
     if let Some(s) = &state {
         if let Some(pid) = s.agent_pid {

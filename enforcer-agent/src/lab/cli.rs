@@ -19,8 +19,14 @@ use super::topology::{self, Topology};
 pub enum LabCommand {
     /// Run a scenario (FORMAT.md) against the agent in network namespaces; compare with expected.json.
     Run(RunArgs),
-    /// Bring up a scenario's first step (or the built-in demo) with its agent and leave it running.
+    /// Bring up a scenario's first step (or the built-in demo) with its agent and leave it
+    /// running; with --kubeconfig, a lab that follows a Kubernetes API's pods and Services.
     Up(UpArgs),
+    /// Wait until a lab on an API (`up --kubeconfig`) has applied the API's current state.
+    Wait(WaitArgs),
+    /// Plays kubelet and kube-proxy for a lab on an API (started by `up --kubeconfig`).
+    #[command(hide = true)]
+    Controller(ControllerArgs),
     /// Show the nodes, pods, interfaces, addresses and agents of a running lab.
     Status(StatusArgs),
     /// Run a command inside a pod's network namespace of a running lab.
@@ -70,9 +76,35 @@ pub struct UpArgs {
     /// `--agent-arg=--alerts-config=alerts.yaml`.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
-    /// Spread the pods that name no node over these nodes (as `lab run --nodes`).
+    /// Spread the pods that name no node over these nodes (as `lab run --nodes`); with
+    /// --kubeconfig, the API's nodes this lab plays.
     #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
     pub nodes: Vec<String>,
+    /// Take the cluster from this Kubernetes API instead of a scenario: for each of --nodes,
+    /// a node namespace and an agent watching the API (`--node`); the API's pods scheduled to
+    /// those nodes get network namespaces with their `status.podIPs`, serving their container
+    /// ports, and its Services get kube-proxy's NAT. Follow changes with `lab wait`.
+    #[arg(long, value_name = "FILE", conflicts_with = "scenario")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Instance name (default: the only running instance, else `demo`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Give up (exit status 1, saying what is missing) after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    #[arg(long)]
+    pub name: String,
+    /// Extra arguments for the agents.
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -147,7 +179,12 @@ pub fn demo_scenario() -> Scenario {
 pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Run(args) => cmd_run(args).await,
+        LabCommand::Up(args) if args.kubeconfig.is_some() => {
+            interruptible(super::api_cli::up(args)).await
+        }
         LabCommand::Up(args) => interruptible(cmd_up(args)).await,
+        LabCommand::Wait(args) => super::api_cli::wait(args).await,
+        LabCommand::Controller(args) => super::kubelet::run(&args.name, &args.agent_args).await,
         LabCommand::Status(args) => cmd_status(args),
         LabCommand::Exec(args) => cmd_exec(args),
         LabCommand::Probe(args) => interruptible(cmd_probe(args)).await,
@@ -319,7 +356,7 @@ pub(crate) async fn up(
     Ok(lab)
 }
 
-fn print_up_summary(state: &LabState) {
+pub(crate) fn print_up_summary(state: &LabState) {
     let name = &state.name;
     if state.nodes.len() > 1 {
         println!("lab {name:?} is up ({} nodes)", state.nodes.len());
@@ -335,10 +372,16 @@ fn print_up_summary(state: &LabState) {
         Some(_) => {}
         None => println!("agent: not started"),
     }
-    println!(
-        "manifests: {} (edit and save: the agents re-apply)",
-        state.paths.manifests_dir.display()
-    );
+    match &state.kubeconfig {
+        Some(kubeconfig) => println!(
+            "cluster:   the API of {} (change it, then `enforcer lab wait --name {name}`)",
+            kubeconfig.display()
+        ),
+        None => println!(
+            "manifests: {} (edit and save: the agents re-apply)",
+            state.paths.manifests_dir.display()
+        ),
+    }
     if state.nodes.len() <= 1 {
         println!("flow log:  {}", state.paths.flow_log.display());
     }
@@ -570,10 +613,15 @@ async fn cmd_probe(args: ProbeArgs) -> anyhow::Result<()> {
     let probes = scenario::parse_probes(&path, &text)?;
     let topo = Topology::attach(&name, &state.layout(), &state.pods)?;
     let pods = topo.pods();
-    // The Services as the agents and kube-proxy last saw them.
-    let manifest = state.paths.manifests_dir.join("cluster.yaml");
-    let cluster_yaml = std::fs::read_to_string(&manifest).unwrap_or_default();
-    let (cluster, _) = cluster_from_yaml(&[&cluster_yaml]);
+    // The Services as the agents and kube-proxy last saw them (or the API holds them).
+    let cluster = match &state.kubeconfig {
+        Some(kubeconfig) => super::api_cli::cluster_from_api(kubeconfig).await?,
+        None => {
+            let manifest = state.paths.manifests_dir.join("cluster.yaml");
+            let cluster_yaml = std::fs::read_to_string(&manifest).unwrap_or_default();
+            cluster_from_yaml(&[&cluster_yaml]).0
+        }
+    };
     let memory = ClusterIpMemory(state.cluster_ips.clone());
     let results = measure_step(
         &pods,

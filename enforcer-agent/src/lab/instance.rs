@@ -27,6 +27,15 @@ pub use super::state::{
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 const APPLY_POLL: Duration = Duration::from_millis(50);
 
+/// Where a lab's agents read the cluster from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentSource {
+    /// The lab's manifest folder, written by the lab at every step.
+    Manifests,
+    /// A Kubernetes API (`lab up --kubeconfig`): the agents watch it through this kubeconfig.
+    Kubeconfig(std::path::PathBuf),
+}
+
 /// A running lab; everything it created is removed on drop unless [`Lab::detach`]ed.
 #[derive(Debug)]
 pub struct Lab {
@@ -36,6 +45,11 @@ pub struct Lab {
     placement: Placement,
     /// Plays kube-proxy on every node (the scenario has Services).
     kube_proxy: bool,
+    source: AgentSource,
+    /// The user's kubeconfig, for a lab that takes its cluster from an API.
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The process that plays kubelet and kube-proxy for the API's objects.
+    controller_pid: Option<u32>,
     /// Node name -> its agent.
     agents: BTreeMap<String, Child>,
     probes_file: Option<std::path::PathBuf>,
@@ -49,6 +63,49 @@ impl Lab {
     /// Creates the state directory and the node namespaces (and the fabric) that `placement`
     /// needs; `kube_proxy`: the lab programs Service NAT on every node.
     pub fn create(name: &str, placement: Placement, kube_proxy: bool) -> anyhow::Result<Self> {
+        let layout = NodeLayout::new(name, &placement, kube_proxy);
+        Self::create_layout(name, layout, placement, kube_proxy)
+    }
+
+    /// Creates the state directory and one namespace per node in `nodes` (and the fabric) for
+    /// a lab whose cluster comes from the API behind `kubeconfig`: pods and Services are then
+    /// built by the lab's controller ([`super::kubelet`]) as the API holds them.
+    pub fn create_for_api(name: &str, nodes: &[String], kubeconfig: &Path) -> anyhow::Result<Self> {
+        let layout = NodeLayout::named(name, nodes);
+        // Placement is unused here: the API says where each pod runs.
+        let mut lab = Self::create_layout(name, layout, Placement::default(), true)?;
+        lab.kubeconfig = Some(kubeconfig.to_owned());
+        lab.save_state()?;
+        Ok(lab)
+    }
+
+    /// The lab of a running instance as its controller takes it over: its namespaces and
+    /// pods, no agents yet. Dropping it removes nothing (`lab down` does).
+    pub fn attach(state: &LabState) -> anyhow::Result<Self> {
+        let topo = Topology::attach(&state.name, &state.layout(), &state.pods)?;
+        Ok(Self {
+            name: state.name.clone(),
+            paths: state.paths.clone(),
+            topo,
+            placement: Placement::default(),
+            kube_proxy: state.kube_proxy,
+            source: AgentSource::Manifests,
+            kubeconfig: state.kubeconfig.clone(),
+            controller_pid: state.controller_pid,
+            agents: BTreeMap::new(),
+            probes_file: state.probes_file.clone(),
+            cluster_ips: ClusterIpMemory(state.cluster_ips.clone()),
+            cluster: Cluster::default(),
+            armed: false,
+        })
+    }
+
+    fn create_layout(
+        name: &str,
+        layout: NodeLayout,
+        placement: Placement,
+        kube_proxy: bool,
+    ) -> anyhow::Result<Self> {
         validate_name(name)?;
         let paths = LabPaths::new(name);
         if paths.state_dir.exists() {
@@ -57,7 +114,6 @@ impl Lab {
                 paths.state_dir.display()
             );
         }
-        let layout = NodeLayout::new(name, &placement, kube_proxy);
         for node in &layout.nodes {
             let socket = paths.node(&node.name, layout.is_single()).flow_socket;
             // sun_path holds 108 bytes with its NUL.
@@ -91,6 +147,9 @@ impl Lab {
             topo,
             placement,
             kube_proxy,
+            source: AgentSource::Manifests,
+            kubeconfig: None,
+            controller_pid: None,
             agents: BTreeMap::new(),
             probes_file: None,
             cluster_ips: ClusterIpMemory::default(),
@@ -125,6 +184,8 @@ impl Lab {
             fabric: layout.fabric.clone(),
             kube_proxy: self.kube_proxy,
             cluster_ips: self.cluster_ips.0.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            controller_pid: self.controller_pid,
         }
     }
 
@@ -164,10 +225,12 @@ impl Lab {
             let log = std::fs::File::create(&paths.agent_log)
                 .with_context(|| format!("creating {}", paths.agent_log.display()))?;
             let mut cmd = Command::new(&exe);
-            cmd.arg("agent")
-                .arg("--manifests")
-                .arg(&self.paths.manifests_dir)
-                .args(["--node", &node.name, "--netns"])
+            cmd.arg("agent");
+            match &self.source {
+                AgentSource::Manifests => cmd.arg("--manifests").arg(&self.paths.manifests_dir),
+                AgentSource::Kubeconfig(path) => cmd.arg("--kubeconfig").arg(path),
+            };
+            cmd.args(["--node", &node.name, "--netns"])
                 .arg(crate::netns::named_path(&node.netns))
                 .arg("--pin-dir")
                 .arg(&paths.pin_dir)
@@ -182,16 +245,7 @@ impl Lab {
                 .stdout(Stdio::null())
                 .stderr(log);
             if detach {
-                use std::os::unix::process::CommandExt;
-                // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-                unsafe {
-                    cmd.pre_exec(|| {
-                        if libc::setsid() < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
+                own_session(&mut cmd);
             }
             let child = cmd.spawn().with_context(|| {
                 format!(
@@ -335,6 +389,40 @@ impl Lab {
         }
     }
 
+    /// Where the agents started from now on read the cluster.
+    pub fn set_agent_source(&mut self, source: AgentSource) {
+        self.source = source;
+    }
+
+    /// Records the controller's pid in `state.json`.
+    pub fn set_controller_pid(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.controller_pid = Some(pid);
+        self.save_state()
+    }
+
+    /// Makes the pods match `specs` (each with its node), as the API holds them.
+    pub fn sync_placed_pods(&mut self, specs: &[PodSpec]) -> anyhow::Result<()> {
+        let result = self.topo.sync_pods(specs);
+        self.save_state()?;
+        result
+    }
+
+    /// Remembers the ClusterIPs of `cluster`'s Services (for probes of deleted ones).
+    pub fn remember_cluster_ips(&mut self, cluster: &Cluster) {
+        self.cluster_ips.remember(cluster);
+    }
+
+    /// Whether any agent of this lab has exited, with its node and exit status.
+    pub fn exited_agent(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        self.agents.iter_mut().find_map(|(node, child)| {
+            child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|exit| (node.clone(), exit))
+        })
+    }
+
     /// The first node's agent's pid, if this lab started one.
     pub fn agent_pid(&self) -> Option<u32> {
         self.agents.values().next().map(Child::id)
@@ -367,6 +455,21 @@ impl Drop for Lab {
         if self.armed {
             self.teardown();
         }
+    }
+}
+
+/// Makes `cmd`'s process start its own session, so that it outlives this one (and its
+/// terminal's signals).
+pub fn own_session(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

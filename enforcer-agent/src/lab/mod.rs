@@ -12,12 +12,18 @@
 //!   + state directory; `lab down`.
 //! - [`servers`] / [`probe`]: listeners and clients inside pod namespaces.
 //! - [`cli`]: `enforcer lab ...` ([`cli::LabCommand`], [`cli::run`]); [`demo`]: `lab demo`.
+//! - A lab on a Kubernetes API (`lab up --kubeconfig`): [`api_cli`] (`up`, `wait`), its
+//!   controller [`kubelet`] (pods and kube-proxy as the API holds them), [`api_proxy`] (the
+//!   API as the node namespaces reach it), [`wait`] (has every agent applied the API's state).
 
+pub mod api_cli;
+pub mod api_proxy;
 pub mod cleanup;
 pub mod cli;
 pub mod demo;
 pub mod instance;
 pub mod kube_proxy;
+pub mod kubelet;
 pub mod nodes;
 pub mod placement;
 pub mod probe;
@@ -26,6 +32,7 @@ pub mod servers;
 pub mod services;
 pub mod state;
 pub mod topology;
+pub mod wait;
 
 #[cfg(test)]
 mod root_tests;

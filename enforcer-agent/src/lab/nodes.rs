@@ -99,6 +99,29 @@ impl NodeLayout {
         }
     }
 
+    /// The nodes of a lab that takes its cluster from an API (`lab up --kubeconfig`): each
+    /// named node gets its own namespace, and the fabric is always there (kube-proxy's
+    /// Service routes need an uplink even on one node).
+    pub fn named(instance: &str, names: &[String]) -> Self {
+        let nodes = names
+            .iter()
+            .map(|name| {
+                let index = node_index(names, name).expect("every listed node has an index");
+                NodeSpec {
+                    name: name.clone(),
+                    netns: cluster_node_netns_name(instance, name),
+                    ipv4: Ipv4Addr::new(10, 244, 0, index),
+                    ipv6: Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, u16::from(index)),
+                    index,
+                }
+            })
+            .collect();
+        Self {
+            nodes,
+            fabric: Some(fabric_netns_name(instance)),
+        }
+    }
+
     /// Today's layout: one default node, no fabric.
     pub fn single(instance: &str) -> Self {
         Self {

@@ -37,7 +37,7 @@ pub enum PlacementError {
 }
 
 /// The node of every pod of a scenario and the set of nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Placement {
     /// `namespace/name` -> node, for every pod of every step.
     pods: BTreeMap<String, String>,
@@ -152,7 +152,7 @@ pub fn node_index(nodes: &[String], node: &str) -> Option<u8> {
     u8::try_from(pos + 2).ok().filter(|i| *i < 255)
 }
 
-fn validate_node_name(name: &str) -> Result<(), PlacementError> {
+pub(crate) fn validate_node_name(name: &str) -> Result<(), PlacementError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

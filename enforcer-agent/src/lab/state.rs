@@ -112,6 +112,12 @@ pub struct LabState {
     /// was deleted (`namespace/name` -> addresses).
     #[serde(default)]
     pub cluster_ips: BTreeMap<String, Vec<IpAddr>>,
+    /// The kubeconfig of the API the lab takes its cluster from (`lab up --kubeconfig`).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The lab's controller (plays kubelet and kube-proxy for the API's objects).
+    #[serde(default)]
+    pub controller_pid: Option<u32>,
 }
 
 impl LabState {
@@ -183,6 +189,9 @@ pub struct AgentStatus {
     pub pending: Vec<String>,
     #[serde(default)]
     pub errors: Vec<serde_json::Value>,
+    /// With the API as source: what the applied snapshot held of each kind.
+    #[serde(default)]
+    pub source: BTreeMap<String, crate::source::revision::KindRevision>,
 }
 
 impl AgentStatus {
@@ -199,4 +208,39 @@ pub struct EndpointStatus {
     pub ifname: Option<String>,
     #[serde(default)]
     pub attached: bool,
+}
+
+/// What the controller of a lab on an API (`lab up --kubeconfig`) writes after every pass
+/// (`controller.json` in the state directory).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ControllerStatus {
+    pub pid: u32,
+    /// What the last pass that built everything held of each kind (absent until one has).
+    #[serde(default)]
+    pub source: BTreeMap<String, crate::source::revision::KindRevision>,
+    /// Pods built on the lab's nodes.
+    #[serde(default)]
+    pub pods: usize,
+    /// Pods of the lab's nodes that the lab cannot build, with the reason (no address yet).
+    #[serde(default)]
+    pub unplaced: Vec<String>,
+    /// What failed in the last pass (retried every second).
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+impl ControllerStatus {
+    pub fn path(paths: &LabPaths) -> PathBuf {
+        paths.state_dir.join("controller.json")
+    }
+
+    pub fn log_path(paths: &LabPaths) -> PathBuf {
+        paths.state_dir.join("controller.log")
+    }
+
+    pub fn read(paths: &LabPaths) -> Option<Self> {
+        std::fs::read_to_string(Self::path(paths))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    }
 }

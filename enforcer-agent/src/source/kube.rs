@@ -13,8 +13,12 @@
 //!   here), and a snapshot shares them (`Arc`) instead of copying them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -26,7 +30,17 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 
 use super::objects::{cluster_of, ApiObject, LastGood, Object, ObjectKey};
+use super::revision::{self, KindRevision};
 use crate::model::Cluster;
+
+/// The kinds watched, by the names used in logs, health and [`Snapshot::revisions`].
+pub const KINDS: [&str; 5] = [
+    "Namespace",
+    "Pod",
+    "NetworkPolicy",
+    "Service",
+    "EndpointSlice",
+];
 
 /// Since when each kind's watch has been failing (absent: healthy).
 type Health = Arc<Mutex<BTreeMap<&'static str, Instant>>>;
@@ -40,7 +54,18 @@ pub struct KubeSource {
     /// Woken on every watch event.
     pub changed: Arc<Notify>,
     health: Health,
+    /// Per kind, the newest resourceVersion a watch event carried.
+    newest: BTreeMap<&'static str, Arc<AtomicU64>>,
     last_good: LastGood,
+}
+
+/// The cluster as the stores held it at one moment.
+pub struct Snapshot {
+    pub cluster: Cluster,
+    /// Objects that did not convert.
+    pub errors: Vec<String>,
+    /// What the snapshot holds of each kind (to compare with the API's lists).
+    pub revisions: BTreeMap<&'static str, KindRevision>,
 }
 
 /// Retry delays of a failing watch: from 0.5 s doubling to at most 4 s, plus up to a quarter
@@ -98,8 +123,19 @@ pub const WATCH_TIMEOUT: Duration = Duration::from_secs(50);
 ///   retry of 429/503/504 (15 attempts, up to minutes) would hide an outage from it;
 /// - `timeout` on every read, so that a request the API never answers fails instead of
 ///   hanging the watch for good.
-pub async fn client(timeout: Duration) -> anyhow::Result<Client> {
-    let mut config = kube::Config::infer().await?;
+/// `kubeconfig`: that file (its current context) instead of the usual inference
+/// (`$KUBECONFIG`, `~/.kube/config`, the in-cluster service account).
+pub async fn client(timeout: Duration, kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await?,
+    };
     config.default_retry = false;
     config.read_timeout = Some(timeout);
     config.reset_reader_on_write = true;
@@ -112,6 +148,7 @@ fn watch<K>(
     wc: watcher::Config,
     changed: Arc<Notify>,
     health: Health,
+    newest: Arc<AtomicU64>,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()>
@@ -131,7 +168,20 @@ where
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(_) => {
+                Ok(event) => {
+                    // The reflector applied the event to the store before passing it on: a
+                    // snapshot that reads `newest` first holds at least this version.
+                    let version = match &event {
+                        watcher::Event::Apply(o)
+                        | watcher::Event::Delete(o)
+                        | watcher::Event::InitApply(o) => {
+                            revision::version_number(o.meta().resource_version.as_deref())
+                        }
+                        watcher::Event::Init | watcher::Event::InitDone => None,
+                    };
+                    if let Some(v) = version {
+                        newest.fetch_max(v, Ordering::AcqRel);
+                    }
                     if health.lock().expect("health lock").remove(kind).is_some() {
                         tracing::info!(kind, "watch recovered");
                     }
@@ -164,17 +214,29 @@ impl KubeSource {
         let changed = Arc::new(Notify::new());
         let health = Health::default();
         let wc = watcher::Config::default().timeout(watch_timeout.as_secs().max(1) as u32);
-        let w = |kind| (kind, wc.clone(), changed.clone(), health.clone());
-        let (k, c, n, h) = w("Namespace");
-        let namespaces = watch(Api::<Namespace>::all(client.clone()), k, c, n, h);
-        let (k, c, n, h) = w("Pod");
-        let pods = watch(Api::<Pod>::all(client.clone()), k, c, n, h);
-        let (k, c, n, h) = w("NetworkPolicy");
-        let policies = watch(Api::<NetworkPolicy>::all(client.clone()), k, c, n, h);
-        let (k, c, n, h) = w("Service");
-        let services = watch(Api::<Service>::all(client.clone()), k, c, n, h);
-        let (k, c, n, h) = w("EndpointSlice");
-        let slices = watch(Api::<EndpointSlice>::all(client.clone()), k, c, n, h);
+        let newest: BTreeMap<&'static str, Arc<AtomicU64>> = KINDS
+            .iter()
+            .map(|k| (*k, Arc::new(AtomicU64::new(0))))
+            .collect();
+        let w = |kind| {
+            (
+                kind,
+                wc.clone(),
+                changed.clone(),
+                health.clone(),
+                newest[kind].clone(),
+            )
+        };
+        let (k, c, n, h, v) = w("Namespace");
+        let namespaces = watch(Api::<Namespace>::all(client.clone()), k, c, n, h, v);
+        let (k, c, n, h, v) = w("Pod");
+        let pods = watch(Api::<Pod>::all(client.clone()), k, c, n, h, v);
+        let (k, c, n, h, v) = w("NetworkPolicy");
+        let policies = watch(Api::<NetworkPolicy>::all(client.clone()), k, c, n, h, v);
+        let (k, c, n, h, v) = w("Service");
+        let services = watch(Api::<Service>::all(client.clone()), k, c, n, h, v);
+        let (k, c, n, h, v) = w("EndpointSlice");
+        let slices = watch(Api::<EndpointSlice>::all(client.clone()), k, c, n, h, v);
         tokio::spawn(recheck_failing(client, health.clone()));
         namespaces.wait_until_ready().await?;
         pods.wait_until_ready().await?;
@@ -189,6 +251,7 @@ impl KubeSource {
             slices,
             changed,
             health,
+            newest,
             last_good: LastGood::default(),
         })
     }
@@ -206,24 +269,62 @@ impl KubeSource {
 
     /// The cluster as the stores hold it now, with the objects that did not convert.
     pub fn snapshot(&mut self) -> (Cluster, Vec<String>) {
-        let api: Vec<ApiObject> = self
-            .namespaces
-            .state()
+        let s = self.snapshot_full();
+        (s.cluster, s.errors)
+    }
+
+    /// [`KubeSource::snapshot`] with what it holds of each kind.
+    pub fn snapshot_full(&mut self) -> Snapshot {
+        // Read before the stores: the stores then hold at least these versions.
+        let newest: BTreeMap<&'static str, u64> = self
+            .newest
+            .iter()
+            .map(|(k, v)| (*k, v.load(Ordering::Acquire)))
+            .collect();
+        let (namespaces, pods, policies, services, slices) = (
+            self.namespaces.state(),
+            self.pods.state(),
+            self.policies.state(),
+            self.services.state(),
+            self.slices.state(),
+        );
+        let revisions = BTreeMap::from([
+            (
+                "Namespace",
+                revision::of(namespaces.iter().map(|o| o.meta()), newest["Namespace"]),
+            ),
+            (
+                "Pod",
+                revision::of(pods.iter().map(|o| o.meta()), newest["Pod"]),
+            ),
+            (
+                "NetworkPolicy",
+                revision::of(policies.iter().map(|o| o.meta()), newest["NetworkPolicy"]),
+            ),
+            (
+                "Service",
+                revision::of(services.iter().map(|o| o.meta()), newest["Service"]),
+            ),
+            (
+                "EndpointSlice",
+                revision::of(slices.iter().map(|o| o.meta()), newest["EndpointSlice"]),
+            ),
+        ]);
+        let api: Vec<ApiObject> = namespaces
             .into_iter()
             .map(ApiObject::Namespace)
-            .chain(self.pods.state().into_iter().map(ApiObject::Pod))
-            .chain(self.policies.state().into_iter().map(ApiObject::Policy))
-            .chain(self.services.state().into_iter().map(ApiObject::Service))
-            .chain(
-                self.slices
-                    .state()
-                    .into_iter()
-                    .map(ApiObject::EndpointSlice),
-            )
+            .chain(pods.into_iter().map(ApiObject::Pod))
+            .chain(policies.into_iter().map(ApiObject::Policy))
+            .chain(services.into_iter().map(ApiObject::Service))
+            .chain(slices.into_iter().map(ApiObject::EndpointSlice))
             .collect();
         let (objects, errors) = convert_all(&api, &self.last_good);
         self.last_good.replace(objects.clone());
-        (cluster_of(objects.values()), errors)
+        Snapshot {
+            cluster: cluster_of(objects.values()),
+            errors,
+            revisions,
+        }
     }
 }
 

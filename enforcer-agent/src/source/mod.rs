@@ -5,3 +5,4 @@
 pub mod kube;
 pub mod manifests;
 pub mod objects;
+pub mod revision;

@@ -285,6 +285,15 @@ impl ApiServer {
         kube::Config::new(self.url().parse().expect("the double's URL parses"))
     }
 
+    /// A kubeconfig for the double (what `enforcer agent --kubeconfig` and `enforcer lab up
+    /// --kubeconfig` read).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster: {{server: '{}'}}\ncontexts:\n- name: double\n  context: {{cluster: double, user: nobody}}\ncurrent-context: double\nusers:\n- name: nobody\n  user: {{}}\n",
+            self.url()
+        )
+    }
+
     /// A client of the double, as the agent builds one.
     pub fn client(&self) -> kube::Client {
         kube::Client::try_from(self.config()).expect("building a kube client for the double")
@@ -316,6 +325,11 @@ impl ApiServer {
     /// Creates or replaces an object.
     pub fn apply<K: k8s_openapi::Resource + serde::Serialize>(&self, object: &K) -> u64 {
         self.write(to_json(object), Mode::Apply)
+    }
+
+    /// Creates or replaces an object given as JSON.
+    pub fn apply_json(&self, object: Value) -> u64 {
+        self.write(object, Mode::Apply)
     }
 
     /// Deletes `namespace/name` (or `name` for a Namespace); panics if it does not exist.

@@ -1,0 +1,178 @@
+//! The Kubernetes API as the lab's node namespaces reach it. Each agent runs inside its node's
+//! namespace, where the API server's address (often the host's loopback, as with kind or a
+//! local test server) leads nowhere. The controller, which runs on the host, listens inside
+//! every node namespace on a loopback address and forwards each connection to the API server
+//! as it is (TLS included: the bytes are not looked at).
+//!
+//! - An API server on a loopback address is offered at the same address and port in every
+//!   node, so the agents use the user's kubeconfig unchanged.
+//! - Any other address is offered at `127.0.0.1` with the same port; the agents get a copy of
+//!   the kubeconfig pointing there, with `tls-server-name` set to the original host so that
+//!   the server's certificate still verifies.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use kube::config::Kubeconfig;
+use socket2::{Domain, Protocol, SockAddr, Type};
+
+use super::nodes::NodeSpec;
+use crate::netns::Netns;
+
+/// Where the agents reach the API, and which kubeconfig they use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The API server's address as the host resolves it.
+    pub upstream: SocketAddr,
+    /// The address the proxy listens on inside every node namespace.
+    pub listen: SocketAddr,
+    /// `Some`: the agents' kubeconfig must point at `listen` instead of the server's URL.
+    pub rewrite: Option<String>,
+}
+
+/// The current context's cluster: its server URL.
+fn server_url(config: &Kubeconfig) -> anyhow::Result<String> {
+    let context_name = config
+        .current_context
+        .as_deref()
+        .context("the kubeconfig has no current-context")?;
+    let context = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .with_context(|| format!("the kubeconfig has no context {context_name:?}"))?;
+    let cluster = config
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .with_context(|| format!("the kubeconfig has no cluster {:?}", context.cluster))?;
+    cluster
+        .server
+        .clone()
+        .with_context(|| format!("cluster {:?} has no server", context.cluster))
+}
+
+/// Plans the proxy for `kubeconfig`'s server.
+pub async fn plan(kubeconfig: &Path) -> anyhow::Result<Plan> {
+    let config = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
+    let url = server_url(&config)?;
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("the API server URL {url:?} is not a URL"))?;
+    let host = uri
+        .host()
+        .with_context(|| format!("the API server URL {url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("http") => 80,
+        _ => 443,
+    });
+    let upstream = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("resolving the API server's host {host:?}"))?
+        .next()
+        .with_context(|| format!("the API server's host {host:?} has no address"))?;
+    if upstream.ip().is_loopback() {
+        return Ok(Plan {
+            upstream,
+            listen: upstream,
+            rewrite: None,
+        });
+    }
+    let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let scheme = uri.scheme_str().unwrap_or("https");
+    Ok(Plan {
+        upstream,
+        listen,
+        rewrite: Some(format!("{scheme}://{listen}")),
+    })
+}
+
+/// The kubeconfig the agents use: `kubeconfig` itself, or a copy in `dir` that points at the
+/// proxy (`plan.rewrite`) and keeps verifying the server's certificate by its original name.
+pub fn agent_kubeconfig(kubeconfig: &Path, plan: &Plan, dir: &Path) -> anyhow::Result<PathBuf> {
+    let Some(server) = &plan.rewrite else {
+        return Ok(kubeconfig.to_owned());
+    };
+    let mut config = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
+    let original = server_url(&config)?;
+    let host = original
+        .parse::<hyper::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+        .unwrap_or_default();
+    let context_name = config.current_context.clone().unwrap_or_default();
+    let cluster_name = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .unwrap_or_default();
+    for named in &mut config.clusters {
+        if named.name != cluster_name {
+            continue;
+        }
+        if let Some(cluster) = named.cluster.as_mut() {
+            cluster.server = Some(server.clone());
+            if cluster.tls_server_name.is_none() {
+                cluster.tls_server_name = Some(host.clone());
+            }
+        }
+    }
+    let path = dir.join("agent-kubeconfig.yaml");
+    let text = serde_yaml::to_string(&config).context("writing the agents' kubeconfig")?;
+    super::instance::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// Listens on `plan.listen` inside `node`'s namespace and forwards every connection to
+/// `plan.upstream` (from the host's namespace, where this process runs). Runs until the
+/// process ends.
+pub fn start(node: &NodeSpec, plan: &Plan) -> anyhow::Result<()> {
+    let netns = Netns::open_named(&node.netns)
+        .with_context(|| format!("opening node {}'s namespace", node.name))?;
+    let domain = Domain::for_address(plan.listen);
+    let socket = netns.socket(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&SockAddr::from(plan.listen))
+        .with_context(|| format!("listening on {} in node {}", plan.listen, node.name))?;
+    socket.listen(128)?;
+    let listener = tokio::net::TcpListener::from_std(socket.into())?;
+    let (upstream, node_name) = (plan.upstream, node.name.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(err) => {
+                    tracing::warn!(node = %node_name, error = %err, "API proxy: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let node_name = node_name.clone();
+            tokio::spawn(async move {
+                match tokio::net::TcpStream::connect(upstream).await {
+                    Ok(mut outbound) => {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                    // The agent sees a reset connection, as with an unreachable API.
+                    Err(err) => tracing::warn!(
+                        node = %node_name, %upstream, error = %err,
+                        "API proxy: cannot reach the API server"
+                    ),
+                }
+            });
+        }
+    });
+    Ok(())
+}
