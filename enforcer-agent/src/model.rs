@@ -315,7 +315,9 @@ pub enum PortRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<PodKey, Pod>,
+    /// Shared (`Arc`) with the source's store and the flow enrichment: a snapshot of a large
+    /// cluster copies no pod.
+    pub pods: BTreeMap<PodKey, std::sync::Arc<Pod>>,
     pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
     pub services: BTreeMap<ServiceKey, Service>,
     pub endpoint_slices: BTreeMap<SliceKey, EndpointSlice>,
@@ -329,7 +331,8 @@ impl Cluster {
         self.namespaces.insert(ns.name.clone(), ns);
     }
 
-    pub fn insert_pod(&mut self, pod: Pod) {
+    pub fn insert_pod(&mut self, pod: impl Into<std::sync::Arc<Pod>>) {
+        let pod = pod.into();
         self.pods.insert(pod.key.clone(), pod);
     }
 

@@ -344,7 +344,7 @@ impl<'a> ClusterIndex<'a> {
         let pod_prefixes: Vec<(IpNet, &Pod)> = prefixes
             .iter()
             .filter_map(|(net, owner)| match owner {
-                PrefixOwner::Pod(key) => Some((*net, cluster.pods.get(key)?)),
+                PrefixOwner::Pod(key) => Some((*net, &**cluster.pods.get(key)?)),
                 _ => None,
             })
             .collect();

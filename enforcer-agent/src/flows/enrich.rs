@@ -119,13 +119,8 @@ pub struct FlowRecord {
     pub detail: String,
 }
 
-/// What a flow record says about a pod.
-#[derive(Clone, Debug)]
-pub struct PodInfo {
-    pub key: PodKey,
-    pub labels: BTreeMap<String, String>,
-    pub owner: Option<Owner>,
-}
+/// What a flow record says about a pod: the model's pod, shared with the cluster snapshot.
+pub type PodInfo = std::sync::Arc<crate::model::Pod>;
 
 /// What the agent knows when an event arrives.
 #[derive(Default)]
@@ -150,14 +145,7 @@ impl Context {
         let mut pods_by_ip = BTreeMap::new();
         for pod in cluster.pods.values() {
             for ip in &pod.ips {
-                pods_by_ip.insert(
-                    *ip,
-                    PodInfo {
-                        key: pod.key.clone(),
-                        labels: pod.labels.clone(),
-                        owner: pod.owner.clone(),
-                    },
-                );
+                pods_by_ip.insert(*ip, pod.clone());
             }
         }
         Context {

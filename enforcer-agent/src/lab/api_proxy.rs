@@ -176,3 +176,67 @@ pub fn start(node: &NodeSpec, plan: &Plan) -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("enforcer-proxy-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn kubeconfig(dir: &Path, server: &str) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: '{server}'}}\n- name: other\n  cluster: {{server: 'https://10.9.9.9:6443'}}\ncontexts:\n- name: ctx\n  context: {{cluster: c, user: u}}\ncurrent-context: ctx\nusers:\n- name: u\n  user: {{token: t}}\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn a_loopback_server_is_offered_as_it_is() {
+        let dir = scratch("loopback");
+        let path = kubeconfig(&dir, "http://127.0.0.1:18080");
+        let plan = plan(&path).await.unwrap();
+        assert_eq!(plan.upstream, "127.0.0.1:18080".parse().unwrap());
+        assert_eq!(plan.listen, plan.upstream);
+        assert_eq!(agent_kubeconfig(&path, &plan, &dir).unwrap(), path);
+    }
+
+    #[tokio::test]
+    async fn another_server_is_offered_on_loopback_and_verified_by_its_name() {
+        let dir = scratch("remote");
+        let path = kubeconfig(&dir, "https://10.1.2.3:6443");
+        let plan = plan(&path).await.unwrap();
+        assert_eq!(plan.upstream, "10.1.2.3:6443".parse().unwrap());
+        assert_eq!(plan.listen, "127.0.0.1:6443".parse().unwrap());
+        let copy = agent_kubeconfig(&path, &plan, &dir).unwrap();
+        assert_ne!(copy, path);
+        let config = Kubeconfig::read_from(&copy).unwrap();
+        let cluster = |name: &str| {
+            config
+                .clusters
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.cluster.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            cluster("c").server.as_deref(),
+            Some("https://127.0.0.1:6443")
+        );
+        assert_eq!(cluster("c").tls_server_name.as_deref(), Some("10.1.2.3"));
+        // Other clusters and the credentials are left as they were.
+        assert_eq!(
+            cluster("other").server.as_deref(),
+            Some("https://10.9.9.9:6443")
+        );
+        assert!(std::fs::read_to_string(&copy).unwrap().contains("token: t"));
+    }
+}

@@ -24,6 +24,7 @@ use anyhow::Context;
 use super::api_proxy;
 use super::instance::{write_atomic, AgentSource, Lab};
 use super::kube_proxy;
+use super::nodes::NodeLayout;
 use super::scenario::{Family, PodSpec, Proto};
 use super::servers::{Endpoint, ServerSet};
 use super::state::{ControllerStatus, LabState};
@@ -127,7 +128,7 @@ struct Nodes {
 impl Nodes {
     async fn reconcile(&mut self, lab: &mut Lab, cluster: &Cluster) -> Pass {
         let mut pass = Pass::default();
-        let (specs, unplaced) = pods_of(lab, cluster);
+        let (specs, unplaced) = pods_of(lab.topo.layout(), cluster);
         pass.unplaced = unplaced;
         if let Err(err) = lab.sync_placed_pods(&specs) {
             pass.errors.push(format!("building pods: {err:#}"));
@@ -171,7 +172,7 @@ impl Nodes {
                 .parse::<PodKey>()
                 .ok()
                 .and_then(|k| cluster.pods.get(&k));
-            let wanted = model.map(container_endpoints).unwrap_or_default();
+            let wanted = model.map(|p| container_endpoints(p)).unwrap_or_default();
             match self.servers.remove(&key) {
                 Some(entry) if entry.0 == pod.state.index && entry.1 == wanted => {
                     keep.insert(key, entry);
@@ -193,8 +194,7 @@ impl Nodes {
 }
 
 /// The pods of the lab's nodes as specs to build, and those that cannot be built.
-fn pods_of(lab: &Lab, cluster: &Cluster) -> (Vec<PodSpec>, Vec<String>) {
-    let layout = lab.topo.layout();
+fn pods_of(layout: &NodeLayout, cluster: &Cluster) -> (Vec<PodSpec>, Vec<String>) {
     let (mut specs, mut unplaced) = (Vec::new(), Vec::new());
     for pod in cluster.pods.values() {
         let Some(node) = pod.node.as_deref().filter(|n| layout.node(n).is_some()) else {
@@ -249,4 +249,94 @@ fn container_endpoints(pod: &Pod) -> Vec<Endpoint> {
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ContainerPort;
+
+    fn pod(key: &str, node: Option<&str>, ips: &[&str]) -> Pod {
+        Pod {
+            key: key.parse().unwrap(),
+            labels: Default::default(),
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            ports: vec![
+                ContainerPort {
+                    name: Some("http".into()),
+                    number: 80,
+                    protocol: Protocol::Tcp,
+                },
+                ContainerPort {
+                    name: None,
+                    number: 53,
+                    protocol: Protocol::Udp,
+                },
+                ContainerPort {
+                    name: None,
+                    number: 80,
+                    protocol: Protocol::Tcp,
+                },
+                ContainerPort {
+                    name: None,
+                    number: 9,
+                    protocol: Protocol::Sctp,
+                },
+            ],
+            node: node.map(str::to_owned),
+            owner: None,
+            ready: true,
+        }
+    }
+
+    #[test]
+    fn only_pods_of_the_labs_nodes_with_an_ipv4_address_are_built() {
+        let layout = NodeLayout::named("t", &["node-a".into(), "node-b".into()]);
+        let mut cluster = Cluster::default();
+        for p in [
+            pod("x/a", Some("node-a"), &["10.244.1.10", "fd00::a"]),
+            pod("x/b", Some("node-b"), &["10.244.1.11"]),
+            pod("x/c", Some("elsewhere"), &["10.244.1.12"]),
+            pod("x/d", None, &["10.244.1.13"]),
+            pod("x/e", Some("node-a"), &[]),
+            pod("x/f", Some("node-b"), &["fd00::f"]),
+        ] {
+            cluster.insert_pod(p);
+        }
+        let (specs, unplaced) = pods_of(&layout, &cluster);
+        let built: Vec<(String, Option<&str>, Option<std::net::Ipv6Addr>)> = specs
+            .iter()
+            .map(|s| (s.key(), s.node.as_deref(), s.ipv6))
+            .collect();
+        assert_eq!(
+            built,
+            vec![
+                (
+                    "x/a".into(),
+                    Some("node-a"),
+                    Some("fd00::a".parse().unwrap())
+                ),
+                ("x/b".into(), Some("node-b"), None),
+            ]
+        );
+        assert_eq!(unplaced.len(), 2, "{unplaced:?}");
+        assert!(unplaced[0].starts_with("x/e (node node-a)"), "{unplaced:?}");
+        assert!(unplaced[1].starts_with("x/f (node node-b)"), "{unplaced:?}");
+    }
+
+    #[test]
+    fn a_pod_serves_each_tcp_and_udp_container_port_once_per_family() {
+        let eps = container_endpoints(&pod("x/a", Some("node-a"), &["10.244.1.10"]));
+        let got: Vec<(u16, Proto, Family)> =
+            eps.iter().map(|e| (e.port, e.protocol, e.family)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (53, Proto::Udp, Family::IPv4),
+                (53, Proto::Udp, Family::IPv6),
+                (80, Proto::Tcp, Family::IPv4),
+                (80, Proto::Tcp, Family::IPv6),
+            ]
+        );
+    }
 }

@@ -224,3 +224,38 @@ pub async fn wait(name: &str, timeout: Duration) -> anyhow::Result<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(digest: &str, newest: Option<u64>) -> KindRevision {
+        KindRevision {
+            objects: 1,
+            digest: digest.into(),
+            newest,
+        }
+    }
+
+    #[test]
+    fn a_kind_is_up_to_date_by_digest_or_by_a_newer_event() {
+        let now = Listed {
+            digest: "1:aa".into(),
+            version: Some(50),
+        };
+        // The same objects at the same versions, however old the last event.
+        assert!(up_to_date(Some(&applied("1:aa", Some(3))), &now, Some(40)));
+        assert!(up_to_date(Some(&applied("1:aa", None)), &now, Some(40)));
+        // Different objects: only an event at least as new as the call counts.
+        assert!(!up_to_date(
+            Some(&applied("1:bb", Some(39))),
+            &now,
+            Some(40)
+        ));
+        assert!(up_to_date(Some(&applied("1:bb", Some(40))), &now, Some(40)));
+        assert!(up_to_date(Some(&applied("1:bb", Some(45))), &now, Some(40)));
+        // Versions that are not numbers: the digest alone decides.
+        assert!(!up_to_date(Some(&applied("1:bb", None)), &now, None));
+        assert!(!up_to_date(None, &now, Some(40)));
+    }
+}

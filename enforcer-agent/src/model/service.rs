@@ -175,7 +175,7 @@ impl<'a> EndpointIndex<'a> {
                 .push(pod);
             for ip in &pod.ips {
                 // The first pod (in key order) keeps an address two pods claim.
-                pod_by_ip.entry(*ip).or_insert(pod);
+                pod_by_ip.entry(*ip).or_insert(&**pod);
             }
         }
         let mut slices_by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();

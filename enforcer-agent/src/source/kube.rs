@@ -1,7 +1,8 @@
-//! The Kubernetes API as the source (`enforcer agent` in a DaemonSet): reflector stores of all
-//! Namespaces, Pods, NetworkPolicies, Services and EndpointSlices. Every watch event only
-//! wakes the sync loop, which snapshots the stores and recompiles (level-triggered: a re-list
-//! converges to the same maps). This is the only module holding a `kube::Client`.
+//! The Kubernetes API as the source (`enforcer agent` in a DaemonSet): watches of all
+//! Namespaces, Pods, NetworkPolicies, Services and EndpointSlices, kept converted to the model
+//! ([`super::kube_store`]). Every watch event only wakes the sync loop, which snapshots the
+//! stores and recompiles (level-triggered: a re-list converges to the same maps). This is the
+//! only module holding a `kube::Client`.
 //!
 //! - Every event wakes the loop, the watcher's own `Init`/`InitDone` included: a re-list after
 //!   an outage that returns none of a kind (every policy deleted meanwhile) changes the store
@@ -9,12 +10,11 @@
 //! - While a watch fails, its store keeps its last state (what is enforced stays) and the
 //!   watcher retries with backoff; [`KubeSource::stale_for`] says for how long, so the agent
 //!   can report it and stop being ready.
-//! - The stores hold objects without `managedFields` (often the bulk of an object, never read
-//!   here), and a snapshot shares them (`Arc`) instead of copying them.
+//! - The stores hold only the model of each object (what the compiler reads: no API object,
+//!   no `managedFields`), converted once when it arrives.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use tokio::sync::Notify;
 
-use super::objects::{cluster_of, ApiObject, LastGood, Object, ObjectKey};
-use super::revision::{self, KindRevision};
-use crate::model::Cluster;
+use super::kube_store::{Key, KindStore};
+use super::objects::{cluster_of, Object};
+use super::revision::KindRevision;
+use crate::model::{self, Cluster, InvalidObject};
 
 /// The kinds watched, by the names used in logs, health and [`Snapshot::revisions`].
 pub const KINDS: [&str; 5] = [
@@ -45,18 +45,77 @@ pub const KINDS: [&str; 5] = [
 /// Since when each kind's watch has been failing (absent: healthy).
 type Health = Arc<Mutex<BTreeMap<&'static str, Instant>>>;
 
+/// Every kind's store, by kind.
+type Stores = Arc<Mutex<BTreeMap<&'static str, KindStore>>>;
+
 pub struct KubeSource {
-    namespaces: Store<Namespace>,
-    pods: Store<Pod>,
-    policies: Store<NetworkPolicy>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    stores: Stores,
     /// Woken on every watch event.
     pub changed: Arc<Notify>,
     health: Health,
-    /// Per kind, the newest resourceVersion a watch event carried.
-    newest: BTreeMap<&'static str, Arc<AtomicU64>>,
-    last_good: LastGood,
+}
+
+/// A kind the source watches, and how it becomes part of the model.
+trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: &'static str;
+    fn to_model(&self) -> Result<Object, InvalidObject>;
+}
+
+impl Watched for Namespace {
+    const KIND: &'static str = "Namespace";
+    fn to_model(&self) -> Result<Object, InvalidObject> {
+        model::namespace_from_k8s(self).map(Object::Namespace)
+    }
+}
+
+impl Watched for Pod {
+    const KIND: &'static str = "Pod";
+    fn to_model(&self) -> Result<Object, InvalidObject> {
+        model::pod_from_k8s(self).map(|p| Object::Pod(Arc::new(p)))
+    }
+}
+
+impl Watched for NetworkPolicy {
+    const KIND: &'static str = "NetworkPolicy";
+    fn to_model(&self) -> Result<Object, InvalidObject> {
+        model::network_policy_from_k8s(self).map(Object::Policy)
+    }
+}
+
+impl Watched for Service {
+    const KIND: &'static str = "Service";
+    fn to_model(&self) -> Result<Object, InvalidObject> {
+        model::service_from_k8s(self).map(Object::Service)
+    }
+}
+
+impl Watched for EndpointSlice {
+    const KIND: &'static str = "EndpointSlice";
+    fn to_model(&self) -> Result<Object, InvalidObject> {
+        model::endpoint_slice_from_k8s(self).map(Object::EndpointSlice)
+    }
+}
+
+/// An object's key, version and model (converted outside the stores' lock).
+fn arrival<K: Watched>(o: &K) -> (Key, String, Result<Object, InvalidObject>) {
+    let meta = o.meta();
+    let key = (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    );
+    (
+        key,
+        meta.resource_version.clone().unwrap_or_default(),
+        o.to_model(),
+    )
 }
 
 /// The cluster as the stores held it at one moment.
@@ -142,45 +201,39 @@ pub async fn client(timeout: Duration, kubeconfig: Option<&Path>) -> anyhow::Res
     Ok(Client::try_from(config)?)
 }
 
-fn watch<K>(
+/// Watches one kind into its store, in a task of its own.
+fn watch<K: Watched>(
     api: Api<K>,
-    kind: &'static str,
     wc: watcher::Config,
     changed: Arc<Notify>,
     health: Health,
-    newest: Arc<AtomicU64>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let events = watcher(api, wc)
-        .backoff(WatchBackoff::default())
-        .modify(|o: &mut K| o.managed_fields_mut().clear());
-    let stream = reflector::reflector(writer, events);
+    stores: Stores,
+) {
+    let kind = K::KIND;
+    let events = watcher(api, wc).backoff(WatchBackoff::default());
     tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
+        futures::pin_mut!(events);
+        while let Some(item) = events.next().await {
             match item {
                 Ok(event) => {
-                    // The reflector applied the event to the store before passing it on: a
-                    // snapshot that reads `newest` first holds at least this version.
-                    let version = match &event {
-                        watcher::Event::Apply(o)
-                        | watcher::Event::Delete(o)
-                        | watcher::Event::InitApply(o) => {
-                            revision::version_number(o.meta().resource_version.as_deref())
+                    let lock = || stores.lock().expect("stores lock");
+                    match event {
+                        watcher::Event::Init => lock().entry(kind).or_default().begin_list(),
+                        watcher::Event::InitApply(o) => {
+                            let (key, version, model) = arrival(&o);
+                            drop(o);
+                            lock().entry(kind).or_default().listed(key, version, model);
                         }
-                        watcher::Event::Init | watcher::Event::InitDone => None,
-                    };
-                    if let Some(v) = version {
-                        newest.fetch_max(v, Ordering::AcqRel);
+                        watcher::Event::InitDone => lock().entry(kind).or_default().end_list(),
+                        watcher::Event::Apply(o) => {
+                            let (key, version, model) = arrival(&o);
+                            drop(o);
+                            lock().entry(kind).or_default().apply(key, version, model);
+                        }
+                        watcher::Event::Delete(o) => {
+                            let (key, version, _) = arrival(&o);
+                            lock().entry(kind).or_default().delete(&key, &version);
+                        }
                     }
                     if health.lock().expect("health lock").remove(kind).is_some() {
                         tracing::info!(kind, "watch recovered");
@@ -199,7 +252,6 @@ where
             }
         }
     });
-    store
 }
 
 impl KubeSource {
@@ -213,46 +265,60 @@ impl KubeSource {
     pub async fn start_with(client: Client, watch_timeout: Duration) -> anyhow::Result<Self> {
         let changed = Arc::new(Notify::new());
         let health = Health::default();
+        let stores: Stores = Arc::new(Mutex::new(
+            KINDS.iter().map(|k| (*k, KindStore::default())).collect(),
+        ));
         let wc = watcher::Config::default().timeout(watch_timeout.as_secs().max(1) as u32);
-        let newest: BTreeMap<&'static str, Arc<AtomicU64>> = KINDS
-            .iter()
-            .map(|k| (*k, Arc::new(AtomicU64::new(0))))
-            .collect();
-        let w = |kind| {
-            (
-                kind,
-                wc.clone(),
-                changed.clone(),
-                health.clone(),
-                newest[kind].clone(),
-            )
-        };
-        let (k, c, n, h, v) = w("Namespace");
-        let namespaces = watch(Api::<Namespace>::all(client.clone()), k, c, n, h, v);
-        let (k, c, n, h, v) = w("Pod");
-        let pods = watch(Api::<Pod>::all(client.clone()), k, c, n, h, v);
-        let (k, c, n, h, v) = w("NetworkPolicy");
-        let policies = watch(Api::<NetworkPolicy>::all(client.clone()), k, c, n, h, v);
-        let (k, c, n, h, v) = w("Service");
-        let services = watch(Api::<Service>::all(client.clone()), k, c, n, h, v);
-        let (k, c, n, h, v) = w("EndpointSlice");
-        let slices = watch(Api::<EndpointSlice>::all(client.clone()), k, c, n, h, v);
+        let (c, n, h, st) = (&client, &changed, &health, &stores);
+        watch(
+            Api::<Namespace>::all(c.clone()),
+            wc.clone(),
+            n.clone(),
+            h.clone(),
+            st.clone(),
+        );
+        watch(
+            Api::<Pod>::all(c.clone()),
+            wc.clone(),
+            n.clone(),
+            h.clone(),
+            st.clone(),
+        );
+        watch(
+            Api::<NetworkPolicy>::all(c.clone()),
+            wc.clone(),
+            n.clone(),
+            h.clone(),
+            st.clone(),
+        );
+        watch(
+            Api::<Service>::all(c.clone()),
+            wc.clone(),
+            n.clone(),
+            h.clone(),
+            st.clone(),
+        );
+        watch(
+            Api::<EndpointSlice>::all(c.clone()),
+            wc,
+            n.clone(),
+            h.clone(),
+            st.clone(),
+        );
         tokio::spawn(recheck_failing(client, health.clone()));
-        namespaces.wait_until_ready().await?;
-        pods.wait_until_ready().await?;
-        policies.wait_until_ready().await?;
-        services.wait_until_ready().await?;
-        slices.wait_until_ready().await?;
+        // Nothing is programmed from a partial view: every kind's first list must be complete.
+        while !stores
+            .lock()
+            .expect("stores lock")
+            .values()
+            .all(KindStore::is_synced)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(KubeSource {
-            namespaces,
-            pods,
-            policies,
-            services,
-            slices,
+            stores,
             changed,
             health,
-            newest,
-            last_good: LastGood::default(),
         })
     }
 
@@ -275,55 +341,15 @@ impl KubeSource {
 
     /// [`KubeSource::snapshot`] with what it holds of each kind.
     pub fn snapshot_full(&mut self) -> Snapshot {
-        // Read before the stores: the stores then hold at least these versions.
-        let newest: BTreeMap<&'static str, u64> = self
-            .newest
-            .iter()
-            .map(|(k, v)| (*k, v.load(Ordering::Acquire)))
-            .collect();
-        let (namespaces, pods, policies, services, slices) = (
-            self.namespaces.state(),
-            self.pods.state(),
-            self.policies.state(),
-            self.services.state(),
-            self.slices.state(),
-        );
-        let revisions = BTreeMap::from([
-            (
-                "Namespace",
-                revision::of(namespaces.iter().map(|o| o.meta()), newest["Namespace"]),
-            ),
-            (
-                "Pod",
-                revision::of(pods.iter().map(|o| o.meta()), newest["Pod"]),
-            ),
-            (
-                "NetworkPolicy",
-                revision::of(policies.iter().map(|o| o.meta()), newest["NetworkPolicy"]),
-            ),
-            (
-                "Service",
-                revision::of(services.iter().map(|o| o.meta()), newest["Service"]),
-            ),
-            (
-                "EndpointSlice",
-                revision::of(slices.iter().map(|o| o.meta()), newest["EndpointSlice"]),
-            ),
-        ]);
-        let api: Vec<ApiObject> = namespaces
-            .into_iter()
-            .map(ApiObject::Namespace)
-            .chain(pods.into_iter().map(ApiObject::Pod))
-            .chain(policies.into_iter().map(ApiObject::Policy))
-            .chain(services.into_iter().map(ApiObject::Service))
-            .chain(slices.into_iter().map(ApiObject::EndpointSlice))
-            .collect();
-        let (objects, errors) = convert_all(&api, &self.last_good);
-        self.last_good.replace(objects.clone());
+        let stores = self.stores.lock().expect("stores lock");
         Snapshot {
-            cluster: cluster_of(objects.values()),
-            errors,
-            revisions,
+            cluster: cluster_of(stores.values().flat_map(KindStore::objects)),
+            errors: stores
+                .values()
+                .flat_map(KindStore::errors)
+                .cloned()
+                .collect(),
+            revisions: stores.iter().map(|(k, s)| (*k, s.revision())).collect(),
         }
     }
 }
@@ -383,61 +409,30 @@ pub async fn node_addresses(
         .collect())
 }
 
-/// Converts API objects, keeping the last good version of any that does not convert.
-pub fn convert_all(
-    api: &[ApiObject],
-    last_good: &LastGood,
-) -> (std::collections::BTreeMap<ObjectKey, Object>, Vec<String>) {
-    let mut objects = std::collections::BTreeMap::new();
-    let mut errors = Vec::new();
-    for a in api {
-        let key = a.key();
-        match a.convert() {
-            // Pods that are finished hold no IP worth enforcing for.
-            Ok(o) => {
-                objects.insert(key, o);
-            }
-            Err(e) => {
-                let kept = last_good.get(&key).cloned();
-                errors.push(format!(
-                    "{e}{}",
-                    if kept.is_some() {
-                        " (its last good version stays in force)"
-                    } else {
-                        ""
-                    }
-                ));
-                if let Some(o) = kept {
-                    objects.insert(key, o);
-                }
-            }
-        }
-    }
-    (objects, errors)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Objects as the API server returns them in a list (recorded shape, trimmed).
     const POD_LIST: &str = r#"{"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"1234"},"items":[
-      {"metadata":{"name":"web-7d9","namespace":"prod","uid":"u1","labels":{"app":"web"},"ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-7d","uid":"r1"}]},
+      {"metadata":{"name":"web-7d9","namespace":"prod","uid":"u1","resourceVersion":"1200","labels":{"app":"web"},"ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-7d","uid":"r1"}],
+                   "managedFields":[{"manager":"kubelet","operation":"Update","apiVersion":"v1","fieldsType":"FieldsV1","fieldsV1":{"f:status":{}}}]},
        "spec":{"nodeName":"node-1","containers":[{"name":"web","image":"nginx","ports":[{"containerPort":8080,"name":"http","protocol":"TCP"}]}]},
        "status":{"phase":"Running","podIP":"10.244.1.5","podIPs":[{"ip":"10.244.1.5"},{"ip":"fd00::5"}]}},
-      {"metadata":{"name":"pending","namespace":"prod","uid":"u2"},"spec":{"containers":[{"name":"c","image":"x"}]},"status":{"phase":"Pending"}}]}"#;
+      {"metadata":{"name":"pending","namespace":"prod","uid":"u2","resourceVersion":"1201"},"spec":{"containers":[{"name":"c","image":"x"}]},"status":{"phase":"Pending"}}]}"#;
 
     #[test]
-    fn converts_a_recorded_pod_list() {
+    fn a_recorded_pod_list_is_held_as_its_model() {
         let list: k8s_openapi::List<Pod> = serde_json::from_str(POD_LIST).unwrap();
-        let api: Vec<ApiObject> = list
-            .items
-            .into_iter()
-            .map(|p| ApiObject::Pod(Arc::new(p)))
-            .collect();
-        let (objects, errors) = convert_all(&api, &LastGood::default());
-        assert!(errors.is_empty(), "{errors:?}");
-        let cluster = cluster_of(objects.values());
+        let mut store = KindStore::default();
+        store.begin_list();
+        for pod in &list.items {
+            let (key, version, model) = arrival(pod);
+            store.listed(key, version, model);
+        }
+        store.end_list();
+        assert_eq!(store.errors().count(), 0);
+        let cluster = cluster_of(store.objects());
         let web = cluster
             .pods
             .values()
@@ -445,32 +440,12 @@ mod tests {
             .unwrap();
         assert_eq!(web.ips.len(), 2);
         assert_eq!(web.node.as_deref(), Some("node-1"));
-        assert_eq!(
-            web.named_port("http", crate::model::Protocol::Tcp),
-            Some(8080)
-        );
+        assert_eq!(web.named_port("http", model::Protocol::Tcp), Some(8080));
         assert!(cluster
             .pods
             .values()
             .any(|p| p.key.name == "pending" && p.ips.is_empty()));
-    }
-
-    #[test]
-    fn an_invalid_policy_keeps_its_last_good_version() {
-        let good: NetworkPolicy = serde_json::from_str(
-            r#"{"metadata":{"name":"p","namespace":"prod"},"spec":{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.0.0.0/8"}}]}]}}"#,
-        )
-        .unwrap();
-        let bad: NetworkPolicy = serde_json::from_str(
-            r#"{"metadata":{"name":"p","namespace":"prod"},"spec":{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.0.0.0/8","except":["11.0.0.0/16"]}}]}]}}"#,
-        )
-        .unwrap();
-        let (first, _) = convert_all(&[ApiObject::Policy(Arc::new(good))], &LastGood::default());
-        let mut last = LastGood::default();
-        last.replace(first.clone());
-        let (second, errors) = convert_all(&[ApiObject::Policy(Arc::new(bad))], &last);
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].contains("except"), "{}", errors[0]);
-        assert_eq!(first, second);
+        let rev = store.revision();
+        assert_eq!((rev.objects, rev.newest), (2, Some(1201)));
     }
 }

@@ -17,7 +17,7 @@ pub type ObjectKey = (&'static str, String);
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(model::Namespace),
-    Pod(model::Pod),
+    Pod(Arc<model::Pod>),
     Policy(model::NetworkPolicy),
     Service(model::Service),
     EndpointSlice(model::EndpointSlice),
@@ -53,7 +53,7 @@ impl ApiObject {
     pub fn convert(&self) -> Result<Object, InvalidObject> {
         Ok(match self {
             ApiObject::Namespace(n) => Object::Namespace(model::namespace_from_k8s(n)?),
-            ApiObject::Pod(p) => Object::Pod(model::pod_from_k8s(p)?),
+            ApiObject::Pod(p) => Object::Pod(Arc::new(model::pod_from_k8s(p)?)),
             ApiObject::Policy(p) => Object::Policy(model::network_policy_from_k8s(p)?),
             ApiObject::Service(s) => Object::Service(model::service_from_k8s(s)?),
             ApiObject::EndpointSlice(s) => {

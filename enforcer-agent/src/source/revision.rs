@@ -36,29 +36,27 @@ pub fn version_number(rv: Option<&str>) -> Option<u64> {
 /// wrapping sum of one hash per object, so it needs no sorting and two processes that hold
 /// the same objects compute the same value. The hash is std's SipHash with fixed keys, stable
 /// within one build (the agent and `lab wait` are the same binary).
-pub fn digest<'a>(metas: impl IntoIterator<Item = &'a ObjectMeta>) -> (usize, String) {
+pub fn digest_keys<'a>(
+    items: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> (usize, String) {
     let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
     let (mut count, mut sum) = (0usize, 0u64);
-    for meta in metas {
-        let one = hasher.hash_one((
-            meta.namespace.as_deref().unwrap_or(""),
-            meta.name.as_deref().unwrap_or(""),
-            meta.resource_version.as_deref().unwrap_or(""),
-        ));
-        sum = sum.wrapping_add(one);
+    for item in items {
+        sum = sum.wrapping_add(hasher.hash_one(item));
         count += 1;
     }
     (count, format!("{count}:{sum:016x}"))
 }
 
-/// A kind's revision from the objects a snapshot holds and the newest event version.
-pub fn of<'a>(metas: impl IntoIterator<Item = &'a ObjectMeta>, newest: u64) -> KindRevision {
-    let (objects, digest) = digest(metas);
-    KindRevision {
-        objects,
-        digest,
-        newest: (newest > 0).then_some(newest),
-    }
+/// [`digest_keys`] of objects' metadata.
+pub fn digest<'a>(metas: impl IntoIterator<Item = &'a ObjectMeta>) -> (usize, String) {
+    digest_keys(metas.into_iter().map(|m| {
+        (
+            m.namespace.as_deref().unwrap_or(""),
+            m.name.as_deref().unwrap_or(""),
+            m.resource_version.as_deref().unwrap_or(""),
+        )
+    }))
 }
 
 #[cfg(test)]
@@ -97,7 +95,9 @@ mod tests {
         assert_eq!(version_number(Some("123")), Some(123));
         assert_eq!(version_number(Some("abc")), None);
         assert_eq!(version_number(None), None);
-        assert_eq!(of(&[], 0).newest, None);
-        assert_eq!(of(&[], 9).newest, Some(9));
+        assert_eq!(
+            digest(&[meta("x", "a", "5")]),
+            digest_keys([("x", "a", "5")])
+        );
     }
 }

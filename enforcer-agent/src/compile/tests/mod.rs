@@ -174,9 +174,10 @@ fn prefixes_hold_pods_hosts_blocks_and_defaults() {
     ))
     .unwrap();
     // z/c lives on another node: not an endpoint, but its addresses are identities.
-    cluster.pods.get_mut(&pod_key("z/c")).unwrap().node = Some("node-2".into());
+    std::sync::Arc::make_mut(cluster.pods.get_mut(&pod_key("z/c")).unwrap()).node =
+        Some("node-2".into());
     // A pod without an address yet is not an endpoint.
-    let mut pending = cluster.pods[&pod_key("z/b")].clone();
+    let mut pending = (*cluster.pods[&pod_key("z/b")]).clone();
     pending.key = pod_key("z/pending");
     pending.ips.clear();
     cluster.insert_pod(pending);
@@ -547,7 +548,8 @@ spec: {clusterIP: None, selector: {pod: b}, ports: [{port: 80}]}
     assert_eq!(fe("10.96.3.10", 80, Proto::Tcp).backends.len(), 1);
     let mut cluster =
         cluster_from_yaml(&format!("{}\n---\n{services}", base_cluster_yaml())).unwrap();
-    cluster.pods.get_mut(&pod_key("z/b")).unwrap().node = Some("node-2".into());
+    std::sync::Arc::make_mut(cluster.pods.get_mut(&pod_key("z/b")).unwrap()).node =
+        Some("node-2".into());
     let elsewhere = compile(&cluster, &node());
     let local = &elsewhere.services[&services::FrontendAddr {
         ip: "10.96.3.10".parse().unwrap(),

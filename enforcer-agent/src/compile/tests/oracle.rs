@@ -274,7 +274,7 @@ fn oracle(
     };
     let destination = match direction {
         Direction::Ingress => Some(local),
-        Direction::Egress => peer_pod,
+        Direction::Egress => peer_pod.map(|p| &**p),
     };
     let port_matches = |spec: &PortSpec| {
         if spec.protocol.number() != proto {

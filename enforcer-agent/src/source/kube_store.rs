@@ -1,0 +1,244 @@
+//! The API's objects as the agent keeps them: converted to the model when they arrive, so that
+//! only what the compiler reads is held (no API object, no managedFields), and a sync copies
+//! small model objects instead of converting every API object again.
+//!
+//! One [`KindStore`] per watched kind follows the watcher's events:
+//! - a (re)list (`Init`, `InitApply`..., `InitDone`) is collected apart and replaces the kind's
+//!   objects only when complete: an object missing from it was deleted meanwhile, and a relist
+//!   that finds none of a kind empties it;
+//! - `Apply` and `Delete` change one object;
+//! - an object whose new version does not convert keeps its last good version in force (and
+//!   its error is reported); a new invalid object is held without a model (not applied).
+
+use std::collections::BTreeMap;
+
+use super::objects::Object;
+use super::revision::{self, KindRevision};
+use crate::model::InvalidObject;
+
+/// `(namespace, name)`; the namespace is empty for cluster-scoped kinds.
+pub type Key = (String, String);
+
+/// One object as held.
+#[derive(Debug, Clone, PartialEq)]
+struct Held {
+    version: String,
+    /// The model of this version, or the last good one (`None`: never valid).
+    object: Option<Object>,
+    error: Option<String>,
+}
+
+/// One kind's objects.
+#[derive(Debug, Default)]
+pub struct KindStore {
+    objects: BTreeMap<Key, Held>,
+    /// A relist in progress.
+    relist: Option<BTreeMap<Key, Held>>,
+    /// The first list is complete.
+    synced: bool,
+    /// The newest resourceVersion an event carried.
+    newest: u64,
+}
+
+impl KindStore {
+    fn held(&self, key: &Key, version: String, converted: Result<Object, InvalidObject>) -> Held {
+        match converted {
+            Ok(object) => Held {
+                version,
+                object: Some(object),
+                error: None,
+            },
+            Err(e) => {
+                let kept = self.objects.get(key).and_then(|h| h.object.clone());
+                let error = format!(
+                    "{e}{}",
+                    if kept.is_some() {
+                        " (its last good version stays in force)"
+                    } else {
+                        ""
+                    }
+                );
+                Held {
+                    version,
+                    object: kept,
+                    error: Some(error),
+                }
+            }
+        }
+    }
+
+    fn saw(&mut self, version: &str) {
+        if let Some(v) = revision::version_number(Some(version)) {
+            self.newest = self.newest.max(v);
+        }
+    }
+
+    /// A (re)list starts.
+    pub fn begin_list(&mut self) {
+        self.relist = Some(BTreeMap::new());
+    }
+
+    /// An object of the list in progress.
+    pub fn listed(&mut self, key: Key, version: String, converted: Result<Object, InvalidObject>) {
+        self.saw(&version);
+        let held = self.held(&key, version, converted);
+        self.relist
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key, held);
+    }
+
+    /// The list is complete: it replaces what the kind held.
+    pub fn end_list(&mut self) {
+        self.objects = self.relist.take().unwrap_or_default();
+        self.synced = true;
+    }
+
+    /// An object was added or changed.
+    pub fn apply(&mut self, key: Key, version: String, converted: Result<Object, InvalidObject>) {
+        self.saw(&version);
+        let held = self.held(&key, version, converted);
+        self.objects.insert(key, held);
+    }
+
+    /// An object was deleted (`version`: the deletion's).
+    pub fn delete(&mut self, key: &Key, version: &str) {
+        self.saw(version);
+        self.objects.remove(key);
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The models in force.
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
+        self.objects.values().filter_map(|h| h.object.as_ref())
+    }
+
+    /// The objects that did not convert.
+    pub fn errors(&self) -> impl Iterator<Item = &String> {
+        self.objects.values().filter_map(|h| h.error.as_ref())
+    }
+
+    /// What the kind holds, to compare with the API's list.
+    pub fn revision(&self) -> KindRevision {
+        let (objects, digest) = revision::digest_keys(
+            self.objects
+                .iter()
+                .map(|((ns, name), h)| (ns.as_str(), name.as_str(), h.version.as_str())),
+        );
+        KindRevision {
+            objects,
+            digest,
+            newest: (self.newest > 0).then_some(self.newest),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model;
+
+    fn ns(name: &str, team: &str) -> Result<Object, InvalidObject> {
+        let k8s: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name, "labels": {"team": team}}}),
+        )
+        .unwrap();
+        Ok(Object::Namespace(model::namespace_from_k8s(&k8s).unwrap()))
+    }
+
+    fn invalid() -> Result<Object, InvalidObject> {
+        let bad: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_str(
+            r#"{"metadata":{"name":"p","namespace":"prod"},"spec":{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.0.0.0/8","except":["11.0.0.0/16"]}}]}]}}"#,
+        )
+        .unwrap();
+        model::network_policy_from_k8s(&bad).map(Object::Policy)
+    }
+
+    fn key(name: &str) -> Key {
+        (String::new(), name.to_owned())
+    }
+
+    fn names(store: &KindStore) -> Vec<String> {
+        store
+            .objects()
+            .map(|o| match o {
+                Object::Namespace(n) => format!("{}={}", n.name, n.labels["team"]),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_relist_replaces_the_kind_only_when_complete() {
+        let mut s = KindStore::default();
+        s.begin_list();
+        s.listed(key("a"), "5".into(), ns("a", "1"));
+        s.listed(key("b"), "6".into(), ns("b", "1"));
+        assert!(!s.is_synced());
+        assert!(names(&s).is_empty(), "nothing before the list is complete");
+        s.end_list();
+        assert!(s.is_synced());
+        assert_eq!(names(&s), ["a=1", "b=1"]);
+        // A relist that no longer has b, and has a changed: until InitDone, the old state.
+        s.begin_list();
+        s.listed(key("a"), "9".into(), ns("a", "2"));
+        assert_eq!(names(&s), ["a=1", "b=1"]);
+        s.end_list();
+        assert_eq!(names(&s), ["a=2"]);
+        // One that finds none of the kind empties it.
+        s.begin_list();
+        s.end_list();
+        assert!(names(&s).is_empty());
+        assert_eq!(s.revision().objects, 0);
+        assert_eq!(s.revision().newest, Some(9));
+    }
+
+    #[test]
+    fn events_change_one_object_and_advance_the_newest_version() {
+        let mut s = KindStore::default();
+        s.begin_list();
+        s.end_list();
+        s.apply(key("a"), "10".into(), ns("a", "1"));
+        s.apply(key("b"), "11".into(), ns("b", "1"));
+        s.apply(key("a"), "12".into(), ns("a", "2"));
+        s.delete(&key("b"), "13");
+        assert_eq!(names(&s), ["a=2"]);
+        let rev = s.revision();
+        assert_eq!((rev.objects, rev.newest), (1, Some(13)));
+        assert_eq!(
+            rev.digest,
+            revision::digest_keys([("", "a", "12")]).1,
+            "the digest is that of what is held"
+        );
+    }
+
+    #[test]
+    fn an_invalid_version_keeps_the_last_good_one_and_a_new_invalid_object_is_not_applied() {
+        let mut s = KindStore::default();
+        s.begin_list();
+        s.end_list();
+        s.apply(key("a"), "1".into(), ns("a", "1"));
+        s.apply(key("a"), "2".into(), invalid());
+        assert_eq!(names(&s), ["a=1"]);
+        let errors: Vec<&String> = s.errors().collect();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("except"), "{}", errors[0]);
+        assert!(errors[0].ends_with("(its last good version stays in force)"));
+        // Its version is the invalid one's: that is what the API holds.
+        assert_eq!(
+            s.revision().digest,
+            revision::digest_keys([("", "a", "2")]).1
+        );
+        s.apply(key("new"), "3".into(), invalid());
+        assert_eq!(names(&s), ["a=1"]);
+        assert!(!s
+            .errors()
+            .any(|e| e.contains("stays in force") && e.contains("new")));
+        // Valid again: the error goes.
+        s.apply(key("a"), "4".into(), ns("a", "3"));
+        assert_eq!(names(&s), ["a=3"]);
+        assert_eq!(s.errors().count(), 1, "only the new invalid object's");
+    }
+}
