@@ -182,6 +182,7 @@ pub const WATCH_TIMEOUT: Duration = Duration::from_secs(50);
 ///   retry of 429/503/504 (15 attempts, up to minutes) would hide an outage from it;
 /// - `timeout` on every read, so that a request the API never answers fails instead of
 ///   hanging the watch for good.
+///
 /// `kubeconfig`: that file (its current context) instead of the usual inference
 /// (`$KUBECONFIG`, `~/.kube/config`, the in-cluster service account).
 pub async fn client(timeout: Duration, kubeconfig: Option<&Path>) -> anyhow::Result<Client> {

@@ -1,0 +1,132 @@
+//! A pod the agent must enforce for but whose interface does not exist yet (the CNI has not
+//! built it): it is listed as pending in the status, logged once with the reason however often
+//! the agent syncs meanwhile, and attached as soon as its host route appears — long after the
+//! re-check backoff has grown to its 8 s maximum. Needs root.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{enforcer, ok, root, Down};
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn status(path: &std::path::Path) -> serde_json::Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, within: Duration, ok: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < within, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_pending_pod_is_logged_once_and_attached_when_its_route_appears() {
+    if !root() {
+        return;
+    }
+    let scenario =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
+    let name = format!("p{}", std::process::id());
+    let _down = Down(name.clone());
+    ok(
+        &enforcer(&["lab", "up", scenario.to_str().unwrap(), "--name", &name]),
+        "lab up",
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/run/enforcer-lab/{name}/state.json")).unwrap(),
+    )
+    .unwrap();
+    let node = state["node_netns"].as_str().unwrap().to_owned();
+    let manifests = PathBuf::from(state["paths"]["manifests_dir"].as_str().unwrap());
+    let status_file = PathBuf::from(state["paths"]["status_file"].as_str().unwrap());
+    let agent_log = PathBuf::from(state["paths"]["agent_log"].as_str().unwrap());
+
+    // A pod of this node with no interface yet.
+    std::fs::write(
+        manifests.join("late.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: x, labels: {pod: late}}\n\
+         spec: {containers: [{name: c, image: x}]}\n\
+         status: {podIP: 10.244.1.99, podIPs: [{ip: 10.244.1.99}]}\n",
+    )
+    .unwrap();
+    let pending = || {
+        status(&status_file)["pending"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x == "x/late"))
+    };
+    wait_until(
+        "the pod is listed as pending",
+        Duration::from_secs(10),
+        pending,
+    );
+    // Changes that make the agent sync again, while the pod stays pending; and enough time
+    // for the re-check backoff to reach its maximum.
+    for i in 0..4 {
+        std::fs::write(
+            manifests.join("other.yaml"),
+            format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: extra{i}, labels: {{kubernetes.io/metadata.name: extra{i}}}}}\n"),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(pending(), "still pending: {}", status(&status_file));
+    let log = std::fs::read_to_string(&agent_log).unwrap();
+    let reported: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("x/late") && l.contains("no host route"))
+        .collect();
+    assert_eq!(reported.len(), 1, "logged once with the reason:\n{log}");
+
+    // The CNI's part: the pod's namespace, its veth and the host route.
+    let pod_ns = format!("enf-{name}-late");
+    sh(&["ip", "netns", "add", &pod_ns]);
+    sh(&[
+        "ip", "-n", &node, "link", "add", "lxclate", "type", "veth", "peer", "name", "eth0",
+        "netns", &pod_ns,
+    ]);
+    sh(&["ip", "-n", &node, "link", "set", "lxclate", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        &node,
+        "route",
+        "add",
+        "10.244.1.99/32",
+        "dev",
+        "lxclate",
+    ]);
+    let attached = || status(&status_file)["endpoints"]["x/late"]["attached"] == true;
+    let took = wait_until(
+        "the pod is attached once its route appears (not at the 8 s backoff)",
+        Duration::from_secs(3),
+        attached,
+    );
+    eprintln!(
+        "attached {:.2} s after its route appeared",
+        took.as_secs_f64()
+    );
+    assert!(!pending());
+    let log = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("x/late") && l.contains("interface appeared")),
+        "its enforcement is logged:\n{log}"
+    );
+}
