@@ -200,8 +200,11 @@ struct AgentArgs {
     /// Also log allowed connections (one record per new connection), not only drops.
     #[arg(long)]
     log_allowed: bool,
-    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) here.
-    #[arg(long, default_value = "0.0.0.0:9966")]
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) here: this host only
+    /// by default; 0.0.0.0:9966 or one of the node's addresses ([IP]:PORT works for both
+    /// families, e.g. `[$(NODE_IP)]:9966`) opens them to Prometheus and kubelet's probes.
+    #[arg(long, default_value = enforcer_agent::metrics::http::DEFAULT_ADDR,
+          value_parser = enforcer_agent::metrics::http::parse_listen_addr)]
     metrics_addr: std::net::SocketAddr,
     /// Do not serve metrics and health endpoints.
     #[arg(long)]
@@ -337,4 +340,37 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn metrics_listen_on_localhost_unless_opened() {
+        let addr = |extra: &[&str]| {
+            let args = ["enforcer", "agent", "--node", "n"].iter().chain(extra);
+            match Cli::try_parse_from(args).unwrap().cmd {
+                Cmd::Agent(a) => a.metrics_addr.to_string(),
+                _ => unreachable!("an agent command line"),
+            }
+        };
+        assert_eq!(addr(&[]), "127.0.0.1:9966");
+        assert_eq!(addr(&["--metrics-addr=[10.1.2.3]:9966"]), "10.1.2.3:9966");
+        assert_eq!(addr(&["--metrics-addr", "0.0.0.0:9966"]), "0.0.0.0:9966");
+        assert!(Cli::try_parse_from([
+            "enforcer",
+            "agent",
+            "--node",
+            "n",
+            "--metrics-addr",
+            "[$(NODE_IP)]:9966"
+        ])
+        .is_err());
+    }
 }

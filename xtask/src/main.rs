@@ -1,6 +1,7 @@
 //! Developer commands. Every command echoes what it runs and names the failing command.
 
 mod ebpf_build;
+mod manifests;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +22,8 @@ enum Cmd {
     Setup,
     /// Build the eBPF object (a no-op when nothing changed).
     BuildEbpf,
-    /// Set up, then run every test: unit, kernel (test_run), netns labs and scenarios.
+    /// Set up, then run every test: unit, kernel (test_run), netns labs and scenarios, and the
+    /// offline checks of deploy/ (manifest schemas, shellcheck of the kind test).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -33,6 +35,8 @@ enum Cmd {
         #[arg(long)]
         duration: Option<u64>,
     },
+    /// Validate the Kubernetes manifests in deploy/ against the API's schemas (offline, strict).
+    ValidateManifests,
     /// Benchmarks: per-packet cost at 10, 1,000, 10,000 policies; flow-event throughput.
     Bench,
     /// rustfmt check and clippy.
@@ -76,6 +80,10 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     // the labs' kube-proxy (Service NAT in each node namespace)
     "nftables",
+    // the manifest validator's venv (kubernetes-validate from PyPI, see manifests.rs)
+    "python3-venv",
+    // lints deploy/kind/test.sh, which needs a cluster and so cannot run here
+    "shellcheck",
 ];
 
 fn missing_packages() -> Vec<&'static str> {
@@ -109,6 +117,7 @@ fn setup() -> Result<()> {
             .env("PATH", path))?;
     }
     ebpf_build::detect_toolchain().map_err(anyhow::Error::msg)?;
+    manifests::ensure_validator(&workspace())?;
     if !Path::new("/sys/fs/bpf").exists() || !is_bpffs("/sys/fs/bpf") {
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
@@ -123,6 +132,16 @@ fn is_bpffs(path: &str) -> bool {
                 .any(|l| l.split_whitespace().nth(1) == Some(path) && l.contains(" bpf "))
         })
         .unwrap_or(false)
+}
+
+/// What can be checked of deploy/ without a cluster: the manifests' schemas and the kind
+/// test script.
+fn deploy_checks() -> Result<()> {
+    let ws = workspace();
+    manifests::validate(&ws)?;
+    run(Command::new("shellcheck")
+        .current_dir(&ws)
+        .arg("deploy/kind/test.sh"))
 }
 
 fn build_ebpf() -> Result<PathBuf> {
@@ -143,12 +162,21 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup()?;
             build_ebpf()?;
+            // The offline checks of deploy/ first (seconds); their failure is reported after
+            // the tests, which run either way.
+            let deploy = deploy_checks();
             // Kernel and lab tests share the machine's bpffs and create network namespaces:
             // they run as root and serialise where they must (see tests/).
-            run(cargo()
+            let tests = run(cargo()
                 .args(["test", "--workspace", "--no-fail-fast", "--"])
-                .args(&args))
+                .args(&args));
+            match (deploy, tests) {
+                (Ok(()), tests) => tests,
+                (Err(e), Ok(())) => Err(e.context("the deploy/ checks failed")),
+                (Err(e), Err(t)) => Err(t.context(format!("and the deploy/ checks failed: {e:#}"))),
+            }
         }
+        Cmd::ValidateManifests => manifests::validate(&workspace()),
         Cmd::Lab { duration } => {
             setup()?;
             // The test profile's build: after `cargo xtask test` there is nothing to rebuild.

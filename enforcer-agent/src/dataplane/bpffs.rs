@@ -37,7 +37,17 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
             )
         };
         if rc != 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // Without CAP_SYS_ADMIN (the DaemonSet does not grant it) the node must have
+            // mounted bpffs itself, as systemd does at boot.
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{DEFAULT_ROOT} is not a bpf filesystem and mounting one failed ({e}): \
+                     mount it on the node (mount -t bpf bpf {DEFAULT_ROOT}) or run the agent \
+                     with CAP_SYS_ADMIN"
+                ),
+            ));
         }
     }
     std::fs::create_dir_all(dir)?;

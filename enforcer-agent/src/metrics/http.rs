@@ -1,7 +1,7 @@
 //! The metrics and health HTTP endpoints (hyper, HTTP/1.1).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -55,6 +55,26 @@ fn respond(metrics: &Metrics, ready: &Ready, path: &str) -> Response<Full<Bytes>
         .expect("a static response is valid")
 }
 
+/// The default listen address: this host only. Opening the endpoints to other hosts is a choice
+/// (`--metrics-addr 0.0.0.0:9966`, or one address of the node as the DaemonSet does).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9966";
+
+/// Parses a listen address: `IP:PORT`, `[IPv6]:PORT`, and `[IPv4]:PORT` too, so that one
+/// template (`[$(NODE_IP)]:9966` in a DaemonSet) fits nodes of either family.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = || format!("{s:?} is not an address and port (IP:PORT, [IPv6]:PORT or [IPv4]:PORT)");
+    let (ip, port) = s
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("]:"))
+        .ok_or_else(bad)?;
+    let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 /// Serves until the task is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Metrics, ready: Ready) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -86,6 +106,29 @@ pub async fn serve_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_of_either_family_with_or_without_brackets() {
+        let ok = |s: &str| parse_listen_addr(s).unwrap().to_string();
+        assert_eq!(ok(DEFAULT_ADDR), "127.0.0.1:9966");
+        assert_eq!(ok("0.0.0.0:9966"), "0.0.0.0:9966");
+        assert_eq!(ok("[10.0.0.5]:9966"), "10.0.0.5:9966");
+        assert_eq!(ok("[::1]:9966"), "[::1]:9966");
+        assert_eq!(ok("[fd00::5]:9966"), "[fd00::5]:9966");
+        for bad in [
+            "",
+            "10.0.0.5",
+            "[10.0.0.5]",
+            "fd00::5:9966",
+            "[fd00::5]:99999",
+            "[node]:9966",
+            // What kubelet leaves when the variable is not defined.
+            "[$(NODE_IP)]:9966",
+        ] {
+            let err = parse_listen_addr(bad).unwrap_err();
+            assert!(err.contains("not an address and port"), "{bad:?}: {err}");
+        }
+    }
 
     #[tokio::test]
     async fn metrics_health_and_readiness_over_http() {
