@@ -76,6 +76,9 @@ pub struct Status {
     #[serde(skip)]
     pub pending_ips: Vec<IpAddr>,
     pub errors: Vec<String>,
+    /// What the last sync could not program (each part kept its previous state in force).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sync_errors: Vec<String>,
     /// With the API as source: what the applied snapshot held of each kind (so that
     /// `enforcer lab wait` can tell the API's state has been applied).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -248,6 +251,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut pending_logged: std::collections::BTreeSet<String> = Default::default();
     let mut went_stale = false;
     let mut last_errors: Vec<String> = Vec::new();
+    let mut last_sync_errors: Vec<String> = Vec::new();
+    for class in crate::dataplane::SyncErrorClass::ALL {
+        // Every class shows, at 0, before the first failure.
+        metrics.sync_errors.with_label_values(&[class.as_str()]);
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -337,7 +345,20 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     Source::Kube(k) => k.stale_for().unwrap_or_default(),
                     Source::Folder(_) => Duration::ZERO,
                 };
-                if stale <= opts.source_stale_grace {
+                // A datapath that cannot be programmed is not ready, though what it could
+                // program (and everything it could not change) stays in force.
+                if status.sync_errors != last_sync_errors {
+                    for e in &status.sync_errors {
+                        tracing::error!(error = %e, "sync: could not program (the previous state stays in force; retried)");
+                    }
+                    if status.sync_errors.is_empty() && !last_sync_errors.is_empty() {
+                        tracing::info!("sync: everything programmed again");
+                    }
+                    last_sync_errors = status.sync_errors.clone();
+                }
+                if !status.sync_errors.is_empty() {
+                    ready.unset();
+                } else if stale <= opts.source_stale_grace {
                     ready.set();
                 }
                 if let Some(t) = noticed.take() {
@@ -361,10 +382,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     tracing::info!(pod = %pod, "the pod's interface appeared: enforced");
                 }
                 pending_logged = status.pending.iter().cloned().collect();
-                if status.pending.is_empty() {
+                if status.pending.is_empty() && status.sync_errors.is_empty() {
                     pending_since = None;
                     pending_backoff = Duration::from_millis(500);
                 } else {
+                    // Pending pods and failed parts are tried again with the backoff.
                     pending_since = Some(Instant::now());
                 }
                 pending_ips = status.pending_ips.clone();
@@ -551,6 +573,12 @@ fn sync_once(
             "synced"
         );
     }
+    for err in &report.errors {
+        metrics
+            .sync_errors
+            .with_label_values(&[err.class.as_str()])
+            .inc();
+    }
     let endpoints = ifaces
         .iter()
         .map(|(p, i)| {
@@ -558,7 +586,7 @@ fn sync_once(
                 p.to_string(),
                 EndpointStatus {
                     ifname: i.name.clone(),
-                    attached: true,
+                    attached: dp.is_attached(i.ifindex),
                 },
             )
         })
@@ -574,6 +602,7 @@ fn sync_once(
         pending,
         pending_ips,
         errors: desired.errors.clone(),
+        sync_errors: report.errors.iter().map(ToString::to_string).collect(),
         source: desired.revisions.clone(),
     })
 }

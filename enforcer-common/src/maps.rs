@@ -53,8 +53,14 @@ pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 /// Per-CPU array of u64 counters, indexed by [`crate::reason::Counter`].
 pub const COUNTERS: &str = "COUNTERS";
 
+/// Hash map name (16 bytes, NUL-padded) → layout version (u32): what the other pinned maps'
+/// bytes mean, so that an agent never adopts a map whose layout it does not know (the kernel
+/// can only say their sizes). Written by the agent; never read by the programs. Its own layout
+/// never changes.
+pub const LAYOUT: &str = "LAYOUT";
+
 /// Every map that is pinned (all of them).
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     ENDPOINTS,
     IDENTITY_ADDR,
     IDENTITY_V4,
@@ -73,6 +79,7 @@ pub const ALL: [&str; 18] = [
     NAT_REV,
     SVC_AFFINITY,
     SVC_MEMBERS,
+    LAYOUT,
 ];
 
 /// Program names (the ELF section functions).
@@ -101,4 +108,5 @@ pub mod sizes {
     pub const SVC_MEMBERS: u32 = SVC_BACKENDS;
     /// Bytes of the flow-event ring buffer (a power of two, multiple of the page size).
     pub const FLOW_EVENTS_BYTES: u32 = 4 * 1024 * 1024;
+    pub const LAYOUT: u32 = 64;
 }

@@ -16,6 +16,10 @@ use enforcer_common::{
     service::{Affinity, AffinityKey, BackendAddr, BackendKey, Frontend, FrontendKey, MemberKey, NatEntry, NatKey},
 };
 
+/// Map name → layout version of each pinned map. Written by the agent, never read here.
+#[map]
+pub static LAYOUT: HashMap<[u8; 16], u32> = HashMap::pinned(sizes::LAYOUT, 0);
+
 /// ifindex of the host-side veth → the local pod. Written by the agent.
 #[map]
 pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(sizes::ENDPOINTS, 0);

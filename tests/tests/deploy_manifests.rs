@@ -185,18 +185,18 @@ fn the_namespace_enforces_privileged_and_warns_and_audits_at_baseline() {
     }
 }
 
-/// The kinds the agent watches, read from its Kubernetes source: `watch(Api::<Kind>::all(`.
+/// The kinds the agent watches, read from its Kubernetes source: `impl Watched for Kind`.
 fn watched_kinds() -> BTreeSet<String> {
     let src = std::fs::read_to_string(workspace().join("enforcer-agent/src/source/kube.rs"))
         .expect("the agent's Kubernetes source");
     let kinds: BTreeSet<String> = src
-        .split("watch(Api::<")
+        .split("impl Watched for ")
         .skip(1)
-        .filter_map(|rest| rest.split_once('>').map(|(k, _)| k.trim().to_owned()))
+        .filter_map(|rest| rest.split_once(' ').map(|(k, _)| k.trim().to_owned()))
         .collect();
     assert!(
         !kinds.is_empty(),
-        "no watch(Api::<...> in kube.rs: has it changed style?"
+        "no `impl Watched for` in kube.rs: has it changed style?"
     );
     kinds
 }

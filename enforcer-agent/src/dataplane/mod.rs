@@ -16,18 +16,19 @@ pub mod bpffs;
 pub mod ct_sweep;
 pub mod entries;
 pub mod interfaces;
+pub mod layout;
+mod links;
+mod policy_maps;
+mod report;
 pub mod services;
+mod test_run;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::{
-    links::{FdLink, LinkOrder, PinnedLink},
-    tc::TcAttachOptions,
-    ProgramError, SchedClassifier, TcAttachType,
-};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, SchedClassifier};
 use aya::{Ebpf, EbpfLoader};
 use enforcer_common::{
     ct::{CtEntry, CtKey},
@@ -42,6 +43,8 @@ use crate::compile::tables::Tables;
 use crate::model::PodKey;
 use entries::{Identities, PolicyEntries};
 pub use interfaces::Iface;
+use report::is_not_found;
+pub use report::{SyncError, SyncErrorClass, SyncReport};
 
 /// The `IDENTITY_ADDR` key of a /32 or /128 prefix (IPv4-mapped for IPv4).
 fn exact_addr(net: &IpNet) -> Option<[u8; 16]> {
@@ -89,6 +92,11 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    #[error("the maps pinned under {pin_dir} have a layout this agent does not know, so it adopts nothing and changes nothing (the datapath in force stays as it is): {}. Run the agent version that pinned them, or remove {pin_dir} to start over (pods are unenforced until the new agent attaches)", problems.join("; "))]
+    Layout {
+        pin_dir: PathBuf,
+        problems: Vec<String>,
+    },
     #[error("pinning the {program} link of {ifname} at {path}")]
     PinLink {
         program: &'static str,
@@ -115,20 +123,6 @@ struct EndpointState {
     attached: bool,
 }
 
-/// What `sync` did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct SyncReport {
-    pub identities_added: usize,
-    pub identities_removed: usize,
-    pub entries_written: usize,
-    pub entries_removed: usize,
-    pub endpoints: usize,
-    pub attached: Vec<String>,
-    pub detached: Vec<String>,
-    pub revision: u32,
-    pub services: services::ServiceSync,
-}
-
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
@@ -149,6 +143,8 @@ pub struct Dataplane {
     endpoints: BTreeMap<u32, EndpointState>,
     next_ep_id: u32,
     revision: u32,
+    /// Entries whose removal failed, by policy set: retried at every sync.
+    leftovers: Vec<(u32, PolicyEntries)>,
 }
 
 impl Dataplane {
@@ -166,6 +162,7 @@ impl Dataplane {
             path: pin_dir.into(),
             source,
         })?;
+        layout::check(pin_dir)?;
         let mut loader = EbpfLoader::new();
         let pins: Vec<(&'static str, PathBuf)> =
             names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
@@ -229,6 +226,8 @@ impl Dataplane {
                 .map_err(map_err(names::SVC_MEMBERS, "open"))?,
         )?;
 
+        let mut layout_map =
+            HashMap::try_from(take(names::LAYOUT)).map_err(map_err(names::LAYOUT, "open"))?;
         let mut dp = Dataplane {
             ebpf,
             pin_dir: pin_dir.into(),
@@ -248,8 +247,13 @@ impl Dataplane {
             endpoints: BTreeMap::new(),
             next_ep_id: 1,
             revision: 0,
+            leftovers: Vec::new(),
         };
         dp.adopt()?;
+        layout::write(&mut layout_map).map_err(map_err(names::LAYOUT, "write"))?;
+        for path in layout::sweep(pin_dir) {
+            tracing::info!(path = %path.display(), "removed a pin this agent does not use");
+        }
         Ok(dp)
     }
 
@@ -302,9 +306,9 @@ impl Dataplane {
         }
         for (ifindex, info) in eps {
             let entries = by_set.remove(&info.policy_set).unwrap_or_default();
-            let attached = self
-                .link_path(ifindex, names::programs::POD_EGRESS)
-                .exists();
+            // This agent's programs go in force on the links it adopts, in place; a pod counts
+            // as attached only with both directions live.
+            let attached = self.refresh_links(ifindex);
             self.next_ep_id = self.next_ep_id.max(info.ep_id + 1);
             self.endpoints.insert(
                 ifindex,
@@ -317,18 +321,13 @@ impl Dataplane {
                 },
             );
         }
+        self.sweep_links();
         // Entries of sets no endpoint uses are leftovers of an interrupted update.
         for (set, entries) in by_set {
             self.remove_entries(set, &entries);
         }
         self.revision = self.config.get(&0, 0).map(|c| c.revision).unwrap_or(0);
         Ok(())
-    }
-
-    fn link_path(&self, ifindex: u32, program: &str) -> PathBuf {
-        self.pin_dir
-            .join("links")
-            .join(format!("{ifindex}-{program}"))
     }
 
     /// The flow-event ring buffer (once: the flow reader owns it).
@@ -432,17 +431,25 @@ impl Dataplane {
         let mut report = SyncReport::default();
         let mut changed = false;
 
-        // 1. identities: add new prefixes and changed ids.
+        self.retry_leftovers(&mut report);
+
+        // 1. identities: add new prefixes and changed ids. One that cannot be written leaves
+        //    its addresses unknown to the datapath (matched by no peer rule: fails closed).
         let ids = self.ids.assign(tables);
         for (net, &id) in &ids {
             if self.ids.by_prefix.get(net) != Some(&id) {
-                self.insert_identity(net, id)?;
-                report.identities_added += 1;
-                changed = true;
+                match self.insert_identity(net, id) {
+                    Ok(()) => {
+                        report.identities_added += 1;
+                        changed = true;
+                    }
+                    Err(e) => report.fail(SyncErrorClass::of(&e), None, &e),
+                }
             }
         }
 
-        // 2. endpoints.
+        // 2. endpoints, each on its own: one that fails keeps its previous state in force
+        //    (and is retried at the next sync), the others go on.
         let mut keep = BTreeMap::new();
         for (pod, plan) in &tables.endpoints {
             let Some(iface) = ifaces.get(pod) else {
@@ -452,53 +459,21 @@ impl Dataplane {
             let desired = entries::policy_entries(plan, &ids);
             let state = match self.endpoints.remove(&iface.ifindex) {
                 Some(s) => s,
-                None => {
-                    let ep_id = self.next_ep_id;
-                    self.next_ep_id += 1;
-                    EndpointState {
-                        pod: None,
-                        ifname: iface.name.clone(),
-                        // Parity 1 "in force" with no entries: the first write goes to parity 0.
-                        info: EndpointInfo {
-                            ep_id,
-                            policy_set: entries::set_id(ep_id, 1),
-                            ..Default::default()
-                        },
-                        entries: PolicyEntries::default(),
-                        attached: false,
+                None => self.new_endpoint(iface),
+            };
+            match self.sync_endpoint(pod, plan, iface, desired, state, &mut report) {
+                Ok((state, ep_changed)) => {
+                    changed |= ep_changed;
+                    self.endpoints.insert(iface.ifindex, state);
+                }
+                Err(failure) => {
+                    let (state, err) = *failure;
+                    report.fail(SyncErrorClass::of(&err), Some(pod), &err);
+                    if let Some(state) = state {
+                        self.endpoints.insert(iface.ifindex, state);
                     }
                 }
-            };
-            let mut state = state;
-            state.pod = Some(pod.clone());
-            state.ifname = iface.name.clone();
-            let ep_id = state.info.ep_id;
-            let mut set = state.info.policy_set;
-            let entries_changed = desired != state.entries || !state.attached;
-            if entries_changed {
-                set = entries::set_id(ep_id, set ^ 1);
-                self.write_entries(set, &desired)?;
-                report.entries_written += desired.len();
             }
-            let info = entries::endpoint_info(plan, &desired, ep_id, set);
-            if info != state.info || !state.attached {
-                self.endpoints_map
-                    .insert(iface.ifindex, info, 0)
-                    .map_err(map_err(names::ENDPOINTS, "insert"))?;
-                changed = true;
-            }
-            if entries_changed {
-                let old_set = state.info.policy_set;
-                report.entries_removed += self.remove_entries(old_set, &state.entries);
-            }
-            state.info = info;
-            state.entries = desired;
-            if !state.attached {
-                self.attach(iface)?;
-                state.attached = true;
-                report.attached.push(iface.name.clone());
-            }
-            self.endpoints.insert(iface.ifindex, state);
         }
 
         // Endpoints that are gone: detach, then forget their record and entries.
@@ -511,8 +486,16 @@ impl Dataplane {
         for ifindex in gone {
             let state = self.endpoints.remove(&ifindex).expect("listed above");
             self.detach(ifindex);
-            let _ = self.endpoints_map.remove(&ifindex);
-            report.entries_removed += self.remove_entries(state.info.policy_set, &state.entries);
+            if let Err(e) = self.endpoints_map.remove(&ifindex) {
+                if !is_not_found(&e) {
+                    // Kept, so that the removal is tried again at the next sync.
+                    let e = map_err(names::ENDPOINTS, "remove")(e);
+                    report.fail(SyncErrorClass::MapDelete, state.pod.as_ref(), &e);
+                    self.endpoints.insert(ifindex, state);
+                    continue;
+                }
+            }
+            self.remove_entries_tracked(state.info.policy_set, &state.entries, &mut report);
             report.detached.push(if state.ifname.is_empty() {
                 ifindex.to_string()
             } else {
@@ -522,7 +505,10 @@ impl Dataplane {
         }
 
         // 3. Service frontends.
-        report.services = self.services.sync(&tables.services)?;
+        match self.services.sync(&tables.services) {
+            Ok(s) => report.services = s,
+            Err(e) => report.fail(SyncErrorClass::of(&e), None, &e),
+        }
 
         // 4. revision: tracked connections get re-checked against what is now in force.
         if changed || report.entries_written > 0 {
@@ -557,222 +543,8 @@ impl Dataplane {
         Ok(report)
     }
 
-    /// Exact addresses go to the hash map, shorter prefixes to the family's trie.
-    fn insert_identity(&mut self, net: &IpNet, id: u32) -> Result<()> {
-        if let Some(addr) = exact_addr(net) {
-            return self
-                .id_addr
-                .insert(addr, id, 0)
-                .map_err(map_err(names::IDENTITY_ADDR, "insert"));
-        }
-        match net {
-            IpNet::V4(n) => self
-                .id_v4
-                .insert(
-                    &Key::new(n.prefix_len() as u32, n.network().octets()),
-                    id,
-                    0,
-                )
-                .map_err(map_err(names::IDENTITY_V4, "insert")),
-            IpNet::V6(n) => self
-                .id_v6
-                .insert(
-                    &Key::new(n.prefix_len() as u32, n.network().octets()),
-                    id,
-                    0,
-                )
-                .map_err(map_err(names::IDENTITY_V6, "insert")),
-        }
-    }
-
-    fn remove_identity(&mut self, net: &IpNet) {
-        if let Some(addr) = exact_addr(net) {
-            let _ = self.id_addr.remove(&addr);
-            return;
-        }
-        let _ = match net {
-            IpNet::V4(n) => self
-                .id_v4
-                .remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
-            IpNet::V6(n) => self
-                .id_v6
-                .remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
-        };
-    }
-
-    fn write_entries(&mut self, set: u32, entries: &PolicyEntries) -> Result<()> {
-        for (&key, &rule) in &entries.exact {
-            let key = PolicyKey {
-                set: set.to_be_bytes(),
-                ..key
-            };
-            self.policy_exact
-                .insert(key, rule, 0)
-                .map_err(map_err(names::POLICY_EXACT, "insert"))?;
-        }
-        for (&(len, key), &rule) in &entries.ranges {
-            let key = PolicyKey {
-                set: set.to_be_bytes(),
-                ..key
-            };
-            self.policy_ranges
-                .insert(&Key::new(len, key), rule, 0)
-                .map_err(map_err(names::POLICY_RANGES, "insert"))?;
-        }
-        Ok(())
-    }
-
-    fn remove_entries(&mut self, set: u32, entries: &PolicyEntries) -> usize {
-        for &key in entries.exact.keys() {
-            let _ = self.policy_exact.remove(&PolicyKey {
-                set: set.to_be_bytes(),
-                ..key
-            });
-        }
-        for &(len, key) in entries.ranges.keys() {
-            let key = PolicyKey {
-                set: set.to_be_bytes(),
-                ..key
-            };
-            let _ = self.policy_ranges.remove(&Key::new(len, key));
-        }
-        entries.len()
-    }
-
-    /// Attaches both programs to a host-side veth and pins the links, so the datapath stays
-    /// in force when the agent exits.
-    fn attach(&mut self, iface: &Iface) -> Result<()> {
-        std::fs::create_dir_all(self.pin_dir.join("links")).map_err(|source| {
-            DataplaneError::Bpffs {
-                path: self.pin_dir.join("links"),
-                source,
-            }
-        })?;
-        for (program, hook) in [
-            (names::programs::POD_EGRESS, TcAttachType::Ingress),
-            (names::programs::POD_INGRESS, TcAttachType::Egress),
-        ] {
-            let path = self.link_path(iface.ifindex, program);
-            if path.exists() {
-                // A pinned link of an earlier agent (or an earlier interface with this index):
-                // replace it so the current program is the one in force.
-                if let Ok(old) = PinnedLink::from_pin(&path) {
-                    let _ = old.unpin();
-                }
-            }
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(program)
-                .expect("loaded in open")
-                .try_into()
-                .map_err(|source| DataplaneError::Program {
-                    name: program,
-                    source,
-                })?;
-            let id = prog
-                .attach_with_options(
-                    &iface.name,
-                    hook,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|source| DataplaneError::Attach {
-                    program,
-                    ifname: iface.name.clone(),
-                    source,
-                })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| DataplaneError::Attach {
-                    program,
-                    ifname: iface.name.clone(),
-                    source,
-                })?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(
-                    |e: aya::programs::links::LinkError| DataplaneError::PinLink {
-                        program,
-                        ifname: iface.name.clone(),
-                        path: path.clone(),
-                        source: Box::new(e),
-                    },
-                )?;
-            fd.pin(&path).map_err(|e| DataplaneError::PinLink {
-                program,
-                ifname: iface.name.clone(),
-                path: path.clone(),
-                source: Box::new(e),
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Detaches from an interface (which may already be gone, taking its links with it).
-    fn detach(&mut self, ifindex: u32) {
-        for program in [names::programs::POD_EGRESS, names::programs::POD_INGRESS] {
-            let path = self.link_path(ifindex, program);
-            if let Ok(link) = PinnedLink::from_pin(&path) {
-                // Unpinning drops the last reference: the kernel detaches the program.
-                let _ = link.unpin();
-            }
-        }
-    }
-
-    /// Looks up the identity the kernel would find for an address (tests, explain).
-    pub fn identity_of(&self, ip: IpAddr) -> Option<u32> {
-        if let Ok(id) = self
-            .id_addr
-            .get(&exact_addr(&IpNet::from(ip)).expect("a host prefix"), 0)
-        {
-            return Some(id);
-        }
-        match ip {
-            IpAddr::V4(a) => self.id_v4.get(&Key::new(32, a.octets()), 0).ok(),
-            IpAddr::V6(a) => self.id_v6.get(&Key::new(128, a.octets()), 0).ok(),
-        }
-    }
-
-    /// The loaded program, for test runs and benchmarks.
-    pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
-        self.ebpf.program(name).and_then(|p| p.try_into().ok())
-    }
-
-    /// Writes an endpoint record for an arbitrary ifindex without attaching (test runs use the
-    /// loopback's ifindex 1, where `BPF_PROG_TEST_RUN` runs packets).
-    pub fn sync_for_test_run(
-        &mut self,
-        tables: &Tables,
-        pod: &PodKey,
-        ifindex: u32,
-    ) -> Result<SyncReport> {
-        let ifaces = BTreeMap::from([(
-            pod.clone(),
-            Iface {
-                name: String::from("lo"),
-                ifindex,
-            },
-        )]);
-        // Mark as attached so sync does not try to attach to the loopback.
-        if let Some(s) = self.endpoints.get_mut(&ifindex) {
-            s.attached = true;
-        } else {
-            let ep_id = self.next_ep_id;
-            self.next_ep_id += 1;
-            self.endpoints.insert(
-                ifindex,
-                EndpointState {
-                    pod: Some(pod.clone()),
-                    ifname: "lo".into(),
-                    info: EndpointInfo {
-                        ep_id,
-                        policy_set: entries::set_id(ep_id, 1),
-                        ..Default::default()
-                    },
-                    entries: PolicyEntries::default(),
-                    attached: true,
-                },
-            );
-        }
-        self.sync(tables, &ifaces)
+    /// Whether both programs are attached to the interface `ifindex`.
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.endpoints.get(&ifindex).is_some_and(|e| e.attached)
     }
 }

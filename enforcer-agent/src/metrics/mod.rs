@@ -50,6 +50,8 @@ pub struct Metrics {
     pub map_pressure: prometheus::GaugeVec,
     /// Duration of compile + apply.
     pub sync_duration: HistogramVec,
+    /// Parts of syncs that could not be programmed, by class.
+    pub sync_errors: IntCounterVec,
     /// From noticing a change of the desired state to the datapath enforcing it.
     pub propagation_delay: Histogram,
     pub alerts: IntCounterVec,
@@ -111,6 +113,7 @@ impl Metrics {
                 HistogramOpts::new("enforcer_sync_duration_seconds", "Duration of a sync, by phase (compile, apply)").buckets(buckets.clone()),
                 &["phase"],
             ).expect("valid")),
+            sync_errors: reg(&r, IntCounterVec::new(Opts::new("enforcer_sync_errors_total", "Parts of a sync that could not be programmed (each kept its previous state), by class"), &["class"]).expect("valid")),
             propagation_delay: reg(&r, Histogram::with_opts(
                 HistogramOpts::new("enforcer_policy_propagation_delay_seconds", "From noticing a change to enforcing it").buckets(buckets),
             ).expect("valid")),
