@@ -1,4 +1,5 @@
-//! The enforcer agent as a library: each module is one job (see DESIGN.md).
+//! The enforcer agent as a library: each module is one job (see docs/design.md, "The modules
+//! of `enforcer-agent/src/`").
 //!
 //! - [`model`]: pods, namespaces and policies as plain data, converted from API objects.
 //! - [`compile`]: pure function from the model to the tables the kernel reads.

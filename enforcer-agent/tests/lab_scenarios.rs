@@ -1,9 +1,9 @@
-//! Every scenario in tests/scenarios (the lab format, FORMAT.md and SERVICES.md) run through
+//! Every scenario in tests/scenarios (the lab format, docs/scenario-format.md) run through
 //! `enforcer lab run`: real network namespaces, the real agents and datapath, real traffic,
 //! kube-proxy's NAT for Services. Each scenario runs as written (pods without a node on the
 //! one default node) and spread over two nodes (`--nodes node-a,node-b`), which must give
-//! the same results (SERVICES.md section 1). Needs root; lives in this crate because it runs
-//! the `enforcer` binary.
+//! the same results (docs/scenario-format.md "Nodes and `--nodes`"). Needs root; lives in
+//! this crate because it runs the `enforcer` binary.
 //!
 //! The two tests run side by side (the test harness's threads), and each keeps two labs
 //! running at once: a lab spends most of its time waiting for probe timeouts.

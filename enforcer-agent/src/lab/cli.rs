@@ -17,7 +17,8 @@ use super::topology::{self, Topology};
 /// Subcommands of `enforcer lab`.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// Run a scenario (FORMAT.md) against the agent in network namespaces; compare with expected.json.
+    /// Run a scenario (docs/scenario-format.md) against the agent in network namespaces; compare
+    /// with expected.json.
     Run(RunArgs),
     /// Bring up a scenario's first step (or the built-in demo) with its agent and leave it
     /// running; with --kubeconfig, a lab that follows a Kubernetes API's pods and Services.

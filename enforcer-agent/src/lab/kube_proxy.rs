@@ -1,5 +1,6 @@
 //! The lab's kube-proxy: the Service NAT of one node, written as kube-proxy's nftables mode
-//! writes it (SERVICES.md section 9.2), and applied in the node's network namespace.
+//! writes it (docs/scenario-format.md "What the lab provides"), and applied in the node's
+//! network namespace.
 //!
 //! Per family, one table `kube-proxy`:
 //! - `nat-prerouting` (pod traffic) and `nat-output` (the node's own traffic) look up
@@ -35,8 +36,8 @@ use crate::netns::Netns;
 
 /// The table kube-proxy's nftables mode uses, in both the `ip` and `ip6` families.
 pub const TABLE: &str = "kube-proxy";
-/// The Service ranges of the lab (SERVICES.md section 2): drops for unallocated ClusterIPs,
-/// and the node routes that let its own connections reach the NAT.
+/// The Service ranges of the lab (docs/scenario-format.md "Services (`cluster.yaml`)"): drops
+/// for unallocated ClusterIPs, and the node routes that let its own connections reach the NAT.
 pub const SERVICE_CIDR_V4: &str = "10.96.0.0/16";
 pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/48";
 /// The mark bit of connections to masquerade (kube-proxy's).

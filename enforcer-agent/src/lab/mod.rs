@@ -1,7 +1,7 @@
 //! The network-namespace lab: builds nodes and their pods as network namespaces, runs the real
 //! agent on every node, plays kube-proxy, and measures which connections policies let through.
 //!
-//! - [`scenario`]: scenario directories (FORMAT.md, SERVICES.md), result matrices and their
+//! - [`scenario`]: scenario directories (docs/scenario-format.md), result matrices and their
 //!   comparison.
 //! - [`placement`]: which node each pod runs on (spread mode), and the agents' manifests.
 //! - [`nodes`] / [`topology`]: node namespaces and their fabric; pods, veth pairs, addresses

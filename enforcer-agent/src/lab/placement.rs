@@ -1,5 +1,5 @@
-//! Which node each pod of a scenario runs on (SERVICES.md sections 1 and 9.3), and the
-//! manifests the lab's agents read once pods are placed.
+//! Which node each pod of a scenario runs on (docs/scenario-format.md "Nodes and `--nodes`"),
+//! and the manifests the lab's agents read once pods are placed.
 //!
 //! - A pod with `spec.nodeName` runs on that node, in every step.
 //! - A pod without it runs on the **default node** ([`DEFAULT_NODE`], today's single node), or,

@@ -106,11 +106,12 @@ pub async fn connect_once(
 /// What one probe item connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeTarget {
-    /// Every other pod, at its address of the probe's family, once (FORMAT.md).
+    /// Every other pod, at its address of the probe's family, once (docs/scenario-format.md
+    /// "Pod probes and how they are measured").
     Pods,
     /// A Service's ClusterIP: each client row (`namespace/name`) opens `attempts[row]`
     /// connections, each with a new socket, since the node picks a backend per connection
-    /// (SERVICES.md section 9.4). Rows without attempts are not judged.
+    /// (docs/scenario-format.md "Service probes"). Rows without attempts are not judged.
     Service {
         ip: IpAddr,
         /// The matrix column, `service/NS/NAME`.

@@ -1,4 +1,4 @@
-//! Scenario directories (see `FORMAT.md` of the lab): parsing steps, probes and pods, the
+//! Scenario directories (see docs/scenario-format.md): parsing steps, probes and pods, the
 //! result JSON shared by `expected.json` and measured results, and comparing the two.
 
 use std::collections::BTreeMap;
@@ -98,8 +98,9 @@ fn default_proto() -> Proto {
     Proto::Tcp
 }
 
-/// One item of `probes.yaml`: a pod probe (every pod pair, FORMAT.md) or, with `service`, a
-/// Service probe (every pod to the Service's ClusterIP, SERVICES.md section 5).
+/// One item of `probes.yaml`: a pod probe (every pod pair, docs/scenario-format.md "Pod probes
+/// and how they are measured") or, with `service`, a Service probe (every pod to the Service's
+/// ClusterIP, docs/scenario-format.md "Service probes").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
     /// `NAMESPACE/NAME` of the Service; `port` is then a Service port, not a target port.
@@ -133,8 +134,8 @@ impl Probe {
         self.service.as_ref().map(|s| format!("service/{s}"))
     }
 
-    /// Whether two probes have the same key (SERVICES.md section 7): service, port, protocol
-    /// and family, an absent family being IPv4.
+    /// Whether two probes have the same key (docs/scenario-format.md "`expected.json` and
+    /// results"): service, port, protocol and family, an absent family being IPv4.
     pub fn same_key(&self, other: &Probe) -> bool {
         self.service == other.service
             && self.port == other.port
@@ -580,10 +581,10 @@ impl fmt::Display for Comparison {
     }
 }
 
-/// Compares per FORMAT.md section 4 and SERVICES.md section 7: entries matched by step and key
-/// ((port, protocol, family), plus the Service for a Service probe); every expected boolean
-/// cell counts once; expected `null` cells are skipped; an actual `null` or missing cell is a
-/// mismatch.
+/// Compares per docs/scenario-format.md "`expected.json` and results": entries matched by step
+/// and key ((port, protocol, family), plus the Service for a Service probe); every expected
+/// boolean cell counts once; expected `null` cells are skipped; an actual `null` or missing
+/// cell is a mismatch.
 pub fn compare(expected: &Results, actual: &Results) -> Comparison {
     let mut cmp = Comparison::default();
     for (i, exp_step) in expected.steps.iter().enumerate() {

@@ -1,6 +1,6 @@
 //! Listeners inside pod namespaces: a TCP accept loop and a UDP echo loop per pod and per
 //! probed (port, protocol, family), and on each Service backend per target port a Service
-//! probe can reach (SERVICES.md section 9.1).
+//! probe can reach (docs/scenario-format.md "What the lab provides").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

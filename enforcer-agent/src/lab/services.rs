@@ -1,5 +1,6 @@
 //! The Services of a step as the lab sees them: the cluster model of the manifests the agents
-//! read (the model's own derivation of endpoints, SERVICES.md section 4, is the only one),
+//! read (the model's own derivation of endpoints, docs/scenario-format.md "Endpoints and
+//! candidates", is the only one),
 //! what each Service probe connects to and how often, and what each backend must serve.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,8 +18,8 @@ use crate::model::{Cluster, Protocol, Service, ServiceKey};
 use crate::source::manifests::parse_file;
 use crate::source::objects::{cluster_of, Object};
 
-/// Connections per candidate backend in a Service cell (SERVICES.md section 9.4 asks for at
-/// least 4), and the least per cell (a cell without candidates still tries).
+/// Connections per candidate backend in a Service cell (at least 4: docs/scenario-format.md
+/// "Service probes"), and the least per cell (a cell without candidates still tries).
 pub const ATTEMPTS_PER_CANDIDATE: usize = 4;
 pub const MIN_ATTEMPTS: usize = 2;
 
@@ -54,8 +55,8 @@ pub fn model_protocol(p: Proto) -> Protocol {
     }
 }
 
-/// Remembers every ClusterIP a Service had, so a probe may name a deleted Service (SERVICES.md
-/// section 5: the client connects to the address it had).
+/// Remembers every ClusterIP a Service had, so a probe may name a deleted Service (the client
+/// connects to the address it had: docs/scenario-format.md "Service probes").
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterIpMemory(pub BTreeMap<String, Vec<IpAddr>>);
 
