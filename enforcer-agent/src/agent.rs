@@ -594,6 +594,7 @@ fn sync_once(
     let mut flow_ctx =
         enrich::Context::new(&opts.node, &desired.cluster, tables, dp.endpoint_pods());
     flow_ctx.frontends = dp.frontend_names().clone();
+    flow_ctx.rules = dp.rule_refs();
     *ctx.write().expect("flow context lock poisoned") = flow_ctx;
     Ok(Status {
         digest: desired.digest.clone(),

@@ -11,7 +11,7 @@ use enforcer_common::policy::{identity, PolicyKey, POLICY_KEY_FIXED_BITS};
 use enforcer_common::proto;
 use ipnet::IpNet;
 
-use crate::compile::tables::{EndpointPlan, Peer, PrefixOwner, Tables};
+use crate::compile::tables::{EndpointPlan, Peer, PrefixOwner, RuleRef, Tables};
 
 /// A `POLICY_RANGES` entry without its set id: (prefix length in bits, key with `set` = 0).
 pub type RangeKey = (u32, PolicyKey);
@@ -125,6 +125,82 @@ pub fn policy_entries(plan: &EndpointPlan, ids: &BTreeMap<IpNet, u32>) -> Policy
         }
     }
     out
+}
+
+/// [`policy_entries`] with the compiler's rule ids (positions in `Tables::rules`) replaced by
+/// stable ones (`stable[position - 1]`, from [`RuleIds::assign`]). The rule an entry credits
+/// is still the lowest position that allows it, so it does not depend on history.
+pub fn policy_entries_stable(
+    plan: &EndpointPlan,
+    ids: &BTreeMap<IpNet, u32>,
+    stable: &[u32],
+) -> PolicyEntries {
+    let mut out = policy_entries(plan, ids);
+    let map = |r: &mut u32| {
+        if let Some(&s) = (*r as usize).checked_sub(1).and_then(|i| stable.get(i)) {
+            *r = s;
+        }
+    };
+    out.exact.values_mut().for_each(map);
+    out.ranges.values_mut().for_each(map);
+    out
+}
+
+/// Stable rule ids: a rule (policy, direction, index) keeps its id while it exists. The
+/// compiler numbers rules by position, so adding or removing one policy would renumber every
+/// later policy's rules and rewrite their entries on every node; with these ids it changes
+/// only the entries of the pods it selects. Ids are not reused while the agent runs (an event
+/// in flight still names its rule); a restarted agent starts after the largest id it finds
+/// in the pinned entries (and rewrites each pod's entries once, with its own ids).
+#[derive(Debug)]
+pub struct RuleIds {
+    by_rule: BTreeMap<RuleRef, u32>,
+    next: u32,
+}
+
+impl Default for RuleIds {
+    fn default() -> Self {
+        Self::starting_after(0)
+    }
+}
+
+impl RuleIds {
+    /// An allocator whose first id is above `largest` (0 is "no rule").
+    pub fn starting_after(largest: u32) -> Self {
+        RuleIds {
+            by_rule: BTreeMap::new(),
+            next: largest.saturating_add(1).max(1),
+        }
+    }
+
+    /// Stable id of every rule of `tables`, by position (`out[position - 1]`); rules that are
+    /// gone are forgotten.
+    pub fn assign(&mut self, tables: &Tables) -> Vec<u32> {
+        let mut by_rule = BTreeMap::new();
+        let mut out = Vec::with_capacity(tables.rules.len());
+        for rule in &tables.rules {
+            let id = match self.by_rule.get(rule) {
+                Some(&id) => id,
+                None => {
+                    let id = self.next;
+                    self.next += 1;
+                    id
+                }
+            };
+            by_rule.insert(rule.clone(), id);
+            out.push(id);
+        }
+        self.by_rule = by_rule;
+        out
+    }
+
+    /// Stable id -> rule, for flow attribution.
+    pub fn rules(&self) -> BTreeMap<u32, RuleRef> {
+        self.by_rule
+            .iter()
+            .map(|(r, id)| (*id, r.clone()))
+            .collect()
+    }
 }
 
 /// The `ENDPOINTS` record of a pod.

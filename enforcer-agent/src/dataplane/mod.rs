@@ -145,6 +145,7 @@ pub struct Dataplane {
     revision: u32,
     /// Entries whose removal failed, by policy set: retried at every sync.
     leftovers: Vec<(u32, PolicyEntries)>,
+    rules: entries::RuleIds,
 }
 
 impl Dataplane {
@@ -248,6 +249,7 @@ impl Dataplane {
             next_ep_id: 1,
             revision: 0,
             leftovers: Vec::new(),
+            rules: entries::RuleIds::default(),
         };
         dp.adopt()?;
         layout::write(&mut layout_map).map_err(map_err(names::LAYOUT, "write"))?;
@@ -304,6 +306,15 @@ impl Dataplane {
         for item in self.endpoints_map.iter() {
             eps.push(item.map_err(map_err(names::ENDPOINTS, "read"))?);
         }
+        // Rule ids in the pinned entries may still be named by events in flight: new ones
+        // start above them.
+        let largest_rule = by_set
+            .values()
+            .flat_map(|e| e.exact.values().chain(e.ranges.values()))
+            .copied()
+            .max()
+            .unwrap_or(0);
+        self.rules = entries::RuleIds::starting_after(largest_rule);
         for (ifindex, info) in eps {
             let entries = by_set.remove(&info.policy_set).unwrap_or_default();
             // This agent's programs go in force on the links it adopts, in place; a pod counts
@@ -436,6 +447,7 @@ impl Dataplane {
         // 1. identities: add new prefixes and changed ids. One that cannot be written leaves
         //    its addresses unknown to the datapath (matched by no peer rule: fails closed).
         let ids = self.ids.assign(tables);
+        let rule_ids = self.rules.assign(tables);
         for (net, &id) in &ids {
             if self.ids.by_prefix.get(net) != Some(&id) {
                 match self.insert_identity(net, id) {
@@ -456,7 +468,7 @@ impl Dataplane {
                 continue;
             };
             keep.insert(iface.ifindex, ());
-            let desired = entries::policy_entries(plan, &ids);
+            let desired = entries::policy_entries_stable(plan, &ids, &rule_ids);
             let state = match self.endpoints.remove(&iface.ifindex) {
                 Some(s) => s,
                 None => self.new_endpoint(iface),
@@ -541,6 +553,11 @@ impl Dataplane {
         report.endpoints = self.endpoints.len();
         report.revision = self.revision;
         Ok(report)
+    }
+
+    /// The rule each stable rule id in the maps stands for (flow attribution).
+    pub fn rule_refs(&self) -> BTreeMap<u32, crate::compile::tables::RuleRef> {
+        self.rules.rules()
     }
 
     /// Whether both programs are attached to the interface `ifindex`.

@@ -133,6 +133,8 @@ pub struct Context {
     pub endpoints: BTreeMap<u32, (PodKey, String)>,
     /// Service frontend id → the Service port it stands for.
     pub frontends: BTreeMap<u32, crate::dataplane::services::FrontendName>,
+    /// Rule id in the datapath → the rule (empty: the compiler's ids, `tables.rules`).
+    pub rules: BTreeMap<u32, crate::compile::tables::RuleRef>,
 }
 
 impl Context {
@@ -154,6 +156,7 @@ impl Context {
             pods_by_ip,
             endpoints,
             frontends: BTreeMap::new(),
+            rules: BTreeMap::new(),
         }
     }
 
@@ -188,7 +191,12 @@ impl Context {
             Ok(r) => r.name().to_string(),
             Err(raw) => format!("unknown_{raw}"),
         });
-        let rule = self.tables.rule(ev.rule).map(|r| RuleAttribution {
+        // The datapath's stable rule ids when the dataplane gave them, else the compiler's.
+        let rule = match self.rules.is_empty() {
+            true => self.tables.rule(ev.rule),
+            false => self.rules.get(&ev.rule),
+        };
+        let rule = rule.map(|r| RuleAttribution {
             policy: r.policy.to_string(),
             direction: r.direction,
             index: r.index,
