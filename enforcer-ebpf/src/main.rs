@@ -454,22 +454,28 @@ fn remember_first_fragment(
         return result;
     }
     // A record exists: later fragments that came first, or an earlier first fragment with
-    // this identification (a duplicate, or the id used again), which this one replaces.
+    // this identification (a duplicate, or the id used again), which this one replaces, in
+    // place. (A failed insert costs about what a successful one does: LRU maps take a free
+    // node before they look.)
     let mut result = result;
-    // SAFETY: the value is copied out at once.
-    if let Some(old) = unsafe { FRAGMENTS.get(&key) }.copied() {
-        if old.verdict == FRAG_HEADLESS && fresh(&old, now) && old.min_later < entry.hdr_end && result.is_ok() {
-            // A fragment already passed starts inside the header just judged: the receiver
-            // could rebuild a different one.
-            result = Err(DropReason::FragmentOverlap);
-            entry.verdict = verdict::DROPPED;
-            entry.reason = DropReason::FragmentOverlap as u8;
+    let Some(old) = FRAGMENTS.get_ptr_mut(&key) else {
+        // Evicted meanwhile.
+        if FRAGMENTS.insert(&key, &entry, BPF_ANY as u64).is_err() {
+            // Its later fragments will find no head: see `follow_first_fragment`.
+            count(counter::FRAG_INSERT_FAILED);
         }
+        return result;
+    };
+    // SAFETY: a valid pointer into the map value (see `follow_first_fragment` on races).
+    let old = unsafe { &mut *old };
+    if old.verdict == FRAG_HEADLESS && fresh(old, now) && old.min_later < entry.hdr_end && result.is_ok() {
+        // A fragment already passed starts inside the header just judged: the receiver
+        // could rebuild a different one.
+        result = Err(DropReason::FragmentOverlap);
+        entry.verdict = verdict::DROPPED;
+        entry.reason = DropReason::FragmentOverlap as u8;
     }
-    if FRAGMENTS.insert(&key, &entry, BPF_ANY as u64).is_err() {
-        // Its later fragments will find no head: see `follow_first_fragment`.
-        count(counter::FRAG_INSERT_FAILED);
-    }
+    *old = entry;
     result
 }
 

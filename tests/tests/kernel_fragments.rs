@@ -130,8 +130,25 @@ fn later_fragments_follow_the_first_fragment() {
             DROP,
             "{b}: its later fragment"
         );
+        // A second first fragment with the same id replaces the first one's verdict: an
+        // allowed one then a denied one (other ports) leaves the datagram dropped.
+        assert_eq!(
+            f.ingress(&udp_first(b, a, 53, 9)),
+            PASS,
+            "{b}: allowed first"
+        );
+        assert_eq!(
+            f.ingress(&udp_first(b, a, 54, 9)),
+            DROP,
+            "{b}: another first"
+        );
+        assert_eq!(
+            f.ingress(&later(b, a, UDP, at(9, 9))),
+            DROP,
+            "{b}: follows the last first fragment"
+        );
     }
-    assert_eq!(drops(&f, DropReason::FragmentOfDropped), 2);
+    assert_eq!(drops(&f, DropReason::FragmentOfDropped), 4);
     assert_eq!(f.counter(counter::FRAG_HEADLESS_PASSED), 0);
 }
 
