@@ -23,8 +23,10 @@ pub mod timeout {
     pub const TCP_CLOSED: u64 = 0;
     pub const UDP: u64 = 120 * S;
     pub const OTHER: u64 = 60 * S;
-    /// How long a first fragment's verdict stands for its later fragments.
-    pub const FRAGMENT: u64 = 30 * S;
+    /// How long a datagram's fragment record stands (its first fragment's verdict, or the
+    /// later fragments that passed before it): as long as the kernel keeps an incomplete
+    /// datagram by default (`ipfrag_time` 30 s, `ip6frag_time` 60 s).
+    pub const FRAGMENT: u64 = 60 * S;
 }
 
 /// The idle timeout of a connection of protocol `proto` in state `state`.
@@ -131,7 +133,8 @@ pub struct CtEntry {
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
 
-/// Key of `FRAGMENTS`: one datagram of one endpoint, as it travels.
+/// Key of `FRAGMENTS`: one datagram of one endpoint, as it travels, identified as the
+/// receiving kernel reassembles it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FragKey {
@@ -142,21 +145,34 @@ pub struct FragKey {
     /// Source and destination, network order (IPv4-mapped for IPv4).
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// IPv4: the protocol (part of IPv4's reassembly key). IPv6: 0, because IPv6 reassembles
+    /// on addresses and identification only and takes the next header from the first
+    /// fragment: a later fragment's next header is a claim nobody checks.
     pub proto: u8,
     pub direction: u8,
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FragKey>() == 44);
 
-/// Value of `FRAGMENTS`: what happened to the first fragment.
+/// `FragEntry::verdict` of a datagram whose first fragment has not been seen yet: later
+/// fragments passed (into a pod, where the receiving kernel holds them until the first
+/// fragment is judged), the lowest of them at `FragEntry::min_later`.
+pub const FRAG_HEADLESS: u8 = 0xff;
+
+/// `FragEntry::min_later` when no later fragment passed before the first fragment.
+pub const FRAG_NO_LATER: u16 = u16::MAX;
+
+/// Value of `FRAGMENTS`: what happened to the datagram's first fragment (or, before it
+/// arrives, to its later fragments).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FragEntry {
+    /// When the record was written (first fragment, or first headless later fragment).
     pub first_seen_ns: u64,
     /// Source and destination port of the first fragment, network order (for reports).
     pub sport: u16,
     pub dport: u16,
-    /// `flow::verdict::*` of the first fragment.
+    /// `flow::verdict::ALLOWED` or `DROPPED` (the first fragment's), or [`FRAG_HEADLESS`].
     pub verdict: u8,
     /// `reason::DropReason` of the first fragment when it was dropped.
     pub reason: u8,
@@ -169,7 +185,13 @@ pub struct FragEntry {
     pub nat_dst: [u8; 16],
     /// `service::Frontend::id` of a translated datagram (host order).
     pub frontend: u32,
-    pub _pad2: u32,
+    /// Bytes of the fragmentable part the first fragment's verdict was judged on (IPv6
+    /// extension headers after the fragment header, the L4 header, an ICMP error's quoted
+    /// header): a later fragment starting below this offset overlaps them and is dropped.
+    pub hdr_end: u16,
+    /// Lowest offset (bytes) of a later fragment that passed before the first fragment
+    /// ([`FRAG_NO_LATER`]: none). A first fragment whose `hdr_end` exceeds it is dropped.
+    pub min_later: u16,
 }
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 56);
 

@@ -24,8 +24,10 @@ pub const POLICY_RANGES: &str = "POLICY_RANGES";
 /// the programs; the agent removes expired entries (reporting their end) and may flush it.
 pub const CONNTRACK: &str = "CONNTRACK_V2";
 /// LRU hash [`crate::ct::FragKey`] → [`crate::ct::FragEntry`]: the verdict of a datagram's
-/// first fragment (and its Service translation), which its later fragments follow.
-pub const FRAGMENTS: &str = "FRAGMENTS_V2";
+/// first fragment (and its Service translation and judged header length), which its later
+/// fragments follow; or the later fragments that passed before their first fragment.
+/// V3: `FragEntry` gained `hdr_end`/`min_later` and the IPv6 key no longer holds a protocol.
+pub const FRAGMENTS: &str = "FRAGMENTS_V3";
 /// Hash [`crate::service::FrontendKey`] → [`crate::service::Frontend`]: every Service port of
 /// every ClusterIP. Written by the agent; read per new connection of a pod.
 pub const SVC_FRONTENDS: &str = "SVC_FRONTENDS";

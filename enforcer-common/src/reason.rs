@@ -11,8 +11,9 @@ pub enum DropReason {
     SpoofedSource = 2,
     /// A header is truncated or malformed: dropped rather than passed unchecked.
     Malformed = 3,
-    /// A later fragment whose first fragment was not seen (or is forgotten), in an isolated
-    /// direction.
+    /// A later fragment whose first fragment was not seen (or is forgotten), leaving a pod
+    /// isolated for egress. (Into a pod such a fragment passes: see
+    /// `counter::FRAG_HEADLESS_PASSED`.)
     FragmentWithoutHead = 4,
     /// An ethertype other than IPv4, IPv6 and ARP (VLAN tags included).
     UnsupportedEthertype = 5,
@@ -29,10 +30,20 @@ pub enum DropReason {
     /// A connection to a Service port with no ready endpoint (for this node, under
     /// `internalTrafficPolicy: Local`): nothing could answer it.
     ServiceNoEndpoints = 11,
+    /// A first fragment that does not hold the whole header its verdict depends on (TCP: 20
+    /// bytes or the data offset's length if longer; UDP 8; SCTP 12; ICMP 8; an ICMP error's
+    /// quoted header and 8 bytes; IPv6: every extension header before it): the rest would
+    /// come in later fragments, unjudged (RFC 1858, RFC 7112).
+    TinyFragment = 12,
+    /// A later fragment that overlaps the header its datagram's first fragment was judged on
+    /// (e.g. IPv4 TCP at offset 1 or 2), which could change the ports or TCP flags after
+    /// the verdict (RFC 1858, RFC 3128); or a first fragment that such a fragment, passed
+    /// before it, overlaps. The rest of the datagram is dropped with it.
+    FragmentOverlap = 13,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::PolicyDenied,
         DropReason::SpoofedSource,
         DropReason::Malformed,
@@ -44,6 +55,8 @@ impl DropReason {
         DropReason::UnknownEndpoint,
         DropReason::FragmentOfDropped,
         DropReason::ServiceNoEndpoints,
+        DropReason::TinyFragment,
+        DropReason::FragmentOverlap,
     ];
 
     /// Stable snake_case name (logs, metrics labels, JSON).
@@ -60,6 +73,8 @@ impl DropReason {
             DropReason::UnknownEndpoint => "unknown_endpoint",
             DropReason::FragmentOfDropped => "fragment_of_dropped",
             DropReason::ServiceNoEndpoints => "service_no_endpoints",
+            DropReason::TinyFragment => "tiny_fragment",
+            DropReason::FragmentOverlap => "fragment_overlap",
         }
     }
 }
@@ -86,7 +101,8 @@ pub mod counter {
     pub const CT_CREATED: u32 = 1;
     /// Conntrack insert failures (the packet's verdict stands; its replies are re-checked).
     pub const CT_INSERT_FAILED: u32 = 2;
-    /// Fragment-map insert failures (later fragments then find no head: dropped if isolated).
+    /// Fragment-map insert failures (later fragments then find no head: see
+    /// `FRAG_HEADLESS_PASSED` and `DropReason::FragmentWithoutHead`).
     pub const FRAG_INSERT_FAILED: u32 = 3;
     /// Flow events lost because the ring buffer was full.
     pub const EVENTS_LOST: u32 = 4;
@@ -103,7 +119,12 @@ pub mod counter {
     /// `NAT_FWD`/`NAT_REV` insert failures (the connection passes; its next packets choose a
     /// backend again and its replies are not rewritten: it fails, never opens more).
     pub const NAT_INSERT_FAILED: u32 = 10;
+    /// Later fragments passed with no recorded first fragment (reordered on the way into a
+    /// pod, or in a direction that is not isolated): the receiving kernel holds them and
+    /// delivers nothing unless the first fragment, judged when it comes, passes.
+    pub const FRAG_HEADLESS_PASSED: u32 = 11;
     /// `COUNTERS[DROP_BASE + reason]` counts drops by reason.
     pub const DROP_BASE: u32 = 16;
     pub const LEN: u32 = 32;
+    const _: () = assert!(DROP_BASE as usize + super::DropReason::ALL.len() < LEN as usize);
 }

@@ -4,7 +4,9 @@
 //! Per packet:
 //! 1. the endpoint (local pod) of the interface, its isolation flags and policy set;
 //! 2. parse; ARP/ND/MLD pass; a pod's packet must come from the pod's own address;
-//! 3. later fragments follow their first fragment's verdict;
+//! 3. later fragments follow their first fragment's verdict; reordered ones (no first fragment
+//!    yet) may enter a pod, never leave one isolated for egress; none may overlap the header
+//!    its datagram was judged on (see "Fragments" below);
 //! 4. ICMP errors pass only when they relate to a tracked connection (or the direction is not
 //!    isolated);
 //! 5. conntrack: packets of a tracked connection pass (re-checked once after a policy change);
@@ -25,9 +27,17 @@ mod policy;
 mod report;
 mod service;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+    macros::classifier,
+    programs::TcContext,
+};
 use enforcer_common::{
-    ct::{FragEntry, FragKey, CT_F_HAIRPIN, CT_F_SERVICE, FRAG_NAT_HAIRPIN, FRAG_NAT_REWRITE},
+    ct::{
+        FragEntry, FragKey, CT_F_HAIRPIN, CT_F_SERVICE, FRAG_HEADLESS, FRAG_NAT_HAIRPIN, FRAG_NAT_REWRITE,
+        FRAG_NO_LATER,
+    },
     direction,
     endpoint::{EndpointInfo, F_AUDIT, F_EGRESS_ISOLATED, F_HAS_V4, F_HAS_V6, F_INGRESS_ISOLATED},
     family,
@@ -120,7 +130,13 @@ fn try_handle(ctx: &TcContext, dir: u8, pkt: &mut Packet, rep: &mut Report) -> R
     // SAFETY: the map value is copied out at once.
     let ep = unsafe { ENDPOINTS.get(&rep.ifindex) }.copied().ok_or(DropReason::UnknownEndpoint)?;
     rep.ep_id = ep.ep_id;
-    parse::parse(ctx, pkt)?;
+    if let Err(reason) = parse::parse(ctx, pkt) {
+        // A first fragment dropped as tiny or malformed takes its datagram with it.
+        if pkt.frag == Frag::First {
+            let _ = remember_first_fragment(&ep, dir, pkt, Err(reason));
+        }
+        return Err(reason);
+    }
     if pkt.kind == Kind::LinkControl {
         count(counter::LINK_CONTROL);
         return Ok(());
@@ -137,7 +153,7 @@ fn try_handle(ctx: &TcContext, dir: u8, pkt: &mut Packet, rep: &mut Report) -> R
     }
     let result = decide(&ep, dir, pkt, rep, isolated);
     if pkt.frag == Frag::First {
-        remember_first_fragment(&ep, dir, pkt, &result);
+        return remember_first_fragment(&ep, dir, pkt, result);
     }
     result
 }
@@ -347,7 +363,38 @@ fn check(ep: &EndpointInfo, dir: u8, ident: u32, proto: u8, dport: u16, isolated
     policy::allowed_by(ep.flags, ep.policy_set, dir, ident, proto, u16::from_be(dport))
 }
 
-/// The key of a datagram's fragments: its addresses as they travel (before any translation).
+// Fragments.
+//
+// A tc hook cannot hold a packet back, so a later fragment that arrives before its first
+// fragment (reordered in the network) can only be dropped, passed, or left to be judged after
+// the kernel reassembled the datagram (netfilter's defrag in the node's namespace: a copy of
+// every fragmented datagram, reassembly on the forwarding path and new fragments after it,
+// and judgment by another hook). Dropping it drops legitimate datagrams. Passing it is safe
+// where the receiving kernel reassembles: it holds the fragment, and delivers nothing of the
+// datagram unless the first fragment, which is judged here, passes too. So:
+//
+// - a first fragment is judged on its ports like any packet, must hold the whole header its
+//   verdict depends on (`parse`: `TinyFragment`), and its verdict, allowed or dropped, is
+//   recorded for its later fragments, with the length of that header;
+// - a later fragment of an allowed datagram passes (translated as its first fragment was),
+//   one of a dropped datagram is dropped;
+// - a later fragment with no recorded first fragment passes into a pod (the pod's kernel
+//   holds it; counted as `FRAG_HEADLESS_PASSED`) and where the direction is not isolated,
+//   but never leaves a pod isolated for egress (`FragmentWithoutHead`): its payload would
+//   reach the wire of a destination nobody judged, and a pod's own stack sends its first
+//   fragment first;
+// - no later fragment may overlap the header its datagram was judged on (`FragmentOverlap`,
+//   RFC 1858 / RFC 3128): statelessly below the protocol's minimal header (IPv4 TCP at
+//   offset 1 or 2), against the recorded header length when the first fragment came first,
+//   and, when later fragments came first, the first fragment is dropped if one of them
+//   starts inside its header. A dropped overlap marks the datagram dropped.
+//
+// The result is never weaker than judging the reassembled datagram: what reaches an
+// application was reassembled around a first fragment judged here, whose header no later
+// fragment could change.
+
+/// The key of a datagram's fragments: its addresses as they travel (before any translation),
+/// as the receiving kernel groups them (see `FragKey::proto`).
 #[inline(always)]
 fn frag_key(ep: &EndpointInfo, dir: u8, pkt: &Packet) -> FragKey {
     let t = if pkt.nat != NAT_NONE { &pkt.wire } else { &pkt.tuple };
@@ -356,24 +403,38 @@ fn frag_key(ep: &EndpointInfo, dir: u8, pkt: &Packet) -> FragKey {
         id: pkt.frag_id,
         src: t.src,
         dst: t.dst,
-        proto: pkt.tuple.proto,
+        proto: if pkt.family == family::IPV4 { pkt.tuple.proto } else { 0 },
         direction: dir,
         _pad: [0; 2],
     }
 }
 
-// Not inlined: its key and value get their own stack frame, apart from the policy path's.
+#[inline(always)]
+fn fresh(e: &FragEntry, now: u64) -> bool {
+    now.wrapping_sub(e.first_seen_ns) <= enforcer_common::ct::timeout::FRAGMENT
+}
+
+/// Records a first fragment's verdict and returns the packet's: `result`, unless later
+/// fragments that passed before it overlap its header (then it is dropped, and its datagram
+/// with it). Not inlined: its key and value get their own stack frame, apart from the
+/// policy path's.
 #[inline(never)]
-fn remember_first_fragment(ep: &EndpointInfo, dir: u8, pkt: &Packet, result: &Result<(), DropReason>) {
-    let entry = FragEntry {
-        // SAFETY: no preconditions.
-        first_seen_ns: unsafe { bpf_ktime_get_ns() },
+fn remember_first_fragment(
+    ep: &EndpointInfo,
+    dir: u8,
+    pkt: &Packet,
+    result: Result<(), DropReason>,
+) -> Result<(), DropReason> {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut entry = FragEntry {
+        first_seen_ns: now,
         sport: pkt.tuple.sport,
         dport: pkt.tuple.dport,
         verdict: if result.is_ok() { verdict::ALLOWED } else { verdict::DROPPED },
         reason: match result {
             Ok(()) => 0,
-            Err(r) => *r as u8,
+            Err(r) => r as u8,
         },
         nat: match pkt.nat {
             NAT_REWRITE => FRAG_NAT_REWRITE,
@@ -384,43 +445,126 @@ fn remember_first_fragment(ep: &EndpointInfo, dir: u8, pkt: &Packet, result: &Re
         nat_src: pkt.out.src,
         nat_dst: pkt.out.dst,
         frontend: pkt.frontend,
-        _pad2: 0,
+        hdr_end: pkt.l4_end.saturating_sub(pkt.frag_start as u32) as u16,
+        min_later: FRAG_NO_LATER,
     };
-    if FRAGMENTS.insert(&frag_key(ep, dir, pkt), &entry, 0).is_err() {
-        // Its later fragments will find no head: dropped where the direction is isolated.
-        count(counter::FRAG_INSERT_FAILED);
+    let key = frag_key(ep, dir, pkt);
+    // The usual case, nothing recorded for this datagram yet: one map operation, as before.
+    if FRAGMENTS.insert(&key, &entry, BPF_NOEXIST as u64).is_ok() {
+        return result;
     }
+    // A record exists: later fragments that came first, or an earlier first fragment with
+    // this identification (a duplicate, or the id used again), which this one replaces, in
+    // place. (A failed insert costs about what a successful one does: LRU maps take a free
+    // node before they look.)
+    let mut result = result;
+    let Some(old) = FRAGMENTS.get_ptr_mut(&key) else {
+        // Evicted meanwhile.
+        if FRAGMENTS.insert(&key, &entry, BPF_ANY as u64).is_err() {
+            // Its later fragments will find no head: see `follow_first_fragment`.
+            count(counter::FRAG_INSERT_FAILED);
+        }
+        return result;
+    };
+    // SAFETY: a valid pointer into the map value (see `follow_first_fragment` on races).
+    let old = unsafe { &mut *old };
+    if old.verdict == FRAG_HEADLESS && fresh(old, now) && old.min_later < entry.hdr_end && result.is_ok() {
+        // A fragment already passed starts inside the header just judged: the receiver
+        // could rebuild a different one.
+        result = Err(DropReason::FragmentOverlap);
+        entry.verdict = verdict::DROPPED;
+        entry.reason = DropReason::FragmentOverlap as u8;
+    }
+    *old = entry;
+    result
 }
 
 #[inline(never)]
 fn follow_first_fragment(ep: &EndpointInfo, dir: u8, pkt: &mut Packet, isolated: bool) -> Result<(), DropReason> {
-    // SAFETY: the value is copied out at once.
-    let head = unsafe { FRAGMENTS.get(&frag_key(ep, dir, pkt)) }.copied();
+    let key = frag_key(ep, dir, pkt);
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    match head {
-        Some(h) if now.wrapping_sub(h.first_seen_ns) <= enforcer_common::ct::timeout::FRAGMENT => {
+    let off = pkt.frag_off;
+    // Below the least header of the protocol it claims, a later fragment overlaps the header
+    // of any first fragment of its datagram. IPv4's protocol is part of the reassembly key;
+    // IPv6's next header is only a claim, checked against the first fragment's own header.
+    let floor = parse::min_l4_header(pkt.tuple.proto);
+    let head = FRAGMENTS.get_ptr_mut(&key);
+    if let Some(h) = head {
+        // SAFETY: a valid pointer into the map value; racing writers of one datagram's record
+        // can at worst lose a `min_later` update or an overlap mark (the receiver discards
+        // overlapping datagrams itself).
+        let h = unsafe { &mut *h };
+        if fresh(h, now) && h.verdict != FRAG_HEADLESS {
             pkt.tuple.sport = h.sport;
             pkt.tuple.dport = h.dport;
-            if h.verdict == verdict::ALLOWED {
-                if h.nat & FRAG_NAT_REWRITE != 0 {
-                    // The same translation as the first fragment: addresses only (a later
-                    // fragment has no ports; the first one's checksum covers the datagram).
-                    pkt.wire = pkt.tuple;
-                    pkt.out = pkt.tuple;
-                    pkt.out.src = h.nat_src;
-                    pkt.out.dst = h.nat_dst;
-                    pkt.frontend = h.frontend;
-                    pkt.nat = if h.nat & FRAG_NAT_HAIRPIN != 0 { NAT_HAIRPIN } else { NAT_REWRITE };
-                }
-                Ok(())
-            } else {
-                Err(DropReason::FragmentOfDropped)
+            if h.verdict != verdict::ALLOWED {
+                return Err(DropReason::FragmentOfDropped);
             }
+            if off < floor || off < h.hdr_end {
+                // The datagram's other fragments go with it: it can no longer be rebuilt as
+                // judged.
+                h.verdict = verdict::DROPPED;
+                h.reason = DropReason::FragmentOverlap as u8;
+                return Err(DropReason::FragmentOverlap);
+            }
+            if h.nat & FRAG_NAT_REWRITE != 0 {
+                // The same translation as the first fragment: addresses only (a later
+                // fragment has no ports; the first one's checksum covers the datagram).
+                pkt.wire = pkt.tuple;
+                pkt.out = pkt.tuple;
+                pkt.out.src = h.nat_src;
+                pkt.out.dst = h.nat_dst;
+                pkt.frontend = h.frontend;
+                pkt.nat = if h.nat & FRAG_NAT_HAIRPIN != 0 { NAT_HAIRPIN } else { NAT_REWRITE };
+            }
+            return Ok(());
         }
-        // No decided first fragment: never into (or out of) an isolated pod.
-        _ if isolated => Err(DropReason::FragmentWithoutHead),
-        _ => Ok(()),
+    }
+    // No first fragment recorded (not seen yet, forgotten, or only later fragments so far).
+    if off < floor {
+        return Err(DropReason::FragmentOverlap);
+    }
+    if isolated && dir == direction::EGRESS {
+        return Err(DropReason::FragmentWithoutHead);
+    }
+    headless(&key, head, off, now);
+    count(counter::FRAG_HEADLESS_PASSED);
+    Ok(())
+}
+
+/// Notes a later fragment that passed before its first fragment: the first fragment is then
+/// checked against the lowest such offset (`remember_first_fragment`).
+#[inline(always)]
+fn headless(key: &FragKey, head: Option<*mut FragEntry>, off: u16, now: u64) {
+    if let Some(h) = head {
+        // SAFETY: as in `follow_first_fragment`.
+        let h = unsafe { &mut *h };
+        if h.verdict == FRAG_HEADLESS && fresh(h, now) {
+            if off < h.min_later {
+                h.min_later = off;
+            }
+            return;
+        }
+    }
+    let entry = FragEntry {
+        first_seen_ns: now,
+        sport: 0,
+        dport: 0,
+        verdict: FRAG_HEADLESS,
+        reason: 0,
+        nat: 0,
+        _pad: 0,
+        nat_src: [0; 16],
+        nat_dst: [0; 16],
+        frontend: 0,
+        hdr_end: 0,
+        min_later: off,
+    };
+    if FRAGMENTS.insert(key, &entry, BPF_ANY as u64).is_err() {
+        // Its first fragment will not be checked against it; the receiving kernel still
+        // discards a datagram whose fragments overlap (Linux since 4.19, RFC 5722).
+        count(counter::FRAG_INSERT_FAILED);
     }
 }
 

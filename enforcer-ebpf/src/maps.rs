@@ -52,8 +52,8 @@ pub static POLICY_RANGES: LpmTrie<PolicyKey, u32> = LpmTrie::pinned(sizes::POLIC
 #[map(name = "CONNTRACK_V2")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(sizes::CONNTRACK, 0);
 
-/// First-fragment verdicts for the later fragments of the same datagram.
-#[map(name = "FRAGMENTS_V2")]
+/// First-fragment verdicts (and headless later fragments) of fragmented datagrams.
+#[map(name = "FRAGMENTS_V3")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(sizes::FRAGMENTS, 0);
 
 /// Global settings: the policy revision.

@@ -47,9 +47,10 @@ pub enum Kind {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Frag {
     None,
-    /// Offset zero with more fragments: carries the L4 header.
+    /// Offset zero with more fragments: carries the L4 header, all of it (or it is dropped as
+    /// `TinyFragment`).
     First,
-    /// Offset non-zero: no L4 header; follows the first fragment's verdict.
+    /// Offset non-zero: no L4 header; follows the first fragment's verdict (`main`).
     Later,
 }
 
@@ -80,6 +81,17 @@ pub struct Packet {
     pub inner: Tuple,
     /// Offset of the L4 header (0 for a later fragment: it has none).
     pub l4_off: u16,
+    /// For a fragment: frame offset of its fragmentable part (IPv4: right after the IP
+    /// header; IPv6: right after the fragment header); 0 otherwise.
+    pub frag_start: u16,
+    /// For a later fragment: its offset in the datagram's fragmentable part, in bytes.
+    pub frag_off: u16,
+    /// For a first fragment: frame offset where the bytes its verdict depends on end (the IPv6
+    /// header chain, the L4 header, an ICMP error's quoted header); it must hold all of them.
+    pub l4_end: u32,
+    /// For a fragment: frame offset where the IP packet ends by its own length field (a frame
+    /// may be longer).
+    pub ip_end: u32,
     /// For `Kind::IcmpError`: offset of the quoted packet's L4 header.
     pub inner_l4: u16,
     /// Service translation of this packet (`service::NAT_*`): its header still holds `wire`,
@@ -118,6 +130,20 @@ fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
 }
 
+/// The least a first fragment must hold of protocol `p`'s header (its ports, TCP's flags and
+/// data offset, an ICMP type and echo identifier), and so the offset below which a later
+/// fragment would overlap it. TCP's data offset can ask for more, an ICMP error for its
+/// quoted header (see `first_fragment_header`).
+#[inline(always)]
+pub fn min_l4_header(p: u8) -> u16 {
+    match p {
+        proto::TCP => 20,
+        proto::SCTP => 12,
+        proto::UDP | proto::ICMP | proto::ICMPV6 => 8,
+        _ => 0,
+    }
+}
+
 /// Protocols whose first four L4 bytes are source and destination port.
 #[inline(always)]
 pub fn has_ports(p: u8) -> bool {
@@ -131,7 +157,8 @@ impl Tuple {
 impl Packet {
     /// Clears what one run reads before writing. Field by field: a whole `Packet` built on the
     /// stack would take most of the 512 bytes. The scratch parts (`nat_key`, `nat_entry`,
-    /// `ct_key`, `ct_entry`, `wire`, `out`) are always written before they are read.
+    /// `ct_key`, `ct_entry`, `wire`, `out`) are always written before they are read, and so
+    /// are `frag_off`, `l4_end` and `ip_end` (by `parse`, for the packets that use them).
     #[inline(always)]
     pub fn reset(&mut self) {
         self.family = 0;
@@ -144,6 +171,7 @@ impl Packet {
         self.tuple = Tuple::ZERO;
         self.inner = Tuple::ZERO;
         self.l4_off = 0;
+        self.frag_start = 0;
         self.inner_l4 = 0;
         self.nat = 0;
         self.frontend = 0;
@@ -171,7 +199,52 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), DropReason> {
     if pkt.frag == Frag::Later {
         return Ok(());
     }
-    parse_l4(ctx, pkt, l4)
+    if pkt.frag == Frag::First {
+        first_fragment_header(ctx, pkt, l4)?;
+    }
+    parse_l4(ctx, pkt, l4)?;
+    // An ICMP error is judged on the packet it quotes: a first fragment must hold its header
+    // and the 8 bytes after it.
+    if pkt.frag == Frag::First && pkt.kind == Kind::IcmpError {
+        pkt.l4_end = pkt.inner_l4 as u32 + 8;
+        if pkt.l4_end > pkt.ip_end {
+            return Err(DropReason::TinyFragment);
+        }
+    }
+    Ok(())
+}
+
+/// A first fragment must hold every byte its verdict depends on: what it lacks would come in
+/// a later fragment, never judged (tiny fragments, RFC 1858 and RFC 3128; IPv6's whole header
+/// chain, RFC 7112). Judged against the IP length, not the frame's: bytes past the packet's
+/// end are not part of the datagram. Checked before `parse_l4` reads the header, so a short
+/// one is a tiny fragment, not malformed. Sets `l4_end`. Not inlined, and only called for
+/// first fragments: the other packets' path stays as it was.
+#[inline(never)]
+fn first_fragment_header(ctx: &TcContext, pkt: &mut Packet, l4: usize) -> Result<(), DropReason> {
+    let p = pkt.tuple.proto;
+    let mut end = l4 as u32 + min_l4_header(p) as u32;
+    if end > pkt.ip_end {
+        // For the report: its ports, when it holds them.
+        if has_ports(p) && l4 as u32 + 4 <= pkt.ip_end {
+            let ports = load::<[u16; 2]>(ctx, l4)?;
+            pkt.tuple.sport = ports[0];
+            pkt.tuple.dport = ports[1];
+        }
+        return Err(DropReason::TinyFragment);
+    }
+    if p == proto::TCP {
+        // The whole header as its data offset gives it (options included), at least 20.
+        let doff = (load::<u8>(ctx, l4 + 12)? >> 4) as u32;
+        if doff > 5 {
+            end = l4 as u32 + doff * 4;
+            if end > pkt.ip_end {
+                return Err(DropReason::TinyFragment);
+            }
+        }
+    }
+    pkt.l4_end = end;
+    Ok(())
 }
 
 /// Returns the L4 offset.
@@ -193,6 +266,9 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
     if offset != 0 || more {
         pkt.frag_id = u16::from_ne_bytes([h[4], h[5]]) as u32;
         pkt.frag = if offset != 0 { Frag::Later } else { Frag::First };
+        pkt.frag_off = offset << 3;
+        pkt.frag_start = (ETH_HLEN + ihl * 4) as u16;
+        pkt.ip_end = ETH_HLEN as u32 + u16::from_be_bytes([h[2], h[3]]) as u32;
     }
     // Options (ihl > 5) are skipped by length, never interpreted: nothing in them changes
     // which policy applies.
@@ -231,10 +307,18 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
                 let offset = fo >> 3;
                 let more = fo & 1 != 0;
                 off += 8;
+                // A second fragment header: no stack sends one (RFC 8200 4.1), and what a
+                // receiver makes of a datagram reassembled twice is nothing to judge on.
+                if pkt.frag_start != 0 {
+                    return Err(DropReason::Malformed);
+                }
+                pkt.frag_start = off as u16;
                 // An atomic fragment (offset 0, no more) is a whole datagram: parse it as such.
                 if offset != 0 || more {
                     pkt.frag_id = u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
                     pkt.frag = if offset != 0 { Frag::Later } else { Frag::First };
+                    pkt.frag_off = fo & 0xfff8;
+                    pkt.ip_end = ETH_HLEN as u32 + 40 + u16::from_be_bytes([h[4], h[5]]) as u32;
                 }
                 if offset != 0 {
                     pkt.tuple.proto = nh;
@@ -297,8 +381,10 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4: usize) -> Result<(), DropReas
                 pkt.kind = Kind::IcmpError;
                 parse_inner_ipv6(ctx, pkt, l4 + 8)?;
             }
-            // MLD (130-132, 143) and neighbour discovery (133-137).
-            130..=137 | 143 => pkt.kind = Kind::LinkControl,
+            // MLD (130-132, 143) and neighbour discovery (133-137), unfragmented: link
+            // control in fragments is not link control (RFC 6980 has nodes ignore it), and
+            // passing it without policy would pass its datagram's later fragments too.
+            130..=137 | 143 if pkt.frag == Frag::None => pkt.kind = Kind::LinkControl,
             _ => {}
         }
     }

@@ -1,5 +1,6 @@
-//! Header cases that must never skip policy: fragments, IPv4 options, IPv6 extension headers,
-//! unknown protocols, truncated headers, other ethertypes. (Kernel 6.18; needs root.)
+//! Header cases that must never skip policy: IPv4 options, IPv6 extension headers, unknown
+//! protocols, truncated headers, other ethertypes (fragments: `kernel_fragments.rs`).
+//! (Kernel 6.18; needs root.)
 
 use enforcer_common::reason::{counter, DropReason};
 use enforcer_tests::packet::*;
@@ -17,111 +18,6 @@ spec:
     ports: [{port: 80}, {port: 53, protocol: UDP}]
   - from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: c}}}]
 "#;
-
-fn udp_frag(src: &str, dst: &str, dport: u16, frag: Frag) -> Vec<u8> {
-    let o = IpOpts {
-        frag: Some(frag),
-        ..Default::default()
-    };
-    let l4 = if frag.offset == 0 {
-        udp_hdr(5000, dport, &[0u8; 64])
-    } else {
-        vec![0u8; 64]
-    };
-    eth(&ip(addr(src), addr(dst), UDP, &l4, &o))
-}
-
-#[test]
-fn later_fragments_follow_the_first_fragment() {
-    if !privileged() {
-        return;
-    }
-    let f = Fixture::new(POLICY);
-    for (src, dst) in [
-        ("10.244.2.11", "10.244.1.10"),
-        ("fd00:10:244:2::11", "fd00:10:244:1::10"),
-    ] {
-        let first = Frag {
-            offset: 0,
-            more: true,
-            id: 7,
-        };
-        let later = Frag {
-            offset: 9,
-            more: false,
-            id: 7,
-        };
-        assert_eq!(
-            f.ingress(&udp_frag(src, dst, 53, first)),
-            PASS,
-            "{src}: allowed first fragment"
-        );
-        assert_eq!(
-            f.ingress(&udp_frag(src, dst, 53, later)),
-            PASS,
-            "{src}: its later fragment"
-        );
-        let first = Frag {
-            offset: 0,
-            more: true,
-            id: 8,
-        };
-        let later = Frag {
-            offset: 9,
-            more: false,
-            id: 8,
-        };
-        assert_eq!(
-            f.ingress(&udp_frag(src, dst, 54, first)),
-            DROP,
-            "{src}: denied first fragment"
-        );
-        assert_eq!(
-            f.ingress(&udp_frag(src, dst, 54, later)),
-            DROP,
-            "{src}: its later fragment"
-        );
-    }
-    assert_eq!(
-        f.counter(counter::DROP_BASE + DropReason::FragmentOfDropped as u32),
-        2
-    );
-}
-
-#[test]
-fn a_fragment_without_a_first_fragment_never_enters_an_isolated_pod() {
-    if !privileged() {
-        return;
-    }
-    let f = Fixture::new(POLICY);
-    let later = Frag {
-        offset: 100,
-        more: true,
-        id: 99,
-    };
-    assert_eq!(
-        f.ingress(&udp_frag("10.244.2.11", "10.244.1.10", 53, later)),
-        DROP
-    );
-    assert_eq!(
-        f.ingress(&udp_frag(
-            "fd00:10:244:2::11",
-            "fd00:10:244:1::10",
-            53,
-            later
-        )),
-        DROP
-    );
-    assert_eq!(
-        f.counter(counter::DROP_BASE + DropReason::FragmentWithoutHead as u32),
-        2
-    );
-    // Egress of x/a is not isolated: the same fragment may leave.
-    assert_eq!(
-        f.egress(&udp_frag("10.244.1.10", "10.244.2.11", 53, later)),
-        PASS
-    );
-}
 
 #[test]
 fn ipv4_options_are_skipped_by_length_and_ports_still_decide() {

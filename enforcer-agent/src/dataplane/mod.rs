@@ -72,6 +72,8 @@ pub enum DataplaneError {
         #[source]
         source: Box<aya::EbpfError>,
     },
+    #[error("the eBPF object has no map {name} (its name in enforcer-ebpf and enforcer_common::maps differ)")]
+    MissingMap { name: &'static str },
     #[error("program {name}")]
     Program {
         name: &'static str,
@@ -179,6 +181,11 @@ impl Dataplane {
                 pin_dir: pin_dir.into(),
                 source: Box::new(source),
             })?;
+        // A map the object names differently would have been pinned by its own name at the
+        // root of bpffs, outside `pin_dir`, and shared by every datapath on the machine.
+        if let Some(name) = names::ALL.into_iter().find(|n| ebpf.map(n).is_none()) {
+            return Err(DataplaneError::MissingMap { name });
+        }
         for name in [names::programs::POD_EGRESS, names::programs::POD_INGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

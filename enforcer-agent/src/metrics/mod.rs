@@ -36,6 +36,8 @@ pub struct Metrics {
     pub service_translations: IntGauge,
     /// NAT/affinity map insert failures (kernel counter).
     pub nat_insert_failures: IntGauge,
+    /// Later fragments passed before (or without) their first fragment (kernel counter).
+    pub fragments_without_head_passed: IntGauge,
     /// Service ports (frontends) in the datapath.
     pub service_frontends: IntGauge,
     /// How long the oldest failing API watch has been failing (0: all healthy).
@@ -101,6 +103,7 @@ impl Metrics {
             rate_limited_reports: reg(&r, IntGauge::new("enforcer_drop_reports_rate_limited_total", "Drop reports suppressed by the per-flow rate limit").expect("valid")),
             service_translations: reg(&r, IntGauge::new("enforcer_service_translations_total", "New connections to a Service translated to a backend by the datapath").expect("valid")),
             nat_insert_failures: reg(&r, IntGauge::new("enforcer_nat_insert_failures_total", "Service NAT or affinity entries the datapath could not insert").expect("valid")),
+            fragments_without_head_passed: reg(&r, IntGauge::new("enforcer_fragments_without_head_passed_total", "Later fragments the datapath passed with no recorded first fragment (reordered into a pod, or in a direction that is not isolated): the receiving kernel delivers their datagram only if its first fragment, judged on arrival, passes").expect("valid")),
             source_stale: reg(&r, prometheus::Gauge::new("enforcer_source_stale_seconds", "How long the oldest failing Kubernetes API watch has been failing (0: every watch is healthy); its last state stays enforced").expect("valid")),
             service_frontends: reg(&r, IntGauge::new("enforcer_service_frontends", "Service ports (ClusterIP, port, protocol) the datapath translates").expect("valid")),
             policies: reg(&r, IntGauge::new("enforcer_policies", "NetworkPolicies in force").expect("valid")),
@@ -186,6 +189,8 @@ impl Metrics {
             .set(get(counter::SVC_TRANSLATED) as i64);
         self.nat_insert_failures
             .set(get(counter::NAT_INSERT_FAILED) as i64);
+        self.fragments_without_head_passed
+            .set(get(counter::FRAG_HEADLESS_PASSED) as i64);
     }
 
     /// The text exposition.
@@ -217,6 +222,7 @@ mod tests {
         let mut c = vec![0u64; counter::LEN as usize];
         c[(counter::DROP_BASE + DropReason::PolicyDenied as u32) as usize] = 5;
         c[counter::EVENTS_LOST as usize] = 2;
+        c[counter::FRAG_HEADLESS_PASSED as usize] = 3;
         m.set_kernel_counters(&c);
         c[(counter::DROP_BASE + DropReason::PolicyDenied as u32) as usize] = 7;
         m.set_kernel_counters(&c);
@@ -228,6 +234,14 @@ mod tests {
         assert!(
             text.contains("enforcer_lost_events_total{source=\"ringbuf\"} 2"),
             "{text}"
+        );
+        assert!(
+            text.contains("enforcer_fragments_without_head_passed_total 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("enforcer_drop_total{reason=\"fragment_overlap\"} 0"),
+            "every reason has a series: {text}"
         );
         // No label carries an address or a port.
         assert!(!text.contains("10.244"));
