@@ -157,3 +157,70 @@ fn one_endpoint_that_cannot_be_programmed_keeps_its_state_and_stops_no_other() {
     assert_eq!(run(&dp, &syn_to_a(1000)), PASS);
     assert_eq!(run(&dp, &syn_to_a(80)), DROP);
 }
+
+#[test]
+fn adding_a_policy_rewrites_only_the_entries_of_the_pods_it_selects() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (BPF)");
+        return;
+    }
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/enforcer/test-ruleids-{}",
+        std::process::id()
+    )));
+    let _ = std::fs::remove_dir_all(&pins.0);
+    let mut dp = Dataplane::open(&pins.0).unwrap();
+    let pods = [(PodKey::new("x", "a"), 1), (PodKey::new("x", "c"), 2)];
+    let base = policies("{port: 80}", "{port: 80}, {port: 8080}");
+    let report = dp.sync_for_test_run_many(&tables(&base), &pods).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let c_set = policy_set(&pins.0, 2);
+
+    // A policy for x/a whose name sorts before every other: with positional rule ids, every
+    // rule after it (x/c's too) would be renumbered and x/c's entries rewritten.
+    let first = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: aaa-first, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{ports: [{port: 443}]}]
+"#;
+    let added = format!("{base}{first}");
+    let report = dp.sync_for_test_run_many(&tables(&added), &pods).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        policy_set(&pins.0, 2),
+        c_set,
+        "x/c's entries are not rewritten"
+    );
+    let a_entries = dp.sync_for_test_run_many(&tables(&added), &pods).unwrap();
+    assert_eq!(
+        a_entries.entries_written, 0,
+        "a sync with no change writes nothing"
+    );
+    // Only x/a's new set was written: its two rules (port 80 from y/b, 443 from anyone).
+    assert!(
+        report.entries_written > 0 && report.entries_written <= 4,
+        "entries written: {}",
+        report.entries_written
+    );
+
+    // And removing it again leaves x/c alone too.
+    let report = dp.sync_for_test_run_many(&tables(&base), &pods).unwrap();
+    assert_eq!(
+        policy_set(&pins.0, 2),
+        c_set,
+        "x/c's entries are not rewritten"
+    );
+    assert!(report.entries_written > 0);
+    // Attribution: a flow allowed by x/c's rule still names x/c's policy.
+    let refs = dp.rule_refs();
+    assert!(
+        refs.values().any(|r| r.policy.to_string() == "x/c"),
+        "{refs:?}"
+    );
+    assert!(!refs.values().any(|r| r.policy.to_string() == "x/aaa-first"));
+}
