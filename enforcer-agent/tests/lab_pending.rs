@@ -130,3 +130,70 @@ fn a_pending_pod_is_logged_once_and_attached_when_its_route_appears() {
         "its enforcement is logged:\n{log}"
     );
 }
+
+/// The time from a known pod's interface appearing (veth and host route, as a CNI builds
+/// them) to the agent reporting it attached, over 20 pods: p50 and max printed (README).
+#[test]
+fn time_from_a_pods_interface_to_its_programs_attached() {
+    if !root() {
+        return;
+    }
+    let scenario =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
+    let name = format!("q{}", std::process::id());
+    let _down = Down(name.clone());
+    ok(
+        &enforcer(&["lab", "up", scenario.to_str().unwrap(), "--name", &name]),
+        "lab up",
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/run/enforcer-lab/{name}/state.json")).unwrap(),
+    )
+    .unwrap();
+    let node = state["node_netns"].as_str().unwrap().to_owned();
+    let manifests = PathBuf::from(state["paths"]["manifests_dir"].as_str().unwrap());
+    let status_file = PathBuf::from(state["paths"]["status_file"].as_str().unwrap());
+    const PODS: usize = 20;
+    let mut yaml = String::new();
+    for i in 0..PODS {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: new{i}, namespace: x}}\n\
+             spec: {{containers: [{{name: c, image: x}}]}}\n\
+             status: {{podIP: 10.244.1.{ip}, podIPs: [{{ip: 10.244.1.{ip}}}]}}\n",
+            ip = 100 + i
+        ));
+    }
+    std::fs::write(manifests.join("new.yaml"), yaml).unwrap();
+    wait_until("every new pod is pending", Duration::from_secs(10), || {
+        status(&status_file)["pending"]
+            .as_array()
+            .is_some_and(|p| p.len() == PODS)
+    });
+    let mut took = Vec::new();
+    for i in 0..PODS {
+        let pod_ns = format!("enf-{name}-new{i}");
+        let dev = format!("lxcnew{i}");
+        sh(&["ip", "netns", "add", &pod_ns]);
+        sh(&[
+            "ip", "-n", &node, "link", "add", &dev, "type", "veth", "peer", "name", "eth0",
+            "netns", &pod_ns,
+        ]);
+        sh(&["ip", "-n", &node, "link", "set", &dev, "up"]);
+        let ip = format!("10.244.1.{}/32", 100 + i);
+        sh(&["ip", "-n", &node, "route", "add", &ip, "dev", &dev]);
+        let key = format!("x/new{i}");
+        took.push(wait_until("attached", Duration::from_secs(10), || {
+            status(&status_file)["endpoints"][&key]["attached"] == true
+        }));
+    }
+    took.sort();
+    eprintln!(
+        "a pod's interface to its programs attached, {PODS} pods: p50 {:.0} ms, max {:.0} ms",
+        took[PODS / 2].as_secs_f64() * 1e3,
+        took[PODS - 1].as_secs_f64() * 1e3
+    );
+    assert!(
+        took[PODS - 1] < Duration::from_secs(2),
+        "attached within 2 s of the route: {took:?}"
+    );
+}
