@@ -256,9 +256,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         // Every class shows, at 0, before the first failure.
         metrics.sync_errors.with_label_values(&[class.as_str()]);
     }
+    // While pods wait for their interface, their routes are looked at every 20 ms (a route
+    // table read, no recompile), so a new pod is enforced soon after its CNI built it.
+    let mut pending_tick = tokio::time::interval(Duration::from_millis(20));
+    pending_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = pending_tick.tick(), if pending_since.is_some() => {}
             _ = async { match &changed { Some(n) => n.notified().await, None => std::future::pending().await } } => {
                 // Debounce: let a burst of watch events settle into one sync.
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -30,7 +30,7 @@ fn wait_until(what: &str, within: Duration, ok: impl Fn() -> bool) -> Duration {
     let started = Instant::now();
     while !ok() {
         assert!(started.elapsed() < within, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
     started.elapsed()
 }
