@@ -57,22 +57,70 @@ pub(in crate::model) fn object_name(
     kind: &'static str,
     meta: &meta::ObjectMeta,
 ) -> Result<String, InvalidObject> {
+    let invalid = |name: &str, reason: String| InvalidObject {
+        kind,
+        name: name.to_owned(),
+        field: "metadata.name".into(),
+        reason,
+    };
     match meta.name.as_deref() {
-        Some(name) if !name.is_empty() => Ok(name.to_owned()),
-        _ => Err(InvalidObject {
-            kind,
-            name: String::new(),
-            field: "metadata.name".into(),
-            reason: "required".into(),
-        }),
+        Some(name) if !name.is_empty() => {
+            // As the API server validates names: a Namespace's is a DNS label, the others'
+            // (of the kinds read here) DNS subdomains.
+            let ok = match kind {
+                "Namespace" => is_dns_label(name),
+                _ => is_dns_subdomain(name),
+            };
+            if ok {
+                Ok(name.to_owned())
+            } else {
+                let what = match kind {
+                    "Namespace" => "a DNS label: lowercase letters, digits and '-', at most 63",
+                    _ => "a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253",
+                };
+                Err(invalid(
+                    name,
+                    format!("{name:?} is not a valid name ({what})"),
+                ))
+            }
+        }
+        _ => Err(invalid("", "required".into())),
     }
 }
 
-pub(in crate::model) fn object_namespace(meta: &meta::ObjectMeta) -> String {
+/// The object's namespace (`default` when absent, as `kubectl apply` does), which must be a
+/// valid Namespace name.
+pub(in crate::model) fn object_namespace(
+    kind: &'static str,
+    meta: &meta::ObjectMeta,
+) -> Result<String, InvalidObject> {
     match meta.namespace.as_deref() {
-        Some(ns) if !ns.is_empty() => ns.to_owned(),
-        _ => DEFAULT_NAMESPACE.to_owned(),
+        Some(ns) if !ns.is_empty() => {
+            if is_dns_label(ns) {
+                Ok(ns.to_owned())
+            } else {
+                Err(InvalidObject {
+                    kind,
+                    name: meta.name.clone().unwrap_or_default(),
+                    field: "metadata.namespace".into(),
+                    reason: format!("{ns:?} is not a valid namespace name (a DNS label)"),
+                })
+            }
+        }
+        _ => Ok(DEFAULT_NAMESPACE.to_owned()),
     }
+}
+
+/// A DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or
+/// digit, at most 63 characters.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 63
+        && alnum(&b[0])
+        && alnum(&b[b.len() - 1])
+        && b.iter().all(|c| alnum(c) || *c == b'-')
 }
 
 pub fn namespace_from_k8s(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
@@ -91,7 +139,7 @@ pub fn namespace_from_k8s(ns: &core::Namespace) -> Result<Namespace, InvalidObje
 
 pub fn pod_from_k8s(pod: &core::Pod) -> Result<Pod, InvalidObject> {
     let key = PodKey::new(
-        object_namespace(&pod.metadata),
+        object_namespace("Pod", &pod.metadata)?,
         object_name("Pod", &pod.metadata)?,
     );
     let ctx = Ctx {
@@ -226,7 +274,7 @@ fn owner_of(
 
 pub fn network_policy_from_k8s(np: &net::NetworkPolicy) -> Result<NetworkPolicy, InvalidObject> {
     let key = PolicyKey::new(
-        object_namespace(&np.metadata),
+        object_namespace("NetworkPolicy", &np.metadata)?,
         object_name("NetworkPolicy", &np.metadata)?,
     );
     let ctx = Ctx {
@@ -614,16 +662,7 @@ fn is_label_name(s: &str) -> bool {
 
 /// A DNS-1123 subdomain: lowercase labels separated by dots, at most 253 characters.
 fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && !s.is_empty()
-        && s.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
+    s.len() <= 253 && !s.is_empty() && s.split('.').all(|l| l.len() <= 63 && is_dns_label(l))
 }
 
 /// A qualified name: `[prefix/]name`.

@@ -22,7 +22,7 @@ use crate::model::InvalidObject;
 
 pub fn service_from_k8s(svc: &core::Service) -> Result<Service, InvalidObject> {
     let key = ServiceKey::new(
-        object_namespace(&svc.metadata),
+        object_namespace("Service", &svc.metadata)?,
         object_name("Service", &svc.metadata)?,
     );
     let ctx = Ctx {
@@ -214,7 +214,7 @@ pub fn endpoint_slice_from_k8s(
     slice: &discovery::EndpointSlice,
 ) -> Result<EndpointSlice, InvalidObject> {
     let key = SliceKey::new(
-        object_namespace(&slice.metadata),
+        object_namespace("EndpointSlice", &slice.metadata)?,
         object_name("EndpointSlice", &slice.metadata)?,
     );
     let ctx = Ctx {
