@@ -25,8 +25,9 @@ use crate::netns::Netns;
 pub struct Plan {
     /// The API server's address as the host resolves it.
     pub upstream: SocketAddr,
-    /// The address the proxy listens on inside every node namespace.
-    pub listen: SocketAddr,
+    /// The addresses the proxy listens on inside every node namespace (a host name that
+    /// resolves to both loopbacks, such as `localhost`, gets both).
+    pub listen: Vec<SocketAddr>,
     /// `Some`: the agents' kubeconfig must point at `listen` instead of the server's URL.
     pub rewrite: Option<String>,
 }
@@ -73,15 +74,34 @@ pub async fn plan(kubeconfig: &Path) -> anyhow::Result<Plan> {
         Some("http") => 80,
         _ => 443,
     });
-    let upstream = tokio::net::lookup_host((host.as_str(), port))
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
         .with_context(|| format!("resolving the API server's host {host:?}"))?
-        .next()
-        .with_context(|| format!("the API server's host {host:?} has no address"))?;
+        .collect();
+    // The address the server answers on (`localhost` may resolve to ::1 first while the
+    // server listens on 127.0.0.1 only).
+    let mut upstream = None;
+    for addr in &addrs {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(2), connect).await {
+            upstream = Some(*addr);
+            break;
+        }
+    }
+    let upstream = match (upstream, addrs.first()) {
+        (Some(a), _) => a,
+        // None answers now: forward to the first, the agents retry until it does.
+        (None, Some(a)) => *a,
+        (None, None) => anyhow::bail!("the API server's host {host:?} has no address"),
+    };
     if upstream.ip().is_loopback() {
+        let mut listen: Vec<SocketAddr> =
+            addrs.into_iter().filter(|a| a.ip().is_loopback()).collect();
+        listen.sort();
+        listen.dedup();
         return Ok(Plan {
             upstream,
-            listen: upstream,
+            listen,
             rewrite: None,
         });
     }
@@ -89,7 +109,7 @@ pub async fn plan(kubeconfig: &Path) -> anyhow::Result<Plan> {
     let scheme = uri.scheme_str().unwrap_or("https");
     Ok(Plan {
         upstream,
-        listen,
+        listen: vec![listen],
         rewrite: Some(format!("{scheme}://{listen}")),
     })
 }
@@ -139,16 +159,31 @@ pub fn agent_kubeconfig(kubeconfig: &Path, plan: &Plan, dir: &Path) -> anyhow::R
 pub fn start(node: &NodeSpec, plan: &Plan) -> anyhow::Result<()> {
     let netns = Netns::open_named(&node.netns)
         .with_context(|| format!("opening node {}'s namespace", node.name))?;
-    let domain = Domain::for_address(plan.listen);
+    for listen in &plan.listen {
+        forward(&netns, node, *listen, plan.upstream)?;
+    }
+    Ok(())
+}
+
+fn forward(
+    netns: &Netns,
+    node: &NodeSpec,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+) -> anyhow::Result<()> {
+    let domain = Domain::for_address(listen);
     let socket = netns.socket(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if listen.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket
-        .bind(&SockAddr::from(plan.listen))
-        .with_context(|| format!("listening on {} in node {}", plan.listen, node.name))?;
+        .bind(&SockAddr::from(listen))
+        .with_context(|| format!("listening on {listen} in node {}", node.name))?;
     socket.listen(128)?;
     let listener = tokio::net::TcpListener::from_std(socket.into())?;
-    let (upstream, node_name) = (plan.upstream, node.name.clone());
+    let node_name = node.name.clone();
     tokio::spawn(async move {
         loop {
             let (mut inbound, _) = match listener.accept().await {
@@ -205,8 +240,21 @@ mod tests {
         let path = kubeconfig(&dir, "http://127.0.0.1:18080");
         let plan = plan(&path).await.unwrap();
         assert_eq!(plan.upstream, "127.0.0.1:18080".parse().unwrap());
-        assert_eq!(plan.listen, plan.upstream);
+        assert_eq!(plan.listen, [plan.upstream]);
         assert_eq!(agent_kubeconfig(&path, &plan, &dir).unwrap(), path);
+    }
+
+    #[tokio::test]
+    async fn localhost_is_the_loopback_address_the_server_answers_on() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let dir = scratch("localhost");
+        let path = kubeconfig(&dir, &format!("http://localhost:{port}"));
+        let plan = plan(&path).await.unwrap();
+        assert_eq!(plan.upstream, SocketAddr::from(([127, 0, 0, 1], port)));
+        assert!(plan.listen.contains(&plan.upstream), "{plan:?}");
+        assert!(plan.listen.iter().all(|a| a.ip().is_loopback()));
+        assert_eq!(plan.rewrite, None);
     }
 
     #[tokio::test]
@@ -215,7 +263,7 @@ mod tests {
         let path = kubeconfig(&dir, "https://10.1.2.3:6443");
         let plan = plan(&path).await.unwrap();
         assert_eq!(plan.upstream, "10.1.2.3:6443".parse().unwrap());
-        assert_eq!(plan.listen, "127.0.0.1:6443".parse().unwrap());
+        assert_eq!(plan.listen, ["127.0.0.1:6443".parse().unwrap()]);
         let copy = agent_kubeconfig(&path, &plan, &dir).unwrap();
         assert_ne!(copy, path);
         let config = Kubeconfig::read_from(&copy).unwrap();
