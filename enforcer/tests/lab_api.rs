@@ -6,6 +6,8 @@
 //! watches the API. The results must equal the scenario's expected.json, on one node and
 //! spread over two. Needs root; each lab gets its own double.
 
+// The API server double lives with the agent library's source tests, which use it too.
+#[path = "../../enforcer-agent/tests/support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

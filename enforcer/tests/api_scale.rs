@@ -5,6 +5,8 @@
 //! held) gives the cost per pod above the fixed base. The figure is printed and bounded here,
 //! and quoted in the README. Needs root (the agent loads the datapath).
 
+// The API server double lives with the agent library's source tests, which use it too.
+#[path = "../../enforcer-agent/tests/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;

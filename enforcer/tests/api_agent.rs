@@ -4,6 +4,8 @@
 //! fails `/readyz`; when the API is back, what changed meanwhile is applied and it is ready
 //! again. Needs root (the agent loads the datapath); no cluster.
 
+// The API server double lives with the agent library's source tests, which use it too.
+#[path = "../../enforcer-agent/tests/support/mod.rs"]
 mod support;
 
 use std::io::Write as _;
