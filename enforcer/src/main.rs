@@ -1,11 +1,12 @@
-//! `enforcer`: the agent and its tools. This file only wires the library's modules together.
+//! `enforcer`: the agent and its tools. This file only wires the libraries together: the agent
+//! (`enforcer-agent`) and, with the `lab` feature (default), the lab (`enforcer-lab`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use enforcer_agent::alerts::AlertsConfig;
-use enforcer_agent::{agent, flows, lab, netns};
+use enforcer_agent::{agent, flows, netns};
 
 #[derive(Parser)]
 #[command(
@@ -24,8 +25,9 @@ enum Cmd {
     /// Run the agent: enforce the cluster's NetworkPolicies on this node's pods.
     Agent(AgentArgs),
     /// The network-namespace lab: pods as network namespaces on this machine.
+    #[cfg(feature = "lab")]
     #[command(subcommand)]
-    Lab(lab::cli::LabCommand),
+    Lab(enforcer_lab::cli::LabCommand),
     /// Show recent and live flows from the local agent, or from a saved flow log.
     Flows(flows::client::FlowsArgs),
     /// Why is a connection allowed or denied? Both sides, with the exact rules, computed from
@@ -307,17 +309,28 @@ fn main() -> anyhow::Result<()> {
             };
             runtime()?.block_on(agent::run(opts))
         }
-        Cmd::Lab(cmd) => runtime()?.block_on(lab::cli::run(cmd)),
+        #[cfg(feature = "lab")]
+        Cmd::Lab(cmd) => runtime()?.block_on(enforcer_lab::cli::run(cmd)),
         Cmd::Explain(a) => runtime()?.block_on(explain(a)),
         Cmd::Flows(mut args) => {
             if let Some(name) = &args.lab {
-                // A lab's nodes each have an agent: ask them all (or --node's).
-                args.sockets =
-                    lab::instance::LabState::load(name)?.flow_sockets(args.node.as_deref())?;
+                args.sockets = lab_flow_sockets(name, args.node.as_deref())?;
             }
             flows::client::run(args).map_err(anyhow::Error::from)
         }
     }
+}
+
+/// The flow sockets of a lab's agents (every node's, or `node`'s): `enforcer flows --lab`.
+#[cfg(feature = "lab")]
+fn lab_flow_sockets(name: &str, node: Option<&str>) -> anyhow::Result<Vec<PathBuf>> {
+    // A lab's nodes each have an agent: ask them all (or --node's).
+    enforcer_lab::instance::LabState::load(name)?.flow_sockets(node)
+}
+
+#[cfg(not(feature = "lab"))]
+fn lab_flow_sockets(_name: &str, _node: Option<&str>) -> anyhow::Result<Vec<PathBuf>> {
+    anyhow::bail!("--lab: this enforcer was built without the lab (cargo feature `lab`)")
 }
 
 /// Reads and checks the detector settings (built-in defaults without a file).

@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use enforcer_agent::lab::instance::LabState;
 use enforcer_agent::netns::Netns;
+use enforcer_lab::instance::LabState;
 
 mod common;
 use common::{enforcer, ok, root, Down};

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use enforcer_agent::lab::scenario::{compare, Results, Scenario};
+use enforcer_lab::scenario::{compare, Results, Scenario};
 use serde_json::{json, Value};
 use support::apiserver::ApiServer;
 

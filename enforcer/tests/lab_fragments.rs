@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use enforcer_agent::lab::instance::LabState;
 use enforcer_agent::netns::Netns;
+use enforcer_lab::instance::LabState;
 use socket2::{Domain, Protocol, SockAddr, Type};
 
 mod common;

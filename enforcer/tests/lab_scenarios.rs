@@ -30,7 +30,7 @@ fn scenarios() -> Vec<PathBuf> {
 
 /// The nodes every pod of `dir` names (`None`: a pod naming none).
 fn named_nodes(dir: &Path) -> BTreeSet<Option<String>> {
-    let scenario = enforcer_agent::lab::scenario::Scenario::load(dir).expect("scenario loads");
+    let scenario = enforcer_lab::scenario::Scenario::load(dir).expect("scenario loads");
     scenario
         .steps
         .iter()

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
-use super::nodes::{fabric_netns_name, node_netns_name};
-use super::state::{LabPaths, LabState, STATE_ROOT};
-use super::topology::{self, NETNS_PREFIX};
+use crate::nodes::{fabric_netns_name, node_netns_name};
+use crate::state::{LabPaths, LabState, STATE_ROOT};
+use crate::topology::{self, NETNS_PREFIX};
 
 pub(crate) fn stop_children<'a>(children: impl IntoIterator<Item = &'a mut Child>) {
     let mut running: Vec<&mut Child> = children
@@ -182,7 +182,7 @@ pub fn down_instance(name: &str) -> bool {
         .chain(nodes)
         .chain(names.iter().filter(|n| **n == fabric))
     {
-        if crate::netns::named_path(ns).exists() {
+        if enforcer_agent::netns::named_path(ns).exists() {
             found = true;
             topology::delete_netns(ns);
         }

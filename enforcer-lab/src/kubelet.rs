@@ -21,16 +21,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::api_proxy;
-use super::instance::{write_atomic, AgentSource, Lab};
-use super::kube_proxy;
-use super::nodes::NodeLayout;
-use super::scenario::{Family, PodSpec, Proto};
-use super::servers::{Endpoint, ServerSet};
-use super::state::{ControllerStatus, LabState};
-use super::topology::LivePod;
-use crate::model::{Cluster, Pod, PodKey, Protocol};
-use crate::source::kube::{client, KubeSource};
+use crate::api_proxy;
+use crate::instance::{write_atomic, AgentSource, Lab};
+use crate::kube_proxy;
+use crate::nodes::NodeLayout;
+use crate::scenario::{Family, PodSpec, Proto};
+use crate::servers::{Endpoint, ServerSet};
+use crate::state::{ControllerStatus, LabState};
+use crate::topology::LivePod;
+use enforcer_agent::model::{Cluster, Pod, PodKey, Protocol};
+use enforcer_agent::source::kube::{client, KubeSource};
 
 /// How long an API read may take (as the agent's default `--api-timeout`).
 const API_TIMEOUT: Duration = Duration::from_secs(60);
@@ -254,7 +254,7 @@ fn container_endpoints(pod: &Pod) -> Vec<Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ContainerPort;
+    use enforcer_agent::model::ContainerPort;
 
     fn pod(key: &str, node: Option<&str>, ips: &[&str]) -> Pod {
         Pod {

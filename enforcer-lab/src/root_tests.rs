@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::probe::run_probes;
-use super::scenario::{Family, PodSpec, Probe, Proto};
-use super::servers::{endpoints_for, ServerSet};
-use super::topology::{list_netns, node_netns_name, Topology};
+use crate::probe::run_probes;
+use crate::scenario::{Family, PodSpec, Probe, Proto};
+use crate::servers::{endpoints_for, ServerSet};
+use crate::topology::{list_netns, node_netns_name, Topology};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -103,5 +103,5 @@ fn three_pods_connect_without_agent_and_cleanup_removes_netns() {
         "left behind: {:?}",
         list_netns(&prefix)
     );
-    assert!(!crate::netns::named_path(&node_netns_name(&instance)).exists());
+    assert!(!enforcer_agent::netns::named_path(&node_netns_name(&instance)).exists());
 }

@@ -9,17 +9,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::kube_proxy;
-use super::nodes::NodeLayout;
-use super::placement::Placement;
-use super::scenario::{PodSpec, Step};
-use super::services::{cluster_from_yaml, ClusterIpMemory};
-use super::state::NodeState;
-use super::topology::Topology;
-use crate::model::Cluster;
+use crate::kube_proxy;
+use crate::nodes::NodeLayout;
+use crate::placement::Placement;
+use crate::scenario::{PodSpec, Step};
+use crate::services::{cluster_from_yaml, ClusterIpMemory};
+use crate::state::NodeState;
+use crate::topology::Topology;
+use enforcer_agent::model::Cluster;
 
-pub use super::cleanup::{all_instances, down_instance, is_lab_agent, pid_alive};
-pub use super::state::{
+pub use crate::cleanup::{all_instances, down_instance, is_lab_agent, pid_alive};
+pub use crate::state::{
     AgentStatus, EndpointStatus, LabPaths, LabState, NodePaths, PIN_ROOT, STATE_ROOT,
 };
 
@@ -69,7 +69,7 @@ impl Lab {
 
     /// Creates the state directory and one namespace per node in `nodes` (and the fabric) for
     /// a lab whose cluster comes from the API behind `kubeconfig`: pods and Services are then
-    /// built by the lab's controller ([`super::kubelet`]) as the API holds them.
+    /// built by the lab's controller ([`crate::kubelet`]) as the API holds them.
     pub fn create_for_api(name: &str, nodes: &[String], kubeconfig: &Path) -> anyhow::Result<Self> {
         let layout = NodeLayout::named(name, nodes);
         // Placement is unused here: the API says where each pod runs.
@@ -231,7 +231,7 @@ impl Lab {
                 AgentSource::Kubeconfig(path) => cmd.arg("--kubeconfig").arg(path),
             };
             cmd.args(["--node", &node.name, "--netns"])
-                .arg(crate::netns::named_path(&node.netns))
+                .arg(enforcer_agent::netns::named_path(&node.netns))
                 .arg("--pin-dir")
                 .arg(&paths.pin_dir)
                 .arg("--status-file")
@@ -294,7 +294,7 @@ impl Lab {
         self.cluster_ips.remember(&cluster);
         self.cluster = cluster;
         self.save_state()?;
-        let digest = crate::source::manifests::digest_dir(&self.paths.manifests_dir)
+        let digest = enforcer_agent::source::manifests::digest_dir(&self.paths.manifests_dir)
             .with_context(|| format!("digesting {}", self.paths.manifests_dir.display()))?;
         let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
         let nodes: Vec<String> = self
@@ -441,10 +441,10 @@ impl Lab {
 
     /// Stops the agents and removes everything now.
     pub fn teardown(&mut self) {
-        super::cleanup::stop_children(self.agents.values_mut());
+        crate::cleanup::stop_children(self.agents.values_mut());
         self.agents.clear();
         self.topo.teardown();
-        super::cleanup::remove_pins(&self.paths.pin_dir);
+        crate::cleanup::remove_pins(&self.paths.pin_dir);
         let _ = std::fs::remove_dir_all(&self.paths.state_dir);
         self.armed = false;
     }

@@ -11,8 +11,8 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, Type};
 use tokio::time::{timeout, Instant};
 
-use super::scenario::{Family, Matrix, Probe, ProbeResult, Proto};
-use super::topology::LivePod;
+use crate::scenario::{Family, Matrix, Probe, ProbeResult, Proto};
+use crate::topology::LivePod;
 
 /// Default time a probe may take before it counts as failed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -283,15 +283,15 @@ pub async fn run_probes(
 pub async fn measure_step(
     pods: &[Arc<LivePod>],
     probes: &[Probe],
-    cluster: &crate::model::Cluster,
-    cluster_ips: &super::services::ClusterIpMemory,
+    cluster: &enforcer_agent::model::Cluster,
+    cluster_ips: &crate::services::ClusterIpMemory,
     limit: Duration,
 ) -> anyhow::Result<Vec<ProbeResult>> {
-    let services = super::services::StepServices::new(cluster);
+    let services = crate::services::StepServices::new(cluster);
     let targets = services.targets(probes, pods, cluster_ips)?;
-    let servers = super::servers::ServerSet::start_with(
+    let servers = crate::servers::ServerSet::start_with(
         pods,
-        &super::servers::endpoints_for(probes),
+        &crate::servers::endpoints_for(probes),
         &services.backend_endpoints(probes),
     )?;
     let results = run_probes(pods, probes, &targets, limit).await;

@@ -2,7 +2,7 @@
 //! that the kernel accepts it and replaces it atomically.
 
 use super::*;
-use crate::lab::services::cluster_from_yaml;
+use crate::services::cluster_from_yaml;
 
 fn pod(
     ns: &str,
@@ -364,11 +364,11 @@ fn the_kernel_accepts_and_replaces_the_ruleset() {
         return;
     }
     let ns = format!("enf-kp{}-node", std::process::id());
-    crate::lab::topology::ip(&["netns", "add", &ns]).unwrap();
+    crate::topology::ip(&["netns", "add", &ns]).unwrap();
     struct Del(String);
     impl Drop for Del {
         fn drop(&mut self) {
-            crate::lab::topology::delete_netns(&self.0);
+            crate::topology::delete_netns(&self.0);
         }
     }
     let _del = Del(ns.clone());

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use super::instance::{self, AgentStatus, Lab, LabState};
-use super::placement::Placement;
-use super::probe::measure_step;
-use super::scenario::{self, compare, Probe, Results, Scenario, StepResult};
-use super::services::{cluster_from_yaml, scenario_has_services, ClusterIpMemory};
-use super::topology::{self, Topology};
+use crate::instance::{self, AgentStatus, Lab, LabState};
+use crate::placement::Placement;
+use crate::probe::measure_step;
+use crate::scenario::{self, compare, Probe, Results, Scenario, StepResult};
+use crate::services::{cluster_from_yaml, scenario_has_services, ClusterIpMemory};
+use crate::topology::{self, Topology};
 
 /// Subcommands of `enforcer lab`.
 #[derive(Debug, Subcommand)]
@@ -181,16 +181,16 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Run(args) => cmd_run(args).await,
         LabCommand::Up(args) if args.kubeconfig.is_some() => {
-            interruptible(super::api_cli::up(args)).await
+            interruptible(crate::api_cli::up(args)).await
         }
         LabCommand::Up(args) => interruptible(cmd_up(args)).await,
-        LabCommand::Wait(args) => super::api_cli::wait(args).await,
-        LabCommand::Controller(args) => super::kubelet::run(&args.name, &args.agent_args).await,
+        LabCommand::Wait(args) => crate::api_cli::wait(args).await,
+        LabCommand::Controller(args) => crate::kubelet::run(&args.name, &args.agent_args).await,
         LabCommand::Status(args) => cmd_status(args),
         LabCommand::Exec(args) => cmd_exec(args),
         LabCommand::Probe(args) => interruptible(cmd_probe(args)).await,
         LabCommand::Down(args) => cmd_down(args),
-        LabCommand::Demo(args) => super::demo::run_demo(args).await,
+        LabCommand::Demo(args) => crate::demo::run_demo(args).await,
     }
 }
 
@@ -490,7 +490,7 @@ fn cmd_status(args: StatusArgs) -> anyhow::Result<()> {
     let agents: Vec<(String, bool, Option<AgentStatus>, std::path::PathBuf)> =
         if state.nodes.is_empty() {
             vec![(
-                super::placement::DEFAULT_NODE.to_owned(),
+                crate::placement::DEFAULT_NODE.to_owned(),
                 state.agent_pid.is_some_and(instance::pid_alive),
                 AgentStatus::read(&state.paths.status_file),
                 state.paths.agent_log.clone(),
@@ -616,7 +616,7 @@ async fn cmd_probe(args: ProbeArgs) -> anyhow::Result<()> {
     let pods = topo.pods();
     // The Services as the agents and kube-proxy last saw them (or the API holds them).
     let cluster = match &state.kubeconfig {
-        Some(kubeconfig) => super::api_cli::cluster_from_api(kubeconfig).await?,
+        Some(kubeconfig) => crate::api_cli::cluster_from_api(kubeconfig).await?,
         None => {
             let manifest = state.paths.manifests_dir.join("cluster.yaml");
             let cluster_yaml = std::fs::read_to_string(&manifest).unwrap_or_default();

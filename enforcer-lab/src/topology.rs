@@ -1,4 +1,4 @@
-//! The lab's network: the node namespaces ([`super::nodes`]) and one namespace per pod, each
+//! The lab's network: the node namespaces ([`crate::nodes`]) and one namespace per pod, each
 //! pod joined to its node by a veth pair, routed like a CNI that uses a link-local gateway
 //! (Calico/Cilium style):
 //!
@@ -23,12 +23,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::nodes::{self, NodeLayout, NodeSpec, UPLINK};
-use super::placement::DEFAULT_NODE;
-use super::scenario::{Family, PodSpec};
-use crate::netns::Netns;
+use crate::nodes::{self, NodeLayout, NodeSpec, UPLINK};
+use crate::placement::DEFAULT_NODE;
+use crate::scenario::{Family, PodSpec};
+use enforcer_agent::netns::Netns;
 
-pub use super::nodes::{node_netns_name, NODE_DEVICE, NODE_IPV4, NODE_IPV6};
+pub use crate::nodes::{node_netns_name, NODE_DEVICE, NODE_IPV4, NODE_IPV6};
 
 /// Gateway addresses every pod routes through (on each host-side veth).
 pub const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -150,7 +150,7 @@ pub(crate) fn sysctl(netns: &Netns, key: &str, value: &str) -> anyhow::Result<()
 
 /// Deletes a named namespace if it exists; errors are reported, not returned (cleanup path).
 pub fn delete_netns(name: &str) {
-    if crate::netns::named_path(name).exists() {
+    if enforcer_agent::netns::named_path(name).exists() {
         if let Err(err) = ip(&["netns", "del", name]) {
             eprintln!("warning: {err:#}");
         }
@@ -159,7 +159,7 @@ pub fn delete_netns(name: &str) {
 
 /// All namespaces under /run/netns whose name starts with `prefix`.
 pub fn list_netns(prefix: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(crate::netns::NETNS_RUN_DIR)
+    let mut names: Vec<String> = std::fs::read_dir(enforcer_agent::netns::NETNS_RUN_DIR)
         .into_iter()
         .flatten()
         .flatten()
@@ -195,7 +195,7 @@ impl Topology {
             .map(|n| n.netns.clone())
             .chain(layout.fabric.clone());
         for name in names {
-            if crate::netns::named_path(&name).exists() {
+            if enforcer_agent::netns::named_path(&name).exists() {
                 bail!("network namespace {name} already exists; remove it with `enforcer lab down --name {instance}`");
             }
         }

@@ -30,9 +30,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
-use crate::model::service::{candidates, Backend, EndpointIndex, IpFamily};
-use crate::model::{Cluster, Protocol, Service};
-use crate::netns::Netns;
+use enforcer_agent::model::service::{candidates, Backend, EndpointIndex, IpFamily};
+use enforcer_agent::model::{Cluster, Protocol, Service};
+use enforcer_agent::netns::Netns;
 
 /// The table kube-proxy's nftables mode uses, in both the `ip` and `ip6` families.
 pub const TABLE: &str = "kube-proxy";

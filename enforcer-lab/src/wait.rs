@@ -22,10 +22,10 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ListParams;
 use kube::{Api, Client, Resource};
 
-use super::instance::{log_tail, pid_alive};
-use super::state::{AgentStatus, ControllerStatus, LabState};
-use crate::source::kube::KINDS;
-use crate::source::revision::{self, KindRevision};
+use crate::instance::{log_tail, pid_alive};
+use crate::state::{AgentStatus, ControllerStatus, LabState};
+use enforcer_agent::source::kube::KINDS;
+use enforcer_agent::source::revision::{self, KindRevision};
 
 /// How often the API is listed again while waiting.
 const RELIST: Duration = Duration::from_secs(1);
@@ -181,7 +181,7 @@ pub async fn wait(name: &str, timeout: Duration) -> anyhow::Result<String> {
             "lab {name:?} reads manifests, not an API (`lab up --kubeconfig` makes one that does)"
         )
     })?;
-    let client = crate::source::kube::client(Duration::from_secs(10), Some(&kubeconfig))
+    let client = enforcer_agent::source::kube::client(Duration::from_secs(10), Some(&kubeconfig))
         .await
         .context("connecting to the Kubernetes API")?;
     let mut api = list_all(&client).await?;

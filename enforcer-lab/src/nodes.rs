@@ -21,10 +21,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::kube_proxy::{SERVICE_CIDR_V4, SERVICE_CIDR_V6};
-use super::placement::{node_index, Placement, DEFAULT_NODE};
-use super::topology::{ip, ip_batch, sysctl, NETNS_PREFIX};
-use crate::netns::Netns;
+use crate::kube_proxy::{SERVICE_CIDR_V4, SERVICE_CIDR_V6};
+use crate::placement::{node_index, Placement, DEFAULT_NODE};
+use crate::topology::{ip, ip_batch, sysctl, NETNS_PREFIX};
+use enforcer_agent::netns::Netns;
 
 /// The single node's addresses in today's layout (the default node's in every layout).
 pub const NODE_IPV4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);

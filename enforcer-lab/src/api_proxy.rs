@@ -17,8 +17,8 @@ use anyhow::Context;
 use kube::config::Kubeconfig;
 use socket2::{Domain, Protocol, SockAddr, Type};
 
-use super::nodes::NodeSpec;
-use crate::netns::Netns;
+use crate::nodes::NodeSpec;
+use enforcer_agent::netns::Netns;
 
 /// Where the agents reach the API, and which kubeconfig they use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +129,7 @@ pub fn agent_kubeconfig(kubeconfig: &Path, plan: &Plan, dir: &Path) -> anyhow::R
     }
     let path = dir.join("agent-kubeconfig.yaml");
     let text = serde_yaml::to_string(&config).context("writing the agents' kubeconfig")?;
-    super::instance::write_atomic(&path, text.as_bytes())?;
+    crate::instance::write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }
 

@@ -10,8 +10,8 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, SockAddr, Type};
 use tokio::task::JoinHandle;
 
-use super::scenario::{Family, Probe, Proto};
-use super::topology::LivePod;
+use crate::scenario::{Family, Probe, Proto};
+use crate::topology::LivePod;
 
 /// What one listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::nodes::{NodeLayout, NodeSpec};
-use super::topology::PodState;
+use crate::nodes::{NodeLayout, NodeSpec};
+use crate::topology::PodState;
 
 /// Where lab instances keep their state.
 pub const STATE_ROOT: &str = "/run/enforcer-lab";
@@ -191,7 +191,7 @@ pub struct AgentStatus {
     pub errors: Vec<serde_json::Value>,
     /// With the API as source: what the applied snapshot held of each kind.
     #[serde(default)]
-    pub source: BTreeMap<String, crate::source::revision::KindRevision>,
+    pub source: BTreeMap<String, enforcer_agent::source::revision::KindRevision>,
 }
 
 impl AgentStatus {
@@ -217,7 +217,7 @@ pub struct ControllerStatus {
     pub pid: u32,
     /// What the last pass that built everything held of each kind (absent until one has).
     #[serde(default)]
-    pub source: BTreeMap<String, crate::source::revision::KindRevision>,
+    pub source: BTreeMap<String, enforcer_agent::source::revision::KindRevision>,
     /// Pods built on the lab's nodes.
     #[serde(default)]
     pub pods: usize,

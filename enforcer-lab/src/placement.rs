@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::scenario::Step;
+use crate::scenario::Step;
 
 /// The node of pods that name none (`enforcer agent --node lab`).
 pub const DEFAULT_NODE: &str = "lab";

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::lab::scenario::PodSpec;
+use crate::scenario::PodSpec;
 
 fn pod(key: &str, node: Option<&str>) -> PodSpec {
     let (ns, name) = key.split_once('/').unwrap();

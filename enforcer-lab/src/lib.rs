@@ -1,5 +1,8 @@
 //! The network-namespace lab: builds nodes and their pods as network namespaces, runs the real
-//! agent on every node, plays kube-proxy, and measures which connections policies let through.
+//! agent on every node, plays kube-proxy, and measures which connections policies let through
+//! (docs/design.md, "The lab"). The `enforcer` binary includes it behind its `lab` feature; the
+//! agent library knows nothing of it. It uses the agent library's `model`, `source` and `netns`,
+//! and runs the agents as `enforcer agent` processes of the binary it runs in.
 //!
 //! - [`scenario`]: scenario directories (docs/scenario-format.md), result matrices and their
 //!   comparison.

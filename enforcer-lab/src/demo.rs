@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::Value;
 
-use super::cli::{demo_scenario, interruptible, up, DemoArgs};
-use super::instance::{log_tail, pid_alive};
-use super::probe::connect_once;
-use super::scenario::{Family, Proto};
-use super::servers::{Endpoint, ServerSet};
-use super::topology::{LivePod, Topology};
+use crate::cli::{demo_scenario, interruptible, up, DemoArgs};
+use crate::instance::{log_tail, pid_alive};
+use crate::probe::connect_once;
+use crate::scenario::{Family, Proto};
+use crate::servers::{Endpoint, ServerSet};
+use crate::topology::{LivePod, Topology};
 
 const ROUND: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);

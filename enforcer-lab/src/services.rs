@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use anyhow::bail;
 
-use super::probe::ProbeTarget;
-use super::scenario::{Family, Probe, Proto};
-use super::servers::Endpoint;
-use super::topology::LivePod;
-use crate::model::service::{candidates, Backend, EndpointIndex, IpFamily};
-use crate::model::{Cluster, Protocol, Service, ServiceKey};
-use crate::source::manifests::parse_file;
-use crate::source::objects::{cluster_of, Object};
+use crate::probe::ProbeTarget;
+use crate::scenario::{Family, Probe, Proto};
+use crate::servers::Endpoint;
+use crate::topology::LivePod;
+use enforcer_agent::model::service::{candidates, Backend, EndpointIndex, IpFamily};
+use enforcer_agent::model::{Cluster, Protocol, Service, ServiceKey};
+use enforcer_agent::source::manifests::parse_file;
+use enforcer_agent::source::objects::{cluster_of, Object};
 
 /// Connections per candidate backend in a Service cell (at least 4: docs/scenario-format.md
 /// "Service probes"), and the least per cell (a cell without candidates still tries).
@@ -181,7 +181,7 @@ impl<'a> StepServices<'a> {
 
 /// Whether any step of a scenario has a Service or a Service probe: then the lab plays
 /// kube-proxy on every node.
-pub fn scenario_has_services(steps: &[super::scenario::Step]) -> bool {
+pub fn scenario_has_services(steps: &[crate::scenario::Step]) -> bool {
     steps.iter().any(|s| {
         s.probes.iter().any(|p| p.service.is_some())
             || !cluster_from_yaml(&[&s.cluster_yaml]).0.services.is_empty()

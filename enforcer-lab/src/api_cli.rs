@@ -11,12 +11,12 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::ListParams;
 use kube::Api;
 
-use super::cli::{print_up_summary, UpArgs, WaitArgs};
-use super::instance::{down_instance, log_tail, own_session, Lab, LabState};
-use super::placement::{validate_node_name, DEFAULT_NODE};
-use super::state::ControllerStatus;
-use crate::model::Cluster;
-use crate::source::kube::{client, KubeSource};
+use crate::cli::{print_up_summary, UpArgs, WaitArgs};
+use crate::instance::{down_instance, log_tail, own_session, Lab, LabState};
+use crate::placement::{validate_node_name, DEFAULT_NODE};
+use crate::state::ControllerStatus;
+use enforcer_agent::model::Cluster;
+use enforcer_agent::source::kube::{client, KubeSource};
 
 /// How long `lab up` waits for the lab to apply the API's state.
 const UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,7 +71,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let synced = super::wait::wait(&args.name, UP_TIMEOUT)
+    let synced = crate::wait::wait(&args.name, UP_TIMEOUT)
         .await
         .with_context(|| {
             format!(
@@ -86,8 +86,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// `lab wait`.
 pub async fn wait(args: WaitArgs) -> anyhow::Result<()> {
-    let name = super::cli::resolve_name(args.name);
-    let msg = super::wait::wait(&name, args.timeout).await?;
+    let name = crate::cli::resolve_name(args.name);
+    let msg = crate::wait::wait(&name, args.timeout).await?;
     println!("{msg}");
     Ok(())
 }
