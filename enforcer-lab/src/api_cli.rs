@@ -7,16 +7,17 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use enforcer_agent::model::Cluster;
+use enforcer_agent::source::kube::{client, KubeSource};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::ListParams;
 use kube::Api;
 
-use crate::cli::{print_up_summary, UpArgs, WaitArgs};
+use crate::args::{UpArgs, WaitArgs};
 use crate::instance::{down_instance, log_tail, own_session, Lab, LabState};
 use crate::placement::{validate_node_name, DEFAULT_NODE};
+use crate::report::print_up_summary;
 use crate::state::ControllerStatus;
-use enforcer_agent::model::Cluster;
-use enforcer_agent::source::kube::{client, KubeSource};
 
 /// How long `lab up` waits for the lab to apply the API's state.
 const UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,7 +87,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// `lab wait`.
 pub async fn wait(args: WaitArgs) -> anyhow::Result<()> {
-    let name = crate::cli::resolve_name(args.name);
+    let name = crate::instance::resolve_name(args.name);
     let msg = crate::wait::wait(&name, args.timeout).await?;
     println!("{msg}");
     Ok(())

@@ -14,11 +14,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use enforcer_agent::netns::Netns;
 use kube::config::Kubeconfig;
 use socket2::{Domain, Protocol, SockAddr, Type};
 
 use crate::nodes::NodeSpec;
-use enforcer_agent::netns::Netns;
 
 /// Where the agents reach the API, and which kubeconfig they use.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
+use crate::iproute::{delete_netns, list_netns, NETNS_PREFIX};
 use crate::nodes::{fabric_netns_name, node_netns_name};
 use crate::state::{LabPaths, LabState, STATE_ROOT};
-use crate::topology::{self, NETNS_PREFIX};
 
 pub(crate) fn stop_children<'a>(children: impl IntoIterator<Item = &'a mut Child>) {
     let mut running: Vec<&mut Child> = children
@@ -170,7 +170,7 @@ pub fn down_instance(name: &str) -> bool {
                 .chain(s.fabric.clone())
         })
         .collect();
-    names.extend(topology::list_netns(&format!("{NETNS_PREFIX}{name}-")));
+    names.extend(list_netns(&format!("{NETNS_PREFIX}{name}-")));
     names.sort();
     names.dedup();
     let node = node_netns_name(name);
@@ -184,7 +184,7 @@ pub fn down_instance(name: &str) -> bool {
     {
         if enforcer_agent::netns::named_path(ns).exists() {
             found = true;
-            topology::delete_netns(ns);
+            delete_netns(ns);
         }
     }
     if paths.pin_dir.exists() {
@@ -224,7 +224,7 @@ pub fn all_instances() -> Vec<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    for ns in topology::list_netns(NETNS_PREFIX) {
+    for ns in list_netns(NETNS_PREFIX) {
         if let Some(inst) = instance_of_netns(&ns) {
             names.push(inst.to_owned());
         }

@@ -1,179 +1,20 @@
-//! `enforcer lab ...`: arguments and command implementations.
+//! `enforcer lab ...`: [`run`] runs a parsed [`LabCommand`] (the arguments are in
+//! [`crate::args`]); a lab on an API is brought up by [`crate::api_cli`], the demo run by
+//! [`crate::demo`].
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
 
-use crate::instance::{self, AgentStatus, Lab, LabState};
-use crate::placement::Placement;
-use crate::probe::measure_step;
-use crate::scenario::{self, compare, Probe, Results, Scenario, StepResult};
-use crate::services::{cluster_from_yaml, scenario_has_services, ClusterIpMemory};
-use crate::topology::{self, Topology};
-
-/// Subcommands of `enforcer lab`.
-#[derive(Debug, Subcommand)]
-pub enum LabCommand {
-    /// Run a scenario (docs/scenario-format.md) against the agent in network namespaces; compare
-    /// with expected.json.
-    Run(RunArgs),
-    /// Bring up a scenario's first step (or the built-in demo) with its agent and leave it
-    /// running; with --kubeconfig, a lab that follows a Kubernetes API's pods and Services.
-    Up(UpArgs),
-    /// Wait until a lab on an API (`up --kubeconfig`) has applied the API's current state.
-    Wait(WaitArgs),
-    /// Plays kubelet and kube-proxy for a lab on an API (started by `up --kubeconfig`).
-    #[command(hide = true)]
-    Controller(ControllerArgs),
-    /// Show the nodes, pods, interfaces, addresses and agents of a running lab.
-    Status(StatusArgs),
-    /// Run a command inside a pod's network namespace of a running lab.
-    Exec(ExecArgs),
-    /// Probe every pod pair of a running lab and print the matrices.
-    Probe(ProbeArgs),
-    /// Remove a running lab (agent, namespaces, pins, state).
-    Down(DownArgs),
-    /// Run the built-in demo: traffic every 2 s and the agent's flow log, until Ctrl-C.
-    Demo(DemoArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Scenario directory.
-    pub scenario: PathBuf,
-    /// Print the results as JSON (expected.json format) on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Compare with this file instead of SCENARIO/expected.json.
-    #[arg(long, value_name = "FILE")]
-    pub expected: Option<PathBuf>,
-    /// Leave the lab (and its agent) running at the end; remove it later with `lab down`.
-    #[arg(long)]
-    pub keep: bool,
-    /// Instance name (default: r<pid>).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Time a probe may take before it counts as failed.
-    #[arg(long, default_value_t = 2000)]
-    pub timeout_ms: u64,
-    /// Spread the pods that name no node (spec.nodeName) over these nodes, e.g.
-    /// `--nodes node-a,node-b`: one node namespace and agent each, the same pod on the same
-    /// node in every step.
-    #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
-    pub nodes: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// Scenario directory (default: the built-in demo).
-    pub scenario: Option<PathBuf>,
-    /// Instance name.
-    #[arg(long, default_value = "demo")]
-    pub name: String,
-    /// An extra argument for the lab's agent (repeatable), e.g.
-    /// `--agent-arg=--alerts-config=alerts.yaml`.
-    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
-    pub agent_args: Vec<String>,
-    /// Spread the pods that name no node over these nodes (as `lab run --nodes`); with
-    /// --kubeconfig, the API's nodes this lab plays.
-    #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
-    pub nodes: Vec<String>,
-    /// Take the cluster from this Kubernetes API instead of a scenario: for each of --nodes,
-    /// a node namespace and an agent watching the API (`--node`); the API's pods scheduled to
-    /// those nodes get network namespaces with their `status.podIPs`, serving their container
-    /// ports, and its Services get kube-proxy's NAT. Follow changes with `lab wait`.
-    #[arg(long, value_name = "FILE", conflicts_with = "scenario")]
-    pub kubeconfig: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct WaitArgs {
-    /// Instance name (default: the only running instance, else `demo`).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Give up (exit status 1, saying what is missing) after this long.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Args)]
-pub struct ControllerArgs {
-    #[arg(long)]
-    pub name: String,
-    /// Extra arguments for the agents.
-    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
-    pub agent_args: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Instance name (default: the only running instance, else `demo`).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// Pod as NAMESPACE/NAME.
-    pub pod: String,
-    /// Instance name (default: the only running instance, else `demo`).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Command and arguments (after `--`).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-    pub command: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct ProbeArgs {
-    /// probes.yaml (default: the probes of the scenario/demo the lab was brought up with).
-    pub probes: Option<PathBuf>,
-    /// Instance name (default: the only running instance, else `demo`).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Print JSON (expected.json format, one step).
-    #[arg(long)]
-    pub json: bool,
-    /// Time a probe may take before it counts as failed.
-    #[arg(long, default_value_t = 2000)]
-    pub timeout_ms: u64,
-}
-
-#[derive(Debug, Args)]
-pub struct DownArgs {
-    /// Instance name (default: the only running instance, else `demo`).
-    #[arg(long, conflicts_with = "all")]
-    pub name: Option<String>,
-    /// Remove every lab instance and every enf-* network namespace.
-    #[arg(long)]
-    pub all: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Instance name.
-    #[arg(long, default_value = "demo")]
-    pub name: String,
-    /// Stop after this many seconds (default: run until Ctrl-C).
-    #[arg(long, value_name = "SECS")]
-    pub duration: Option<u64>,
-}
-
-/// The built-in demo scenario.
-pub const DEMO_CLUSTER: &str = include_str!("demo/cluster.yaml");
-pub const DEMO_POLICIES: &str = include_str!("demo/policies.yaml");
-pub const DEMO_PROBES: &str = include_str!("demo/probes.yaml");
-
-pub fn demo_scenario() -> Scenario {
-    Scenario::from_strs("demo", DEMO_CLUSTER, DEMO_POLICIES, DEMO_PROBES)
-        .expect("the built-in demo scenario is valid (checked by a unit test)")
-}
+use crate::args::{DownArgs, ExecArgs, LabCommand, ProbeArgs, RunArgs, StatusArgs, UpArgs};
+use crate::demo_scenario::demo_scenario;
+use crate::instance::{self, resolve_name, AgentStatus, LabState};
+use crate::iproute;
+use crate::report::{print_nodes, print_pods, print_up_summary};
+use crate::run::{interruptible, measure_step, run_scenario, up};
+use crate::scenario::{self, compare, Results, Scenario, StepResult};
+use crate::services::{cluster_from_yaml, ClusterIpMemory};
+use crate::topology::Topology;
 
 /// Runs one `enforcer lab` command. Needs a tokio runtime with timers, I/O and signals (the
 /// multi-thread one of `#[tokio::main]`). `lab exec` exits the process with the command's code.
@@ -191,19 +32,6 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::Probe(args) => interruptible(cmd_probe(args)).await,
         LabCommand::Down(args) => cmd_down(args),
         LabCommand::Demo(args) => crate::demo::run_demo(args).await,
-    }
-}
-
-/// Runs `fut`, abandoning it (which drops, and so removes, any lab it owns) on SIGINT/SIGTERM.
-pub(crate) async fn interruptible<T>(
-    fut: impl Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        res = fut => res,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted (SIGINT); lab resources removed"),
-        _ = term.recv() => bail!("terminated (SIGTERM); lab resources removed"),
     }
 }
 
@@ -247,72 +75,6 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the lab of `steps`: their pods' nodes (spread over `spread` when given), and
-/// kube-proxy when a step has Services.
-fn create_lab(steps: &[scenario::Step], name: &str, spread: &[String]) -> anyhow::Result<Lab> {
-    let placement = Placement::plan(steps, spread).context("placing the pods on nodes")?;
-    Lab::create(name, placement, scenario_has_services(steps))
-}
-
-/// Builds the lab, runs every step, and returns the measured results. The lab is removed when
-/// this returns (or is abandoned), unless `keep`.
-pub async fn run_scenario(
-    scenario: &Scenario,
-    name: &str,
-    keep: bool,
-    timeout: Duration,
-    spread: &[String],
-) -> anyhow::Result<Results> {
-    let mut lab = create_lab(&scenario.steps, name, spread)?;
-    lab.sync_pods(&scenario.steps[0].pods)?;
-    lab.start_agent(keep, &[])?;
-    let mut results = Results::default();
-    for (i, step) in scenario.steps.iter().enumerate() {
-        let started = Instant::now();
-        lab.sync_pods(&step.pods)
-            .with_context(|| format!("building the pods of step {}", step.label()))?;
-        lab.apply(step).await?;
-        let applied = started.elapsed();
-        let pods = lab.topo.pods();
-        let probes = measure_step(
-            &pods,
-            &step.probes,
-            lab.cluster(),
-            lab.cluster_ips(),
-            timeout,
-        )
-        .await
-        .with_context(|| format!("probing step {}", step.label()))?;
-        eprintln!(
-            "step {} ({}): {} pods on {} node(s), {} policies, {} services; agents applied in {:.2}s; {} probes in {:.2}s",
-            i + 1,
-            step.label(),
-            pods.len(),
-            lab.topo.layout().nodes.len(),
-            step.policy_count,
-            lab.cluster().services.len(),
-            applied.as_secs_f64(),
-            step.probes.len(),
-            (started.elapsed() - applied).as_secs_f64()
-        );
-        results.steps.push(StepResult { probes });
-    }
-    if keep {
-        lab.set_probes_file(&probes_yaml(
-            &scenario.steps[scenario.steps.len() - 1].probes,
-        ))?;
-        let state = lab.detach()?;
-        eprintln!("kept lab {name:?}; remove it with `enforcer lab down --name {name}`");
-        print_up_summary(&state);
-    }
-    Ok(results)
-}
-
-fn probes_yaml(probes: &[Probe]) -> String {
-    // Serialized as written: Service probes keep their `service` key.
-    serde_yaml::to_string(probes).expect("probes serialize")
-}
-
 fn print_tables(scenario: &Scenario, results: &Results, expected: Option<&Results>) {
     for (i, step) in results.steps.iter().enumerate() {
         let label = scenario.steps.get(i).map(|s| s.label()).unwrap_or("?");
@@ -338,149 +100,6 @@ async fn cmd_up(args: UpArgs) -> anyhow::Result<()> {
         .detach()?;
     print_up_summary(&state);
     Ok(())
-}
-
-/// Builds the first step of `scenario` with detached agents and waits until they applied it.
-pub(crate) async fn up(
-    scenario: &Scenario,
-    name: &str,
-    agent_args: &[&str],
-    spread: &[String],
-) -> anyhow::Result<Lab> {
-    let step = &scenario.steps[0];
-    let mut lab = create_lab(&scenario.steps[..1], name, spread)?;
-    lab.sync_pods(&step.pods)?;
-    lab.start_agent(true, agent_args)?;
-    lab.set_probes_file(&probes_yaml(&step.probes))?;
-    lab.apply(step).await?;
-    lab.save_state()?;
-    Ok(lab)
-}
-
-pub(crate) fn print_up_summary(state: &LabState) {
-    let name = &state.name;
-    if state.nodes.len() > 1 {
-        println!("lab {name:?} is up ({} nodes)", state.nodes.len());
-    } else {
-        println!("lab {name:?} is up (node namespace {})", state.node_netns);
-    }
-    print_nodes(state);
-    print_pods(state);
-    match state.agent_pid {
-        Some(pid) if state.nodes.len() <= 1 => {
-            println!("agent: pid {pid}, log {}", state.paths.agent_log.display())
-        }
-        Some(_) => {}
-        None => println!("agent: not started"),
-    }
-    match &state.kubeconfig {
-        Some(kubeconfig) => println!(
-            "cluster:   the API of {} (change it, then `enforcer lab wait --name {name}`)",
-            kubeconfig.display()
-        ),
-        None => println!(
-            "manifests: {} (edit and save: the agents re-apply)",
-            state.paths.manifests_dir.display()
-        ),
-    }
-    if state.nodes.len() <= 1 {
-        println!("flow log:  {}", state.paths.flow_log.display());
-    }
-    println!();
-    println!("try:");
-    if let Some(pod) = state.pods.first() {
-        let other = state.pods.get(1).unwrap_or(pod);
-        println!(
-            "  enforcer lab exec {} --name {name} -- ping -c1 {}",
-            pod.key(),
-            other.ipv4
-        );
-    }
-    println!("  enforcer lab probe --name {name}");
-    println!("  enforcer lab status --name {name}");
-    println!("  enforcer flows --lab {name} --follow");
-    println!("  enforcer lab down --name {name}");
-}
-
-/// The nodes with their addresses and agents (a single-node lab shows its one node).
-fn print_nodes(state: &LabState) {
-    if state.nodes.is_empty() {
-        return;
-    }
-    let width = state
-        .nodes
-        .iter()
-        .map(|n| n.spec.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    println!(
-        "  {:width$}  {:24}  {:11}  {:16}  AGENT",
-        "NODE", "NETNS", "IPv4", "IPv6"
-    );
-    for n in &state.nodes {
-        let agent = match n.agent_pid {
-            Some(pid) if instance::pid_alive(pid) => {
-                format!("pid {pid} (running), log {}", n.paths.agent_log.display())
-            }
-            Some(pid) => format!(
-                "pid {pid} (NOT running), log {}",
-                n.paths.agent_log.display()
-            ),
-            None => "none".into(),
-        };
-        println!(
-            "  {:width$}  {:24}  {:11}  {:16}  {agent}",
-            n.spec.name,
-            n.spec.netns,
-            n.spec.ipv4.to_string(),
-            n.spec.ipv6.to_string()
-        );
-    }
-}
-
-fn print_pods(state: &LabState) {
-    let width = state
-        .pods
-        .iter()
-        .map(|p| p.key().len())
-        .max()
-        .unwrap_or(3)
-        .max(3);
-    let node_width = state
-        .pods
-        .iter()
-        .map(|p| p.node.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    println!(
-        "  {:width$}  {:node_width$}  {:16}  {:7}  {:15}  IPv6",
-        "POD", "NODE", "NETNS", "IFACE", "IPv4"
-    );
-    for p in &state.pods {
-        let v6 = p.ipv6.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-        println!(
-            "  {:width$}  {:node_width$}  {:16}  {:7}  {:15}  {v6}",
-            p.key(),
-            p.node,
-            p.netns,
-            p.ifname,
-            p.ipv4.to_string()
-        );
-    }
-}
-
-/// `--name` when given; else the only instance there is; else `demo`.
-pub(crate) fn resolve_name(name: Option<String>) -> String {
-    name.unwrap_or_else(|| {
-        let all = instance::all_instances();
-        if all.len() == 1 {
-            all[0].clone()
-        } else {
-            "demo".to_owned()
-        }
-    })
 }
 
 fn cmd_status(args: StatusArgs) -> anyhow::Result<()> {
@@ -654,8 +273,8 @@ fn cmd_down(args: DownArgs) -> anyhow::Result<()> {
             instance::down_instance(name);
             println!("removed lab {name:?}");
         }
-        for ns in topology::list_netns(topology::NETNS_PREFIX) {
-            topology::delete_netns(&ns);
+        for ns in iproute::list_netns(iproute::NETNS_PREFIX) {
+            iproute::delete_netns(&ns);
             println!("removed network namespace {ns}");
         }
         if names.is_empty() {
@@ -670,64 +289,4 @@ fn cmd_down(args: DownArgs) -> anyhow::Result<()> {
         println!("no lab {name:?} found");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Debug, Parser)]
-    struct Wrapper {
-        #[command(subcommand)]
-        cmd: LabCommand,
-    }
-
-    fn parse(args: &[&str]) -> LabCommand {
-        Wrapper::try_parse_from(std::iter::once("lab").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-            .cmd
-    }
-
-    #[test]
-    fn parses_every_subcommand() {
-        let LabCommand::Run(run) = parse(&["run", "sc", "--json", "--keep", "--timeout-ms", "500"])
-        else {
-            panic!("not run")
-        };
-        assert_eq!(
-            (run.scenario, run.json, run.keep, run.timeout_ms),
-            ("sc".into(), true, true, 500)
-        );
-        let LabCommand::Exec(exec) =
-            parse(&["exec", "x/a", "--name", "n", "--", "ip", "-br", "addr"])
-        else {
-            panic!("not exec")
-        };
-        assert_eq!(exec.pod, "x/a");
-        assert_eq!(exec.name.as_deref(), Some("n"));
-        assert_eq!(exec.command, ["ip", "-br", "addr"]);
-        let LabCommand::Up(up) = parse(&["up"]) else {
-            panic!("not up")
-        };
-        assert_eq!((up.scenario, up.name.as_str()), (None, "demo"));
-        assert!(matches!(
-            parse(&["down", "--all"]),
-            LabCommand::Down(DownArgs { all: true, .. })
-        ));
-        assert!(matches!(
-            parse(&["probe", "p.yaml", "--json"]),
-            LabCommand::Probe(ProbeArgs { json: true, .. })
-        ));
-        assert!(matches!(parse(&["status"]), LabCommand::Status(_)));
-        assert!(matches!(
-            parse(&["demo", "--duration", "5"]),
-            LabCommand::Demo(DemoArgs {
-                duration: Some(5),
-                ..
-            })
-        ));
-        assert!(Wrapper::try_parse_from(["lab", "down", "--all", "--name", "x"]).is_err());
-    }
 }

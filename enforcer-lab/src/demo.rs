@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::cli::{demo_scenario, interruptible, up, DemoArgs};
+use crate::args::DemoArgs;
+use crate::demo_scenario::demo_scenario;
 use crate::instance::{log_tail, pid_alive};
 use crate::probe::connect_once;
+use crate::run::{interruptible, up};
 use crate::scenario::{Family, Proto};
 use crate::servers::{Endpoint, ServerSet};
 use crate::topology::{LivePod, Topology};

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use enforcer_agent::model::Cluster;
 
 use crate::kube_proxy;
 use crate::nodes::NodeLayout;
@@ -16,7 +17,6 @@ use crate::scenario::{PodSpec, Step};
 use crate::services::{cluster_from_yaml, ClusterIpMemory};
 use crate::state::NodeState;
 use crate::topology::Topology;
-use enforcer_agent::model::Cluster;
 
 pub use crate::cleanup::{all_instances, down_instance, is_lab_agent, pid_alive};
 pub use crate::state::{
@@ -519,4 +519,16 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `--name` when given; else the only instance there is; else `demo`.
+pub fn resolve_name(name: Option<String>) -> String {
+    name.unwrap_or_else(|| {
+        let all = all_instances();
+        if all.len() == 1 {
+            all[0].clone()
+        } else {
+            "demo".to_owned()
+        }
+    })
 }

@@ -29,7 +29,6 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
-
 use enforcer_agent::model::service::{candidates, Backend, EndpointIndex, IpFamily};
 use enforcer_agent::model::{Cluster, Protocol, Service};
 use enforcer_agent::netns::Netns;

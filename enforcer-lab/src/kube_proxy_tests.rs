@@ -364,11 +364,11 @@ fn the_kernel_accepts_and_replaces_the_ruleset() {
         return;
     }
     let ns = format!("enf-kp{}-node", std::process::id());
-    crate::topology::ip(&["netns", "add", &ns]).unwrap();
+    crate::iproute::ip(&["netns", "add", &ns]).unwrap();
     struct Del(String);
     impl Drop for Del {
         fn drop(&mut self) {
-            crate::topology::delete_netns(&self.0);
+            crate::iproute::delete_netns(&self.0);
         }
     }
     let _del = Del(ns.clone());

@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use enforcer_agent::model::{Cluster, Pod, PodKey, Protocol};
+use enforcer_agent::source::kube::{client, KubeSource};
 
 use crate::api_proxy;
 use crate::instance::{write_atomic, AgentSource, Lab};
@@ -29,8 +31,6 @@ use crate::scenario::{Family, PodSpec, Proto};
 use crate::servers::{Endpoint, ServerSet};
 use crate::state::{ControllerStatus, LabState};
 use crate::topology::LivePod;
-use enforcer_agent::model::{Cluster, Pod, PodKey, Protocol};
-use enforcer_agent::source::kube::{client, KubeSource};
 
 /// How long an API read may take (as the agent's default `--api-timeout`).
 const API_TIMEOUT: Duration = Duration::from_secs(60);

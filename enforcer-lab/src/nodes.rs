@@ -19,12 +19,12 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context;
+use enforcer_agent::netns::Netns;
 use serde::{Deserialize, Serialize};
 
+use crate::iproute::{ip, ip_batch, sysctl, NETNS_PREFIX};
 use crate::kube_proxy::{SERVICE_CIDR_V4, SERVICE_CIDR_V6};
 use crate::placement::{node_index, Placement, DEFAULT_NODE};
-use crate::topology::{ip, ip_batch, sysctl, NETNS_PREFIX};
-use enforcer_agent::netns::Netns;
 
 /// The single node's addresses in today's layout (the default node's in every layout).
 pub const NODE_IPV4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);

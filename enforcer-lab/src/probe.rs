@@ -276,25 +276,3 @@ pub async fn run_probes(
     }
     Ok(results)
 }
-
-/// Measures one step of a running lab: starts the servers it needs (every pod serves the pod
-/// probes' ports, every Service backend its reachable target ports), runs every probe at
-/// once, stops the servers. `cluster` is the model of the step's manifests.
-pub async fn measure_step(
-    pods: &[Arc<LivePod>],
-    probes: &[Probe],
-    cluster: &enforcer_agent::model::Cluster,
-    cluster_ips: &crate::services::ClusterIpMemory,
-    limit: Duration,
-) -> anyhow::Result<Vec<ProbeResult>> {
-    let services = crate::services::StepServices::new(cluster);
-    let targets = services.targets(probes, pods, cluster_ips)?;
-    let servers = crate::servers::ServerSet::start_with(
-        pods,
-        &crate::servers::endpoints_for(probes),
-        &services.backend_endpoints(probes),
-    )?;
-    let results = run_probes(pods, probes, &targets, limit).await;
-    servers.stop().await;
-    results
-}

@@ -4,10 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::iproute::list_netns;
 use crate::probe::run_probes;
 use crate::scenario::{Family, PodSpec, Probe, Proto};
 use crate::servers::{endpoints_for, ServerSet};
-use crate::topology::{list_netns, node_netns_name, Topology};
+use crate::topology::{node_netns_name, Topology};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

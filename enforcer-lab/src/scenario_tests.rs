@@ -181,7 +181,7 @@ fn all_example_scenarios_parse() {
 
 #[test]
 fn demo_scenario_is_valid() {
-    let s = crate::cli::demo_scenario();
+    let s = crate::demo_scenario::demo_scenario();
     let keys: Vec<String> = s.steps[0].pods.iter().map(PodSpec::key).collect();
     assert_eq!(
         keys,

@@ -8,15 +8,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::bail;
+use enforcer_agent::model::service::{candidates, Backend, EndpointIndex, IpFamily};
+use enforcer_agent::model::{Cluster, Protocol, Service, ServiceKey};
+use enforcer_agent::source::manifests::parse_file;
+use enforcer_agent::source::objects::{cluster_of, Object};
 
 use crate::probe::ProbeTarget;
 use crate::scenario::{Family, Probe, Proto};
 use crate::servers::Endpoint;
 use crate::topology::LivePod;
-use enforcer_agent::model::service::{candidates, Backend, EndpointIndex, IpFamily};
-use enforcer_agent::model::{Cluster, Protocol, Service, ServiceKey};
-use enforcer_agent::source::manifests::parse_file;
-use enforcer_agent::source::objects::{cluster_of, Object};
 
 /// Connections per candidate backend in a Service cell (at least 4: docs/scenario-format.md
 /// "Service probes"), and the least per cell (a cell without candidates still tries).

@@ -14,27 +14,23 @@
 //! it was [`Topology::detach`]ed (for `lab up`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use enforcer_agent::netns::Netns;
 use serde::{Deserialize, Serialize};
 
+use crate::iproute::{delete_netns, ip, ip_batch, ip_batch_with, sysctl, NETNS_PREFIX};
 use crate::nodes::{self, NodeLayout, NodeSpec, UPLINK};
 use crate::placement::DEFAULT_NODE;
 use crate::scenario::{Family, PodSpec};
-use enforcer_agent::netns::Netns;
 
 pub use crate::nodes::{node_netns_name, NODE_DEVICE, NODE_IPV4, NODE_IPV6};
 
 /// Gateway addresses every pod routes through (on each host-side veth).
 pub const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const GATEWAY_IPV6: &str = "fe80::1";
-/// Prefix of every namespace the lab creates (`lab down --all` removes all of them).
-pub const NETNS_PREFIX: &str = "enf-";
 
 pub fn pod_netns_name(instance: &str, index: u32) -> String {
     format!("{NETNS_PREFIX}{instance}-p{index}")
@@ -83,91 +79,6 @@ fn default_node() -> String {
 pub struct LivePod {
     pub state: PodState,
     pub netns: Netns,
-}
-
-/// Runs `ip ARGS...`; the error names the command and carries its stderr.
-pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running ip {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Runs several `ip` commands in one process inside `netns` (`ip -n NS -batch -`).
-pub(crate) fn ip_batch(netns: &str, lines: &[String]) -> anyhow::Result<()> {
-    ip_batch_with(netns, lines, false)
-}
-
-/// As [`ip_batch`]; with `force`, later commands still run after one fails (cleanup).
-fn ip_batch_with(netns: &str, lines: &[String], force: bool) -> anyhow::Result<()> {
-    let mut cmd = Command::new("ip");
-    if force {
-        cmd.arg("-force");
-    }
-    let mut child = cmd
-        .args(["-n", netns, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running ip -batch")?;
-    {
-        let mut stdin = child.stdin.take().expect("stdin was piped");
-        stdin
-            .write_all(lines.join("\n").as_bytes())
-            .context("writing ip -batch input")?;
-    }
-    let out = child.wait_with_output().context("waiting for ip -batch")?;
-    if !out.status.success() {
-        bail!(
-            "ip -n {netns} -batch failed ({}): {}\ncommands:\n  {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            lines.join("\n  ")
-        );
-    }
-    Ok(())
-}
-
-/// Sets a sysctl inside a namespace by writing `/proc/sys` from a thread switched into it
-/// (net sysctls resolve against the writing thread's namespace).
-pub(crate) fn sysctl(netns: &Netns, key: &str, value: &str) -> anyhow::Result<()> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    netns
-        .run(|| std::fs::write(&path, value))?
-        .with_context(|| format!("setting {key}={value} in {}", netns.path().display()))
-}
-
-/// Deletes a named namespace if it exists; errors are reported, not returned (cleanup path).
-pub fn delete_netns(name: &str) {
-    if enforcer_agent::netns::named_path(name).exists() {
-        if let Err(err) = ip(&["netns", "del", name]) {
-            eprintln!("warning: {err:#}");
-        }
-    }
-}
-
-/// All namespaces under /run/netns whose name starts with `prefix`.
-pub fn list_netns(prefix: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(enforcer_agent::netns::NETNS_RUN_DIR)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(prefix))
-        .collect();
-    names.sort();
-    names
 }
 
 /// One lab network; removed on drop unless detached.

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use enforcer_agent::source::kube::KINDS;
+use enforcer_agent::source::revision::{self, KindRevision};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -24,8 +26,6 @@ use kube::{Api, Client, Resource};
 
 use crate::instance::{log_tail, pid_alive};
 use crate::state::{AgentStatus, ControllerStatus, LabState};
-use enforcer_agent::source::kube::KINDS;
-use enforcer_agent::source::revision::{self, KindRevision};
 
 /// How often the API is listed again while waiting.
 const RELIST: Duration = Duration::from_secs(1);

@@ -27,7 +27,7 @@ enum Cmd {
     /// The network-namespace lab: pods as network namespaces on this machine.
     #[cfg(feature = "lab")]
     #[command(subcommand)]
-    Lab(enforcer_lab::cli::LabCommand),
+    Lab(enforcer_lab::args::LabCommand),
     /// Show recent and live flows from the local agent, or from a saved flow log.
     Flows(flows::client::FlowsArgs),
     /// Why is a connection allowed or denied? Both sides, with the exact rules, computed from
