@@ -8,7 +8,6 @@
 //! - [`flows`]: flow records (decode, attribute), the flow log, `enforcer flows`.
 //! - [`alerts`]: anomaly detectors over the flow records; [`metrics`]: Prometheus.
 //! - [`explain`]: why a connection is allowed or denied, from the compiled tables.
-//! - [`lab`]: the network-namespace lab.
 //! - [`netns`]: entering network namespaces.
 
 pub mod agent;
@@ -17,7 +16,6 @@ pub mod compile;
 pub mod dataplane;
 pub mod explain;
 pub mod flows;
-pub mod lab;
 pub mod metrics;
 pub mod model;
 pub mod netns;

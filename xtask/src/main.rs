@@ -180,7 +180,7 @@ fn main() -> Result<()> {
         Cmd::Lab { duration } => {
             setup()?;
             // The test profile's build: after `cargo xtask test` there is nothing to rebuild.
-            run(cargo().args(["build", "-p", "enforcer-agent"]))?;
+            run(cargo().args(["build", "-p", "enforcer"]))?;
             let mut cmd = Command::new(workspace().join("target/debug/enforcer"));
             cmd.args(["lab", "demo"]);
             if let Some(d) = duration {
