@@ -76,6 +76,8 @@ pub struct Status {
     #[serde(skip)]
     pub pending_ips: Vec<IpAddr>,
     pub errors: Vec<String>,
+    /// The kernel ids of the programs this agent put on the links.
+    pub programs: BTreeMap<&'static str, u32>,
     /// What the last sync could not program (each part kept its previous state in force).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sync_errors: Vec<String>,
@@ -609,6 +611,7 @@ fn sync_once(
         pending_ips,
         errors: desired.errors.clone(),
         sync_errors: report.errors.iter().map(ToString::to_string).collect(),
+        programs: dp.program_ids(),
         source: desired.revisions.clone(),
     })
 }

@@ -1,7 +1,7 @@
 //! The agent killed (SIGKILL) and started again 20 times under traffic, on the demo lab: no
 //! allowed connection fails, no denied one passes, a long-lived connection survives, and each
 //! new agent puts its own programs in force on the links in place (once it has adopted them,
-//! only its programs are loaded: no link still runs the old agent's). Needs root.
+//! the old agent's programs are unloaded: no link still runs them). Needs root.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,12 +51,23 @@ fn connect(netns: &Netns, to: SocketAddr, timeout: Duration) -> std::io::Result<
     Ok(socket.into())
 }
 
-/// Loaded programs named `name` (the agent's two programs; each agent loads its own).
-fn loaded(name: &str) -> usize {
+/// Whether a program with kernel id `id` is loaded.
+fn loaded(id: u64) -> bool {
     aya::programs::loaded_programs()
         .flatten()
-        .filter(|p| p.name_as_str() == Some(name))
-        .count()
+        .any(|p| u64::from(p.id()) == id)
+}
+
+/// The ids of the programs the agent writing `status` put on the links.
+fn program_ids(status: &std::path::Path) -> Vec<u64> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(status).unwrap()).unwrap();
+    let ids: Vec<u64> = v["programs"]
+        .as_object()
+        .map(|m| m.values().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids.len(), 2, "the status names both programs: {v}");
+    ids
 }
 
 fn agent_cmdline(pid: u32) -> Vec<String> {
@@ -155,6 +166,7 @@ fn sigkill_under_traffic_20_times() {
 
     let mut restarts = Vec::new();
     for round in 0..KILLS {
+        let old = program_ids(&status);
         // SAFETY: kill has no memory preconditions; the pid is the lab's agent.
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
         while std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -188,14 +200,18 @@ fn sigkill_under_traffic_20_times() {
             std::thread::sleep(Duration::from_millis(10));
         }
         restarts.push(killed.elapsed() - Duration::from_millis(200));
-        // Only the new agent's programs remain: every link runs them.
+        // The old agent's programs are gone: no link runs them any more (they were replaced
+        // in place by the new agent's, which are on the links).
+        let new = program_ids(&status);
+        assert!(
+            new.iter().all(|id| !old.contains(id)),
+            "round {round}: new programs"
+        );
         let deadline = Instant::now() + Duration::from_secs(3);
-        while loaded("pod_egress") != 1 || loaded("pod_ingress") != 1 {
+        while old.iter().any(|id| loaded(*id)) {
             assert!(
                 Instant::now() < deadline,
-                "round {round}: {} pod_egress and {} pod_ingress programs loaded: a link still runs the old agent's",
-                loaded("pod_egress"),
-                loaded("pod_ingress")
+                "round {round}: the old agent's programs {old:?} are still loaded: a link still runs them"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -567,6 +567,17 @@ impl Dataplane {
         self.rules.rules()
     }
 
+    /// The kernel ids of this agent's two programs (what its links run).
+    pub fn program_ids(&self) -> BTreeMap<&'static str, u32> {
+        [names::programs::POD_EGRESS, names::programs::POD_INGRESS]
+            .into_iter()
+            .filter_map(|name| {
+                let prog: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
+                Some((name, prog.info().ok()?.id()))
+            })
+            .collect()
+    }
+
     /// Whether both programs are attached to the interface `ifindex`.
     pub fn is_attached(&self, ifindex: u32) -> bool {
         self.endpoints.get(&ifindex).is_some_and(|e| e.attached)
