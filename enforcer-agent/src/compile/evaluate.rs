@@ -115,7 +115,7 @@ pub fn evaluate(
     // `entries`): port blocks of up to 256 ports are expanded into single-port keys, so every
     // such block containing the port answers that probe and the lowest rule id is reported;
     // wider blocks are a longest-prefix match, probed last.
-    let narrow = |a: &Allow| a.ports.len >= 16 - crate::dataplane::entries::MAX_EXPANDED_BITS;
+    let narrow = |a: &Allow| a.ports.len >= 16 - enforcer_common::policy::MAX_EXPANDED_BITS;
     for peer in [Peer::Prefix(prefix), Peer::Any] {
         if let Some(p) = proto {
             let exact = entries(peer, p).filter(|(a, _)| narrow(a) && a.ports.contains(port));
