@@ -132,7 +132,7 @@ pub struct Context {
     /// Endpoint id → (local pod, host interface).
     pub endpoints: BTreeMap<u32, (PodKey, String)>,
     /// Service frontend id → the Service port it stands for.
-    pub frontends: BTreeMap<u32, crate::dataplane::services::FrontendName>,
+    pub frontends: BTreeMap<u32, crate::compile::services::FrontendName>,
     /// Rule id in the datapath → the rule (empty: the compiler's ids, `tables.rules`).
     pub rules: BTreeMap<u32, crate::compile::tables::RuleRef>,
 }
