@@ -8,10 +8,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
+use enforcer_common::flow::ConnEndEvent;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::decode::{decode, Event};
+use super::decode::{decode, decode_end, DecodeError, Event};
 use super::enrich::Context;
 use super::store::FlowStore;
 use crate::alerts::{to_record, Alert, Alerts};
@@ -47,15 +48,16 @@ pub struct Outputs {
     pub ends: mpsc::Receiver<Swept>,
 }
 
-/// What the conntrack sweeper sends the sink.
+/// What the conntrack sweeper sends the sink (records as the datapath writes them, see
+/// `dataplane::ct_sweep`).
 #[derive(Debug)]
 pub enum Swept {
     /// The end of an idle connection (the datapath reports the other ends itself, through
     /// the ring buffer): a record like any other.
-    End(Event),
+    End(ConnEndEvent),
     /// What a connection carried since the previous pass: for the volume detector only (it
     /// is not a flow, so it is neither logged nor kept).
-    Bytes(Event),
+    Bytes(ConnEndEvent),
 }
 
 /// The marker written to the flow log where events were lost: the stream says it has a gap.
@@ -117,15 +119,21 @@ pub async fn run(
             g = fd.readable_mut() => g?,
             Some(item) = outputs.ends.recv() => {
                 match item {
-                    Swept::End(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
-                    Swept::Bytes(ev) => {
-                        let rec = record_of(&ev, &ctx);
-                        let fired = match &mut outputs.alerts {
-                            Some(alerts) => alerts.observe(&rec, SystemTime::now()),
-                            None => Vec::new(),
-                        };
-                        raise(fired, &mut out, &mut outputs);
-                    }
+                    Swept::End(c) => match decode_end(&c) {
+                        Ok(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
+                        Err(e) => undecodable(&e, &mut out, &outputs),
+                    },
+                    Swept::Bytes(c) => match decode_end(&c) {
+                        Ok(ev) => {
+                            let rec = record_of(&ev, &ctx);
+                            let fired = match &mut outputs.alerts {
+                                Some(alerts) => alerts.observe(&rec, SystemTime::now()),
+                                None => Vec::new(),
+                            };
+                            raise(fired, &mut out, &mut outputs);
+                        }
+                        Err(e) => undecodable(&e, &mut out, &outputs),
+                    },
                 }
                 // Ends come in batches, once per sweep: flush when the batch is through.
                 if outputs.ends.is_empty() {
@@ -145,16 +153,7 @@ pub async fn run(
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
-                Err(e) => {
-                    // The stream says it has a gap here, as for the kernel's losses.
-                    outputs
-                        .metrics
-                        .lost_events
-                        .with_label_values(&["decode"])
-                        .inc();
-                    write_line(&mut out, &LostMarker::now("decode", 1));
-                    tracing::warn!(error = %e, "undecodable flow event");
-                }
+                Err(e) => undecodable(&e, &mut out, &outputs),
             }
         }
         if let Err(e) = out.flush() {
@@ -162,6 +161,18 @@ pub async fn run(
         }
         guard.clear_ready();
     }
+}
+
+/// A record this agent cannot read: the stream says it has a gap here, as for the kernel's
+/// losses.
+fn undecodable(e: &DecodeError, out: &mut Box<dyn Write + Send>, outputs: &Outputs) {
+    outputs
+        .metrics
+        .lost_events
+        .with_label_values(&["decode"])
+        .inc();
+    write_line(out, &LostMarker::now("decode", 1));
+    tracing::warn!(error = %e, "undecodable flow event");
 }
 
 /// The record of an event, attributed with what the agent knows now.
