@@ -86,12 +86,7 @@ pub fn evaluate(
         return verdict(Decision::Host);
     }
 
-    let proto = match proto {
-        enforcer_common::proto::TCP => Some(Proto::Tcp),
-        enforcer_common::proto::UDP => Some(Proto::Udp),
-        enforcer_common::proto::SCTP => Some(Proto::Sctp),
-        _ => None,
-    };
+    let proto = Proto::of_kernel(proto);
     let entries = |peer: Peer, proto: Proto| {
         let lo = Allow {
             direction,

@@ -154,18 +154,6 @@ fn event(e: &flow::FlowEvent, end: Option<ConnEnd>) -> Result<Event, DecodeError
     })
 }
 
-pub fn protocol_name(p: u8) -> String {
-    match p {
-        proto::TCP => "TCP".into(),
-        proto::UDP => "UDP".into(),
-        proto::SCTP => "SCTP".into(),
-        proto::ICMP => "ICMP".into(),
-        proto::ICMPV6 => "ICMPv6".into(),
-        0 => "unknown".into(),
-        n => format!("proto-{n}"),
-    }
-}
-
 /// The usual name of an ICMP (`v6 = false`) or ICMPv6 message type, if it has one.
 pub fn icmp_type_name(v6: bool, t: u8) -> Option<&'static str> {
     Some(match (v6, t) {

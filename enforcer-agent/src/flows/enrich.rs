@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use enforcer_common::proto;
 use serde::{Deserialize, Serialize};
 
-use super::decode::{protocol_name, tcp_flags_text, Event};
+use super::decode::{tcp_flags_text, Event};
 use crate::compile::tables::{Direction, Tables};
 use crate::model::{Cluster, Owner, PodKey};
 
@@ -316,10 +317,10 @@ impl Context {
             .to_string(),
             direction,
             reason,
-            protocol: protocol_name(ev.proto),
+            protocol: proto::Display(ev.proto).to_string(),
             src,
             dst,
-            tcp_flags: if ev.proto == 6 {
+            tcp_flags: if ev.proto == proto::TCP {
                 tcp_flags_text(ev.tcp_flags)
             } else {
                 String::new()
@@ -327,7 +328,8 @@ impl Context {
             icmp: ev.icmp.map(|(t, code)| Icmp {
                 kind: t,
                 code,
-                name: super::decode::icmp_type_name(ev.proto == 58, t).map(str::to_string),
+                name: super::decode::icmp_type_name(ev.proto == proto::ICMPV6, t)
+                    .map(str::to_string),
             }),
             length: ev.len,
             interface: local.map(|(_, i)| i.clone()),
