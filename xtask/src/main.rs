@@ -2,6 +2,7 @@
 
 mod ebpf_build;
 mod manifests;
+mod modgraph;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,8 +40,10 @@ enum Cmd {
     ValidateManifests,
     /// Benchmarks: per-packet cost at 10, 1,000, 10,000 policies; flow-event throughput.
     Bench,
-    /// rustfmt check and clippy.
+    /// rustfmt check, the module graph of enforcer-agent/src (see `modgraph`), and clippy.
     Lint,
+    /// Print which module of enforcer-agent/src uses which (and check the direction).
+    Modgraph,
 }
 
 fn workspace() -> PathBuf {
@@ -160,6 +163,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => {
+            // Seconds, and a failure here is a design error: before anything is built.
+            modgraph::check(&workspace())?;
             setup()?;
             build_ebpf()?;
             // The offline checks of deploy/ first (seconds); their failure is reported after
@@ -192,8 +197,13 @@ fn main() -> Result<()> {
             setup()?;
             run(cargo().args(["bench", "-p", "enforcer-tests"]))
         }
+        Cmd::Modgraph => {
+            modgraph::print(&workspace())?;
+            modgraph::check(&workspace())
+        }
         Cmd::Lint => {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            modgraph::check(&workspace())?;
             run(cargo().args([
                 "clippy",
                 "--workspace",
