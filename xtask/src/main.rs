@@ -3,6 +3,7 @@
 mod ebpf_build;
 mod manifests;
 mod modgraph;
+mod skipped;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -171,15 +172,28 @@ fn main() -> Result<()> {
             // the tests, which run either way.
             let deploy = deploy_checks();
             // Kernel and lab tests share the machine's bpffs and create network namespaces:
-            // they run as root and serialise where they must (see tests/).
+            // they run as root and serialise where they must (see tests/). Without root they
+            // return at once and leave a marker, so that the run fails.
+            let skipped = skipped::dir(&workspace());
+            skipped::clear(&skipped)?;
             let tests = run(cargo()
                 .args(["test", "--workspace", "--no-fail-fast", "--"])
-                .args(&args));
-            match (deploy, tests) {
-                (Ok(()), tests) => tests,
-                (Err(e), Ok(())) => Err(e.context("the deploy/ checks failed")),
-                (Err(e), Err(t)) => Err(t.context(format!("and the deploy/ checks failed: {e:#}"))),
+                .args(&args)
+                .env(skipped::DIR_ENV, &skipped));
+            let failures: Vec<String> = [
+                tests.err().map(|e| format!("{e:#}")),
+                skipped::check(&skipped).err().map(|e| format!("{e:#}")),
+                deploy
+                    .err()
+                    .map(|e| format!("the deploy/ checks failed: {e:#}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !failures.is_empty() {
+                bail!("{}", failures.join("\n"));
             }
+            Ok(())
         }
         Cmd::ValidateManifests => manifests::validate(&workspace()),
         Cmd::Lab { duration } => {
