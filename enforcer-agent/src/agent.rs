@@ -1,5 +1,9 @@
 //! The agent's sync loop: source → compile → dataplane, level-triggered. Any change (or a
 //! pod whose interface is not there yet) leads to a full recompile and a diff against the maps.
+//! Beside it, the agent's other tasks: the flow sink ([`flow_sink`]), the conntrack sweeper,
+//! the metrics endpoint and the flow socket.
+
+pub mod flow_sink;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,7 +19,7 @@ use crate::alerts::{notify, Alerts, AlertsConfig};
 use crate::compile::{compile, NodeInput, Tables};
 use crate::dataplane::services::GoneBackend;
 use crate::dataplane::{ct_sweep, interfaces, Dataplane, Iface};
-use crate::flows::{enrich, rotate, server, sink, store};
+use crate::flows::{enrich, rotate, server, store};
 use crate::metrics::http::{self as metrics_http, Ready};
 use crate::metrics::Metrics;
 use crate::model::{Cluster, PodKey};
@@ -195,7 +199,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         flush_rx,
         metrics.clone(),
     ));
-    let outputs = sink::Outputs {
+    let outputs = flow_sink::Outputs {
         lost: lost_rx,
         ends: ends_rx,
         metrics: metrics.clone(),
@@ -206,13 +210,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             .clone()
             .map(|u| notify::start(u, opts.node.clone())),
     };
-    let filter = sink::Filter {
+    let filter = flow_sink::Filter {
         allowed: opts.log_allowed,
         records: opts.flow_log_filter.clone(),
     };
     let flow_ctx = ctx.clone();
     let flows = tokio::spawn(async move {
-        if let Err(e) = sink::run(ring, flow_ctx, out, filter, outputs).await {
+        if let Err(e) = flow_sink::run(ring, flow_ctx, out, filter, outputs).await {
             tracing::error!(error = %format!("{e:#}"), "flow log stopped");
         }
     });
@@ -427,7 +431,7 @@ async fn sweep_conntrack(
     map: aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry>,
     nat: crate::dataplane::services::NatMaps,
     every: Duration,
-    ends: tokio::sync::mpsc::Sender<sink::Swept>,
+    ends: tokio::sync::mpsc::Sender<flow_sink::Swept>,
     mut flush: tokio::sync::mpsc::UnboundedReceiver<Vec<GoneBackend>>,
     metrics: Metrics,
 ) {
@@ -482,8 +486,8 @@ async fn sweep_conntrack(
                 let items = s
                     .ends
                     .into_iter()
-                    .map(sink::Swept::End)
-                    .chain(s.samples.into_iter().map(sink::Swept::Bytes));
+                    .map(flow_sink::Swept::End)
+                    .chain(s.samples.into_iter().map(flow_sink::Swept::Bytes));
                 for item in items {
                     if ends.send(item).await.is_err() {
                         return; // the flow sink is gone: the agent is stopping

@@ -253,7 +253,7 @@ fn explain_cached(
         from: name(from),
         to: name(to),
         port,
-        protocol: crate::flows::decode::protocol_name(proto),
+        protocol: enforcer_common::proto::Display(proto).to_string(),
         egress,
         ingress,
     })
@@ -299,7 +299,7 @@ pub fn explain_service(
             service: svc.to_string(),
             family: family.as_str(),
         })?;
-    let protocol = crate::flows::decode::protocol_name(proto);
+    let protocol = enforcer_common::proto::Display(proto).to_string();
     let sp = Protocol::from_k8s(&protocol)
         .and_then(|p| service.port(port, p))
         .ok_or_else(|| ExplainError::NoServicePort {

@@ -154,21 +154,22 @@ pub enum Protocol {
 impl Protocol {
     pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
-    /// The Kubernetes spelling (`TCP`, `UDP`, `SCTP`).
+    /// The Kubernetes spelling (`TCP`, `UDP`, `SCTP`): the protocol's name in
+    /// `enforcer_common::proto::NAMES`.
     pub const fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
+        match enforcer_common::proto::name(self.number()) {
+            Some(name) => name,
+            None => panic!("every Kubernetes protocol is named in enforcer_common::proto"),
         }
     }
 
     /// The IP protocol number.
     pub const fn number(self) -> u8 {
+        use enforcer_common::proto;
         match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
+            Protocol::Tcp => proto::TCP,
+            Protocol::Udp => proto::UDP,
+            Protocol::Sctp => proto::SCTP,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod flow;
 pub mod maps;
 pub mod policy;
+pub mod proto;
 pub mod reason;
 pub mod service;
 
@@ -20,17 +21,6 @@ mod user;
 pub mod family {
     pub const IPV4: u8 = 4;
     pub const IPV6: u8 = 6;
-}
-
-/// IP protocol numbers the datapath knows by name.
-pub mod proto {
-    /// In a policy key: a rule without ports, matching every protocol.
-    pub const ANY: u8 = 0;
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ICMPV6: u8 = 58;
-    pub const SCTP: u8 = 132;
 }
 
 /// Traffic direction as the pod sees it.

@@ -17,6 +17,11 @@ pub mod identity {
 pub const POLICY_KEY_FIXED_BITS: u32 = 96;
 /// Prefix length of a full lookup key (fixed part and all 16 port bits).
 pub const POLICY_KEY_FULL_BITS: u32 = POLICY_KEY_FIXED_BITS + 16;
+/// Port blocks of at most this many port-prefix bits (256 ports) are expanded into single
+/// ports in `POLICY_EXACT`; wider ones go to the `POLICY_RANGES` trie. The agent writes the
+/// entries by it (`dataplane::entries`) and replays the kernel's probe order by it
+/// (`compile::evaluate`).
+pub const MAX_EXPANDED_BITS: u8 = 8;
 
 /// Key of `POLICY_EXACT` and data of a `POLICY_RANGES` LPM-trie key. All multi-byte fields
 /// are big-endian so that the trie's bitwise prefix matches them most significant bit first,

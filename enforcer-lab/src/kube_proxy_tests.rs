@@ -348,19 +348,14 @@ fn named_target_ports_resolve_per_backend_and_slices_give_selectorless_endpoints
     );
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+/// Without root the test returns, and its skip is recorded (see tests/src/root.rs).
+use crate::root_tests::root_skip::root_or_skip;
 
 /// The kernel takes the generated ruleset, twice in a row (the second replaces the first), and
 /// a changed one leaves nothing of the old behind.
 #[test]
 fn the_kernel_accepts_and_replaces_the_ruleset() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED the_kernel_accepts_and_replaces_the_ruleset: needs root (network namespaces)"
-        );
+    if !root_or_skip() {
         return;
     }
     let ns = format!("enf-kp{}-node", std::process::id());

@@ -79,14 +79,12 @@ struct ExplainArgs {
 /// Parses `80`, `80/TCP`, `53/udp`, `ICMP` into (IP protocol, port).
 fn parse_port(s: &str) -> anyhow::Result<(u8, u16)> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
-    let proto_num = match proto.to_ascii_uppercase().as_str() {
-        "TCP" => 6,
-        "UDP" => 17,
-        "SCTP" => 132,
-        _ => anyhow::bail!("unknown protocol {proto:?} in --port (TCP, UDP, SCTP or ICMP)"),
+    let proto_num = match enforcer_agent::model::Protocol::from_k8s(&proto.to_ascii_uppercase()) {
+        Some(p) => p.number(),
+        None => anyhow::bail!("unknown protocol {proto:?} in --port (TCP, UDP, SCTP or ICMP)"),
     };
     if port.eq_ignore_ascii_case("icmp") {
-        return Ok((1, 0));
+        return Ok((enforcer_common::proto::ICMP, 0));
     }
     let port: u16 = port
         .parse()
@@ -140,8 +138,8 @@ async fn explain(a: ExplainArgs) -> anyhow::Result<()> {
     };
     let (proto, port) = parse_port(&a.port)?;
     let mut proto = proto;
-    if proto == 1 && a.ipv6 {
-        proto = 58;
+    if proto == enforcer_common::proto::ICMP && a.ipv6 {
+        proto = enforcer_common::proto::ICMPV6;
     }
     if let Some(svc) = &a.to_service {
         let from = a

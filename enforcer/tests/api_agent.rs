@@ -15,16 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::apiserver::{ApiServer, Fault};
-use support::{namespace, policy};
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: the agent needs root (BPF)");
-    }
-    root
-}
+use support::{namespace, policy, root};
 
 /// The agent process, stopped (and its pins removed) on drop.
 struct Agent {

@@ -15,18 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::apiserver::ApiServer;
+use support::root;
 
 const PODS: usize = 100_000;
 const NAMESPACES: usize = 100;
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: the agent needs root (BPF)");
-    }
-    root
-}
 
 /// A pod as the API server returns it, on a node other than the agent's.
 fn pod(ns: usize, i: usize) -> Value {

@@ -18,18 +18,10 @@ use std::time::Instant;
 use enforcer_lab::scenario::{compare, Results, Scenario};
 use serde_json::{json, Value};
 use support::apiserver::ApiServer;
+use support::root;
 
 /// Labs run at once (each spends most of its time waiting for probe timeouts).
 const PARALLEL: usize = 2;
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: the lab needs root (network namespaces, BPF)");
-    }
-    root
-}
 
 fn scenarios() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios");

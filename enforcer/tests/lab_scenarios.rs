@@ -14,6 +14,11 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Without root a test returns, and its skip is recorded (see tests/src/root.rs).
+#[path = "../../tests/src/root.rs"]
+mod root_skip;
+use root_skip::root_or_skip as root;
+
 /// Labs each test runs at once.
 const PARALLEL: usize = 2;
 
@@ -36,15 +41,6 @@ fn named_nodes(dir: &Path) -> BTreeSet<Option<String>> {
         .iter()
         .flat_map(|s| s.pods.iter().map(|p| p.node.clone()))
         .collect()
-}
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: the lab needs root (network namespaces, BPF)");
-    }
-    root
 }
 
 /// Runs one scenario as lab `name`; `Err` describes the failure.

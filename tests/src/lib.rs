@@ -3,6 +3,7 @@
 //! crafted packets through the programs with `BPF_PROG_TEST_RUN`.
 
 pub mod packet;
+pub mod root;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -28,14 +29,11 @@ pub const REDIRECT: u32 = 7;
 /// The loopback: where `BPF_PROG_TEST_RUN` runs skb programs by default.
 const TEST_IFINDEX: u32 = 1;
 
-/// Whether this process may load BPF programs; tests print a message and return otherwise.
+/// Whether this process may load BPF programs (root: CAP_BPF, CAP_NET_ADMIN). Tests return
+/// otherwise, and the skip is recorded so that `cargo xtask test` fails (see [`root`]).
+#[track_caller]
 pub fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root (CAP_BPF, CAP_NET_ADMIN); run `cargo xtask test` as root");
-    }
-    root
+    root::root_or_skip()
 }
 
 /// The cluster of most kernel tests: namespaces x and y; local pod x/a (dual stack), peers

@@ -1,8 +1,10 @@
 //! Flow events: what the kernel reports, rate limiting of drop reports, and the flow record
 //! the agent makes of them. (Kernel 6.18; needs root.)
 
+use enforcer_agent::flows::decode::{decode_end, Event};
 use enforcer_agent::flows::enrich::Context;
 use enforcer_agent::model::PodKey;
+use enforcer_common::flow::ConnEndEvent;
 use enforcer_common::reason::{counter, DropReason};
 use enforcer_tests::packet::*;
 use enforcer_tests::{cluster, ip, privileged, tables, Fixture, CLUSTER, DROP, PASS};
@@ -206,6 +208,10 @@ fn the_sweeper_reports_idle_connections_and_removes_expired_entries() {
     assert_eq!(reported_by_kernel, 1, "the reset");
     let mut ct = f.dp.take_conntrack().expect("the conntrack map");
     let mut meter = ct_sweep::ByteMeter::default();
+    // The sweeper reports in the datapath's record, which the agent decodes.
+    let decoded = |records: &[ConnEndEvent]| -> Vec<Event> {
+        records.iter().map(|c| decode_end(c).unwrap()).collect()
+    };
 
     let now = ct_sweep::monotonic_now();
     let pass = ct_sweep::sweep(&mut ct, now, &mut meter).unwrap();
@@ -217,8 +223,7 @@ fn the_sweeper_reports_idle_connections_and_removes_expired_entries() {
     assert!(pass.ends.is_empty());
     // Every connection's bytes so far are sampled once, the reset one included.
     assert_eq!(pass.samples.len(), 3, "{:?}", pass.samples);
-    let udp_sample = pass
-        .samples
+    let udp_sample = decoded(&pass.samples)
         .iter()
         .find(|e| e.proto == UDP)
         .unwrap()
@@ -237,7 +242,7 @@ fn the_sweeper_reports_idle_connections_and_removes_expired_entries() {
     let pass = ct_sweep::sweep(&mut ct, now + timeout::UDP + 1_000_000_000, &mut meter).unwrap();
     assert_eq!((pass.live, pass.removed), (1, 1));
     assert_eq!(pass.ends.len(), 1);
-    let e = &pass.ends[0];
+    let e = &decoded(&pass.ends)[0];
     assert_eq!(
         (e.src, e.dst, e.sport, e.dport, e.proto),
         (ip(a), ip(b), 40000, 53, UDP)

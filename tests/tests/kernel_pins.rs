@@ -7,15 +7,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap, Map, MapData};
 use enforcer_agent::dataplane::Dataplane;
 use enforcer_common::maps as names;
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root (BPF)");
-    }
-    root
-}
+use enforcer_tests::privileged;
 
 struct Pins(PathBuf);
 
@@ -51,7 +43,7 @@ fn version(pin_dir: &Path, name: &str) -> Option<u32> {
 
 #[test]
 fn pins_of_an_unknown_layout_are_refused_untouched_or_started_empty() {
-    if !root() {
+    if !privileged() {
         return;
     }
     let pins = Pins(PathBuf::from(format!(

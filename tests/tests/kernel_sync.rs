@@ -14,7 +14,7 @@ use enforcer_common::endpoint::EndpointInfo;
 use enforcer_common::maps as names;
 use enforcer_common::policy::PolicyKey;
 use enforcer_tests::packet::{tcp, SYN};
-use enforcer_tests::{cluster, ip, CLUSTER, DROP, NODE_IP, PASS};
+use enforcer_tests::{cluster, ip, privileged, CLUSTER, DROP, NODE_IP, PASS};
 
 /// x/c: a second local pod.
 const LOCAL_C: &str = r#"
@@ -86,9 +86,7 @@ fn syn_to_a(dport: u16) -> Vec<u8> {
 
 #[test]
 fn one_endpoint_that_cannot_be_programmed_keeps_its_state_and_stops_no_other() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root (BPF)");
+    if !privileged() {
         return;
     }
     let pins = Pins(PathBuf::from(format!(
@@ -160,9 +158,7 @@ fn one_endpoint_that_cannot_be_programmed_keeps_its_state_and_stops_no_other() {
 
 #[test]
 fn adding_a_policy_rewrites_only_the_entries_of_the_pods_it_selects() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root (BPF)");
+    if !privileged() {
         return;
     }
     let pins = Pins(PathBuf::from(format!(

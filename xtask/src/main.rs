@@ -2,6 +2,8 @@
 
 mod ebpf_build;
 mod manifests;
+mod modgraph;
+mod skipped;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,8 +41,10 @@ enum Cmd {
     ValidateManifests,
     /// Benchmarks: per-packet cost at 10, 1,000, 10,000 policies; flow-event throughput.
     Bench,
-    /// rustfmt check and clippy.
+    /// rustfmt check, the module graph of enforcer-agent/src (see `modgraph`), and clippy.
     Lint,
+    /// Print which module of enforcer-agent/src uses which (and check the direction).
+    Modgraph,
 }
 
 fn workspace() -> PathBuf {
@@ -160,21 +164,36 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => {
+            // Seconds, and a failure here is a design error: before anything is built.
+            modgraph::check(&workspace())?;
             setup()?;
             build_ebpf()?;
             // The offline checks of deploy/ first (seconds); their failure is reported after
             // the tests, which run either way.
             let deploy = deploy_checks();
             // Kernel and lab tests share the machine's bpffs and create network namespaces:
-            // they run as root and serialise where they must (see tests/).
+            // they run as root and serialise where they must (see tests/). Without root they
+            // return at once and leave a marker, so that the run fails.
+            let skipped = skipped::dir(&workspace());
+            skipped::clear(&skipped)?;
             let tests = run(cargo()
                 .args(["test", "--workspace", "--no-fail-fast", "--"])
-                .args(&args));
-            match (deploy, tests) {
-                (Ok(()), tests) => tests,
-                (Err(e), Ok(())) => Err(e.context("the deploy/ checks failed")),
-                (Err(e), Err(t)) => Err(t.context(format!("and the deploy/ checks failed: {e:#}"))),
+                .args(&args)
+                .env(skipped::DIR_ENV, &skipped));
+            let failures: Vec<String> = [
+                tests.err().map(|e| format!("{e:#}")),
+                skipped::check(&skipped).err().map(|e| format!("{e:#}")),
+                deploy
+                    .err()
+                    .map(|e| format!("the deploy/ checks failed: {e:#}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !failures.is_empty() {
+                bail!("{}", failures.join("\n"));
             }
+            Ok(())
         }
         Cmd::ValidateManifests => manifests::validate(&workspace()),
         Cmd::Lab { duration } => {
@@ -192,8 +211,13 @@ fn main() -> Result<()> {
             setup()?;
             run(cargo().args(["bench", "-p", "enforcer-tests"]))
         }
+        Cmd::Modgraph => {
+            modgraph::print(&workspace())?;
+            modgraph::check(&workspace())
+        }
         Cmd::Lint => {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            modgraph::check(&workspace())?;
             run(cargo().args([
                 "clippy",
                 "--workspace",

@@ -86,12 +86,7 @@ pub fn evaluate(
         return verdict(Decision::Host);
     }
 
-    let proto = match proto {
-        enforcer_common::proto::TCP => Some(Proto::Tcp),
-        enforcer_common::proto::UDP => Some(Proto::Udp),
-        enforcer_common::proto::SCTP => Some(Proto::Sctp),
-        _ => None,
-    };
+    let proto = Proto::of_kernel(proto);
     let entries = |peer: Peer, proto: Proto| {
         let lo = Allow {
             direction,
@@ -115,7 +110,7 @@ pub fn evaluate(
     // `entries`): port blocks of up to 256 ports are expanded into single-port keys, so every
     // such block containing the port answers that probe and the lowest rule id is reported;
     // wider blocks are a longest-prefix match, probed last.
-    let narrow = |a: &Allow| a.ports.len >= 16 - crate::dataplane::entries::MAX_EXPANDED_BITS;
+    let narrow = |a: &Allow| a.ports.len >= 16 - enforcer_common::policy::MAX_EXPANDED_BITS;
     for peer in [Peer::Prefix(prefix), Peer::Any] {
         if let Some(p) = proto {
             let exact = entries(peer, p).filter(|(a, _)| narrow(a) && a.ports.contains(port));

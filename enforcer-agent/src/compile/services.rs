@@ -33,6 +33,17 @@ pub struct FrontendPlan {
     pub affinity_timeout: Option<u32>,
 }
 
+/// What a frontend id stands for, in flow records: the Service port a translated flow was
+/// sent to. The dataplane hands out the ids (`dataplane::services`); the flow records name
+/// them by this.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FrontendName {
+    pub service: ServiceKey,
+    pub port_name: Option<String>,
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
 /// Every frontend of the cluster's Services, as seen from `node`. Only TCP and UDP ports are
 /// translated; SCTP Services are left to the node's service proxy.
 pub fn compile_services(

@@ -47,6 +47,17 @@ impl Proto {
             Proto::Sctp => proto::SCTP,
         }
     }
+
+    /// The protocol of an IP protocol number, if a rule's ports can be of it.
+    pub const fn of_kernel(p: u8) -> Option<Self> {
+        use enforcer_common::proto;
+        match p {
+            proto::TCP => Some(Proto::Tcp),
+            proto::UDP => Some(Proto::Udp),
+            proto::SCTP => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
 }
 
 /// A block of destination ports: the `len` high bits of `port` (len 16 = one port, 0 = all).

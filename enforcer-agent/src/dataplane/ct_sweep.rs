@@ -7,6 +7,9 @@
 //! entry the datapath has not reported, and removes expired entries, which also keeps the LRU
 //! from evicting live connections to make room for dead ones.
 //!
+//! What the sweeper reports is the datapath's own record of an end (`flow::ConnEndEvent`, as
+//! the programs put it in the ring buffer), so the flow sink reads both alike (`flows::decode`).
+//!
 //! The same pass meters bytes: what each connection carried since the previous pass
 //! ([`ByteMeter`]), so that the volume detector sees a long transfer while it runs, not only
 //! when its connection ends. Short connections are metered too: a closed connection's entry
@@ -16,13 +19,14 @@
 //! absent anyway, so the next packet of that tuple is checked against the policy as new.
 
 use std::collections::HashMap as StdHashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use aya::maps::{HashMap, MapData, MapError};
 use enforcer_common::ct::{self, CtEntry, CtKey};
+use enforcer_common::family;
+use enforcer_common::flow::{verdict, ConnEndEvent, FlowEvent, EV_F_END};
 
 use super::services::NatMaps;
-use crate::flows::decode::{ConnEnd, Event};
 
 /// What to do with one entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +36,7 @@ pub enum Verdict {
     /// Expired and already reported (or closed by the datapath): remove it silently.
     Remove,
     /// Expired and never reported: report this end, then remove it.
-    ReportAndRemove(Box<Event>),
+    ReportAndRemove(Box<ConnEndEvent>),
 }
 
 /// Judges an entry at `now` (`CLOCK_MONOTONIC` ns, the clock of `bpf_ktime_get_ns`). Pure.
@@ -47,17 +51,20 @@ pub fn judge(key: &CtKey, e: &CtEntry, now: u64) -> Verdict {
     Verdict::ReportAndRemove(Box::new(end_event(key, e)))
 }
 
-fn addr(a: [u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(a);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
+/// The family of a connection whose addresses are both IPv4-mapped (as the datapath keeps IPv4
+/// addresses) or not.
+fn family_of(a: [u8; 16], b: [u8; 16]) -> u8 {
+    let mapped = |a| Ipv6Addr::from(a).to_ipv4_mapped().is_some();
+    if mapped(a) && mapped(b) {
+        family::IPV4
+    } else {
+        family::IPV6
     }
 }
 
 /// The end of an idle connection, as the datapath would have reported it: the tuple of its
 /// first packet, timed at its last packet.
-fn end_event(key: &CtKey, e: &CtEntry) -> Event {
+fn end_event(key: &CtKey, e: &CtEntry) -> ConnEndEvent {
     let reason = if e.state == ct::state::CLOSED {
         ct::end::RESET
     } else {
@@ -69,7 +76,7 @@ fn end_event(key: &CtKey, e: &CtEntry) -> Event {
 
 /// The end of a translated flow flushed because its backend left the Service (`None` when its
 /// end was reported already).
-pub fn flushed_end(key: &CtKey, e: &CtEntry) -> Option<Event> {
+pub fn flushed_end(key: &CtKey, e: &CtEntry) -> Option<ConnEndEvent> {
     if e.flags & ct::CT_F_END_REPORTED != 0 {
         return None;
     }
@@ -83,45 +90,50 @@ pub fn flushed_end(key: &CtKey, e: &CtEntry) -> Option<Event> {
     ))
 }
 
-/// An event about the connection of `key`/`e`, with the counts `[packets, bytes]` of the
-/// originator then the responder.
-fn conn_event(key: &CtKey, e: &CtEntry, ts_ns: u64, reason: u8, counts: [u64; 4]) -> Event {
-    let lo = (addr(key.addr_lo), u16::from_be(key.port_lo));
-    let hi = (addr(key.addr_hi), u16::from_be(key.port_hi));
+/// The record of the connection of `key`/`e` ending (or, with `ct::end::ACTIVE`, sampled) at
+/// `ts_ns`, with the counts `[packets, bytes]` of the originator then the responder: filled as
+/// the datapath fills the ends it reports (`enforcer-ebpf/src/report.rs`), the tuple of the
+/// connection's first packet, no interface.
+fn conn_event(key: &CtKey, e: &CtEntry, ts_ns: u64, reason: u8, counts: [u64; 4]) -> ConnEndEvent {
+    let lo = (key.addr_lo, key.port_lo);
+    let hi = (key.addr_hi, key.port_hi);
     let ((src, sport), (dst, dport)) = if e.flags & ct::CT_F_ORIG_LO != 0 {
         (lo, hi)
     } else {
         (hi, lo)
     };
-    Event {
-        ts_ns,
-        ifindex: 0,
-        ep_id: key.ep_id,
-        rule: e.rule,
-        len: 0,
-        src,
-        dst,
-        sport,
-        dport,
-        proto: key.proto,
-        egress: e.origin_dir == enforcer_common::direction::EGRESS,
-        dropped: false,
-        audit: false,
-        reason: None,
-        tcp_flags: 0,
-        icmp: None,
-        reply: false,
-        fragment: false,
-        peer_identity: 0,
-        frontend: e.frontend,
-        end: Some(ConnEnd {
-            reason,
-            created_ns: e.created_ns,
-            packets_orig: counts[0],
-            bytes_orig: counts[1],
-            packets_reply: counts[2],
-            bytes_reply: counts[3],
-        }),
+    ConnEndEvent {
+        flow: FlowEvent {
+            ts_ns,
+            ifindex: 0,
+            ep_id: key.ep_id,
+            rule: e.rule,
+            len: 0,
+            src,
+            dst,
+            // Network order, as in the key and in the datapath's records.
+            sport,
+            dport,
+            family: family_of(src, dst),
+            proto: key.proto,
+            direction: e.origin_dir,
+            verdict: verdict::ALLOWED,
+            reason: 0,
+            tcp_flags: 0,
+            flags: EV_F_END,
+            icmp_type: 0,
+            peer_identity: 0,
+            icmp_code: 0,
+            _pad: [0; 3],
+            frontend: e.frontend,
+        },
+        created_ns: e.created_ns,
+        packets_orig: counts[0],
+        bytes_orig: counts[1],
+        packets_reply: counts[2],
+        bytes_reply: counts[3],
+        end_reason: reason,
+        _pad: [0; 7],
     }
 }
 
@@ -137,7 +149,7 @@ impl ByteMeter {
     /// The entries of one pass (every entry still in the map), at `now`: an `active` event
     /// for each connection that carried bytes since the previous pass, with those counts.
     /// Connections not in `entries` are forgotten.
-    pub fn pass(&mut self, entries: &[(CtKey, CtEntry)], now: u64) -> Vec<Event> {
+    pub fn pass(&mut self, entries: &[(CtKey, CtEntry)], now: u64) -> Vec<ConnEndEvent> {
         let mut seen = StdHashMap::with_capacity(entries.len());
         let mut out = Vec::new();
         for (key, e) in entries {
@@ -168,9 +180,9 @@ pub struct Sweep {
     pub live: usize,
     pub removed: usize,
     /// Ends reported by this pass (also among `removed`).
-    pub ends: Vec<Event>,
+    pub ends: Vec<ConnEndEvent>,
     /// What connections carried since the previous pass (see [`ByteMeter`]).
-    pub samples: Vec<Event>,
+    pub samples: Vec<ConnEndEvent>,
 }
 
 /// The current `CLOCK_MONOTONIC` time in ns.
@@ -254,12 +266,31 @@ pub fn sweep_with_nat(
 mod tests {
     use super::*;
     use enforcer_common::{direction, proto};
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     const S: u64 = 1_000_000_000;
 
     fn mapped(v4: [u8; 4]) -> [u8; 16] {
         Ipv4Addr::from(v4).to_ipv6_mapped().octets()
+    }
+
+    /// An address of a record, as `flows::decode` reads it.
+    fn ip(ev: &ConnEndEvent, a: [u8; 16]) -> IpAddr {
+        match ev.flow.family {
+            family::IPV4 => IpAddr::V4(Ipv4Addr::new(a[12], a[13], a[14], a[15])),
+            _ => IpAddr::V6(Ipv6Addr::from(a)),
+        }
+    }
+
+    /// (source, source port, destination, destination port) of a record, in host order.
+    fn tuple(ev: &ConnEndEvent) -> (IpAddr, u16, IpAddr, u16) {
+        let f = &ev.flow;
+        (
+            ip(ev, f.src),
+            u16::from_be(f.sport),
+            ip(ev, f.dst),
+            u16::from_be(f.dport),
+        )
     }
 
     fn udp_key() -> CtKey {
@@ -305,20 +336,27 @@ mod tests {
         let Verdict::ReportAndRemove(ev) = judge(&udp_key(), &entry(100), now) else {
             panic!("expired and unreported");
         };
-        assert_eq!(ev.src, "10.244.2.11".parse::<IpAddr>().unwrap());
-        assert_eq!((ev.sport, ev.dport), (40000, 53));
-        assert_eq!(ev.dst, "10.244.1.10".parse::<IpAddr>().unwrap());
-        assert!(!ev.egress && !ev.dropped);
-        assert_eq!((ev.ep_id, ev.rule, ev.ts_ns), (3, 9, 100 * S));
-        let end = ev.end.unwrap();
-        assert_eq!(end.reason_name(), "timeout");
+        let addr = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(ev.flow.family, family::IPV4);
+        assert_eq!(
+            tuple(&ev),
+            (addr("10.244.2.11"), 40000, addr("10.244.1.10"), 53)
+        );
+        assert_eq!(ev.flow.direction, direction::INGRESS);
+        assert_eq!(ev.flow.verdict, verdict::ALLOWED);
+        assert_eq!(ev.flow.flags, EV_F_END);
+        assert_eq!(
+            (ev.flow.ep_id, ev.flow.rule, ev.flow.ts_ns),
+            (3, 9, 100 * S)
+        );
+        assert_eq!(ev.end_reason, ct::end::TIMEOUT);
         assert_eq!(
             (
-                end.packets_orig,
-                end.bytes_orig,
-                end.packets_reply,
-                end.bytes_reply,
-                end.created_ns
+                ev.packets_orig,
+                ev.bytes_orig,
+                ev.packets_reply,
+                ev.bytes_reply,
+                ev.created_ns
             ),
             (3, 210, 2, 400, S)
         );
@@ -356,7 +394,7 @@ mod tests {
         let Verdict::ReportAndRemove(ev) = judge(&key, &e, 100 * S + 1) else {
             panic!("closed entries expire at once");
         };
-        assert_eq!(ev.end.unwrap().reason_name(), "reset");
+        assert_eq!(ev.end_reason, ct::end::RESET);
         key.proto = proto::ICMP;
         e.state = ct::state::ESTABLISHED;
         assert_eq!(judge(&key, &e, 100 * S + 59 * S), Verdict::Keep);
@@ -376,8 +414,10 @@ mod tests {
         let Verdict::ReportAndRemove(ev) = judge(&key, &e, 1_000 * S) else {
             panic!()
         };
-        assert_eq!(ev.src, "fd00::a".parse::<IpAddr>().unwrap());
-        assert_eq!((ev.sport, ev.dport), (53, 40000));
+        assert_eq!(ev.flow.family, family::IPV6);
+        let (src, sport, _, dport) = tuple(&ev);
+        assert_eq!(src, "fd00::a".parse::<IpAddr>().unwrap());
+        assert_eq!((sport, dport), (53, 40000));
     }
 
     #[test]
@@ -387,25 +427,25 @@ mod tests {
         let mut e = entry(100);
         let first = meter.pass(&[(key, e)], 100 * S);
         assert_eq!(first.len(), 1);
-        let c = first[0].end.unwrap();
-        assert_eq!(c.reason_name(), "active");
+        let c = first[0];
+        assert_eq!(c.end_reason, ct::end::ACTIVE);
         assert_eq!(
             (c.bytes_orig, c.bytes_reply),
             (210, 400),
             "all of it, the first time"
         );
-        assert_eq!(first[0].ts_ns, 100 * S);
+        assert_eq!(first[0].flow.ts_ns, 100 * S);
         assert!(meter.pass(&[(key, e)], 105 * S).is_empty(), "nothing new");
         e.bytes_orig += 1_000;
         e.packets_orig += 1;
         let next = meter.pass(&[(key, e), (key, e)], 110 * S);
         assert_eq!(next.len(), 1, "a connection visited twice counts once");
-        let c = next[0].end.unwrap();
+        let c = next[0];
         assert_eq!((c.packets_orig, c.bytes_orig, c.bytes_reply), (1, 1_000, 0));
         // The same tuple reused by a new connection starts from zero.
         e.created_ns += 1;
         let reused = meter.pass(&[(key, e)], 115 * S);
-        assert_eq!(reused[0].end.unwrap().bytes_orig, 1_210);
+        assert_eq!(reused[0].bytes_orig, 1_210);
         assert_eq!(meter.connections(), 1, "the old connection is forgotten");
         assert!(meter.pass(&[], 120 * S).is_empty());
         assert_eq!(meter.connections(), 0);

@@ -7,7 +7,7 @@ use enforcer_common::endpoint::{
     EndpointInfo, F_ALL_PORTS, F_ANY_PEER, F_ANY_PROTO, F_EGRESS_ISOLATED, F_HAS_V4, F_HAS_V6,
     F_INGRESS_ISOLATED, F_WIDE_PORT_RANGES,
 };
-use enforcer_common::policy::{identity, PolicyKey, POLICY_KEY_FIXED_BITS};
+use enforcer_common::policy::{identity, PolicyKey, MAX_EXPANDED_BITS, POLICY_KEY_FIXED_BITS};
 use enforcer_common::proto;
 use ipnet::IpNet;
 
@@ -15,10 +15,6 @@ use crate::compile::tables::{EndpointPlan, Peer, PrefixOwner, RuleRef, Tables};
 
 /// A `POLICY_RANGES` entry without its set id: (prefix length in bits, key with `set` = 0).
 pub type RangeKey = (u32, PolicyKey);
-
-/// Port blocks of at most this many port-prefix bits (256 ports) are expanded into single
-/// ports in `POLICY_EXACT`; wider ones go to the `POLICY_RANGES` trie.
-pub const MAX_EXPANDED_BITS: u8 = 8;
 
 /// The policy entries of one endpoint (set ids left 0), with the rule each one reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -365,7 +365,7 @@ impl Dataplane {
     }
 
     /// What each Service frontend id stands for (flow enrichment).
-    pub fn frontend_names(&self) -> &BTreeMap<u32, services::FrontendName> {
+    pub fn frontend_names(&self) -> &BTreeMap<u32, crate::compile::services::FrontendName> {
         self.services.names()
     }
 

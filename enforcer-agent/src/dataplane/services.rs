@@ -19,8 +19,7 @@ use enforcer_common::service::{
 };
 
 use super::{map_err, Result};
-use crate::compile::services::{FrontendAddr, FrontendPlan};
-use crate::model::ServiceKey;
+use crate::compile::services::{FrontendAddr, FrontendName, FrontendPlan};
 
 /// The 16-byte form of an address (IPv4-mapped for IPv4), as the maps hold it.
 pub fn addr16(ip: IpAddr) -> [u8; 16] {
@@ -46,15 +45,6 @@ pub fn frontend_key(f: &FrontendAddr) -> FrontendKey {
         proto: f.proto.to_kernel(),
         _pad: 0,
     }
-}
-
-/// What a frontend id stands for (flow records).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct FrontendName {
-    pub service: ServiceKey,
-    pub port_name: Option<String>,
-    pub ip: IpAddr,
-    pub port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

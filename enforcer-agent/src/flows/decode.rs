@@ -82,6 +82,8 @@ fn addr(fam: u8, a: [u8; 16]) -> Result<IpAddr, DecodeError> {
     }
 }
 
+/// A ring-buffer record: a packet's verdict ([`flow::FlowEvent`]) or, with
+/// [`flow::EV_F_END`], a connection's end ([`flow::ConnEndEvent`]).
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let expected = std::mem::size_of::<flow::FlowEvent>();
     if bytes.len() < expected {
@@ -94,28 +96,37 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     // read_unaligned has no alignment requirement.
     let e: flow::FlowEvent =
         unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const flow::FlowEvent) };
-    let end = if e.flags & flow::EV_F_END != 0 {
-        let expected = std::mem::size_of::<flow::ConnEndEvent>();
-        if bytes.len() < expected {
-            return Err(DecodeError::Size {
-                got: bytes.len(),
-                expected,
-            });
-        }
-        // SAFETY: as above, for the longer record.
-        let c: flow::ConnEndEvent =
-            unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const flow::ConnEndEvent) };
-        Some(ConnEnd {
-            reason: c.end_reason,
-            created_ns: c.created_ns,
-            packets_orig: c.packets_orig,
-            bytes_orig: c.bytes_orig,
-            packets_reply: c.packets_reply,
-            bytes_reply: c.bytes_reply,
-        })
-    } else {
-        None
+    if e.flags & flow::EV_F_END == 0 {
+        return event(&e, None);
+    }
+    let expected = std::mem::size_of::<flow::ConnEndEvent>();
+    if bytes.len() < expected {
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: as above, for the longer record.
+    let c: flow::ConnEndEvent =
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const flow::ConnEndEvent) };
+    decode_end(&c)
+}
+
+/// A connection's end: from the ring buffer, or from the conntrack sweeper
+/// (`dataplane::ct_sweep`), which reports the ends of idle connections in the same record.
+pub fn decode_end(c: &flow::ConnEndEvent) -> Result<Event, DecodeError> {
+    let end = ConnEnd {
+        reason: c.end_reason,
+        created_ns: c.created_ns,
+        packets_orig: c.packets_orig,
+        bytes_orig: c.bytes_orig,
+        packets_reply: c.packets_reply,
+        bytes_reply: c.bytes_reply,
     };
+    event(&c.flow, Some(end))
+}
+
+fn event(e: &flow::FlowEvent, end: Option<ConnEnd>) -> Result<Event, DecodeError> {
     Ok(Event {
         ts_ns: e.ts_ns,
         ifindex: e.ifindex,
@@ -141,18 +152,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         frontend: e.frontend,
         end,
     })
-}
-
-pub fn protocol_name(p: u8) -> String {
-    match p {
-        proto::TCP => "TCP".into(),
-        proto::UDP => "UDP".into(),
-        proto::SCTP => "SCTP".into(),
-        proto::ICMP => "ICMP".into(),
-        proto::ICMPV6 => "ICMPv6".into(),
-        0 => "unknown".into(),
-        n => format!("proto-{n}"),
-    }
 }
 
 /// The usual name of an ICMP (`v6 = false`) or ICMPv6 message type, if it has one.

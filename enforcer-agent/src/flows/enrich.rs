@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use enforcer_common::proto;
 use serde::{Deserialize, Serialize};
 
-use super::decode::{protocol_name, tcp_flags_text, Event};
+use super::decode::{tcp_flags_text, Event};
 use crate::compile::tables::{Direction, Tables};
 use crate::model::{Cluster, Owner, PodKey};
 
@@ -132,7 +133,7 @@ pub struct Context {
     /// Endpoint id → (local pod, host interface).
     pub endpoints: BTreeMap<u32, (PodKey, String)>,
     /// Service frontend id → the Service port it stands for.
-    pub frontends: BTreeMap<u32, crate::dataplane::services::FrontendName>,
+    pub frontends: BTreeMap<u32, crate::compile::services::FrontendName>,
     /// Rule id in the datapath → the rule (empty: the compiler's ids, `tables.rules`).
     pub rules: BTreeMap<u32, crate::compile::tables::RuleRef>,
 }
@@ -316,10 +317,10 @@ impl Context {
             .to_string(),
             direction,
             reason,
-            protocol: protocol_name(ev.proto),
+            protocol: proto::Display(ev.proto).to_string(),
             src,
             dst,
-            tcp_flags: if ev.proto == 6 {
+            tcp_flags: if ev.proto == proto::TCP {
                 tcp_flags_text(ev.tcp_flags)
             } else {
                 String::new()
@@ -327,7 +328,8 @@ impl Context {
             icmp: ev.icmp.map(|(t, code)| Icmp {
                 kind: t,
                 code,
-                name: super::decode::icmp_type_name(ev.proto == 58, t).map(str::to_string),
+                name: super::decode::icmp_type_name(ev.proto == proto::ICMPV6, t)
+                    .map(str::to_string),
             }),
             length: ev.len,
             interface: local.map(|(_, i)| i.clone()),

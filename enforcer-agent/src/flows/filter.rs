@@ -17,10 +17,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use enforcer_common::proto;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::decode::protocol_name;
 use super::enrich::{FlowEnd, FlowRecord};
 use crate::compile::tables::Direction;
 
@@ -273,13 +273,18 @@ pub fn parse_reason(s: &str) -> Result<String, FilterParseError> {
 /// Whether a record's protocol is the one asked for. Case-insensitive; `icmp` matches ICMP
 /// and ICMPv6, `icmpv4` only ICMP; a number matches by protocol number.
 fn protocol_matches(wanted: &str, protocol: &str) -> bool {
+    // As records write protocols out (no allocation for the named ones).
+    let is = |p: u8| match proto::name(p) {
+        Some(name) => name.eq_ignore_ascii_case(protocol),
+        None => proto::Display(p).to_string().eq_ignore_ascii_case(protocol),
+    };
     let wanted = wanted.to_ascii_lowercase();
     match wanted.as_str() {
-        "icmp" => protocol.eq_ignore_ascii_case("icmp") || protocol.eq_ignore_ascii_case("icmpv6"),
-        "icmpv4" | "icmp4" => protocol.eq_ignore_ascii_case("icmp"),
-        "icmp6" => protocol.eq_ignore_ascii_case("icmpv6"),
+        "icmp" => is(proto::ICMP) || is(proto::ICMPV6),
+        "icmpv4" | "icmp4" => is(proto::ICMP),
+        "icmp6" => is(proto::ICMPV6),
         w => match w.parse::<u8>() {
-            Ok(n) => protocol_name(n).eq_ignore_ascii_case(protocol),
+            Ok(n) => is(n),
             Err(_) => w.eq_ignore_ascii_case(protocol),
         },
     }

@@ -205,10 +205,15 @@ impl Metrics {
 
 /// Cilium's `match` label: what the allowing rule constrained.
 fn policy_match(rec: &FlowRecord) -> &'static str {
-    // The record does not carry the rule's shape; the flow's protocol tells ports apart.
-    match rec.protocol.as_str() {
-        "TCP" | "UDP" | "SCTP" => "l3-l4",
-        _ => "l3-only",
+    // The record does not carry the rule's shape; the flow's protocol tells ports apart: a
+    // rule's ports are of a protocol a NetworkPolicy port can name.
+    if crate::model::Protocol::ALL
+        .iter()
+        .any(|p| p.as_str() == rec.protocol)
+    {
+        "l3-l4"
+    } else {
+        "l3-only"
     }
 }
 

@@ -8,6 +8,13 @@
 //! (typed k8s-openapi objects, shaped as the API server returns them).
 
 pub mod apiserver;
+#[path = "../../../tests/src/root.rs"]
+mod root_skip;
+
+/// The agent needs root (BPF): without it a test returns, and its skip is recorded so that
+/// `cargo xtask test` fails (see tests/src/root.rs).
+#[allow(unused_imports, reason = "the tests of the source alone need no root")]
+pub use root_skip::root_or_skip as root;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;

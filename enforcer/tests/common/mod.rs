@@ -30,12 +30,9 @@ impl Drop for Down {
     }
 }
 
-/// The lab needs root (network namespaces, BPF); tests print a message and pass otherwise.
-pub fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: the lab needs root (network namespaces, BPF)");
-    }
-    root
-}
+#[path = "../../../tests/src/root.rs"]
+mod root_skip;
+
+/// The lab needs root (network namespaces, BPF): without it a test returns, and its skip is
+/// recorded so that `cargo xtask test` fails (see tests/src/root.rs).
+pub use root_skip::root_or_skip as root;

@@ -1,20 +1,26 @@
 //! Where flow records go: the flow log (JSON lines, stdout or a rotated file), the in-memory
 //! store behind `enforcer flows`, the metrics, and the anomaly detectors, whose alerts go to the
 //! same log, the agent's log, a metric and optionally an Alertmanager webhook. Reads the ring
-//! buffer as it fills.
+//! buffer as it fills, and takes what the conntrack sweeper reports.
+//!
+//! Wiring, so it sits in the agent: `flows` makes the records (`decode`, `enrich`) and keeps
+//! them (`store`); `alerts` and `metrics` read them.
 
 use std::io::Write;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
+use enforcer_common::flow::ConnEndEvent;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::decode::{decode, Event};
-use super::enrich::Context;
-use super::store::FlowStore;
 use crate::alerts::{to_record, Alert, Alerts};
+use crate::dataplane::ct_sweep::monotonic_now;
+use crate::flows::decode::{decode, decode_end, DecodeError, Event};
+use crate::flows::enrich::{Context, FlowRecord, SCHEMA};
+use crate::flows::filter;
+use crate::flows::store::FlowStore;
 use crate::metrics::Metrics;
 
 /// Which flows go to the log.
@@ -23,13 +29,13 @@ pub struct Filter {
     /// Allowed connections and connection ends too (drops and audit records always).
     pub allowed: bool,
     /// Of those, the records the filter flags select (`--flow-log-filter`).
-    pub records: super::filter::Filter,
+    pub records: filter::Filter,
 }
 
 impl Filter {
     /// Whether `rec` goes to the log; `denied`: the policy dropped it or, in audit mode,
     /// would have.
-    pub fn logs(&self, rec: &super::enrich::FlowRecord, denied: bool) -> bool {
+    pub fn logs(&self, rec: &FlowRecord, denied: bool) -> bool {
         (denied || self.allowed) && self.records.matches(rec)
     }
 }
@@ -47,15 +53,16 @@ pub struct Outputs {
     pub ends: mpsc::Receiver<Swept>,
 }
 
-/// What the conntrack sweeper sends the sink.
+/// What the conntrack sweeper sends the sink (records as the datapath writes them, see
+/// `dataplane::ct_sweep`).
 #[derive(Debug)]
 pub enum Swept {
     /// The end of an idle connection (the datapath reports the other ends itself, through
     /// the ring buffer): a record like any other.
-    End(Event),
+    End(ConnEndEvent),
     /// What a connection carried since the previous pass: for the volume detector only (it
     /// is not a flow, so it is neither logged nor kept).
-    Bytes(Event),
+    Bytes(ConnEndEvent),
 }
 
 /// The marker written to the flow log where events were lost: the stream says it has a gap.
@@ -74,7 +81,7 @@ impl LostMarker {
     /// `decode`: a record this agent cannot read), now.
     fn now(source: &'static str, count: u64) -> Self {
         LostMarker {
-            schema: super::enrich::SCHEMA,
+            schema: SCHEMA,
             kind: "lost",
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             source,
@@ -86,7 +93,7 @@ impl LostMarker {
 /// Wall-clock time of a `CLOCK_MONOTONIC` timestamp (what `bpf_ktime_get_ns` returns).
 pub fn wall_time(ts_ns: u64) -> SystemTime {
     let now_wall = SystemTime::now();
-    let now_mono = crate::dataplane::ct_sweep::monotonic_now();
+    let now_mono = monotonic_now();
     now_wall - Duration::from_nanos(now_mono.saturating_sub(ts_ns))
 }
 
@@ -117,15 +124,21 @@ pub async fn run(
             g = fd.readable_mut() => g?,
             Some(item) = outputs.ends.recv() => {
                 match item {
-                    Swept::End(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
-                    Swept::Bytes(ev) => {
-                        let rec = record_of(&ev, &ctx);
-                        let fired = match &mut outputs.alerts {
-                            Some(alerts) => alerts.observe(&rec, SystemTime::now()),
-                            None => Vec::new(),
-                        };
-                        raise(fired, &mut out, &mut outputs);
-                    }
+                    Swept::End(c) => match decode_end(&c) {
+                        Ok(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
+                        Err(e) => undecodable(&e, &mut out, &outputs),
+                    },
+                    Swept::Bytes(c) => match decode_end(&c) {
+                        Ok(ev) => {
+                            let rec = record_of(&ev, &ctx);
+                            let fired = match &mut outputs.alerts {
+                                Some(alerts) => alerts.observe(&rec, SystemTime::now()),
+                                None => Vec::new(),
+                            };
+                            raise(fired, &mut out, &mut outputs);
+                        }
+                        Err(e) => undecodable(&e, &mut out, &outputs),
+                    },
                 }
                 // Ends come in batches, once per sweep: flush when the batch is through.
                 if outputs.ends.is_empty() {
@@ -145,16 +158,7 @@ pub async fn run(
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
-                Err(e) => {
-                    // The stream says it has a gap here, as for the kernel's losses.
-                    outputs
-                        .metrics
-                        .lost_events
-                        .with_label_values(&["decode"])
-                        .inc();
-                    write_line(&mut out, &LostMarker::now("decode", 1));
-                    tracing::warn!(error = %e, "undecodable flow event");
-                }
+                Err(e) => undecodable(&e, &mut out, &outputs),
             }
         }
         if let Err(e) = out.flush() {
@@ -164,8 +168,20 @@ pub async fn run(
     }
 }
 
+/// A record this agent cannot read: the stream says it has a gap here, as for the kernel's
+/// losses.
+fn undecodable(e: &DecodeError, out: &mut Box<dyn Write + Send>, outputs: &Outputs) {
+    outputs
+        .metrics
+        .lost_events
+        .with_label_values(&["decode"])
+        .inc();
+    write_line(out, &LostMarker::now("decode", 1));
+    tracing::warn!(error = %e, "undecodable flow event");
+}
+
 /// The record of an event, attributed with what the agent knows now.
-fn record_of(ev: &Event, ctx: &RwLock<Context>) -> super::enrich::FlowRecord {
+fn record_of(ev: &Event, ctx: &RwLock<Context>) -> FlowRecord {
     let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
     ctx.read()
         .expect("flow context lock poisoned")
@@ -236,5 +252,93 @@ mod tests {
         );
         f.records = parse_filter_flags("--event drop").unwrap();
         assert!(f.logs(&drop, true) && !f.logs(&allow, false));
+    }
+
+    /// The sweeper's records decode as the datapath's do: its originator as the source,
+    /// host-order ports, the direction, the counts and the reason of the end.
+    #[test]
+    fn what_the_sweeper_reports_decodes_like_the_datapaths_ends() {
+        use crate::dataplane::ct_sweep::{flushed_end, judge, ByteMeter, Verdict};
+        use enforcer_common::ct::{self, CtEntry, CtKey};
+        use enforcer_common::{direction, proto};
+        use std::net::{IpAddr, Ipv6Addr};
+
+        const S: u64 = 1_000_000_000;
+        let mapped = |s: &str| {
+            s.parse::<std::net::Ipv4Addr>()
+                .unwrap()
+                .to_ipv6_mapped()
+                .octets()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let key = CtKey {
+            ep_id: 3,
+            addr_lo: mapped("10.244.1.10"),
+            addr_hi: mapped("10.244.2.11"),
+            port_lo: 53u16.to_be(),
+            port_hi: 40000u16.to_be(),
+            proto: proto::UDP,
+            _pad: [0; 3],
+        };
+        let entry = CtEntry {
+            created_ns: S,
+            last_seen_ns: 100 * S,
+            packets_orig: 3,
+            bytes_orig: 210,
+            packets_reply: 2,
+            bytes_reply: 400,
+            rule: 9,
+            state: ct::state::ESTABLISHED,
+            origin_dir: direction::EGRESS,
+            flags: ct::CT_F_REPLIED,
+            frontend: 4,
+            ..Default::default()
+        };
+        let Verdict::ReportAndRemove(rec) = judge(&key, &entry, 300 * S) else {
+            panic!("expired and unreported");
+        };
+        let ev = decode_end(&rec).unwrap();
+        assert_eq!(
+            (ev.src, ev.sport, ev.dst, ev.dport, ev.proto),
+            (ip("10.244.2.11"), 40000, ip("10.244.1.10"), 53, proto::UDP)
+        );
+        assert!(ev.egress && !ev.dropped && !ev.audit && !ev.reply && !ev.fragment);
+        assert_eq!(
+            (ev.ts_ns, ev.ep_id, ev.rule, ev.frontend),
+            (100 * S, 3, 9, 4)
+        );
+        assert_eq!((ev.ifindex, ev.len, ev.reason, ev.icmp), (0, 0, None, None));
+        let end = ev.end.unwrap();
+        assert_eq!(end.reason_name(), "timeout");
+        assert_eq!(
+            (
+                end.created_ns,
+                end.packets_orig,
+                end.bytes_orig,
+                end.packets_reply,
+                end.bytes_reply
+            ),
+            (S, 3, 210, 2, 400)
+        );
+        let flushed = decode_end(&flushed_end(&key, &entry).unwrap()).unwrap();
+        assert_eq!(flushed.end.unwrap().reason_name(), "backend_gone");
+        let sample = ByteMeter::default().pass(&[(key, entry)], 150 * S);
+        let sample = decode_end(&sample[0]).unwrap();
+        assert_eq!(
+            (sample.ts_ns, sample.end.unwrap().reason_name()),
+            (150 * S, "active")
+        );
+
+        // IPv6 stays IPv6.
+        let v6 = CtKey {
+            addr_lo: "fd00::a".parse::<Ipv6Addr>().unwrap().octets(),
+            addr_hi: "fd00::b".parse::<Ipv6Addr>().unwrap().octets(),
+            ..key
+        };
+        let Verdict::ReportAndRemove(rec) = judge(&v6, &entry, 300 * S) else {
+            panic!("expired and unreported");
+        };
+        let ev = decode_end(&rec).unwrap();
+        assert_eq!((ev.src, ev.dst), (ip("fd00::b"), ip("fd00::a")));
     }
 }
