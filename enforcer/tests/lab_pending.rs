@@ -35,15 +35,21 @@ fn wait_until(what: &str, within: Duration, ok: impl Fn() -> bool) -> Duration {
     started.elapsed()
 }
 
-#[test]
-fn a_pending_pod_is_logged_once_and_attached_when_its_route_appears() {
-    if !root() {
-        return;
-    }
+/// A lab of one scenario, up (removed on drop), and where its agent's files are.
+struct Lab {
+    _down: Down,
+    name: String,
+    node: String,
+    manifests: PathBuf,
+    status_file: PathBuf,
+    agent_log: PathBuf,
+}
+
+fn up(tag: &str) -> Lab {
     let scenario =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
-    let name = format!("p{}", std::process::id());
-    let _down = Down(name.clone());
+    let name = format!("{tag}{}", std::process::id());
+    let down = Down(name.clone());
     ok(
         &enforcer(&["lab", "up", scenario.to_str().unwrap(), "--name", &name]),
         "lab up",
@@ -52,10 +58,30 @@ fn a_pending_pod_is_logged_once_and_attached_when_its_route_appears() {
         &std::fs::read_to_string(format!("/run/enforcer-lab/{name}/state.json")).unwrap(),
     )
     .unwrap();
-    let node = state["node_netns"].as_str().unwrap().to_owned();
-    let manifests = PathBuf::from(state["paths"]["manifests_dir"].as_str().unwrap());
-    let status_file = PathBuf::from(state["paths"]["status_file"].as_str().unwrap());
-    let agent_log = PathBuf::from(state["paths"]["agent_log"].as_str().unwrap());
+    let path = |key: &str| PathBuf::from(state["paths"][key].as_str().unwrap());
+    Lab {
+        _down: down,
+        node: state["node_netns"].as_str().unwrap().to_owned(),
+        manifests: path("manifests_dir"),
+        status_file: path("status_file"),
+        agent_log: path("agent_log"),
+        name,
+    }
+}
+
+#[test]
+fn a_pending_pod_is_logged_once_and_attached_when_its_route_appears() {
+    if !root() {
+        return;
+    }
+    let lab = up("p");
+    let (name, node, manifests, status_file, agent_log) = (
+        &lab.name,
+        &lab.node,
+        &lab.manifests,
+        &lab.status_file,
+        &lab.agent_log,
+    );
 
     // A pod of this node with no interface yet.
     std::fs::write(
@@ -66,7 +92,7 @@ fn a_pending_pod_is_logged_once_and_attached_when_its_route_appears() {
     )
     .unwrap();
     let pending = || {
-        status(&status_file)["pending"]
+        status(status_file)["pending"]
             .as_array()
             .is_some_and(|p| p.iter().any(|x| x == "x/late"))
     };
@@ -86,8 +112,8 @@ fn a_pending_pod_is_logged_once_and_attached_when_its_route_appears() {
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(7));
-    assert!(pending(), "still pending: {}", status(&status_file));
-    let log = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(pending(), "still pending: {}", status(status_file));
+    let log = std::fs::read_to_string(agent_log).unwrap();
     let reported: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("x/late") && l.contains("no host route"))
@@ -98,21 +124,21 @@ fn a_pending_pod_is_logged_once_and_attached_when_its_route_appears() {
     let pod_ns = format!("enf-{name}-late");
     sh(&["ip", "netns", "add", &pod_ns]);
     sh(&[
-        "ip", "-n", &node, "link", "add", "lxclate", "type", "veth", "peer", "name", "eth0",
+        "ip", "-n", node, "link", "add", "lxclate", "type", "veth", "peer", "name", "eth0",
         "netns", &pod_ns,
     ]);
-    sh(&["ip", "-n", &node, "link", "set", "lxclate", "up"]);
+    sh(&["ip", "-n", node, "link", "set", "lxclate", "up"]);
     sh(&[
         "ip",
         "-n",
-        &node,
+        node,
         "route",
         "add",
         "10.244.1.99/32",
         "dev",
         "lxclate",
     ]);
-    let attached = || status(&status_file)["endpoints"]["x/late"]["attached"] == true;
+    let attached = || status(status_file)["endpoints"]["x/late"]["attached"] == true;
     let took = wait_until(
         "the pod is attached once its route appears (not at the 8 s backoff)",
         Duration::from_secs(3),
@@ -123,7 +149,7 @@ fn a_pending_pod_is_logged_once_and_attached_when_its_route_appears() {
         took.as_secs_f64()
     );
     assert!(!pending());
-    let log = std::fs::read_to_string(&agent_log).unwrap();
+    let log = std::fs::read_to_string(agent_log).unwrap();
     assert!(
         log.lines()
             .any(|l| l.contains("x/late") && l.contains("interface appeared")),
@@ -138,21 +164,9 @@ fn time_from_a_pods_interface_to_its_programs_attached() {
     if !root() {
         return;
     }
-    let scenario =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
-    let name = format!("q{}", std::process::id());
-    let _down = Down(name.clone());
-    ok(
-        &enforcer(&["lab", "up", scenario.to_str().unwrap(), "--name", &name]),
-        "lab up",
-    );
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("/run/enforcer-lab/{name}/state.json")).unwrap(),
-    )
-    .unwrap();
-    let node = state["node_netns"].as_str().unwrap().to_owned();
-    let manifests = PathBuf::from(state["paths"]["manifests_dir"].as_str().unwrap());
-    let status_file = PathBuf::from(state["paths"]["status_file"].as_str().unwrap());
+    let lab = up("q");
+    let (name, node, manifests, status_file) =
+        (&lab.name, &lab.node, &lab.manifests, &lab.status_file);
     const PODS: usize = 20;
     let mut yaml = String::new();
     for i in 0..PODS {
@@ -165,7 +179,7 @@ fn time_from_a_pods_interface_to_its_programs_attached() {
     }
     std::fs::write(manifests.join("new.yaml"), yaml).unwrap();
     wait_until("every new pod is pending", Duration::from_secs(10), || {
-        status(&status_file)["pending"]
+        status(status_file)["pending"]
             .as_array()
             .is_some_and(|p| p.len() == PODS)
     });
@@ -175,15 +189,15 @@ fn time_from_a_pods_interface_to_its_programs_attached() {
         let dev = format!("lxcnew{i}");
         sh(&["ip", "netns", "add", &pod_ns]);
         sh(&[
-            "ip", "-n", &node, "link", "add", &dev, "type", "veth", "peer", "name", "eth0",
-            "netns", &pod_ns,
+            "ip", "-n", node, "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns",
+            &pod_ns,
         ]);
-        sh(&["ip", "-n", &node, "link", "set", &dev, "up"]);
+        sh(&["ip", "-n", node, "link", "set", &dev, "up"]);
         let ip = format!("10.244.1.{}/32", 100 + i);
-        sh(&["ip", "-n", &node, "route", "add", &ip, "dev", &dev]);
+        sh(&["ip", "-n", node, "route", "add", &ip, "dev", &dev]);
         let key = format!("x/new{i}");
         took.push(wait_until("attached", Duration::from_secs(10), || {
-            status(&status_file)["endpoints"][&key]["attached"] == true
+            status(status_file)["endpoints"][&key]["attached"] == true
         }));
     }
     took.sort();
