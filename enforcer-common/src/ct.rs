@@ -29,6 +29,15 @@ pub mod timeout {
     pub const FRAGMENT: u64 = 60 * S;
 }
 
+/// The time from `then` to `now` (`CLOCK_MONOTONIC` ns), zero when `then` is later. Another
+/// CPU may stamp an entry with its own, later, clock reading between this packet's reading and
+/// its look at the entry: a plain subtraction then wraps to ~584 years and a busy connection
+/// looks expired (it was reported ended and its next packet judged as a new flow).
+#[inline(always)]
+pub const fn elapsed(now: u64, then: u64) -> u64 {
+    now.saturating_sub(then)
+}
+
 /// The idle timeout of a connection of protocol `proto` in state `state`.
 #[inline(always)]
 pub const fn idle_timeout(proto: u8, state: u8) -> u64 {

@@ -50,7 +50,7 @@ pub fn origin_tuple(key: &CtKey, e: &CtEntry) -> Tuple {
 
 #[inline(always)]
 pub fn expired(e: &CtEntry, p: u8, now: u64) -> bool {
-    now.wrapping_sub(e.last_seen_ns) > ct::idle_timeout(p, e.state)
+    ct::elapsed(now, e.last_seen_ns) > ct::idle_timeout(p, e.state)
 }
 
 /// The canonical key of a tuple written into `k` (scratch memory: the key does not fit on the

@@ -411,7 +411,7 @@ fn frag_key(ep: &EndpointInfo, dir: u8, pkt: &Packet) -> FragKey {
 
 #[inline(always)]
 fn fresh(e: &FragEntry, now: u64) -> bool {
-    now.wrapping_sub(e.first_seen_ns) <= enforcer_common::ct::timeout::FRAGMENT
+    enforcer_common::ct::elapsed(now, e.first_seen_ns) <= enforcer_common::ct::timeout::FRAGMENT
 }
 
 /// Records a first fragment's verdict and returns the packet's: `result`, unless later

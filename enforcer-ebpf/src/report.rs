@@ -48,7 +48,7 @@ pub fn drop_event(pkt: &Packet, r: &Report, reason: DropReason) {
     if let Some(last) = DROP_RATELIMIT.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer; a racing writer can only make us report twice.
         unsafe {
-            if now.wrapping_sub(*last) < DROP_REPORT_INTERVAL_NS {
+            if enforcer_common::ct::elapsed(now, *last) < DROP_REPORT_INTERVAL_NS {
                 count(counter::EVENTS_RATE_LIMITED);
                 return;
             }

@@ -154,7 +154,7 @@ pub fn choose(pkt: &mut Packet, fe: &Frontend) -> Result<(), DropReason> {
                 set: fe.backend_set,
                 backend: a.backend,
             };
-            let fresh = pkt.now.wrapping_sub(a.last_ns) <= fe.affinity_s as u64 * 1_000_000_000;
+            let fresh = enforcer_common::ct::elapsed(pkt.now, a.last_ns) <= fe.affinity_s as u64 * 1_000_000_000;
             // SAFETY: only tested for presence.
             if fresh && unsafe { SVC_MEMBERS.get(&member) }.is_some() {
                 a.last_ns = pkt.now;

@@ -319,6 +319,37 @@ fn a_packet_after_the_idle_timeout_reports_the_old_connections_end_first() {
 }
 
 /// A stray RST from an allowed peer is a new flow each time (reported as such), never an end.
+/// Two CPUs handle one connection's two directions at once: one may stamp the entry with a
+/// clock reading later than the one the other took for its packet. That packet must see a live
+/// connection (it was found "idle for 584 years": a false end, then judged as a new flow).
+#[test]
+fn an_entry_stamped_later_than_the_packets_clock_is_live() {
+    use enforcer_agent::dataplane::ct_sweep;
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    let (a, b) = ("10.244.1.10", "10.244.2.11");
+    assert_eq!(f.ingress(&tcp(b, a, 40000, 80, SYN)), PASS);
+    assert_eq!(f.egress(&tcp(a, b, 80, 40000, SYN | ACK)), PASS);
+    f.drain_events();
+    let mut ct = f.dp.take_conntrack().expect("the conntrack map");
+    let (key, mut entry) = ct.iter().next().expect("one entry").unwrap();
+    entry.last_seen_ns = ct_sweep::monotonic_now() + 2_000_000_000;
+    ct.insert(key, entry, 0).unwrap();
+
+    assert_eq!(f.ingress(&tcp(b, a, 40000, 80, ACK)), PASS);
+    assert_eq!(f.egress(&tcp(a, b, 80, 40000, ACK)), PASS);
+    let ev = f.drain_events();
+    assert!(ev.is_empty(), "no end, no new flow: {ev:?}");
+    let (_, after) = ct.iter().next().expect("one entry").unwrap();
+    assert_eq!(
+        (after.packets_orig, after.packets_reply),
+        (2, 2),
+        "both packets counted on the same connection"
+    );
+}
+
 #[test]
 fn a_flow_that_starts_with_a_reset_reports_no_end() {
     if !privileged() {
