@@ -37,6 +37,8 @@ pub struct AgentOptions {
     pub kubeconfig: Option<PathBuf>,
     pub node: String,
     pub pin_dir: PathBuf,
+    /// Load the kernel programs from this object instead of the built-in one.
+    pub bpf_object: Option<PathBuf>,
     pub status_file: Option<PathBuf>,
     /// Flow log: a file path, or `-` for stdout.
     pub flow_log: PathBuf,
@@ -161,7 +163,15 @@ fn write_status(path: &std::path::Path, status: &Status) -> anyhow::Result<()> {
 /// Runs the agent until SIGINT/SIGTERM. The datapath (pinned maps and links) stays in force
 /// after it exits.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    let mut dp = Dataplane::open(&opts.pin_dir).context("opening the datapath")?;
+    let mut dp = match &opts.bpf_object {
+        None => Dataplane::open(&opts.pin_dir),
+        Some(path) => {
+            let object = std::fs::read(path)
+                .with_context(|| format!("reading the eBPF object {}", path.display()))?;
+            Dataplane::open_object(&opts.pin_dir, &object)
+        }
+    }
+    .context("opening the datapath")?;
     tracing::info!(pin_dir = %opts.pin_dir.display(), revision = dp.revision(), "datapath loaded");
 
     let metrics = Metrics::new();

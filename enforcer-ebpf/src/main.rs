@@ -82,6 +82,11 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: per-CPU slot, used by this program run only (no preemption within a run).
     let pkt = unsafe { &mut *pkt };
     pkt.reset();
+    #[cfg(feature = "upgrade-variant")]
+    if let Some(seen) = maps::UPGRADE_VARIANT.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *seen += 1 };
+    }
     let mut rep = Report {
         // SAFETY: the context's skb pointer is valid for the whole program run.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },

@@ -77,6 +77,12 @@ pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_en
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::LEN, 0);
 
+/// Only in the `upgrade-variant` build: packets seen, so that its programs differ from the
+/// default build's (not pinned: no agent adopts it).
+#[cfg(feature = "upgrade-variant")]
+#[map]
+pub static UPGRADE_VARIANT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// (ClusterIP, port, protocol) → the Service port's backend set. Written by the agent.
 #[map]
 pub static SVC_FRONTENDS: HashMap<FrontendKey, Frontend> =

@@ -191,6 +191,11 @@ struct AgentArgs {
     /// bpffs directory for the pinned maps and links.
     #[arg(long, default_value = "/sys/fs/bpf/enforcer/default")]
     pin_dir: PathBuf,
+    /// Load the kernel programs from this eBPF object (a build of enforcer-ebpf of this
+    /// release, e.g. with a datapath fix) instead of the one built into this binary. Pinned
+    /// maps are checked against its layout as they are against the built-in one's.
+    #[arg(long, value_name = "FILE")]
+    bpf_object: Option<PathBuf>,
     /// Write a JSON status (applied digest, endpoints, pending pods, errors) after each sync.
     #[arg(long)]
     status_file: Option<PathBuf>,
@@ -285,6 +290,7 @@ fn main() -> anyhow::Result<()> {
                 kubeconfig: a.kubeconfig,
                 node: a.node,
                 pin_dir: a.pin_dir,
+                bpf_object: a.bpf_object,
                 status_file: a.status_file,
                 flow_log: a.flow_log,
                 log_allowed: a.log_allowed,

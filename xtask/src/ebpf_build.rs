@@ -84,6 +84,16 @@ pub fn detect_toolchain() -> Result<EbpfToolchain, String> {
 /// Builds the kernel object and returns its path. Cargo's own fingerprinting makes a second
 /// build with no change a no-op.
 pub fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    build_ebpf_with(workspace, target_dir, &[])
+}
+
+/// [`build_ebpf`] with cargo features of `enforcer-ebpf` (e.g. `upgrade-variant`), in a
+/// target dir of its own so that the two builds do not rebuild each other.
+pub fn build_ebpf_with(
+    workspace: &Path,
+    target_dir: &Path,
+    features: &[&str],
+) -> Result<PathBuf, String> {
     let toolchain = detect_toolchain()?;
     let crate_dir = workspace.join("enforcer-ebpf");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -121,6 +131,9 @@ pub fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf, String
                 "build-std=core",
             ]);
         }
+    }
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
     }
     cmd.arg("--target-dir").arg(target_dir);
     eprintln!("+ ({toolchain:?}) {cmd:?}");

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::MapData;
 use enforcer_common::maps as names;
 
-use super::{map_err, DataplaneError, BPF_OBJECT};
+use super::{map_err, DataplaneError};
 
 /// Each map's layout version: bumped when what a map's bytes mean changes without its sizes
 /// changing (a renamed map starts over at 1).
@@ -177,12 +177,12 @@ pub fn sweep(pin_dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
-/// Checks the pinned maps' layouts before anything is loaded ([`layout`]): refuses pins of an
-/// unknown layout, starts disposable ones empty.
-pub(super) fn check(pin_dir: &Path) -> Result<(), DataplaneError> {
-    let expected = expected(BPF_OBJECT).map_err(|e| DataplaneError::Layout {
+/// Checks the pinned maps' layouts against `object`'s before anything is loaded ([`layout`]):
+/// refuses pins of an unknown layout, starts disposable ones empty.
+pub(super) fn check(pin_dir: &Path, object: &[u8]) -> Result<(), DataplaneError> {
+    let expected = expected(object).map_err(|e| DataplaneError::Layout {
         pin_dir: pin_dir.into(),
-        problems: vec![format!("this agent's own object does not parse: {e}")],
+        problems: vec![format!("the eBPF object does not parse: {e}")],
     })?;
     let mut pinned = BTreeMap::new();
     for name in names::ALL {

@@ -161,11 +161,22 @@ impl Dataplane {
     /// conntrack and fragment maps to check what happens when they are full. Sizes only apply
     /// to maps that are not pinned yet.
     pub fn open_with_sizes(pin_dir: &Path, sizes: &[(&'static str, u32)]) -> Result<Self> {
+        Self::load(pin_dir, BPF_OBJECT, sizes)
+    }
+
+    /// Like [`Dataplane::open`], with the programs and maps of another build of
+    /// `enforcer-ebpf` than the one built in (`enforcer agent --bpf-object`). Its pinned maps
+    /// are checked against its own layout, as the built-in object's would be.
+    pub fn open_object(pin_dir: &Path, object: &[u8]) -> Result<Self> {
+        Self::load(pin_dir, object, &[])
+    }
+
+    fn load(pin_dir: &Path, object: &[u8], sizes: &[(&'static str, u32)]) -> Result<Self> {
         bpffs::ensure_dir(pin_dir).map_err(|source| DataplaneError::Bpffs {
             path: pin_dir.into(),
             source,
         })?;
-        layout::check(pin_dir)?;
+        layout::check(pin_dir, object)?;
         let mut loader = EbpfLoader::new();
         let pins: Vec<(&'static str, PathBuf)> =
             names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
@@ -175,12 +186,10 @@ impl Dataplane {
         for &(name, size) in sizes {
             loader.map_max_entries(name, size);
         }
-        let mut ebpf = loader
-            .load(BPF_OBJECT)
-            .map_err(|source| DataplaneError::Load {
-                pin_dir: pin_dir.into(),
-                source: Box::new(source),
-            })?;
+        let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
+            pin_dir: pin_dir.into(),
+            source: Box::new(source),
+        })?;
         // A map the object names differently would have been pinned by its own name at the
         // root of bpffs, outside `pin_dir`, and shared by every datapath on the machine.
         if let Some(name) = names::ALL.into_iter().find(|n| ebpf.map(n).is_none()) {
