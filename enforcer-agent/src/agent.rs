@@ -62,6 +62,9 @@ pub struct AgentOptions {
     pub alert_webhook: Option<hyper::Uri>,
     /// How often the conntrack map is swept (see [`crate::dataplane::ct_sweep`]).
     pub conntrack_sweep_interval: Duration,
+    /// Interface name prefixes of pods' host-side veths: one that leads to no local pod the
+    /// agent knows yet is quarantined (all its traffic dropped) until its pod is programmed.
+    pub quarantine_prefixes: Vec<String>,
     /// How long an API watch may fail before the agent reports itself not ready.
     pub source_stale_grace: Duration,
     /// How long a read from the API may take before the request fails (watches are held
@@ -84,6 +87,10 @@ pub struct Status {
     pub errors: Vec<String>,
     /// The kernel ids of the programs this agent put on the links.
     pub programs: BTreeMap<&'static str, u32>,
+    /// Interfaces quarantined (see `--quarantine-prefix`): no pod programmed on them yet, all
+    /// their traffic dropped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<String>,
     /// What the last sync could not program (each part kept its previous state in force).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sync_errors: Vec<String>,
@@ -276,10 +283,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // table read, no recompile), so a new pod is enforced soon after its CNI built it.
     let mut pending_tick = tokio::time::interval(Duration::from_millis(20));
     pending_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // With quarantine on, interface names are polled every 10 ms (one procfs read; names
+    // are resolved only when they changed), so a new pod's veth carries nothing unfiltered
+    // for longer than that and an attach.
+    dp.set_quarantine_prefixes(opts.quarantine_prefixes.clone());
+    let quarantining = !opts.quarantine_prefixes.is_empty();
+    let mut quarantine_tick = tokio::time::interval(Duration::from_millis(10));
+    quarantine_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = pending_tick.tick(), if pending_since.is_some() => {}
+            _ = quarantine_tick.tick(), if quarantining => {}
             _ = async { match &changed { Some(n) => n.notified().await, None => std::future::pending().await } } => {
                 // Debounce: let a burst of watch events settle into one sync.
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -287,6 +302,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+        }
+        if quarantine_step(&mut dp, false) {
+            dirty = true;
         }
         if let Some(dir) = &opts.manifests {
             // Polling the folder's metadata is cheap; its content is read only on a change.
@@ -431,6 +449,22 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     tracing::info!("agent stopping; the datapath stays in force");
     Ok(())
+}
+
+/// One quarantine pass (see [`crate::dataplane::quarantine`]), logged; returns whether it
+/// changed anything (the status then needs writing again).
+fn quarantine_step(dp: &mut Dataplane, full: bool) -> bool {
+    let q = dp.quarantine_new_interfaces(full);
+    for name in &q.added {
+        tracing::info!(interface = %name, "quarantined: no local pod programmed on this interface yet, all its traffic is dropped");
+    }
+    for name in &q.released {
+        tracing::info!(interface = %name, "released from quarantine");
+    }
+    for (name, error) in &q.failed {
+        tracing::error!(interface = %name, error = %error, "could not quarantine");
+    }
+    !q.added.is_empty() || !q.released.is_empty()
 }
 
 /// Sweeps the conntrack map every `every`, sending the ends of idle connections to the flow
@@ -617,6 +651,8 @@ fn sync_once(
     flow_ctx.frontends = dp.frontend_names().clone();
     flow_ctx.rules = dp.rule_refs();
     *ctx.write().expect("flow context lock poisoned") = flow_ctx;
+    // After the endpoints: an interface whose pod was just programmed is no candidate.
+    quarantine_step(dp, true);
     Ok(Status {
         digest: desired.digest.clone(),
         revision: report.revision,
@@ -626,6 +662,7 @@ fn sync_once(
         errors: desired.errors.clone(),
         sync_errors: report.errors.iter().map(ToString::to_string).collect(),
         programs: dp.program_ids(),
+        quarantined: dp.quarantined(),
         source: desired.revisions.clone(),
     })
 }

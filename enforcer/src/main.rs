@@ -196,6 +196,13 @@ struct AgentArgs {
     /// maps are checked against its layout as they are against the built-in one's.
     #[arg(long, value_name = "FILE")]
     bpf_object: Option<PathBuf>,
+    /// Interfaces whose name starts with this (e.g. lxc, cali; repeat or comma-separate for
+    /// several) are pods' host-side veths: one that leads to no local pod the agent has
+    /// programmed yet is quarantined, all its traffic dropped, until it is. Closes the window
+    /// between the CNI building a pod's veth and the agent learning the pod from the API.
+    /// Off by default: an interface of this prefix that is no pod would carry nothing.
+    #[arg(long, value_name = "PREFIX", value_delimiter = ',', value_parser = interface_prefix)]
+    quarantine_prefix: Vec<String>,
     /// Write a JSON status (applied digest, endpoints, pending pods, errors) after each sync.
     #[arg(long)]
     status_file: Option<PathBuf>,
@@ -262,6 +269,20 @@ struct AgentArgs {
     alert_webhook: Option<hyper::Uri>,
 }
 
+/// Interface names are shorter than this (the kernel's `IFNAMSIZ`).
+const IF_NAMESIZE: usize = 16;
+
+/// A quarantine prefix: an empty one would match every interface (the node's own included).
+fn interface_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() >= IF_NAMESIZE || s.contains(['/', ' ', ':']) {
+        return Err(format!(
+            "{s:?} is no interface name prefix (1 to {} characters, no '/', ':' or space)",
+            IF_NAMESIZE - 1
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -291,6 +312,7 @@ fn main() -> anyhow::Result<()> {
                 node: a.node,
                 pin_dir: a.pin_dir,
                 bpf_object: a.bpf_object,
+                quarantine_prefixes: a.quarantine_prefix,
                 status_file: a.status_file,
                 flow_log: a.flow_log,
                 log_allowed: a.log_allowed,

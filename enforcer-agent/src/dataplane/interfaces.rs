@@ -66,6 +66,44 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
+/// The interfaces of this network namespace (the calling thread's: `/proc/net/dev` follows
+/// it, `/sys/class/net` does not) whose name starts with one of `prefixes`.
+pub fn named_with(prefixes: &[String]) -> io::Result<Vec<Iface>> {
+    let text = std::fs::read_to_string("/proc/net/dev")?;
+    Ok(parse_net_dev(&text)
+        .into_iter()
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
+        .filter_map(|name| {
+            Some(Iface {
+                ifindex: ifindex(&name)?,
+                name,
+            })
+        })
+        .collect())
+}
+
+/// The interface names of `/proc/net/dev` (two header lines, then `name: counters...`).
+pub fn parse_net_dev(text: &str) -> Vec<String> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split_once(':')?.0.trim().to_owned()))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// The name of the interface `ifindex` in this network namespace.
+pub fn name_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes the call may write.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the call wrote a NUL-terminated name into `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// The host-side interface of a pod with these IPs: the device of the host route to the first
 /// IP that has one.
 pub fn pod_iface(routes: &BTreeMap<IpAddr, String>, ips: &[IpAddr]) -> Option<Iface> {
@@ -119,6 +157,15 @@ pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_dev_names() {
+        let text = "Inter-|   Receive                            |  Transmit\n \
+             face |bytes    packets errs drop fifo frame compressed multicast|bytes\n    \
+             lo: 1296      16    0    0    0     0          0         0     1296\n\
+             lxc1a2b:  0 0 0 0 0 0 0 0 0\n  eth0:12 3 0 0 0 0 0 0 12\n";
+        assert_eq!(parse_net_dev(text), ["lo", "lxc1a2b", "eth0"]);
+    }
 
     #[test]
     fn ipv4_host_routes_only() {

@@ -23,7 +23,7 @@ use aya::programs::{
 };
 use enforcer_common::maps as names;
 
-use super::{Dataplane, DataplaneError, Iface, Result};
+use super::{interfaces, Dataplane, DataplaneError, Iface, Result};
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
@@ -99,24 +99,39 @@ impl Dataplane {
         }
         live == 2
     }
-    /// Removes the link pins of interfaces that have no endpoint record (an interrupted
-    /// detach, or an interface that went away while no agent ran).
-    pub(super) fn sweep_links(&self) {
+    /// The link pins of interfaces that have no endpoint record: dead ones (an interface
+    /// that went away while no agent ran) are removed; live ones (an earlier agent's
+    /// quarantine, or an interrupted detach) get this agent's programs and are held as
+    /// quarantined, in force, until the first [`Dataplane::quarantine`] call keeps or
+    /// releases them.
+    pub(super) fn adopt_unclaimed_links(&mut self) {
         let Ok(entries) = std::fs::read_dir(self.pin_dir.join("links")) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ifindex = name
-                .split_once('-')
-                .and_then(|(i, _)| i.parse::<u32>().ok());
-            if ifindex.is_none_or(|i| !self.endpoints.contains_key(&i)) {
-                if let Ok(link) = PinnedLink::from_pin(entry.path()) {
-                    let _ = link.unpin();
-                } else {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-                tracing::info!(pin = %name, "removed the link pin of an interface without an endpoint");
+            let parsed = name.split_once('-').and_then(|(i, program)| {
+                let program = [names::programs::POD_EGRESS, names::programs::POD_INGRESS]
+                    .into_iter()
+                    .find(|p| *p == program)?;
+                Some((i.parse::<u32>().ok()?, program))
+            });
+            if parsed.is_some_and(|(i, _)| self.endpoints.contains_key(&i)) {
+                continue;
+            }
+            let live = parsed.is_some_and(|(ifindex, program)| {
+                self.program_fd(program)
+                    .is_ok_and(|fd| update_pinned(&entry.path(), fd).is_ok())
+                    && {
+                        let ifname =
+                            interfaces::name_of(ifindex).unwrap_or_else(|| ifindex.to_string());
+                        self.quarantined.insert(ifindex, ifname);
+                        true
+                    }
+            });
+            if !live {
+                let _ = std::fs::remove_file(entry.path());
+                tracing::info!(pin = %name, "removed the pin of a link that is gone");
             }
         }
     }

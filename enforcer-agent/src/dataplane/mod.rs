@@ -19,6 +19,7 @@ pub mod interfaces;
 pub mod layout;
 mod links;
 mod policy_maps;
+pub mod quarantine;
 mod report;
 pub mod services;
 mod test_run;
@@ -148,6 +149,12 @@ pub struct Dataplane {
     /// Entries whose removal failed, by policy set: retried at every sync.
     leftovers: Vec<(u32, PolicyEntries)>,
     rules: entries::RuleIds,
+    /// Interfaces without an endpoint that carry the programs (all their traffic dropped),
+    /// by ifindex: see [`quarantine`].
+    quarantined: BTreeMap<u32, String>,
+    quarantine_prefixes: Vec<String>,
+    /// The interface names the last quarantine poll saw.
+    quarantine_seen: Vec<String>,
 }
 
 impl Dataplane {
@@ -266,6 +273,9 @@ impl Dataplane {
             revision: 0,
             leftovers: Vec::new(),
             rules: entries::RuleIds::default(),
+            quarantined: BTreeMap::new(),
+            quarantine_prefixes: Vec::new(),
+            quarantine_seen: Vec::new(),
         };
         dp.adopt()?;
         layout::write(&mut layout_map).map_err(map_err(names::LAYOUT, "write"))?;
@@ -348,7 +358,7 @@ impl Dataplane {
                 },
             );
         }
-        self.sweep_links();
+        self.adopt_unclaimed_links();
         // Entries of sets no endpoint uses are leftovers of an interrupted update.
         for (set, entries) in by_set {
             self.remove_entries(set, &entries);
@@ -513,7 +523,11 @@ impl Dataplane {
             .collect();
         for ifindex in gone {
             let state = self.endpoints.remove(&ifindex).expect("listed above");
-            self.detach(ifindex);
+            // Removing the endpoint record first would leave its links dropping everything:
+            // what a quarantined interface does, so they stay while it is one.
+            if !self.keep_in_quarantine(ifindex, &state.ifname) {
+                self.detach(ifindex);
+            }
             if let Err(e) = self.endpoints_map.remove(&ifindex) {
                 if !is_not_found(&e) {
                     // Kept, so that the removal is tried again at the next sync.
