@@ -24,7 +24,7 @@ mod report;
 pub mod services;
 mod test_run;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
@@ -460,21 +460,43 @@ impl Dataplane {
     /// Makes the maps and attachments match `tables` for the local pods whose interfaces are
     /// known (`ifaces`). Pods without an interface are left out (reported as pending by the
     /// caller) and picked up by a later sync.
+    ///
+    /// The order is what makes every packet see a consistent state: identities before the
+    /// entries that name them; each endpoint's complete new entry set before its switch to
+    /// it; the revision (which makes tracked connections be re-checked) only after every
+    /// entry is in place; stale identities last, once no entry names them.
     pub fn sync(
         &mut self,
         tables: &Tables,
         ifaces: &BTreeMap<PodKey, Iface>,
     ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        let mut changed = false;
-
         self.retry_leftovers(&mut report);
-
-        // 1. identities: add new prefixes and changed ids. One that cannot be written leaves
-        //    its addresses unknown to the datapath (matched by no peer rule: fails closed).
         let ids = self.ids.assign(tables);
-        let rule_ids = self.rules.assign(tables);
-        for (net, &id) in &ids {
+        let mut changed = self.add_identities(&ids, &mut report);
+        let (programmed, ep_changed) = self.sync_endpoints(tables, ifaces, &ids, &mut report);
+        changed |= ep_changed;
+        changed |= self.remove_gone_endpoints(&programmed, &mut report);
+        match self.services.sync(&tables.services) {
+            Ok(s) => report.services = s,
+            Err(e) => report.fail(SyncErrorClass::of(&e), None, &e),
+        }
+        if changed || report.entries_written > 0 {
+            self.bump_revision()?;
+        }
+        report.identities_removed = self.remove_stale_identities(&ids);
+        self.ids.by_prefix = ids;
+        report.endpoints = self.endpoints.len();
+        report.revision = self.revision;
+        Ok(report)
+    }
+
+    /// Writes new prefixes and changed ids. One that cannot be written leaves its addresses
+    /// unknown to the datapath (matched by no peer rule: fails closed). Returns whether any
+    /// was written.
+    fn add_identities(&mut self, ids: &BTreeMap<IpNet, u32>, report: &mut SyncReport) -> bool {
+        let mut changed = false;
+        for (net, &id) in ids {
             if self.ids.by_prefix.get(net) != Some(&id) {
                 match self.insert_identity(net, id) {
                     Ok(()) => {
@@ -485,21 +507,33 @@ impl Dataplane {
                 }
             }
         }
+        changed
+    }
 
-        // 2. endpoints, each on its own: one that fails keeps its previous state in force
-        //    (and is retried at the next sync), the others go on.
-        let mut keep = BTreeMap::new();
+    /// Programs each local pod with an interface, each on its own: one that fails keeps its
+    /// previous state in force (and is retried at the next sync), the others go on. Returns
+    /// the ifindexes of the pods' interfaces and whether any endpoint changed.
+    fn sync_endpoints(
+        &mut self,
+        tables: &Tables,
+        ifaces: &BTreeMap<PodKey, Iface>,
+        ids: &BTreeMap<IpNet, u32>,
+        report: &mut SyncReport,
+    ) -> (BTreeSet<u32>, bool) {
+        let rule_ids = self.rules.assign(tables);
+        let mut programmed = BTreeSet::new();
+        let mut changed = false;
         for (pod, plan) in &tables.endpoints {
             let Some(iface) = ifaces.get(pod) else {
                 continue;
             };
-            keep.insert(iface.ifindex, ());
-            let desired = entries::policy_entries_stable(plan, &ids, &rule_ids);
+            programmed.insert(iface.ifindex);
+            let desired = entries::policy_entries_stable(plan, ids, &rule_ids);
             let state = match self.endpoints.remove(&iface.ifindex) {
                 Some(s) => s,
                 None => self.new_endpoint(iface),
             };
-            match self.sync_endpoint(pod, plan, iface, desired, state, &mut report) {
+            match self.sync_endpoint(pod, plan, iface, desired, state, report) {
                 Ok((state, ep_changed)) => {
                     changed |= ep_changed;
                     self.endpoints.insert(iface.ifindex, state);
@@ -513,14 +547,24 @@ impl Dataplane {
                 }
             }
         }
+        (programmed, changed)
+    }
 
-        // Endpoints that are gone: detach, then forget their record and entries.
+    /// Endpoints that are not in `programmed` any more: detached (or left in quarantine),
+    /// then their record and entries removed. A record whose removal fails is kept, so that
+    /// it is tried again at the next sync. Returns whether any went.
+    fn remove_gone_endpoints(
+        &mut self,
+        programmed: &BTreeSet<u32>,
+        report: &mut SyncReport,
+    ) -> bool {
         let gone: Vec<u32> = self
             .endpoints
             .keys()
-            .filter(|i| !keep.contains_key(i))
+            .filter(|i| !programmed.contains(i))
             .copied()
             .collect();
+        let mut changed = false;
         for ifindex in gone {
             let state = self.endpoints.remove(&ifindex).expect("listed above");
             // Removing the endpoint record first would leave its links dropping everything:
@@ -530,14 +574,13 @@ impl Dataplane {
             }
             if let Err(e) = self.endpoints_map.remove(&ifindex) {
                 if !is_not_found(&e) {
-                    // Kept, so that the removal is tried again at the next sync.
                     let e = map_err(names::ENDPOINTS, "remove")(e);
                     report.fail(SyncErrorClass::MapDelete, state.pod.as_ref(), &e);
                     self.endpoints.insert(ifindex, state);
                     continue;
                 }
             }
-            self.remove_entries_tracked(state.info.policy_set, &state.entries, &mut report);
+            self.remove_entries_tracked(state.info.policy_set, &state.entries, report);
             report.detached.push(if state.ifname.is_empty() {
                 ifindex.to_string()
             } else {
@@ -545,29 +588,27 @@ impl Dataplane {
             });
             changed = true;
         }
+        changed
+    }
 
-        // 3. Service frontends.
-        match self.services.sync(&tables.services) {
-            Ok(s) => report.services = s,
-            Err(e) => report.fail(SyncErrorClass::of(&e), None, &e),
-        }
+    /// A new revision: tracked connections get re-checked against what is now in force.
+    fn bump_revision(&mut self) -> Result<()> {
+        self.revision = self.revision.wrapping_add(1);
+        self.config
+            .set(
+                0,
+                Config {
+                    revision: self.revision,
+                    flags: 0,
+                },
+                0,
+            )
+            .map_err(map_err(names::CONFIG, "set"))
+    }
 
-        // 4. revision: tracked connections get re-checked against what is now in force.
-        if changed || report.entries_written > 0 {
-            self.revision = self.revision.wrapping_add(1);
-            self.config
-                .set(
-                    0,
-                    Config {
-                        revision: self.revision,
-                        flags: 0,
-                    },
-                    0,
-                )
-                .map_err(map_err(names::CONFIG, "set"))?;
-        }
-
-        // 5. stale prefixes.
+    /// Removes the prefixes no longer in `ids` (no entry names them any more); returns how
+    /// many.
+    fn remove_stale_identities(&mut self, ids: &BTreeMap<IpNet, u32>) -> usize {
         let stale: Vec<IpNet> = self
             .ids
             .by_prefix
@@ -578,11 +619,7 @@ impl Dataplane {
         for net in &stale {
             self.remove_identity(net);
         }
-        report.identities_removed = stale.len();
-        self.ids.by_prefix = ids;
-        report.endpoints = self.endpoints.len();
-        report.revision = self.revision;
-        Ok(report)
+        stale.len()
     }
 
     /// The rule each stable rule id in the maps stands for (flow attribution).
