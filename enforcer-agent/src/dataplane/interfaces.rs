@@ -66,10 +66,14 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-/// The interfaces of this network namespace (the calling thread's: `/proc/net/dev` follows
-/// it, `/sys/class/net` does not) whose name starts with one of `prefixes`.
+/// The interface list of the calling thread's network namespace (`/proc/net` is the main
+/// thread's, `/sys/class/net` that of whoever mounted sysfs).
+pub const NET_DEV: &str = "/proc/thread-self/net/dev";
+
+/// The interfaces of the calling thread's network namespace whose name starts with one of
+/// `prefixes`.
 pub fn named_with(prefixes: &[String]) -> io::Result<Vec<Iface>> {
-    let text = std::fs::read_to_string("/proc/net/dev")?;
+    let text = std::fs::read_to_string(NET_DEV)?;
     Ok(parse_net_dev(&text)
         .into_iter()
         .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))

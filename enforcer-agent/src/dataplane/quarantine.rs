@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use super::interfaces::{self, Iface};
+use super::interfaces::{self, Iface, NET_DEV};
 use super::Dataplane;
 
 /// What one [`Dataplane::quarantine`] call changed.
@@ -41,11 +41,11 @@ impl Dataplane {
         if self.quarantine_prefixes.is_empty() {
             return self.quarantine(&[]);
         }
-        let names = match std::fs::read_to_string("/proc/net/dev") {
+        let names = match std::fs::read_to_string(NET_DEV) {
             Ok(text) => interfaces::parse_net_dev(&text),
             Err(e) => {
                 return QuarantineReport {
-                    failed: vec![("/proc/net/dev".into(), e.to_string())],
+                    failed: vec![(NET_DEV.into(), e.to_string())],
                     ..Default::default()
                 }
             }
@@ -58,7 +58,7 @@ impl Dataplane {
             Ok(candidates) => self.quarantine(&candidates),
             // Nothing is released on a failed listing: what is quarantined stays so.
             Err(e) => QuarantineReport {
-                failed: vec![("/proc/net/dev".into(), e.to_string())],
+                failed: vec![(NET_DEV.into(), e.to_string())],
                 ..Default::default()
             },
         }
