@@ -8,6 +8,9 @@
 //!   insert like a new connection does;
 //! - established: an ACK of a tracked connection;
 //! - denied: a SYN from a peer no rule allows (all probes miss, the report is rate-limited).
+//!
+//! Each figure is also given above the cost of an empty TC program's test run, measured in
+//! the same rounds: what the test run itself costs, which no packet on a real interface pays.
 
 use std::fmt::Write as _;
 
@@ -80,9 +83,12 @@ fn main() {
             .sum::<usize>();
         fixtures.push((n, entries, f, [Vec::new(), Vec::new(), Vec::new()]));
     }
+    let empty = enforcer_tests::empty_program::EmptyProgram::load().expect("an empty TC program");
+    let mut empty_samples = Vec::new();
     // Interleaved rounds, so that drift of the machine (other load, frequency) hits every
     // size alike.
     for _ in 0..ROUNDS {
+        empty_samples.push(empty.run_ns(&est, BATCH).expect("BPF_PROG_TEST_RUN"));
         for (_, _, f, samples) in fixtures.iter_mut() {
             for (i, pkt) in [&new_flow, &est, &denied].into_iter().enumerate() {
                 samples[i].push(batch_ns(f, pkt));
@@ -95,12 +101,26 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
+    let base = median(empty_samples);
+    println!("empty program: {base:.1} ns per run (subtracted in the columns marked \"net\")");
     println!(
-        "{:>9} {:>10} {:>13} {:>12} {:>9}",
-        "policies", "entries", "allowed new", "established", "denied"
+        "{:>9} {:>10} {:>13} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "policies",
+        "entries",
+        "allowed new",
+        "established",
+        "denied",
+        "new net",
+        "est net",
+        "den net"
     );
     for (n, entries, _, samples) in fixtures {
         let [a, b, c] = samples.map(median);
-        println!("{n:>9} {entries:>10} {a:>13.1} {b:>12.1} {c:>9.1}");
+        println!(
+            "{n:>9} {entries:>10} {a:>13.1} {b:>12.1} {c:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            a - base,
+            b - base,
+            c - base
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! real object, fills its maps through the agent's own compiler and dataplane code, and runs
 //! crafted packets through the programs with `BPF_PROG_TEST_RUN`.
 
+pub mod empty_program;
 pub mod packet;
 pub mod root;
 

@@ -211,7 +211,13 @@ fn main() -> Result<()> {
         Cmd::Bench => {
             setup()?;
             // The end-to-end benchmark runs the agent as the DaemonSet ships it.
-            run(cargo().args(["build", "--release", "-p", "enforcer", "--no-default-features"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "enforcer",
+                "--no-default-features",
+            ]))?;
             run(cargo()
                 .args(["bench", "-p", "enforcer-tests"])
                 .env("ENFORCER_BIN", workspace().join("target/release/enforcer")))
