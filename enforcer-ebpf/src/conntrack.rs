@@ -50,7 +50,9 @@ pub fn origin_tuple(key: &CtKey, e: &CtEntry) -> Tuple {
 
 #[inline(always)]
 pub fn expired(e: &CtEntry, p: u8, now: u64) -> bool {
-    ct::elapsed(now, e.last_seen_ns) > ct::idle_timeout(p, e.state)
+    // A reset connection is over whatever the clocks say: with the coarse clock, a packet in
+    // the same tick as the RST would otherwise find it idle for 0 ns, "not expired".
+    (p == proto::TCP && e.state == state::CLOSED) || ct::elapsed(now, e.last_seen_ns) > ct::idle_timeout(p, e.state)
 }
 
 /// The canonical key of a tuple written into `k` (scratch memory: the key does not fit on the
@@ -117,7 +119,11 @@ pub fn new_entry(e: &mut CtEntry, p: u8, f: u8, src_lo: bool, dir: u8, rule: u32
 /// completes the close) and the end is not reported yet, else 0.
 #[inline(always)]
 pub fn track(e: &mut CtEntry, pkt: &Packet, from_lo: bool, is_reply: bool, now: u64, len: u32) -> u8 {
-    e.last_seen_ns = now;
+    // Never backwards: `now` may be a coarse reading (a tick behind the precise one that
+    // stamped the connection's start) or older than another CPU's stamp.
+    if now > e.last_seen_ns {
+        e.last_seen_ns = now;
+    }
     if is_reply {
         e.packets_reply += 1;
         e.bytes_reply += len as u64;

@@ -182,6 +182,12 @@ fn a_reset_connection_reports_its_end_once() {
     assert_eq!(ends.len(), 1, "{ev:?}");
     assert_eq!(ends[0].reason_name(), "reset");
     assert_eq!((ends[0].packets_orig, ends[0].packets_reply), (1, 1));
+    // At once (within the coarse clock's tick): the tuple is over, its next packet is judged
+    // as a new flow, not waved through as the reset connection's.
+    assert_eq!(f.ingress(&tcp(b, a, 40000, 80, ACK)), PASS);
+    let ev = f.drain_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(ev[0].end.is_none() && !ev[0].dropped, "a new flow: {ev:?}");
 }
 
 /// Idle connections are the agent's to report: the sweeper finds them expired, reports each
