@@ -320,8 +320,6 @@ fn established(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report) -> Option<
 /// policy decides; an allowed one is tracked and reported.
 #[inline(never)]
 fn new_flow(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report, isolated: bool) -> Result<(), DropReason> {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    pkt.now = unsafe { bpf_ktime_get_ns() };
     let dir = rep.direction;
     let peer = if dir == direction::EGRESS { pkt.tuple.dst } else { pkt.tuple.src };
     let ident = policy::identity_of(pkt.family, &peer);
@@ -333,6 +331,9 @@ fn new_flow(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report, isolated: boo
         None if ep.flags & F_AUDIT != 0 => (0, true),
         None => return Err(DropReason::PolicyDenied),
     };
+    // An allowed connection starts now, precisely: its record's time and its duration.
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    pkt.now = unsafe { bpf_ktime_get_ns() };
     let from_lo = conntrack::key_into(&mut pkt.ct_key, ep.ep_id, &pkt.tuple);
     conntrack::new_entry(
         &mut pkt.ct_entry,

@@ -1,6 +1,6 @@
 //! Counters and flow events.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use enforcer_common::{
     ct::{CtEntry, CtKey},
     flow::{verdict, ConnEndEvent, FlowEvent, FlowKey, DROP_REPORT_INTERVAL_NS, EV_F_END},
@@ -33,7 +33,10 @@ pub struct Report {
 #[inline(never)]
 pub fn drop_event(pkt: &Packet, r: &Report, reason: DropReason) {
     count(counter::DROP_BASE + reason as u32);
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The rate limit needs no more than the coarse clock (one tick against a second); the
+    // precise one is read only for a drop that is reported.
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = FlowKey {
         ep_id: r.ep_id,
         src: pkt.tuple.src,
@@ -57,22 +60,23 @@ pub fn drop_event(pkt: &Packet, r: &Report, reason: DropReason) {
     } else {
         let _ = DROP_RATELIMIT.insert(&key, &now, 0);
     }
-    emit(pkt, r, verdict::DROPPED, reason as u8, 0, now);
+    // SAFETY: no preconditions.
+    emit(pkt, r, verdict::DROPPED, reason as u8, 0, unsafe { bpf_ktime_get_ns() });
 }
 
-/// Reports a new flow the policy denies that passes in audit mode (once per connection).
+/// Reports a new flow the policy denies that passes in audit mode (once per connection), at
+/// `pkt.now` (the new flow's precise reading).
 #[inline(always)]
 pub fn audit_event(pkt: &Packet, r: &Report) {
     count(counter::AUDITED);
-    let now = unsafe { bpf_ktime_get_ns() };
-    emit(pkt, r, verdict::AUDIT, DropReason::PolicyDenied as u8, 0, now);
+    emit(pkt, r, verdict::AUDIT, DropReason::PolicyDenied as u8, 0, pkt.now);
 }
 
-/// Reports a newly allowed connection (once per connection).
+/// Reports a newly allowed connection (once per connection), at `pkt.now` (the new flow's
+/// precise reading).
 #[inline(always)]
 pub fn allow_event(pkt: &Packet, r: &Report, rule: u32) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    emit(pkt, r, verdict::ALLOWED, 0, rule, now);
+    emit(pkt, r, verdict::ALLOWED, 0, rule, pkt.now);
 }
 
 /// Writes the common part of an event straight into its ring-buffer slot (a whole event built
