@@ -284,6 +284,9 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
     pkt.family = family::IPV6;
     pkt.tuple.src = load::<[u8; 16]>(ctx, ETH_HLEN + 8)?;
     pkt.tuple.dst = load::<[u8; 16]>(ctx, ETH_HLEN + 24)?;
+    if v4_mapped(&pkt.tuple.src) || v4_mapped(&pkt.tuple.dst) {
+        return Err(DropReason::Malformed);
+    }
     let mut nh = h[6];
     let mut off = ETH_HLEN + 40;
     // Bounded walk: the verifier needs a bound, and so do we (a chain longer than this is
@@ -410,7 +413,20 @@ fn parse_inner_ipv6(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(),
     pkt.inner.proto = load::<u8>(ctx, off + 6)?;
     pkt.inner.src = load::<[u8; 16]>(ctx, off + 8)?;
     pkt.inner.dst = load::<[u8; 16]>(ctx, off + 24)?;
+    if v4_mapped(&pkt.inner.src) || v4_mapped(&pkt.inner.dst) {
+        return Err(DropReason::Malformed);
+    }
     inner_ports(ctx, pkt, off + 40, 128)
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`). None belongs on the wire (RFC 4291
+/// 2.5.5.2; Linux's IPv6 input drops one as a source), and the datapath keeps IPv4 addresses
+/// in exactly this form: an IPv6 packet carrying one would be judged as the IPv4 address's
+/// owner (the node's, allowed everywhere; a pod's, allowed by its policies) and could match
+/// an IPv4 connection's conntrack entry. Such packets are malformed.
+#[inline(always)]
+fn v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
 /// Ports of the packet inside an ICMP error (its first 8 L4 bytes are always quoted).

@@ -1,0 +1,81 @@
+//! IPv6 packets whose peer address is IPv4-mapped (`::ffff:a.b.c.d`), found by the packet fuzz
+//! target. No pod and no node has such an IPv6 address (RFC 4291 2.5.5.2: they are not to
+//! appear on the wire), and the datapath keeps IPv4 addresses in exactly this form, so before
+//! the fix `::ffff:10.244.0.1` was the node (allowed everywhere) and `::ffff:10.244.2.11` was
+//! y/b. Now such a packet is malformed and dropped, also when an ICMPv6 error quotes one.
+//! Needs root.
+
+use enforcer_common::reason::{counter, DropReason};
+use enforcer_tests::packet::*;
+use enforcer_tests::{privileged, Fixture, DROP, PASS};
+
+/// x/a accepts y/b on 80/TCP and may send to y/b on 53/UDP; both directions isolated.
+const POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-in, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: 80}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-out, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: 53, protocol: UDP}]
+"#;
+
+const A6: &str = "fd00:10:244:1::10";
+/// The node's IPv4 address and y/b's, IPv4-mapped.
+const NODE_MAPPED: &str = "::ffff:10.244.0.1";
+const YB_MAPPED: &str = "::ffff:10.244.2.11";
+
+#[test]
+fn the_real_peers_are_judged_as_themselves() {
+    if !privileged() {
+        return;
+    }
+    let f = Fixture::new(POLICY);
+    assert_eq!(
+        f.ingress(&tcp("fd00:10:244:2::11", A6, 40000, 80, SYN)),
+        PASS
+    );
+    assert_eq!(f.egress(&udp(A6, "fd00:10:244:2::11", 5000, 53)), PASS);
+    assert_eq!(
+        f.ingress(&tcp("fd00:10:244:2::11", A6, 40000, 81, SYN)),
+        DROP
+    );
+}
+
+#[test]
+fn ipv4_mapped_ipv6_peers_are_nobody() {
+    if !privileged() {
+        return;
+    }
+    let f = Fixture::new(POLICY);
+    // The node's address, mapped: passed on a port no rule names, both ways.
+    assert_eq!(
+        f.ingress(&tcp(NODE_MAPPED, A6, 40000, 9999, SYN)),
+        DROP,
+        "an IPv6 packet from ::ffff:<node> entered x/a on 9999/TCP as if the node sent it"
+    );
+    assert_eq!(
+        f.egress(&tcp(A6, NODE_MAPPED, 40000, 9999, SYN)),
+        DROP,
+        "an IPv6 packet to ::ffff:<node> left x/a (isolated for egress) on 9999/TCP"
+    );
+    // y/b's address, mapped: passed as y/b.
+    assert_eq!(f.ingress(&tcp(YB_MAPPED, A6, 40000, 80, SYN)), DROP);
+    assert_eq!(f.egress(&udp(A6, YB_MAPPED, 5000, 53)), DROP);
+    assert_eq!(
+        f.counter(counter::DROP_BASE + DropReason::Malformed as u32),
+        4,
+        "dropped as malformed"
+    );
+}
