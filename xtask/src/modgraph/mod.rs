@@ -216,21 +216,21 @@ pub fn problems(g: &Graph, table: &[(&str, &[&str])]) -> Vec<String> {
     for m in &g.modules {
         if !table.iter().any(|(t, _)| t == m) {
             out.push(format!(
-                "module `{m}` is not in the table of xtask/src/modgraph.rs (ALLOWED): say which modules it may use"
+                "module `{m}` is not in the table of xtask/src/modgraph/mod.rs (ALLOWED): say which modules it may use"
             ));
         }
     }
     for (t, _) in table {
         if !g.modules.contains(*t) {
             out.push(format!(
-                "the table of xtask/src/modgraph.rs names `{t}`, which is no module of the crate: remove it"
+                "the table of xtask/src/modgraph/mod.rs names `{t}`, which is no module of the crate: remove it"
             ));
         }
     }
     for ((from, to), site) in &g.edges {
         if !allowed(table, from, to) {
             out.push(format!(
-                "`{from}` uses `{to}` ({}:{}), against the direction of xtask/src/modgraph.rs (ALLOWED; docs/design.md section 3)",
+                "`{from}` uses `{to}` ({}:{}), against the direction of xtask/src/modgraph/mod.rs (ALLOWED; docs/design.md section 3)",
                 site.file.display(),
                 site.line
             ));
