@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{enforcer, ok, root, Down};
+use common::{lab_name, lab_up, root, scenario, state_json, Down};
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -46,18 +46,9 @@ struct Lab {
 }
 
 fn up(tag: &str) -> Lab {
-    let scenario =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
-    let name = format!("{tag}{}", std::process::id());
-    let down = Down(name.clone());
-    ok(
-        &enforcer(&["lab", "up", scenario.to_str().unwrap(), "--name", &name]),
-        "lab up",
-    );
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("/run/enforcer-lab/{name}/state.json")).unwrap(),
-    )
-    .unwrap();
+    let name = lab_name(tag);
+    let down = lab_up(Some(&scenario("default-deny-ingress")), &name, &[]);
+    let state = state_json(&name);
     let path = |key: &str| PathBuf::from(state["paths"][key].as_str().unwrap());
     Lab {
         _down: down,

@@ -15,16 +15,9 @@ use enforcer_agent::netns::Netns;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 mod common;
-use common::{enforcer, ok, root, Down};
+use common::{lab_name, lab_up, root, state_json};
 
 const KILLS: usize = 20;
-
-fn state(name: &str) -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(format!("/run/enforcer-lab/{name}/state.json")).unwrap(),
-    )
-    .unwrap()
-}
 
 fn pod_netns(state: &serde_json::Value, key: &str) -> Netns {
     let pod = state["pods"]
@@ -95,10 +88,9 @@ fn sigkill_under_traffic_20_times() {
     if !root() {
         return;
     }
-    let name = format!("k{}", std::process::id());
-    let _down = Down(name.clone());
-    ok(&enforcer(&["lab", "up", "--name", &name]), "lab up");
-    let st = state(&name);
+    let name = lab_name("k");
+    let _down = lab_up(None, &name, &[]);
+    let st = state_json(&name);
     let pods = st["pods"].as_array().unwrap().len();
     let status = PathBuf::from(st["paths"]["status_file"].as_str().unwrap());
     let mut pid = st["agent_pid"].as_u64().unwrap() as u32;
