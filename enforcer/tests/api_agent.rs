@@ -8,7 +8,8 @@
 #[path = "../../enforcer-agent/tests/support/mod.rs"]
 mod support;
 
-mod common;
+#[path = "common/agent.rs"]
+mod agent;
 
 use std::io::Write as _;
 use std::net::TcpStream;
@@ -26,7 +27,7 @@ fn free_port() -> u16 {
 
 /// The agent with its metrics listener (`Agent::metrics`).
 struct Agent {
-    agent: common::agent::Agent,
+    agent: agent::Agent,
     metrics: String,
 }
 
@@ -36,7 +37,7 @@ fn start_agent(api: &ApiServer) -> Agent {
         api.url()
     );
     let metrics = format!("127.0.0.1:{}", free_port());
-    let agent = common::agent::Agent::start("api-agent", &kubeconfig, |cmd, kubeconfig| {
+    let agent = agent::Agent::start("api-agent", &kubeconfig, |cmd, kubeconfig| {
         // The kubeconfig through the environment, as kube's inference finds it.
         cmd.args([
             "--node",

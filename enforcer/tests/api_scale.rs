@@ -9,7 +9,8 @@
 #[path = "../../enforcer-agent/tests/support/mod.rs"]
 mod support;
 
-mod common;
+#[path = "common/agent.rs"]
+mod agent;
 
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ fn policy(ns: usize) -> Value {
     })
 }
 
-use common::agent::Agent;
+use agent::Agent;
 
 fn start_agent(api: &ApiServer, tag: &str) -> Agent {
     Agent::start(

@@ -1,9 +1,8 @@
-//! Helpers of the binary's integration tests: running the `enforcer` binary, bringing a lab up
-//! and taking it down, its state; an agent on the API path ([`agent`]).
+//! Helpers of the lab integration tests: running the `enforcer` binary, bringing a lab up and
+//! taking it down, its state. (The API tests' agent is `agent.rs`, which they include alone:
+//! they have the agent library's test support, with its own root check.)
 // Each test binary uses some of the helpers.
 #![allow(dead_code)]
-
-pub mod agent;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -78,5 +77,4 @@ mod root_skip;
 
 /// The lab needs root (network namespaces, BPF): without it a test returns, and its skip is
 /// recorded so that `cargo xtask test` fails (see tests/src/root.rs).
-#[allow(unused_imports, reason = "the API tests use support::root")]
 pub use root_skip::root_or_skip as root;
