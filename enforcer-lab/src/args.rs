@@ -158,6 +158,19 @@ pub struct DemoArgs {
     pub duration: Option<u64>,
 }
 
+/// The lab's flags of `enforcer flows` (flattened next to the agent library's
+/// `enforcer_agent::flows::client::FlowsArgs` by the binary's `lab` feature): ask a lab's
+/// agents instead of the local one. [`crate::cli::flow_sockets`] resolves them to sockets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct LabFlowsArgs {
+    /// The flows of a lab (`enforcer lab`): every node's agent, merged.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["socket", "file"])]
+    pub lab: Option<String>,
+    /// With --lab: only this node's agent.
+    #[arg(long, value_name = "NODE", requires = "lab")]
+    pub node: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -215,5 +228,41 @@ mod tests {
             })
         ));
         assert!(Wrapper::try_parse_from(["lab", "down", "--all", "--name", "x"]).is_err());
+    }
+
+    /// `enforcer flows` as the binary mounts it with the lab: the agent's flags and the lab's.
+    #[derive(Debug, Parser)]
+    struct Flows {
+        #[command(flatten)]
+        args: enforcer_agent::flows::client::FlowsArgs,
+        #[command(flatten)]
+        lab: LabFlowsArgs,
+    }
+
+    fn flows(args: &str) -> Result<Flows, clap::Error> {
+        Flows::try_parse_from(std::iter::once("flows").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn flows_of_a_lab() {
+        let f = flows("--lab demo --node node-a --verdict dropped -f").unwrap();
+        assert_eq!(
+            (f.lab.lab.as_deref(), f.lab.node.as_deref()),
+            (Some("demo"), Some("node-a"))
+        );
+        assert!(f.args.follow);
+        assert_eq!(f.args.filter.include.verdict.len(), 1);
+        assert_eq!(flows("").unwrap().lab, LabFlowsArgs::default());
+        // --not before --lab negates nothing: refused, not applied to the flag after it.
+        let a = flows("--not --namespace x --lab demo").unwrap();
+        assert_eq!(a.args.filter.exclude.namespace, ["x"]);
+        for bad in [
+            "--node node-a",
+            "--lab demo --socket /tmp/x.sock",
+            "--lab demo --file flows.jsonl",
+            "--not --lab demo --namespace x",
+        ] {
+            assert!(flows(bad).is_err(), "`{bad}` should be rejected");
+        }
     }
 }

@@ -2,11 +2,14 @@
 //! [`crate::args`]); a lab on an API is brought up by [`crate::api_cli`], the demo run by
 //! [`crate::demo`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::args::{DownArgs, ExecArgs, LabCommand, ProbeArgs, RunArgs, StatusArgs, UpArgs};
+use crate::args::{
+    DownArgs, ExecArgs, LabCommand, LabFlowsArgs, ProbeArgs, RunArgs, StatusArgs, UpArgs,
+};
 use crate::demo_scenario::demo_scenario;
 use crate::instance::{self, resolve_name, AgentStatus, LabState};
 use crate::iproute;
@@ -33,6 +36,18 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::Down(args) => cmd_down(args),
         LabCommand::Demo(args) => crate::demo::run_demo(args).await,
     }
+}
+
+/// `enforcer flows --lab NAME [--node N]`: the flow sockets of the lab's agents (every node's,
+/// or `--node`'s); `None` without `--lab` (the agent's own `--socket`s apply).
+pub fn flow_sockets(args: &LabFlowsArgs) -> anyhow::Result<Option<Vec<PathBuf>>> {
+    let Some(name) = &args.lab else {
+        return Ok(None);
+    };
+    // A lab's nodes each have an agent: ask them all (or --node's).
+    LabState::load(name)?
+        .flow_sockets(args.node.as_deref())
+        .map(Some)
 }
 
 async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {

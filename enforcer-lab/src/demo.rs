@@ -7,7 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::Value;
+use enforcer_agent::alerts::Alert;
+use enforcer_agent::compile::tables::Direction;
+use enforcer_agent::flows::client::ColorChoice;
+use enforcer_agent::flows::enrich::FlowRecord;
+use enforcer_agent::flows::table::{timestamp, TableFormat};
 
 use crate::args::DemoArgs;
 use crate::demo_scenario::demo_scenario;
@@ -178,7 +182,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         "(in another terminal: enforcer lab status --name {0}; enforcer lab probe --name {0})",
         args.name
     );
-    let tail = tokio::spawn(tail_flows(lab.paths.flow_log.clone()));
+    let tail = tokio::spawn(tail_flows(lab.paths.flow_log.clone(), terminal_format()));
     let traffic = traffic_loop(&lab.topo, lab.agent_pid(), &lab.paths.agent_log);
     let stop = async {
         match args.duration {
@@ -320,8 +324,21 @@ fn endpoints_of(
     Ok((src, addr))
 }
 
+/// The table format of `enforcer flows` on this terminal: colour when stdout is a terminal
+/// and NO_COLOR is not set, local times.
+fn terminal_format() -> TableFormat {
+    use std::io::IsTerminal;
+    TableFormat {
+        color: ColorChoice::Auto.enabled(
+            std::io::stdout().is_terminal(),
+            std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+        ),
+        utc: false,
+    }
+}
+
 /// Follows the flow log like `tail -f`, printing each record on one line.
-async fn tail_flows(path: PathBuf) {
+async fn tail_flows(path: PathBuf, format: TableFormat) {
     let mut offset = 0u64;
     let mut partial = String::new();
     loop {
@@ -329,9 +346,8 @@ async fn tail_flows(path: PathBuf) {
             partial.push_str(&chunk);
             while let Some(nl) = partial.find('\n') {
                 let line: String = partial.drain(..=nl).collect();
-                let line = line.trim();
-                if !line.is_empty() && !is_allowed_egress(line) {
-                    println!("{}", format_flow_line(line));
+                if let Some(shown) = format_log_line(line.trim(), &format) {
+                    println!("{shown}");
                 }
             }
         }
@@ -355,162 +371,111 @@ fn read_from(path: &Path, offset: &mut u64) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// A line of the flow log as the demo shows it: a flow record as `enforcer flows` prints it
+/// (its table line), an alert as [`alert_line`], anything else as it is; `None` for what is not
+/// shown (empty lines, the client side of allowed connections).
+pub fn format_log_line(line: &str, format: &TableFormat) -> Option<String> {
+    if line.is_empty() {
+        return None;
+    }
+    if let Ok(rec) = serde_json::from_str::<FlowRecord>(line) {
+        return (!is_allowed_egress(&rec)).then(|| format.flow(&rec));
+    }
+    match serde_json::from_str::<Alert>(line) {
+        Ok(alert) => Some(alert_line(&alert, format)),
+        Err(_) => Some(line.to_owned()),
+    }
+}
+
 /// An allowed connection is logged once per side; the demo shows only the destination's
 /// (ingress) record of it, except for a connection to a Service, whose client side (egress)
 /// is the record that names the Service. Drops are always shown.
-fn is_allowed_egress(line: &str) -> bool {
-    let Ok(rec) = serde_json::from_str::<Value>(line) else {
-        return false;
-    };
-    let field = |k: &str| {
-        rec.get(k)
-            .and_then(|v| v.as_str())
-            .map(str::to_ascii_lowercase)
-    };
-    let to_service = rec.get("dst").and_then(|d| d.get("service")).is_some();
-    field("verdict").as_deref() == Some("allowed")
-        && field("direction").as_deref() == Some("egress")
-        && !to_service
+fn is_allowed_egress(rec: &FlowRecord) -> bool {
+    rec.verdict.eq_ignore_ascii_case("allowed")
+        && rec.direction == Direction::Egress
+        && rec.dst.service.is_none()
 }
 
-/// `time  DROPPED  dev/scanner -> prod/db :5432/TCP  (policy_denied: detail)  [ingress]`;
-/// lines that are not JSON objects are returned as they are.
-pub fn format_flow_line(line: &str) -> String {
-    let Ok(Value::Object(rec)) = serde_json::from_str::<Value>(line) else {
-        return line.to_owned();
-    };
-    if rec.get("type").and_then(Value::as_str) == Some("alert") {
-        let field = |k: &str| rec.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
-        let time = field("time");
-        let time = time
-            .split_once('T')
-            .map_or(time.as_str(), |(_, t)| t)
-            .trim_end_matches('Z');
-        return format!(
-            "{time}  ALERT    {} {}: {}",
-            field("severity").to_uppercase(),
-            field("kind"),
-            field("summary")
-        );
-    }
-    let text = |v: Option<&Value>| -> Option<String> {
-        match v? {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
-        }
-    };
-    // RFC 3339 timestamps are shortened to the time of day.
-    let time = text(rec.get("time")).map_or_else(
-        || "-".into(),
-        |t| match t.split_once('T') {
-            Some((_, tod)) if t.len() > 20 => tod.trim_end_matches('Z').to_owned(),
-            _ => t,
-        },
-    );
-    let verdict = if rec.get("end").is_some_and(Value::is_object) {
-        "ENDED".to_owned()
-    } else {
-        text(rec.get("verdict"))
-            .unwrap_or_else(|| "?".into())
-            .to_uppercase()
-    };
-    let src = peer(rec.get("src"));
-    let dst = peer(rec.get("dst"));
-    let port = rec
-        .get("dst")
-        .and_then(|d| d.get("port"))
-        .and_then(|p| text(Some(p)));
-    let protocol = match rec.get("protocol") {
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(6) => "TCP".to_owned(),
-            Some(17) => "UDP".to_owned(),
-            Some(1) => "ICMP".to_owned(),
-            Some(58) => "ICMPv6".to_owned(),
-            Some(132) => "SCTP".to_owned(),
-            _ => n.to_string(),
-        },
-        other => text(other)
-            .map(|s| s.to_uppercase())
-            .unwrap_or_else(|| "?".into()),
-    };
-    let mut out = format!("{time}  {verdict:8} {src} -> {dst}");
-    match port {
-        Some(port) => out.push_str(&format!(" :{port}/{protocol}")),
-        None => out.push_str(&format!(" {protocol}")),
-    }
-    match (text(rec.get("reason")), text(rec.get("detail"))) {
-        (Some(r), Some(d)) => out.push_str(&format!("  ({r}: {d})")),
-        (Some(r), None) => out.push_str(&format!("  ({r})")),
-        (None, Some(d)) => out.push_str(&format!("  ({d})")),
-        (None, None) => {}
-    }
-    if let Some(dir) = text(rec.get("direction")) {
-        out.push_str(&format!("  [{dir}]"));
-    }
-    out
-}
-
-/// `ns/pod` when the record names the pod, else the IP (or `?`); a flow sent to a Service
-/// shows it first (`service prod/backend:80 => prod/backend`).
-fn peer(v: Option<&Value>) -> String {
-    let Some(v) = v else { return "?".into() };
-    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|s| !s.is_empty());
-    let end = match (field("namespace"), field("pod")) {
-        (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
-        (None, Some(pod)) => pod.to_owned(),
-        _ => field("ip").map(str::to_owned).unwrap_or_else(|| "?".into()),
-    };
-    let service = v.get("service");
-    match service.and_then(|s| s.get("name")).and_then(Value::as_str) {
-        Some(name) => {
-            let port = service
-                .and_then(|s| s.get("port"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            format!("service {name}:{port} => {end}")
-        }
-        None => end,
-    }
+/// `Nov 23 18:40:48.822  ALERT    WARNING port_scan: <summary>`: the time as the flow lines
+/// write it, where a flow line has its verdict.
+fn alert_line(alert: &Alert, format: &TableFormat) -> String {
+    let kind = serde_json::to_value(alert.kind).ok();
+    let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("unknown");
+    format!(
+        "{}  ALERT    {} {kind}: {}",
+        timestamp(&alert.time, format.utc),
+        alert.severity.name().to_uppercase(),
+        alert.summary
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use enforcer_agent::alerts::webhook::to_record;
+
     use super::*;
 
+    const PLAIN: TableFormat = TableFormat {
+        color: false,
+        utc: true,
+    };
+
+    /// A dropped flow as the agent logs it (schema enforcer.flow/v1).
+    const DROPPED: &str = r#"{"schema":"enforcer.flow/v1","time":"2026-11-23T18:40:47.821Z","node":"n1","verdict":"dropped","direction":"ingress","reason":"policy_denied","protocol":"TCP","src":{"ip":"10.244.2.11","port":40000,"namespace":"dev","pod":"scanner"},"dst":{"ip":"10.244.1.12","port":5432,"namespace":"prod","pod":"db"},"tcp_flags":"SYN","length":60,"isolated_by":["prod/default-deny-ingress"],"detail":"no ingress rule of prod/default-deny-ingress matches"}"#;
+
     #[test]
-    fn formats_a_full_record() {
-        let line = r#"{"time":"12:00:01.123","verdict":"dropped","direction":"ingress","reason":"policy_denied","src":{"ip":"10.244.2.11","port":40000,"namespace":"dev","pod":"scanner"},"dst":{"ip":"10.244.1.12","port":5432,"namespace":"prod","pod":"db"},"protocol":"TCP","detail":"no ingress rule of prod/default-deny-ingress matches"}"#;
+    fn flows_are_lines_of_the_flow_table() {
+        let rec: FlowRecord = serde_json::from_str(DROPPED).unwrap();
         assert_eq!(
-            format_flow_line(line),
-            "12:00:01.123  DROPPED  dev/scanner -> prod/db :5432/TCP  (policy_denied: no ingress rule of prod/default-deny-ingress matches)  [ingress]"
+            format_log_line(DROPPED, &PLAIN).unwrap(),
+            PLAIN.flow(&rec),
+            "the demo prints what `enforcer flows` prints"
+        );
+        assert_eq!(
+            format_log_line(DROPPED, &PLAIN).unwrap(),
+            "Nov 23 18:40:47.821  DROPPED  ingress  dev/scanner:40000 -> prod/db:5432 TCP SYN  \
+             policy_denied: isolated by prod/default-deny-ingress"
         );
     }
 
     #[test]
-    fn shortens_rfc3339_times_and_hides_allowed_egress() {
-        let line =
-            r#"{"time":"2026-11-23T18:40:47.821Z","verdict":"allowed","direction":"egress"}"#;
-        assert!(format_flow_line(line).starts_with("18:40:47.821  ALLOWED "));
-        let end = r#"{"time":"2026-11-23T18:40:47.821Z","verdict":"allowed","end":{"reason":"closed"},"detail":"connection closed"}"#;
+    fn hides_the_client_side_of_allowed_connections() {
+        let allowed = DROPPED
+            .replace(r#""verdict":"dropped""#, r#""verdict":"allowed""#)
+            .replace(r#""reason":"policy_denied","#, "");
+        let egress = allowed.replace("ingress", "egress");
+        assert!(format_log_line(&allowed, &PLAIN).is_some());
+        assert_eq!(format_log_line(&egress, &PLAIN), None);
+        assert!(format_log_line(&DROPPED.replace("ingress", "egress"), &PLAIN).is_some());
+        // The client side of a connection to a Service is the one that names it.
+        let to_service = egress.replace(
+            r#""pod":"db"}"#,
+            r#""pod":"db","service":{"name":"prod/db","ip":"10.96.0.10","port":5432}}"#,
+        );
+        let line = format_log_line(&to_service, &PLAIN).unwrap();
         assert!(
-            format_flow_line(end).starts_with("18:40:47.821  ENDED "),
-            "{}",
-            format_flow_line(end)
+            line.contains("service prod/db:5432 => prod/db:5432"),
+            "{line}"
         );
-        assert!(is_allowed_egress(line));
-        assert!(!is_allowed_egress(&line.replace("egress", "ingress")));
-        assert!(!is_allowed_egress(&line.replace("allowed", "dropped")));
     }
 
     #[test]
-    fn formats_sparse_and_foreign_records() {
-        let line = r#"{"verdict":"DROPPED","src":{"ip":"10.0.0.1"},"dst":{"ip":"10.0.0.2"},"protocol":17}"#;
+    fn alerts_and_foreign_lines() {
+        let alert = serde_json::json!({
+            "kind": "port_scan",
+            "severity": "warning",
+            "time": "2026-11-23T18:40:50.002Z",
+            "source": "dev/scanner",
+            "summary": "dev/scanner probed 20 ports",
+            "evidence": {"counts": {"distinct_ports": 20}, "window_seconds": 10}
+        });
+        let alert: Alert = serde_json::from_value(alert).unwrap();
+        let line = to_record(&alert).to_string();
         assert_eq!(
-            format_flow_line(line),
-            "-  DROPPED  10.0.0.1 -> 10.0.0.2 UDP"
+            format_log_line(&line, &PLAIN).unwrap(),
+            "Nov 23 18:40:50.002  ALERT    WARNING port_scan: dev/scanner probed 20 ports"
         );
-        assert_eq!(format_flow_line("not json"), "not json");
-        assert_eq!(format_flow_line("{}"), "-  ?        ? -> ? ?");
+        assert_eq!(format_log_line("not json", &PLAIN).unwrap(), "not json");
+        assert_eq!(format_log_line("", &PLAIN), None);
     }
 }

@@ -137,6 +137,8 @@ fn endpoint_addr(ip: IpAddr, port: u16) -> String {
     }
 }
 
+/// One family's table of a node: its sets and maps, the base chains, and a chain per Service
+/// port and backend (as kube-proxy's nftables mode writes them).
 fn write_table(
     out: &mut String,
     family: IpFamily,
@@ -157,7 +159,21 @@ fn write_table(
         out,
         "\tcomment \"enforcer lab: kube-proxy (nftables mode) of node {node}\""
     );
+    write_sets_and_maps(out, addr_type, entries, cluster_ips);
+    write_base_chains(out);
+    write_dispatch_chains(out, addr, cidr);
+    write_service_chains(out, addr, entries);
+    let _ = writeln!(out, "}}");
+}
 
+/// The ClusterIPs, and the maps from a Service port to its chain (`service-ips`) or to its
+/// verdict when it has no (local) endpoint (`no-endpoint-services`).
+fn write_sets_and_maps(
+    out: &mut String,
+    addr_type: &str,
+    entries: &[Entry],
+    cluster_ips: &[IpAddr],
+) {
     let _ = writeln!(out, "\tset cluster-ips {{\n\t\ttype {addr_type}");
     if !cluster_ips.is_empty() {
         let list: Vec<String> = cluster_ips.iter().map(IpAddr::to_string).collect();
@@ -190,7 +206,10 @@ fn write_table(
         }
         let _ = writeln!(out, "\t}}");
     }
+}
 
+/// The chains on the netfilter hooks, jumping to the lab's own.
+fn write_base_chains(out: &mut String) {
     // Numeric priorities: nft 1.0 accepts `dstnat` by name only in prerouting.
     let base = [
         (
@@ -232,6 +251,10 @@ fn write_table(
         }
         let _ = writeln!(out, "\t}}");
     }
+}
+
+/// The chains that look a packet up in the maps and sets, masquerade and reject.
+fn write_dispatch_chains(out: &mut String, addr: &str, cidr: &str) {
     let _ = writeln!(
         out,
         "\tchain services {{\n\t\t{addr} daddr . meta l4proto . th dport vmap @service-ips\n\t}}"
@@ -253,7 +276,11 @@ fn write_table(
         "\tchain masquerading {{\n\t\tmeta mark & {MASQUERADE_MARK} == 0 return\n\t\tmeta mark set meta mark xor {MASQUERADE_MARK}\n\t\tmasquerade fully-random\n\t}}"
     );
     let _ = writeln!(out, "\tchain reject-chain {{\n\t\treject\n\t}}");
+}
 
+/// Per translated Service port: a chain choosing a backend at random, and a chain per backend
+/// that DNATs to it (and marks a pod reaching itself for masquerading).
+fn write_service_chains(out: &mut String, addr: &str, entries: &[Entry]) {
     for e in entries {
         let PortRule::Translate(backends) = &e.rule else {
             continue;
@@ -279,7 +306,6 @@ fn write_table(
             );
         }
     }
-    let _ = writeln!(out, "}}");
 }
 
 /// Replaces the node's kube-proxy tables with `rules` (one transaction) and flushes the

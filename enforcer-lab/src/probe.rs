@@ -165,84 +165,13 @@ pub async fn run_probes(
     let mut results: Vec<ProbeResult> = probes
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let matrix = match target(i) {
-                ProbeTarget::Pods => empty_matrix(pods, p.family()),
-                ProbeTarget::Service {
-                    column, attempts, ..
-                } => pods
-                    .iter()
-                    .map(|from| {
-                        let key = from.state.key();
-                        let cell = attempts.get(&key).map(|_| false);
-                        (key, BTreeMap::from([(column.clone(), cell)]))
-                    })
-                    .collect(),
-            };
-            ProbeResult {
-                family: p.family,
-                matrix,
-                port: p.port,
-                protocol: p.protocol,
-                service: p.service.clone(),
-            }
-        })
+        .map(|(i, p)| empty_result(pods, p, target(i)))
         .collect();
     let mut tasks = tokio::task::JoinSet::new();
     for from in pods {
         let from_key = from.state.key();
-        let mut jobs: Vec<Job> = Vec::new();
-        for (i, probe) in probes.iter().enumerate() {
-            match target(i) {
-                ProbeTarget::Pods => {
-                    for to in pods {
-                        if results[i].matrix[&from_key][&to.state.key()].is_none() {
-                            continue;
-                        }
-                        let addr = to
-                            .state
-                            .addr(probe.family(), probe.port)
-                            .expect("judged cells have an address of the probe's family");
-                        jobs.push(Job {
-                            probe: i,
-                            column: to.state.key(),
-                            addr,
-                            protocol: probe.protocol,
-                        });
-                    }
-                }
-                ProbeTarget::Service {
-                    ip,
-                    column,
-                    attempts,
-                } => {
-                    for _ in 0..attempts.get(&from_key).copied().unwrap_or(0) {
-                        jobs.push(Job {
-                            probe: i,
-                            column: column.clone(),
-                            addr: SocketAddr::new(*ip, probe.port),
-                            protocol: probe.protocol,
-                        });
-                    }
-                }
-            }
-        }
-        // Create all of this pod's client sockets with one switch into its namespace.
-        let sockets = from.netns.run(|| {
-            jobs.iter()
-                .map(|job| {
-                    let (ty, p) = match job.protocol {
-                        Proto::Tcp => (Type::STREAM, Protocol::TCP),
-                        Proto::Udp => (Type::DGRAM, Protocol::UDP),
-                    };
-                    let s = socket2::Socket::new(Domain::for_address(job.addr), ty, Some(p))?;
-                    s.set_nonblocking(true)?;
-                    Ok(s)
-                })
-                .collect::<std::io::Result<Vec<_>>>()
-        })?;
-        let sockets =
-            sockets.with_context(|| format!("creating client sockets in pod {from_key}"))?;
+        let jobs = jobs_of(pods, probes, &target, &results, &from_key);
+        let sockets = client_sockets(from, &jobs)?;
         for (job, socket) in jobs.into_iter().zip(sockets) {
             let from_key = from_key.clone();
             tasks.spawn(async move {
@@ -261,6 +190,104 @@ pub async fn run_probes(
             counts.1 += 1;
         }
     }
+    fill_cells(&mut results, tally);
+    Ok(results)
+}
+
+/// A probe's result before any connection: its judged cells `Some(false)` (a Service probe's
+/// too, for the pods that try it), the others `None`.
+fn empty_result(pods: &[Arc<LivePod>], p: &Probe, target: &ProbeTarget) -> ProbeResult {
+    let matrix = match target {
+        ProbeTarget::Pods => empty_matrix(pods, p.family()),
+        ProbeTarget::Service {
+            column, attempts, ..
+        } => pods
+            .iter()
+            .map(|from| {
+                let key = from.state.key();
+                let cell = attempts.get(&key).map(|_| false);
+                (key, BTreeMap::from([(column.clone(), cell)]))
+            })
+            .collect(),
+    };
+    ProbeResult {
+        family: p.family,
+        matrix,
+        port: p.port,
+        protocol: p.protocol,
+        service: p.service.clone(),
+    }
+}
+
+/// The connections pod `from_key` makes: one per judged pod cell, and a Service probe's
+/// attempts.
+fn jobs_of<'a>(
+    pods: &[Arc<LivePod>],
+    probes: &[Probe],
+    target: &impl Fn(usize) -> &'a ProbeTarget,
+    results: &[ProbeResult],
+    from_key: &str,
+) -> Vec<Job> {
+    let mut jobs: Vec<Job> = Vec::new();
+    for (i, probe) in probes.iter().enumerate() {
+        match target(i) {
+            ProbeTarget::Pods => {
+                for to in pods {
+                    if results[i].matrix[from_key][&to.state.key()].is_none() {
+                        continue;
+                    }
+                    let addr = to
+                        .state
+                        .addr(probe.family(), probe.port)
+                        .expect("judged cells have an address of the probe's family");
+                    jobs.push(Job {
+                        probe: i,
+                        column: to.state.key(),
+                        addr,
+                        protocol: probe.protocol,
+                    });
+                }
+            }
+            ProbeTarget::Service {
+                ip,
+                column,
+                attempts,
+            } => {
+                for _ in 0..attempts.get(from_key).copied().unwrap_or(0) {
+                    jobs.push(Job {
+                        probe: i,
+                        column: column.clone(),
+                        addr: SocketAddr::new(*ip, probe.port),
+                        protocol: probe.protocol,
+                    });
+                }
+            }
+        }
+    }
+    jobs
+}
+
+/// Creates the client sockets of a pod, non-blocking, with one switch into its namespace.
+fn client_sockets(from: &LivePod, jobs: &[Job]) -> anyhow::Result<Vec<socket2::Socket>> {
+    let sockets = from.netns.run(|| {
+        jobs.iter()
+            .map(|job| {
+                let (ty, p) = match job.protocol {
+                    Proto::Tcp => (Type::STREAM, Protocol::TCP),
+                    Proto::Udp => (Type::DGRAM, Protocol::UDP),
+                };
+                let s = socket2::Socket::new(Domain::for_address(job.addr), ty, Some(p))?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+    })?;
+    sockets.with_context(|| format!("creating client sockets in pod {}", from.state.key()))
+}
+
+/// A cell is `true` when all its connections succeeded, `false` when all failed, `null` when
+/// they disagree.
+fn fill_cells(results: &mut [ProbeResult], tally: Tally) {
     for ((i, from, to), (succeeded, failed)) in tally {
         if let Some(cell) = results[i]
             .matrix
@@ -274,5 +301,4 @@ pub async fn run_probes(
             };
         }
     }
-    Ok(results)
 }

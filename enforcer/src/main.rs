@@ -29,10 +29,21 @@ enum Cmd {
     #[command(subcommand)]
     Lab(enforcer_lab::args::LabCommand),
     /// Show recent and live flows from the local agent, or from a saved flow log.
-    Flows(flows::client::FlowsArgs),
+    Flows(FlowsCmd),
     /// Why is a connection allowed or denied? Both sides, with the exact rules, computed from
     /// the same tables the kernel uses.
     Explain(ExplainArgs),
+}
+
+/// `enforcer flows`: the agent library's arguments and, with the `lab` feature, `--lab` and
+/// `--node`, which replace the sockets with those of a lab's agents.
+#[derive(clap::Args)]
+struct FlowsCmd {
+    #[command(flatten)]
+    args: flows::client::FlowsArgs,
+    #[cfg(feature = "lab")]
+    #[command(flatten)]
+    lab: enforcer_lab::args::LabFlowsArgs,
 }
 
 #[derive(clap::Args)]
@@ -338,25 +349,16 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "lab")]
         Cmd::Lab(cmd) => runtime()?.block_on(enforcer_lab::cli::run(cmd)),
         Cmd::Explain(a) => runtime()?.block_on(explain(a)),
-        Cmd::Flows(mut args) => {
-            if let Some(name) = &args.lab {
-                args.sockets = lab_flow_sockets(name, args.node.as_deref())?;
+        Cmd::Flows(cmd) => {
+            #[allow(unused_mut, reason = "changed only with the lab")]
+            let mut args = cmd.args;
+            #[cfg(feature = "lab")]
+            if let Some(sockets) = enforcer_lab::cli::flow_sockets(&cmd.lab)? {
+                args.sockets = sockets;
             }
             flows::client::run(args).map_err(anyhow::Error::from)
         }
     }
-}
-
-/// The flow sockets of a lab's agents (every node's, or `node`'s): `enforcer flows --lab`.
-#[cfg(feature = "lab")]
-fn lab_flow_sockets(name: &str, node: Option<&str>) -> anyhow::Result<Vec<PathBuf>> {
-    // A lab's nodes each have an agent: ask them all (or --node's).
-    enforcer_lab::instance::LabState::load(name)?.flow_sockets(node)
-}
-
-#[cfg(not(feature = "lab"))]
-fn lab_flow_sockets(_name: &str, _node: Option<&str>) -> anyhow::Result<Vec<PathBuf>> {
-    anyhow::bail!("--lab: this enforcer was built without the lab (cargo feature `lab`)")
 }
 
 /// Reads and checks the detector settings (built-in defaults without a file).

@@ -8,32 +8,15 @@
 #[path = "../../enforcer-agent/tests/support/mod.rs"]
 mod support;
 
+#[path = "common/agent.rs"]
+mod agent;
+
 use std::io::Write as _;
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::apiserver::{ApiServer, Fault};
 use support::{namespace, policy, root};
-
-/// The agent process, stopped (and its pins removed) on drop.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    pins: PathBuf,
-    metrics: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: plain syscall with integer arguments.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -42,26 +25,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The agent with its metrics listener (`Agent::metrics`).
+struct Agent {
+    agent: agent::Agent,
+    metrics: String,
+}
+
 fn start_agent(api: &ApiServer) -> Agent {
-    let id = std::process::id();
-    let dir = std::env::temp_dir().join(format!("enforcer-api-agent-{id}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster: {{server: '{}'}}\ncontexts:\n- name: double\n  context: {{cluster: double, user: nobody}}\ncurrent-context: double\nusers:\n- name: nobody\n  user: {{}}\n",
-            api.url()
-        ),
-    )
-    .unwrap();
-    let pins = PathBuf::from(format!("/sys/fs/bpf/enforcer/api-agent-{id}"));
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster: {{server: '{}'}}\ncontexts:\n- name: double\n  context: {{cluster: double, user: nobody}}\ncurrent-context: double\nusers:\n- name: nobody\n  user: {{}}\n",
+        api.url()
+    );
     let metrics = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .args([
-            "agent",
+    let agent = agent::Agent::start("api-agent", &kubeconfig, |cmd, kubeconfig| {
+        // The kubeconfig through the environment, as kube's inference finds it.
+        cmd.args([
             "--node",
             "node-1",
             "--no-alerts",
@@ -70,27 +48,14 @@ fn start_agent(api: &ApiServer) -> Agent {
             "--api-timeout",
             "3s",
         ])
-        .arg("--pin-dir")
-        .arg(&pins)
         .arg("--metrics-addr")
         .arg(&metrics)
-        .arg("--flow-log")
-        .arg(dir.join("flows.jsonl"))
         .arg("--flow-socket")
-        .arg(dir.join("flows.sock"))
-        .env("KUBECONFIG", &kubeconfig)
-        .env("ENFORCER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting the agent");
-    Agent {
-        child,
-        dir,
-        pins,
-        metrics,
-    }
+        .arg(kubeconfig.with_file_name("flows.sock"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("ENFORCER_LOG", "info");
+    });
+    Agent { agent, metrics }
 }
 
 /// `GET path` on the agent's metrics listener: (status code, body).
@@ -120,19 +85,15 @@ fn wait_for(agent: &mut Agent, what: &str, within: Duration, ok: impl Fn(&Agent)
     let started = Instant::now();
     let deadline = started + within;
     while !ok(agent) {
-        if let Ok(Some(exit)) = agent.child.try_wait() {
-            panic!(
-                "the agent exited ({exit}) waiting for {what}:\n{}",
-                std::fs::read_to_string(agent.dir.join("agent.log")).unwrap_or_default()
-            );
-        }
+        agent.agent.assert_running(what);
         assert!(
             Instant::now() < deadline,
             "waited {within:?} for {what}; /readyz: {:?}; stale: {:?}; agent log:\n{}",
             get(agent, "/readyz"),
             metric(agent, "enforcer_source_stale_seconds"),
-            std::fs::read_to_string(agent.dir.join("agent.log"))
-                .unwrap_or_default()
+            agent
+                .agent
+                .log()
                 .lines()
                 .filter(|l| !l.contains("kube_client::client::builder"))
                 .collect::<Vec<_>>()

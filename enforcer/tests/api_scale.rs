@@ -9,8 +9,9 @@
 #[path = "../../enforcer-agent/tests/support/mod.rs"]
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "common/agent.rs"]
+mod agent;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -64,54 +65,21 @@ fn policy(ns: usize) -> Value {
     })
 }
 
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    pins: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: plain syscall with integer arguments.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use agent::Agent;
 
 fn start_agent(api: &ApiServer, tag: &str) -> Agent {
-    let id = format!("{}-{tag}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("enforcer-api-scale-{id}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let pins = PathBuf::from(format!("/sys/fs/bpf/enforcer/api-scale-{id}"));
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .args([
-            "agent",
-            "--node",
-            "local-node",
-            "--no-alerts",
-            "--no-metrics",
-        ])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--pin-dir")
-        .arg(&pins)
-        .arg("--status-file")
-        .arg(dir.join("status.json"))
-        .arg("--flow-log")
-        .arg(dir.join("flows.jsonl"))
-        .arg("--no-flow-socket")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting the agent");
-    Agent { child, dir, pins }
+    Agent::start(
+        &format!("api-scale-{tag}"),
+        &api.kubeconfig(),
+        |cmd, kubeconfig| {
+            cmd.args(["--node", "local-node", "--no-alerts", "--no-metrics"])
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .arg("--status-file")
+                .arg(kubeconfig.with_file_name("status.json"))
+                .arg("--no-flow-socket");
+        },
+    )
 }
 
 /// Waits until the agent's status says its applied snapshot held `pods` pods.
@@ -128,16 +96,11 @@ async fn wait_applied(agent: &mut Agent, pods: usize, within: Duration) -> Durat
         {
             return started.elapsed();
         }
-        if let Some(exit) = agent.child.try_wait().unwrap() {
-            panic!(
-                "the agent exited ({exit}):\n{}",
-                std::fs::read_to_string(agent.dir.join("agent.log")).unwrap_or_default()
-            );
-        }
+        agent.assert_running(&format!("{pods} pods"));
         assert!(
             started.elapsed() < within,
             "the agent did not apply {pods} pods within {within:?}; status: {status:?}\n{}",
-            std::fs::read_to_string(agent.dir.join("agent.log")).unwrap_or_default()
+            agent.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

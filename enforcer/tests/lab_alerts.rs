@@ -5,14 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use enforcer_agent::netns::Netns;
 use enforcer_lab::instance::LabState;
 
 mod common;
-use common::{enforcer, ok, root, Down};
+use common::{enforcer, lab_name, lab_up, ok, root, scenario};
 
 /// Buckets of 2 s, baselines that follow quickly, two warm-up buckets; the first-seen learning
 /// period covers the steady phase's first seconds.
@@ -122,23 +121,16 @@ fn steady_traffic_is_quiet_and_each_anomaly_alerts_within_its_window() {
     if !root() {
         return;
     }
-    let scenario =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
-    let name = format!("al{}", std::process::id());
-    let _down = Down(name.clone());
+    let name = lab_name("al");
     let config = std::env::temp_dir().join(format!("{name}-alerts.yaml"));
     std::fs::write(&config, ALERTS).unwrap();
-    ok(
-        &enforcer(&[
-            "lab",
-            "up",
-            scenario.to_str().unwrap(),
-            "--name",
-            &name,
+    let _down = lab_up(
+        Some(&scenario("default-deny-ingress")),
+        &name,
+        &[
             &format!("--agent-arg=--alerts-config={}", config.display()),
             "--agent-arg=--conntrack-sweep-interval=500ms",
-        ]),
-        "lab up",
+        ],
     );
     let state = LabState::load(&name).expect("the lab's state");
     let log = state.paths.flow_log.clone();

@@ -6,21 +6,16 @@ use std::path::PathBuf;
 use std::process::Command;
 
 mod common;
-use common::{enforcer, ok, root, Down};
+use common::{enforcer, lab_name, lab_up, ok, root, scenario};
 
 #[test]
 fn up_status_exec_probe_down() {
     if !root() {
         return;
     }
-    let scenario =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
-    let name = format!("t{}", std::process::id());
-    let _down = Down(name.clone());
-    ok(
-        &enforcer(&["lab", "up", scenario.to_str().unwrap(), "--name", &name]),
-        "lab up",
-    );
+    let name = lab_name("t");
+    let scenario = scenario("default-deny-ingress");
+    let _down = lab_up(Some(&scenario), &name, &[]);
 
     let status: serde_json::Value = serde_json::from_str(&ok(
         &enforcer(&["lab", "status", "--name", &name, "--json"]),
@@ -120,21 +115,9 @@ fn two_nodes_up_status_exec_probe_flows_down() {
     if !root() {
         return;
     }
-    let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/scenarios/service-backends-on-other-node");
-    let name = format!("m{}", std::process::id());
-    let _down = Down(name.clone());
-    ok(
-        &enforcer(&[
-            "lab",
-            "up",
-            scenario.to_str().unwrap(),
-            "--name",
-            &name,
-            "--agent-arg=--log-allowed",
-        ]),
-        "lab up",
-    );
+    let name = lab_name("m");
+    let scenario = scenario("service-backends-on-other-node");
+    let _down = lab_up(Some(&scenario), &name, &["--agent-arg=--log-allowed"]);
 
     let status: serde_json::Value = serde_json::from_str(&ok(
         &enforcer(&["lab", "status", "--name", &name, "--json"]),

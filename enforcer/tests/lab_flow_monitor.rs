@@ -2,27 +2,20 @@
 //! a port scan raising an alert in the flow log, and the metrics endpoint. Needs root.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 
 use enforcer_agent::netns::Netns;
 
 mod common;
-use common::{enforcer, ok, root, Down};
+use common::{enforcer, lab_name, lab_up, ok, root, scenario, state_dir};
 
 #[test]
 fn drops_are_attributed_scans_alert_and_metrics_count() {
     if !root() {
         return;
     }
-    let scenario =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
-    let name = format!("f{}", std::process::id());
-    let _down = Down(name.clone());
-    ok(
-        &enforcer(&["lab", "up", scenario.to_str().unwrap(), "--name", &name]),
-        "lab up",
-    );
-    let state = PathBuf::from("/run/enforcer-lab").join(&name);
+    let name = lab_name("f");
+    let _down = lab_up(Some(&scenario("default-deny-ingress")), &name, &[]);
+    let state = state_dir(&name);
 
     // 25 ports from every pod to every pod: x's pods are isolated, so many drops, and each
     // source reaches 20+ ports of one peer within seconds: a vertical scan.

@@ -15,7 +15,7 @@ use enforcer_lab::instance::LabState;
 use socket2::{Domain, Protocol, SockAddr, Type};
 
 mod common;
-use common::{enforcer, ok, root, Down};
+use common::{lab_name, lab_up, root};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -323,7 +323,7 @@ fn real_fragments_in_order_and_reversed() {
     if !root() {
         return;
     }
-    let name = format!("fr{}", std::process::id());
+    let name = lab_name("fr");
     let scenario = std::env::temp_dir().join(format!("{name}-scenario"));
     std::fs::create_dir_all(&scenario).unwrap();
     std::fs::write(scenario.join("cluster.yaml"), CLUSTER).unwrap();
@@ -333,11 +333,7 @@ fn real_fragments_in_order_and_reversed() {
         "- port: 80\n  protocol: TCP\n",
     )
     .unwrap();
-    let _down = Down(name.clone());
-    ok(
-        &enforcer(&["lab", "up", scenario.to_str().unwrap(), "--name", &name]),
-        "lab up",
-    );
+    let _down = lab_up(Some(&scenario), &name, &[]);
     let state = LabState::load(&name).expect("the lab's state");
     let log: PathBuf = state.paths.flow_log.clone();
     let (server, client, free) = (

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{enforcer, ok, root, Down};
+use common::{lab_name, lab_up, root, scenario, state_json, Down};
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -54,21 +54,14 @@ fn up(tag: &str) -> Lab {
 
 /// [`up`], with extra arguments for the lab's agent.
 fn up_with(tag: &str, agent_args: &[&str]) -> Lab {
-    let scenario =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/default-deny-ingress");
-    let name = format!("{tag}{}", std::process::id());
-    let down = Down(name.clone());
-    let mut args = vec!["lab", "up", scenario.to_str().unwrap(), "--name", &name];
+    let name = lab_name(tag);
     let agent_args: Vec<String> = agent_args
         .iter()
         .map(|a| format!("--agent-arg={a}"))
         .collect();
-    args.extend(agent_args.iter().map(String::as_str));
-    ok(&enforcer(&args), "lab up");
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("/run/enforcer-lab/{name}/state.json")).unwrap(),
-    )
-    .unwrap();
+    let args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+    let down = lab_up(Some(&scenario("default-deny-ingress")), &name, &args);
+    let state = state_json(&name);
     let path = |key: &str| PathBuf::from(state["paths"][key].as_str().unwrap());
     Lab {
         _down: down,

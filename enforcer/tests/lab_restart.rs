@@ -23,7 +23,7 @@ use enforcer_agent::netns::Netns;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 mod common;
-use common::{enforcer, ok, root, Down};
+use common::{lab_name, lab_up, root, state_json, Down};
 
 #[path = "../../xtask/src/ebpf_build.rs"]
 #[allow(dead_code, reason = "shared with xtask, which uses more of it")]
@@ -123,13 +123,10 @@ struct Lab {
 }
 
 impl Lab {
-    fn up(name: String) -> Lab {
-        let down = Down(name.clone());
-        ok(&enforcer(&["lab", "up", "--name", &name]), "lab up");
-        let state: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("/run/enforcer-lab/{name}/state.json")).unwrap(),
-        )
-        .unwrap();
+    fn up(tag: &str) -> Lab {
+        let name = lab_name(tag);
+        let down = lab_up(None, &name, &[]);
+        let state = state_json(&name);
         let agent_pid = state["agent_pid"].as_u64().unwrap() as u32;
         serve_echo(&state);
         let backend: SocketAddr = BACKEND.parse().unwrap();
@@ -321,7 +318,7 @@ fn sigkill_under_traffic_20_times() {
     if !root() {
         return;
     }
-    let mut lab = Lab::up(format!("k{}", std::process::id()));
+    let mut lab = Lab::up("k");
     let prober = Prober::start(&lab.state);
     let mut restarts = Vec::new();
     for round in 0..KILLS {
@@ -369,7 +366,7 @@ fn upgrade_and_downgrade_between_two_builds_under_traffic() {
     }
     let variant = variant_object();
     let variant = variant.to_str().unwrap();
-    let mut lab = Lab::up(format!("u{}", std::process::id()));
+    let mut lab = Lab::up("u");
     // The tags (hashes of the instructions) of each build's two programs.
     let tags = |ids: &[u64]| -> BTreeSet<u64> {
         ids.iter()

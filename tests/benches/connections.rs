@@ -326,7 +326,7 @@ fn filler(i: usize) -> (String, u16, u16) {
         16 + (i >> 16),
         (i >> 8) & 255,
         (i & 63) << 2,
-        if i % 3 == 0 { 30 } else { 32 }
+        if i.is_multiple_of(3) { 30 } else { 32 }
     );
     let port = 1000 + (i % 5000) as u16;
     (cidr, port, port + (i % 7) as u16)
@@ -597,8 +597,7 @@ fn main() {
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for (v, variant) in variants.iter().enumerate() {
             let mut row = format!("| {variant:?} |");
-            for w in 0..Work::ALL.len() {
-                let (rate, cpu) = &ratios[v][w];
+            for (rate, cpu) in &ratios[v] {
                 let _ = write!(row, " {} | {} |", spread(rate), spread(cpu));
             }
             let _ = write!(row, " {:.0} |", median(absolute[v][0].clone()));

@@ -103,6 +103,14 @@ fn drops(f: &Fixture, r: DropReason) -> u64 {
     f.counter(counter::DROP_BASE + r as u32)
 }
 
+/// Sends each packet in turn (into the pod with `Fixture::ingress`, out of it with
+/// `Fixture::egress`) and checks its verdict (`what` names it, after `peer`, in a failure).
+fn in_turn(send: impl Fn(&[u8]) -> u32, peer: &str, steps: &[(Vec<u8>, u32, &str)]) {
+    for (pkt, verdict, what) in steps {
+        assert_eq!(send(pkt), *verdict, "{peer}: {what}");
+    }
+}
+
 #[test]
 fn later_fragments_follow_the_first_fragment() {
     if !privileged() {
@@ -110,42 +118,24 @@ fn later_fragments_follow_the_first_fragment() {
     }
     let f = Fixture::new(POLICY);
     for (a, b) in FAMILIES {
-        assert_eq!(
-            f.ingress(&udp_first(b, a, 53, 7)),
-            PASS,
-            "{b}: allowed first"
-        );
-        assert_eq!(
-            f.ingress(&later(b, a, UDP, at(9, 7))),
-            PASS,
-            "{b}: its later fragment"
-        );
-        assert_eq!(
-            f.ingress(&udp_first(b, a, 54, 8)),
-            DROP,
-            "{b}: denied first"
-        );
-        assert_eq!(
-            f.ingress(&later(b, a, UDP, at(9, 8))),
-            DROP,
-            "{b}: its later fragment"
-        );
-        // A second first fragment with the same id replaces the first one's verdict: an
-        // allowed one then a denied one (other ports) leaves the datagram dropped.
-        assert_eq!(
-            f.ingress(&udp_first(b, a, 53, 9)),
-            PASS,
-            "{b}: allowed first"
-        );
-        assert_eq!(
-            f.ingress(&udp_first(b, a, 54, 9)),
-            DROP,
-            "{b}: another first"
-        );
-        assert_eq!(
-            f.ingress(&later(b, a, UDP, at(9, 9))),
-            DROP,
-            "{b}: follows the last first fragment"
+        in_turn(
+            |p| f.ingress(p),
+            b,
+            &[
+                (udp_first(b, a, 53, 7), PASS, "allowed first"),
+                (later(b, a, UDP, at(9, 7)), PASS, "its later fragment"),
+                (udp_first(b, a, 54, 8), DROP, "denied first"),
+                (later(b, a, UDP, at(9, 8)), DROP, "its later fragment"),
+                // A second first fragment with the same id replaces the first one's verdict:
+                // an allowed one then a denied one (other ports) leaves the datagram dropped.
+                (udp_first(b, a, 53, 9), PASS, "allowed first"),
+                (udp_first(b, a, 54, 9), DROP, "another first"),
+                (
+                    later(b, a, UDP, at(9, 9)),
+                    DROP,
+                    "follows the last first fragment",
+                ),
+            ],
         );
     }
     assert_eq!(drops(&f, DropReason::FragmentOfDropped), 4);
@@ -163,26 +153,24 @@ fn reordered_fragments_enter_and_their_first_fragment_decides() {
     }
     let f = Fixture::new(POLICY);
     for (a, b) in FAMILIES {
-        // Allowed datagram, last fragment first, then the middle one, then the first.
-        assert_eq!(f.ingress(&later(b, a, UDP, at(200, 20))), PASS, "{b}: last");
-        assert_eq!(f.ingress(&later(b, a, UDP, at(9, 20))), PASS, "{b}: middle");
-        assert_eq!(f.ingress(&udp_first(b, a, 53, 20)), PASS, "{b}: first");
-        assert_eq!(
-            f.ingress(&later(b, a, UDP, at(18, 20))),
-            PASS,
-            "{b}: one more after the first"
-        );
-        // Denied datagram, reversed.
-        assert_eq!(f.ingress(&later(b, a, UDP, at(9, 21))), PASS, "{b}: later");
-        assert_eq!(
-            f.ingress(&udp_first(b, a, 54, 21)),
-            DROP,
-            "{b}: denied first"
-        );
-        assert_eq!(
-            f.ingress(&later(b, a, UDP, at(18, 21))),
-            DROP,
-            "{b}: after the denied first"
+        in_turn(
+            |p| f.ingress(p),
+            b,
+            &[
+                // Allowed datagram, last fragment first, then the middle one, then the first.
+                (later(b, a, UDP, at(200, 20)), PASS, "last"),
+                (later(b, a, UDP, at(9, 20)), PASS, "middle"),
+                (udp_first(b, a, 53, 20), PASS, "first"),
+                (
+                    later(b, a, UDP, at(18, 20)),
+                    PASS,
+                    "one more after the first",
+                ),
+                // Denied datagram, reversed.
+                (later(b, a, UDP, at(9, 21)), PASS, "later"),
+                (udp_first(b, a, 54, 21), DROP, "denied first"),
+                (later(b, a, UDP, at(18, 21)), DROP, "after the denied first"),
+            ],
         );
     }
     assert_eq!(f.counter(counter::FRAG_HEADLESS_PASSED), 6);
@@ -201,30 +189,16 @@ fn headless_fragments_never_leave_a_pod_isolated_for_egress() {
     }
     let f = Fixture::new(EGRESS);
     for (a, b) in FAMILIES {
-        assert_eq!(
-            f.egress(&later(a, b, UDP, at(9, 30))),
-            DROP,
-            "{a}: no first fragment yet"
-        );
-        assert_eq!(
-            f.egress(&udp_first(a, b, 53, 30)),
-            PASS,
-            "{a}: allowed first"
-        );
-        assert_eq!(
-            f.egress(&later(a, b, UDP, at(18, 30))),
-            PASS,
-            "{a}: after it"
-        );
-        assert_eq!(
-            f.egress(&udp_first(a, b, 54, 31)),
-            DROP,
-            "{a}: denied first"
-        );
-        assert_eq!(
-            f.egress(&later(a, b, UDP, at(9, 31))),
-            DROP,
-            "{a}: after it"
+        in_turn(
+            |p| f.egress(p),
+            a,
+            &[
+                (later(a, b, UDP, at(9, 30)), DROP, "no first fragment yet"),
+                (udp_first(a, b, 53, 30), PASS, "allowed first"),
+                (later(a, b, UDP, at(18, 30)), PASS, "after it"),
+                (udp_first(a, b, 54, 31), DROP, "denied first"),
+                (later(a, b, UDP, at(9, 31)), DROP, "after it"),
+            ],
         );
     }
     assert_eq!(drops(&f, DropReason::FragmentWithoutHead), 2);

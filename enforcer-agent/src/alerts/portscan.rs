@@ -31,6 +31,160 @@ struct Source {
     cooldown: Cooldown,
 }
 
+/// What a source's window shows, the more severe finding first.
+#[derive(Clone, Copy)]
+enum Finding {
+    /// `ports` distinct ports on the flow's responder.
+    Vertical { ports: usize, severity: Severity },
+    /// Many distinct peers.
+    Horizontal { severity: Severity },
+}
+
+impl Finding {
+    fn severity(self) -> Severity {
+        match self {
+            Finding::Vertical { severity, .. } | Finding::Horizontal { severity } => severity,
+        }
+    }
+}
+
+impl Source {
+    /// Moves the window to `t_ms`: peers and pairs older than it are forgotten, and so are the
+    /// ports they counted.
+    fn slide(&mut self, t_ms: u64) {
+        let mut left = Vec::new();
+        self.peers.advance(t_ms, &mut Vec::new());
+        self.pairs.advance(t_ms, &mut left);
+        for (peer, _) in left {
+            if let Some(n) = self.ports_per_peer.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ports_per_peer.remove(&peer);
+                }
+            }
+        }
+    }
+
+    /// Counts the flow as allowed or denied in its sub-window (for the alert's evidence),
+    /// dropping sub-windows that left the window.
+    fn tally_flow(&mut self, t_ms: u64, window_ms: u64, denied: bool) {
+        let slot_ms = (window_ms / SLOTS as u64).max(1);
+        let slot = t_ms / slot_ms;
+        while self
+            .tally
+            .front()
+            .is_some_and(|t| t.0 + SLOTS as u64 <= slot)
+        {
+            self.tally.pop_front();
+        }
+        if self.tally.back().is_none_or(|t| t.0 < slot) {
+            self.tally.push_back((slot, 0, 0));
+        }
+        let t = self.tally.back_mut().expect("just ensured");
+        if denied {
+            t.2 += 1;
+        } else {
+            t.1 += 1;
+        }
+    }
+
+    /// The flow's peer and (peer, port) pair.
+    fn remember(&mut self, f: &FlowView<'_>) {
+        self.peers.insert(f.t_ms, f.responder.clone());
+        if let Some(port) = f.port {
+            if self.pairs.insert(f.t_ms, (f.responder.clone(), port)) {
+                *self.ports_per_peer.entry(f.responder.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// The more severe of a vertical scan of `responder` and a horizontal sweep; vertical on
+    /// a tie (it names a target). `None` below both thresholds.
+    fn finding(&self, cfg: &PortScanConfig, responder: &Workload) -> Option<Finding> {
+        let severity = |n: usize, threshold: usize| match n {
+            n if n < threshold => None,
+            n if n >= cfg.critical_count => Some(Severity::Critical),
+            _ => Some(Severity::Warning),
+        };
+        let ports = self.ports_per_peer.get(responder).copied().unwrap_or(0);
+        let vertical = severity(ports, cfg.distinct_ports);
+        let horizontal = severity(self.peers.len(), cfg.distinct_peers);
+        match (vertical, horizontal) {
+            (Some(v), Some(h)) if h > v => Some(Finding::Horizontal { severity: h }),
+            (Some(v), _) => Some(Finding::Vertical { ports, severity: v }),
+            (None, Some(h)) => Some(Finding::Horizontal { severity: h }),
+            (None, None) => None,
+        }
+    }
+
+    /// The alert of a finding, with the window's evidence.
+    fn alert(&self, f: &FlowView<'_>, finding: Finding, window_s: u64) -> Alert {
+        let (allowed, denied) = self
+            .tally
+            .iter()
+            .fold((0, 0), |(a, d), t| (a + t.1, d + t.2));
+        let mut all_ports: Vec<u16> = self.pairs.keys().map(|(_, p)| *p).collect();
+        all_ports.sort_unstable();
+        all_ports.dedup();
+        let distinct_ports_total = all_ports.len() as u64;
+        all_ports.truncate(MAX_EVIDENCE_ITEMS);
+        let peers = self.peers.len();
+        let (target, summary, distinct_ports, evidence_peers, ports) = match finding {
+            Finding::Vertical { ports: n, .. } => (
+                Some(f.responder.clone()),
+                format!(
+                    "{} reached {n} distinct ports on {} within {window_s} s \
+                     (vertical scan; {denied} of {} flows denied)",
+                    f.initiator,
+                    f.responder,
+                    allowed + denied
+                ),
+                n as u64,
+                vec![f.responder.to_string()],
+                bounded(
+                    self.pairs
+                        .keys()
+                        .filter(|(peer, _)| *peer == f.responder)
+                        .map(|(_, p)| *p),
+                ),
+            ),
+            Finding::Horizontal { .. } => (
+                None,
+                format!(
+                    "{} reached {peers} distinct peers within {window_s} s \
+                     (horizontal sweep; {denied} of {} flows denied)",
+                    f.initiator,
+                    allowed + denied
+                ),
+                distinct_ports_total,
+                bounded(self.peers.keys().map(|p| p.to_string())),
+                all_ports,
+            ),
+        };
+        Alert {
+            kind: AlertKind::PortScan,
+            severity: finding.severity(),
+            time: f.rec.time.clone(),
+            source: f.initiator.clone(),
+            target,
+            summary,
+            evidence: Evidence {
+                counts: counts([
+                    ("distinct_ports", distinct_ports),
+                    ("distinct_peers", peers as u64),
+                    ("allowed", allowed),
+                    ("denied", denied),
+                ]),
+                window_seconds: window_s,
+                peers: evidence_peers,
+                ports,
+                baseline: None,
+                observed: None,
+            },
+        }
+    }
+}
+
 pub struct PortScan {
     cfg: PortScanConfig,
     window_ms: u64,
@@ -55,133 +209,19 @@ impl PortScan {
             tally: VecDeque::new(),
             cooldown: Cooldown::default(),
         });
-        let mut left = Vec::new();
-        s.peers.advance(f.t_ms, &mut Vec::new());
-        s.pairs.advance(f.t_ms, &mut left);
-        for (peer, _) in left {
-            if let Some(n) = s.ports_per_peer.get_mut(&peer) {
-                *n -= 1;
-                if *n == 0 {
-                    s.ports_per_peer.remove(&peer);
-                }
-            }
-        }
-        let slot_ms = (window_ms / SLOTS as u64).max(1);
-        let slot = f.t_ms / slot_ms;
-        while s.tally.front().is_some_and(|t| t.0 + SLOTS as u64 <= slot) {
-            s.tally.pop_front();
-        }
-        if s.tally.back().is_none_or(|t| t.0 < slot) {
-            s.tally.push_back((slot, 0, 0));
-        }
-        let t = s.tally.back_mut().expect("just ensured");
-        if f.denied {
-            t.2 += 1;
-        } else {
-            t.1 += 1;
-        }
-
-        s.peers.insert(f.t_ms, f.responder.clone());
-        if let Some(port) = f.port {
-            if s.pairs.insert(f.t_ms, (f.responder.clone(), port)) {
-                *s.ports_per_peer.entry(f.responder.clone()).or_insert(0) += 1;
-            }
-        }
-
-        let critical = self.cfg.critical_count;
-        let severity = |n: usize, threshold: usize| match n {
-            n if n < threshold => None,
-            n if n >= critical => Some(Severity::Critical),
-            _ => Some(Severity::Warning),
-        };
-        let vertical_n = s.ports_per_peer.get(&f.responder).copied().unwrap_or(0);
-        let vertical = severity(vertical_n, self.cfg.distinct_ports);
-        let horizontal = severity(s.peers.len(), self.cfg.distinct_peers);
-        // The more severe finding; vertical on a tie (it names a target).
-        let (is_vertical, sev) = match (vertical, horizontal) {
-            (Some(v), Some(h)) if h > v => (false, h),
-            (Some(v), _) => (true, v),
-            (None, Some(h)) => (false, h),
-            (None, None) => return,
+        s.slide(f.t_ms);
+        s.tally_flow(f.t_ms, window_ms, f.denied);
+        s.remember(f);
+        let Some(finding) = s.finding(&self.cfg, &f.responder) else {
+            return;
         };
         if !s
             .cooldown
-            .permit(f.t_ms, ms(self.cfg.cooldown_seconds), sev)
+            .permit(f.t_ms, ms(self.cfg.cooldown_seconds), finding.severity())
         {
             return;
         }
-
-        let (allowed, denied) = s.tally.iter().fold((0, 0), |(a, d), t| (a + t.1, d + t.2));
-        let mut all_ports: Vec<u16> = s.pairs.keys().map(|(_, p)| *p).collect();
-        all_ports.sort_unstable();
-        all_ports.dedup();
-        let distinct_ports_total = all_ports.len() as u64;
-        all_ports.truncate(MAX_EVIDENCE_ITEMS);
-        let window_s = self.cfg.window_seconds;
-        let alert = if is_vertical {
-            let ports = bounded(
-                s.pairs
-                    .keys()
-                    .filter(|(peer, _)| *peer == f.responder)
-                    .map(|(_, p)| *p),
-            );
-            Alert {
-                kind: AlertKind::PortScan,
-                severity: sev,
-                time: f.rec.time.clone(),
-                source: f.initiator.clone(),
-                target: Some(f.responder.clone()),
-                summary: format!(
-                    "{} reached {vertical_n} distinct ports on {} within {window_s} s \
-                     (vertical scan; {denied} of {} flows denied)",
-                    f.initiator,
-                    f.responder,
-                    allowed + denied
-                ),
-                evidence: Evidence {
-                    counts: counts([
-                        ("distinct_ports", vertical_n as u64),
-                        ("distinct_peers", s.peers.len() as u64),
-                        ("allowed", allowed),
-                        ("denied", denied),
-                    ]),
-                    window_seconds: window_s,
-                    peers: vec![f.responder.to_string()],
-                    ports,
-                    baseline: None,
-                    observed: None,
-                },
-            }
-        } else {
-            Alert {
-                kind: AlertKind::PortScan,
-                severity: sev,
-                time: f.rec.time.clone(),
-                source: f.initiator.clone(),
-                target: None,
-                summary: format!(
-                    "{} reached {} distinct peers within {window_s} s \
-                     (horizontal sweep; {denied} of {} flows denied)",
-                    f.initiator,
-                    s.peers.len(),
-                    allowed + denied
-                ),
-                evidence: Evidence {
-                    counts: counts([
-                        ("distinct_ports", distinct_ports_total),
-                        ("distinct_peers", s.peers.len() as u64),
-                        ("allowed", allowed),
-                        ("denied", denied),
-                    ]),
-                    window_seconds: window_s,
-                    peers: bounded(s.peers.keys().map(|p| p.to_string())),
-                    ports: all_ports,
-                    baseline: None,
-                    observed: None,
-                },
-            }
-        };
-        out.push(alert);
+        out.push(s.alert(f, finding, self.cfg.window_seconds));
     }
 
     pub(crate) fn forget_idle(&mut self, now: u64) {

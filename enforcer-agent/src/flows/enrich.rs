@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use enforcer_common::proto;
+use enforcer_common::reason::DropReason;
 use serde::{Deserialize, Serialize};
 
 use super::decode::{tcp_flags_text, Event};
+use crate::compile::services::FrontendName;
 use crate::compile::tables::{Direction, Tables};
 use crate::model::{Cluster, Owner, PodKey};
 
@@ -176,7 +178,7 @@ impl Context {
 
     /// Builds the record of an event; `time` is the wall-clock time of the event.
     pub fn record(&self, ev: &Event, time: String) -> FlowRecord {
-        let has_ports = matches!(ev.proto, 6 | 17 | 132);
+        let has_ports = matches!(ev.proto, proto::TCP | proto::UDP | proto::SCTP);
         let (sport, dport) = if has_ports {
             (Some(ev.sport), Some(ev.dport))
         } else {
@@ -192,129 +194,29 @@ impl Context {
             Ok(r) => r.name().to_string(),
             Err(raw) => format!("unknown_{raw}"),
         });
-        // The datapath's stable rule ids when the dataplane gave them, else the compiler's.
-        let rule = match self.rules.is_empty() {
-            true => self.tables.rule(ev.rule),
-            false => self.rules.get(&ev.rule),
+        let rule = self.rule_of(ev);
+        let isolated_by = self.isolated_by(ev, local, direction);
+        let service = self.service_of(ev);
+        let (src, dst) = self.ends(ev, service, sport, dport);
+        let end = connection_end(ev);
+        let facts = DetailFacts {
+            who: local
+                .map(|(p, _)| p.to_string())
+                .unwrap_or_else(|| format!("endpoint {}", ev.ep_id)),
+            direction,
+            rule: rule.as_ref(),
+            isolated_by: &isolated_by,
+            service,
         };
-        let rule = rule.map(|r| RuleAttribution {
-            policy: r.policy.to_string(),
-            direction: r.direction,
-            index: r.index,
-        });
-        let plan = local.and_then(|(pod, _)| self.tables.endpoints.get(pod));
-        let policy_drop = matches!(
-            ev.reason,
-            Some(Ok(enforcer_common::reason::DropReason::PolicyDenied))
-        );
-        let isolated_by: Vec<String> = match (plan, policy_drop) {
-            (Some(p), true) => match direction {
-                Direction::Ingress => p
-                    .ingress_isolated_by
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect(),
-                Direction::Egress => p.egress_isolated_by.iter().map(|k| k.to_string()).collect(),
-            },
-            _ => Vec::new(),
-        };
-        let service = self
-            .frontends
-            .get(&ev.frontend)
-            .filter(|_| ev.frontend != 0);
-        // A pod reaching itself through its Service (hairpin) is handed its packets back from
-        // the Service address: the record shows the pod on both ends.
-        let src_ip = match service {
-            Some(f) if f.ip == ev.src => ev.dst,
-            _ => ev.src,
-        };
-        let src = self.end(src_ip, sport);
-        let mut dst = self.end(ev.dst, dport);
-        dst.service = service.map(|f| ServiceRef {
-            name: f.service.to_string(),
-            ip: f.ip,
-            port: f.port,
-            port_name: f.port_name.clone(),
-        });
-        let who = local
-            .map(|(p, _)| p.to_string())
-            .unwrap_or_else(|| format!("endpoint {}", ev.ep_id));
-        let end = ev.end.map(|c| ConnectionEnd {
-            reason: c.reason_name().to_string(),
-            packets_sent: c.packets_orig,
-            bytes_sent: c.bytes_orig,
-            packets_received: c.packets_reply,
-            bytes_received: c.bytes_reply,
-            duration_ms: ev.ts_ns.saturating_sub(c.created_ns) / 1_000_000,
-        });
-        // What a policy drop (or, in audit mode, a would-be drop) says.
-        let isolation = format!(
-            "{who} is isolated for {} by {} and no rule allows this flow",
-            dir_word(direction),
-            if isolated_by.is_empty() {
-                "a policy".to_string()
-            } else {
-                isolated_by.join(", ")
-            }
-        );
-        let detail = match (&ev.reason, ev.dropped) {
-            _ if end.is_some() => {
-                let c = end.as_ref().expect("checked");
-                format!(
-                    "connection {} after {}.{:03} s: {} packets / {} bytes sent, {} packets / {} bytes received",
-                    match c.reason.as_str() {
-                        "timeout" => "timed out",
-                        r => r,
-                    },
-                    c.duration_ms / 1000,
-                    c.duration_ms % 1000,
-                    c.packets_sent,
-                    c.bytes_sent,
-                    c.packets_received,
-                    c.bytes_received
-                )
-            }
-            (_, false) if ev.audit => format!("audit mode: passed, but {isolation}"),
-            (_, false) => match &rule {
-                Some(r) => format!(
-                    "allowed by {} {} rule {}",
-                    r.policy,
-                    dir_word(r.direction),
-                    r.index
-                ),
-                None => format!("allowed: {who} is not isolated for {}", dir_word(direction)),
-            },
-            (Some(Ok(enforcer_common::reason::DropReason::PolicyDenied)), true) => isolation,
-            (Some(Ok(enforcer_common::reason::DropReason::ServiceNoEndpoints)), true) => {
-                match service {
-                    Some(f) => format!(
-                        "dropped at {who}: Service {} port {} has no ready endpoint{}",
-                        f.service,
-                        f.port,
-                        if self.node.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" for node {}", self.node)
-                        }
-                    ),
-                    None => format!("dropped at {who}: the Service has no ready endpoint"),
-                }
-            }
-            (Some(Ok(r)), true) => format!("dropped at {who}: {}", r.name().replace('_', " ")),
-            (_, true) => format!("dropped at {who}"),
+        let detail = match &end {
+            Some(c) => end_detail(c),
+            None => self.detail(ev, &facts),
         };
         FlowRecord {
             schema: SCHEMA.to_string(),
             time,
             node: self.node.clone(),
-            verdict: if ev.dropped {
-                "dropped"
-            } else if ev.audit {
-                "audit"
-            } else {
-                "allowed"
-            }
-            .to_string(),
+            verdict: verdict(ev).to_string(),
             direction,
             reason,
             protocol: proto::Display(ev.proto).to_string(),
@@ -341,6 +243,181 @@ impl Context {
             detail,
         }
     }
+
+    /// The rule that allowed the flow: by the datapath's stable rule ids when the dataplane
+    /// gave them, else by the compiler's.
+    fn rule_of(&self, ev: &Event) -> Option<RuleAttribution> {
+        let rule = match self.rules.is_empty() {
+            true => self.tables.rule(ev.rule),
+            false => self.rules.get(&ev.rule),
+        };
+        rule.map(|r| RuleAttribution {
+            policy: r.policy.to_string(),
+            direction: r.direction,
+            index: r.index,
+        })
+    }
+
+    /// For a policy drop: the policies that isolate the local pod in the flow's direction.
+    fn isolated_by(
+        &self,
+        ev: &Event,
+        local: Option<&(PodKey, String)>,
+        direction: Direction,
+    ) -> Vec<String> {
+        let plan = local.and_then(|(pod, _)| self.tables.endpoints.get(pod));
+        let policy_drop = matches!(ev.reason, Some(Ok(DropReason::PolicyDenied)));
+        match (plan, policy_drop) {
+            (Some(p), true) => match direction {
+                Direction::Ingress => p
+                    .ingress_isolated_by
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect(),
+                Direction::Egress => p.egress_isolated_by.iter().map(|k| k.to_string()).collect(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    /// The Service port the flow was sent to, when the datapath translated it (frontend 0: none).
+    fn service_of(&self, ev: &Event) -> Option<&FrontendName> {
+        self.frontends
+            .get(&ev.frontend)
+            .filter(|_| ev.frontend != 0)
+    }
+
+    /// Source and destination, with the pods they are and the Service on the destination.
+    fn ends(
+        &self,
+        ev: &Event,
+        service: Option<&FrontendName>,
+        sport: Option<u16>,
+        dport: Option<u16>,
+    ) -> (FlowEnd, FlowEnd) {
+        // A pod reaching itself through its Service (hairpin) is handed its packets back from
+        // the Service address: the record shows the pod on both ends.
+        let src_ip = match service {
+            Some(f) if f.ip == ev.src => ev.dst,
+            _ => ev.src,
+        };
+        let src = self.end(src_ip, sport);
+        let mut dst = self.end(ev.dst, dport);
+        dst.service = service.map(|f| ServiceRef {
+            name: f.service.to_string(),
+            ip: f.ip,
+            port: f.port,
+            port_name: f.port_name.clone(),
+        });
+        (src, dst)
+    }
+
+    /// The sentence of a record that is not a connection's end: why it was allowed, passed in
+    /// audit mode, or dropped.
+    fn detail(&self, ev: &Event, facts: &DetailFacts<'_>) -> String {
+        let DetailFacts { who, direction, .. } = facts;
+        if !ev.dropped {
+            if ev.audit {
+                return format!("audit mode: passed, but {}", facts.isolation());
+            }
+            return match facts.rule {
+                Some(r) => format!(
+                    "allowed by {} {} rule {}",
+                    r.policy,
+                    dir_word(r.direction),
+                    r.index
+                ),
+                None => format!(
+                    "allowed: {who} is not isolated for {}",
+                    dir_word(*direction)
+                ),
+            };
+        }
+        match &ev.reason {
+            Some(Ok(DropReason::PolicyDenied)) => facts.isolation(),
+            Some(Ok(DropReason::ServiceNoEndpoints)) => match facts.service {
+                Some(f) => format!(
+                    "dropped at {who}: Service {} port {} has no ready endpoint{}",
+                    f.service,
+                    f.port,
+                    if self.node.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" for node {}", self.node)
+                    }
+                ),
+                None => format!("dropped at {who}: the Service has no ready endpoint"),
+            },
+            Some(Ok(r)) => format!("dropped at {who}: {}", r.name().replace('_', " ")),
+            _ => format!("dropped at {who}"),
+        }
+    }
+}
+
+/// What the detail sentence of a record is made of.
+struct DetailFacts<'a> {
+    /// The local pod (`ns/name`), or `endpoint N` when it is not known.
+    who: String,
+    direction: Direction,
+    rule: Option<&'a RuleAttribution>,
+    isolated_by: &'a [String],
+    service: Option<&'a FrontendName>,
+}
+
+impl DetailFacts<'_> {
+    /// What a policy drop (or, in audit mode, a would-be drop) says.
+    fn isolation(&self) -> String {
+        format!(
+            "{} is isolated for {} by {} and no rule allows this flow",
+            self.who,
+            dir_word(self.direction),
+            if self.isolated_by.is_empty() {
+                "a policy".to_string()
+            } else {
+                self.isolated_by.join(", ")
+            }
+        )
+    }
+}
+
+fn verdict(ev: &Event) -> &'static str {
+    if ev.dropped {
+        "dropped"
+    } else if ev.audit {
+        "audit"
+    } else {
+        "allowed"
+    }
+}
+
+/// A connection's end (the sweeper's or the datapath's report of it): how it ended, what it
+/// carried each way, how long it lasted.
+fn connection_end(ev: &Event) -> Option<ConnectionEnd> {
+    ev.end.map(|c| ConnectionEnd {
+        reason: c.reason_name().to_string(),
+        packets_sent: c.packets_orig,
+        bytes_sent: c.bytes_orig,
+        packets_received: c.packets_reply,
+        bytes_received: c.bytes_reply,
+        duration_ms: ev.ts_ns.saturating_sub(c.created_ns) / 1_000_000,
+    })
+}
+
+/// `connection closed after 2.367 s: 6 packets / 512 bytes sent, ...`.
+fn end_detail(c: &ConnectionEnd) -> String {
+    format!(
+        "connection {} after {}.{:03} s: {} packets / {} bytes sent, {} packets / {} bytes received",
+        match c.reason.as_str() {
+            "timeout" => "timed out",
+            r => r,
+        },
+        c.duration_ms / 1000,
+        c.duration_ms % 1000,
+        c.packets_sent,
+        c.bytes_sent,
+        c.packets_received,
+        c.bytes_received
+    )
 }
 
 fn dir_word(d: Direction) -> &'static str {

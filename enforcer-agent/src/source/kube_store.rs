@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use super::objects::Object;
+use super::objects::{Object, KEPT_LAST_GOOD};
 use super::revision::{self, KindRevision};
 use crate::model::InvalidObject;
 
@@ -50,14 +50,7 @@ impl KindStore {
             },
             Err(e) => {
                 let kept = self.objects.get(key).and_then(|h| h.object.clone());
-                let error = format!(
-                    "{e}{}",
-                    if kept.is_some() {
-                        " (its last good version stays in force)"
-                    } else {
-                        ""
-                    }
-                );
+                let error = format!("{e}{}", if kept.is_some() { KEPT_LAST_GOOD } else { "" });
                 Held {
                     version,
                     object: kept,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::objects::{cluster_of, ApiObject, LastGood, Object, ObjectKey};
+use super::objects::{cluster_of, ApiObject, Object, ObjectKey, KEPT_LAST_GOOD};
 use crate::model::Cluster;
 
 /// A problem with one document of one file.
@@ -35,7 +35,7 @@ impl std::fmt::Display for ManifestError {
         }
         write!(f, ": {}", self.message)?;
         if self.kept_last_good {
-            write!(f, " (its last good version stays in force)")?;
+            f.write_str(KEPT_LAST_GOOD)?;
         }
         Ok(())
     }
@@ -193,6 +193,23 @@ fn collect(
     match parsed {
         Ok(o) => objects.push((n, o)),
         Err(e) => errors.push((n, format!("{kind}: {e}"))),
+    }
+}
+
+/// Remembers the last good version of every object, so that an object edited into an invalid
+/// state keeps being enforced as it was (and a new invalid object is simply not applied).
+#[derive(Default)]
+struct LastGood {
+    objects: BTreeMap<ObjectKey, Object>,
+}
+
+impl LastGood {
+    fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.objects.get(key)
+    }
+
+    fn replace(&mut self, objects: BTreeMap<ObjectKey, Object>) {
+        self.objects = objects;
     }
 }
 

@@ -1,7 +1,6 @@
 //! Turning parsed API objects into model objects, keeping the last good version of an object
 //! that became invalid.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
@@ -109,19 +108,9 @@ pub fn cluster_of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Cluster 
     cluster
 }
 
-/// Remembers the last good version of every object, so that an object edited into an invalid
-/// state keeps being enforced as it was (and a new invalid object is simply not applied).
-#[derive(Default)]
-pub struct LastGood {
-    objects: BTreeMap<ObjectKey, Object>,
-}
-
-impl LastGood {
-    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
-        self.objects.get(key)
-    }
-
-    pub fn replace(&mut self, objects: BTreeMap<ObjectKey, Object>) {
-        self.objects = objects;
-    }
-}
+/// Said of an object whose new version is invalid while an earlier one stays in force, by both
+/// sources: the manifests folder (`manifests.rs`, which remembers the last good version of
+/// every object between reads) and the API (`kube_store.rs`, whose held objects keep theirs).
+/// The two keep it apart because they hold objects differently: a folder is read whole each
+/// time, the API's objects change one at a time.
+pub const KEPT_LAST_GOOD: &str = " (its last good version stays in force)";

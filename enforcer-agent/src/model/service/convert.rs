@@ -32,6 +32,36 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<Service, InvalidObject> {
     let empty = core::ServiceSpec::default();
     let spec = svc.spec.as_ref().unwrap_or(&empty);
 
+    let ty = service_type(&ctx, spec)?;
+    let cluster_ips = if ty == "ExternalName" {
+        Vec::new()
+    } else {
+        cluster_ips(&ctx, spec)?
+    };
+
+    let ports = service_ports(&ctx, spec)?;
+
+    let selector = match &spec.selector {
+        Some(sel) if !sel.is_empty() => {
+            validate_labels(&ctx, "spec.selector", sel)?;
+            Some(sel.clone())
+        }
+        _ => None,
+    };
+    let internal_traffic = internal_traffic(&ctx, spec)?;
+    let affinity_timeout = affinity_timeout(&ctx, spec)?;
+    Ok(Service {
+        key,
+        cluster_ips,
+        selector,
+        ports,
+        internal_traffic,
+        affinity_timeout,
+    })
+}
+
+/// `spec.type` (default ClusterIP), one the API server knows.
+fn service_type<'a>(ctx: &Ctx, spec: &'a core::ServiceSpec) -> Result<&'a str, InvalidObject> {
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
     if !matches!(
         ty,
@@ -42,19 +72,18 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<Service, InvalidObject> {
             format!("unsupported value {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
         ));
     }
-    let cluster_ips = if ty == "ExternalName" {
-        Vec::new()
-    } else {
-        cluster_ips(&ctx, spec)?
-    };
+    Ok(ty)
+}
 
+/// `spec.ports`: each valid, named when there are several, no name and no port/protocol twice.
+fn service_ports(ctx: &Ctx, spec: &core::ServiceSpec) -> Result<Vec<ServicePort>, InvalidObject> {
     let ports = spec
         .ports
         .as_deref()
         .unwrap_or_default()
         .iter()
         .enumerate()
-        .map(|(i, p)| service_port(&ctx, i, p))
+        .map(|(i, p)| service_port(ctx, i, p))
         .collect::<Result<Vec<_>, _>>()?;
     if ports.len() > 1 {
         let mut names = BTreeSet::new();
@@ -85,14 +114,11 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<Service, InvalidObject> {
             ));
         }
     }
+    Ok(ports)
+}
 
-    let selector = match &spec.selector {
-        Some(sel) if !sel.is_empty() => {
-            validate_labels(&ctx, "spec.selector", sel)?;
-            Some(sel.clone())
-        }
-        _ => None,
-    };
+/// `spec.internalTrafficPolicy` (default Cluster).
+fn internal_traffic(ctx: &Ctx, spec: &core::ServiceSpec) -> Result<TrafficPolicy, InvalidObject> {
     let internal_traffic = match spec.internal_traffic_policy.as_deref() {
         None | Some("Cluster") => TrafficPolicy::Cluster,
         Some("Local") => TrafficPolicy::Local,
@@ -103,6 +129,11 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<Service, InvalidObject> {
             ))
         }
     };
+    Ok(internal_traffic)
+}
+
+/// With `spec.sessionAffinity: ClientIP`: its timeout in seconds (default 3 hours).
+fn affinity_timeout(ctx: &Ctx, spec: &core::ServiceSpec) -> Result<Option<u32>, InvalidObject> {
     let affinity_timeout = match spec.session_affinity.as_deref() {
         None | Some("None") => None,
         Some("ClientIP") => {
@@ -127,14 +158,7 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<Service, InvalidObject> {
             ))
         }
     };
-    Ok(Service {
-        key,
-        cluster_ips,
-        selector,
-        ports,
-        internal_traffic,
-        affinity_timeout,
-    })
+    Ok(affinity_timeout)
 }
 
 /// `spec.clusterIPs` (or `spec.clusterIP`), with `None` meaning headless.

@@ -1,29 +1,24 @@
-//! `enforcer flows`: recent and live flows from the local agent's socket, or from saved flow
-//! logs (`--file`), filtered, as a table or JSON.
+//! The command line of `enforcer flows` ([`FlowsArgs`]): which agents or files to read, which
+//! part of their history, the filter flags with `--not` applied, and the output options.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use clap::ArgMatches;
 use ipnet::IpNet;
 
-use super::filter::{
+use crate::compile::tables::Direction;
+use crate::flows::filter::{
     parse_direction, parse_ip_or_cidr, parse_policy, parse_reason, EventKind, Filter,
     LabelSelector, PodPattern, Verdict,
 };
-use super::rotate::{read_files, LogReadError, Tail};
-use super::server::{Message, Request, DEFAULT_SOCKET};
-use super::table::{OutputFormat, Printer, TableFormat};
-use crate::compile::tables::Direction;
+use crate::flows::server::{Request, DEFAULT_SOCKET};
+use crate::flows::table::OutputFormat;
 
 /// Flows shown when no `--last`, `--since`, `--all` or `--follow` says otherwise.
 pub const DEFAULT_LAST: usize = 20;
-/// How often a followed file is checked for new lines.
-const TAIL_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ColorChoice {
@@ -176,14 +171,8 @@ struct RawFlowsArgs {
     #[arg(long)]
     utc: bool,
     /// The agent's flow socket; repeat to merge several agents' flows.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, conflicts_with = "lab")]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     socket: Vec<PathBuf>,
-    /// The flows of a lab (`enforcer lab`): every node's agent, merged.
-    #[arg(long, value_name = "NAME", conflicts_with = "file")]
-    lab: Option<String>,
-    /// With --lab: only this node's agent.
-    #[arg(long, value_name = "NODE", requires = "lab")]
-    node: Option<String>,
     /// Read a saved flow log (JSON lines) instead of asking the agent; repeat for several
     /// files, oldest first (`--file flows.jsonl.1 --file flows.jsonl`).
     #[arg(long, value_name = "PATH")]
@@ -203,21 +192,19 @@ pub struct FlowsArgs {
     pub utc: bool,
     /// The agents to ask (their flows are merged in time order).
     pub sockets: Vec<PathBuf>,
-    /// `--lab`: the caller replaces `sockets` with the lab's (see `enforcer lab`).
-    pub lab: Option<String>,
-    /// `--node`, with `--lab`.
-    pub node: Option<String>,
     pub files: Vec<PathBuf>,
 }
 
 /// Where each command-line value sits: clap numbers the tokens it parses, giving a flag
-/// with a value the index of its value, and each `--not` an index of its own.
+/// with a value the index of its value, and each `--not` an index of its own. Every argument
+/// of the command counts, also those of arguments flattened next to these (the binary's
+/// `--lab`), so that `--not` before one of them is refused rather than skipping over it.
 fn positions(m: &ArgMatches) -> BTreeMap<usize, String> {
-    let cmd = <RawFlowsArgs as clap::Args>::augment_args(clap::Command::new("flows"));
     let mut at = BTreeMap::new();
-    for arg in cmd.get_arguments() {
-        let id = arg.get_id().as_str();
+    for id in m.ids() {
+        let id = id.as_str();
         if m.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            // A group (a flattened struct's name) has no indices of its own.
             for i in m.indices_of(id).into_iter().flatten() {
                 at.insert(i, id.to_string());
             }
@@ -287,8 +274,6 @@ impl FlowsArgs {
             color: raw.color,
             utc: raw.utc,
             sockets: raw.socket,
-            lab: raw.lab,
-            node: raw.node,
             files: raw.file,
         })
     }
@@ -389,287 +374,13 @@ pub struct History {
     pub since: Option<SystemTime>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("no agent is listening on {} (is `enforcer agent` running? use --file to read a saved log)", socket.display())]
-    NoAgent {
-        socket: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("permission denied on {} (the flow socket belongs to root)", socket.display())]
-    PermissionDenied {
-        socket: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("talking to the agent on {}", socket.display())]
-    Socket {
-        socket: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the agent sent something that is not a flow message: {line}")]
-    BadMessage {
-        line: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("the agent refused the request: {message}")]
-    Refused { message: String },
-    #[error("writing the output")]
-    Output(#[source] io::Error),
-    #[error(transparent)]
-    Log(#[from] LogReadError),
-}
-
-/// Asks the agent on `socket` and prints its answer (until it closes the connection).
-pub fn query_agent<W: Write>(
-    socket: &Path,
-    req: &Request,
-    printer: &mut Printer<W>,
-) -> Result<(), ClientError> {
-    read_messages(socket, req, |msg| print_message(printer, msg))?;
-    printer.flush().map_err(ClientError::Output)
-}
-
-fn print_message<W: Write>(printer: &mut Printer<W>, msg: Message) -> Result<(), ClientError> {
-    match msg {
-        Message::Flow(r) => printer.flow(&r).map_err(ClientError::Output),
-        Message::Lost { count } => printer.lost(count).map_err(ClientError::Output),
-        Message::Error { message } => Err(ClientError::Refused { message }),
-    }
-}
-
-/// Asks several agents (the nodes of a lab) and prints their flows merged: without
-/// `--follow`, every agent's history sorted by time (the last N of all of them); with it,
-/// records as they arrive from any agent. An agent that cannot be reached is reported and
-/// skipped while another answers.
-pub fn query_agents<W: Write>(
-    sockets: &[PathBuf],
-    req: &Request,
-    printer: &mut Printer<W>,
-) -> Result<(), ClientError> {
-    if let [one] = sockets {
-        return query_agent(one, req, printer);
-    }
-    let (tx, rx) = std::sync::mpsc::channel::<Result<Message, ClientError>>();
-    for socket in sockets {
-        let (tx, socket, req) = (tx.clone(), socket.clone(), req.clone());
-        std::thread::spawn(move || {
-            let sent = read_messages(&socket, &req, |m| {
-                tx.send(Ok(m))
-                    .map_err(|_| ClientError::Output(io::ErrorKind::BrokenPipe.into()))
-            });
-            if let Err(e) = sent {
-                let _ = tx.send(Err(e));
-            }
-        });
-    }
-    drop(tx);
-    let mut history: Vec<Message> = Vec::new();
-    let mut failures = 0;
-    for msg in rx {
-        match msg {
-            Ok(m) if req.follow => {
-                print_message(printer, m)?;
-                printer.flush().map_err(ClientError::Output)?;
-            }
-            Ok(m) => history.push(m),
-            Err(e) => {
-                failures += 1;
-                if failures == sockets.len() {
-                    return Err(e);
-                }
-                eprintln!("warning: {e}");
-            }
-        }
-    }
-    // Flow times are RFC 3339 in UTC with a fixed width: they sort as strings; the sort is
-    // stable, so one agent's order is kept.
-    let time = |m: &Message| match m {
-        Message::Flow(r) => r.time.clone(),
-        _ => String::new(),
-    };
-    history.sort_by_key(time);
-    let flows = history
-        .iter()
-        .filter(|m| matches!(m, Message::Flow(_)))
-        .count();
-    let skip = req.last.map_or(0, |n| flows.saturating_sub(n));
-    let mut seen = 0;
-    for m in history {
-        if matches!(m, Message::Flow(_)) {
-            seen += 1;
-            if seen <= skip {
-                continue;
-            }
-        }
-        print_message(printer, m)?;
-    }
-    printer.flush().map_err(ClientError::Output)
-}
-
-/// Sends `req` to the agent on `socket` and hands each answer line to `on_msg` until the agent
-/// closes the connection.
-fn read_messages(
-    socket: &Path,
-    req: &Request,
-    mut on_msg: impl FnMut(Message) -> Result<(), ClientError>,
-) -> Result<(), ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NoAgent {
-            socket: socket.into(),
-            source,
-        },
-        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
-            socket: socket.into(),
-            source,
-        },
-        _ => ClientError::Socket {
-            socket: socket.into(),
-            source,
-        },
-    })?;
-    let socket_err = |source| ClientError::Socket {
-        socket: socket.into(),
-        source,
-    };
-    let mut line = serde_json::to_vec(req).expect("requests serialize");
-    line.push(b'\n');
-    stream.write_all(&line).map_err(socket_err)?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).map_err(socket_err)? == 0 {
-            break;
-        }
-        let msg: Message =
-            serde_json::from_str(&line).map_err(|source| ClientError::BadMessage {
-                line: line.trim_end().to_string(),
-                source,
-            })?;
-        on_msg(msg)?;
-    }
-    Ok(())
-}
-
-/// Runs `enforcer flows`.
-pub fn run(args: FlowsArgs) -> Result<(), ClientError> {
-    let stdout = io::stdout();
-    let tty = stdout.is_terminal();
-    let format = args.output.unwrap_or(if tty {
-        OutputFormat::Table
-    } else {
-        OutputFormat::Jsonl
-    });
-    let table = TableFormat {
-        color: args.color.enabled(
-            tty,
-            std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
-        ),
-        utc: args.utc,
-    };
-    let mut printer = Printer::new(BufWriter::new(stdout.lock()), format, table, args.follow);
-    let history = args.history(SystemTime::now());
-    let result = if args.files.is_empty() {
-        query_agents(&args.sockets, &args.request(&history), &mut printer)
-    } else {
-        read_files(
-            &args.files,
-            &args.filter,
-            history.last,
-            history.since,
-            args.follow.then_some(Tail {
-                poll: TAIL_POLL,
-                keep_going: &mut |_| true,
-            }),
-            &mut printer,
-        )
-        .map_err(ClientError::from)
-    };
-    match result {
-        // `enforcer flows | head`: the reader has what it wanted.
-        Err(ClientError::Output(e) | ClientError::Log(LogReadError::Output(e)))
-            if e.kind() == io::ErrorKind::BrokenPipe =>
-        {
-            Ok(())
-        }
-        r => r,
-    }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
-    use clap::Parser;
+mod tests {
+    use std::path::PathBuf;
+    use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::flows::enrich::FlowRecord;
-    use crate::flows::filter::fixture::*;
-    use crate::flows::rotate::tests::TempDir;
-    use crate::flows::server::FlowServer;
-    use crate::flows::store::FlowStore;
-
-    /// As `main.rs` mounts it.
-    #[derive(clap::Parser)]
-    #[command(name = "enforcer")]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: Cmd,
-    }
-
-    #[derive(clap::Subcommand)]
-    enum Cmd {
-        Flows(FlowsArgs),
-    }
-
-    pub(crate) fn parse(args: &str) -> Result<FlowsArgs, clap::Error> {
-        let argv = ["enforcer", "flows"]
-            .into_iter()
-            .chain(args.split_whitespace());
-        Cli::try_parse_from(argv).map(|c| match c.cmd {
-            Cmd::Flows(a) => a,
-        })
-    }
-
-    pub(crate) fn rec(port: u16, drop: bool, time: &str) -> FlowRecord {
-        let (mut s, d) = debug_to_backend();
-        s.port = Some(port);
-        let mut r = if drop { dropped(s, d) } else { allowed(s, d) };
-        r.time = time.into();
-        r
-    }
-
-    pub(crate) fn jsonl(r: &FlowRecord) -> String {
-        serde_json::to_string(r).unwrap() + "\n"
-    }
-
-    pub(crate) fn printer(format: OutputFormat) -> Printer<Vec<u8>> {
-        Printer::new(
-            Vec::new(),
-            format,
-            TableFormat {
-                color: false,
-                utc: true,
-            },
-            false,
-        )
-    }
-
-    pub(crate) fn ports_of(out: Vec<u8>) -> Vec<u16> {
-        String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<FlowRecord>(l)
-                    .unwrap()
-                    .src
-                    .port
-                    .unwrap()
-            })
-            .collect()
-    }
+    use crate::flows::client::tests::parse;
 
     #[test]
     fn filter_flags_parse_alone_for_the_flow_log() {
@@ -701,7 +412,6 @@ pub(crate) mod tests {
         assert_eq!(a.output, Some(OutputFormat::Json));
         assert_eq!(a.color, ColorChoice::Never);
         assert_eq!(a.sockets, [PathBuf::from("/tmp/x.sock")]);
-        assert_eq!((a.lab.as_deref(), a.node.as_deref()), (None, None));
         let f = &a.filter.include;
         assert_eq!(f.verdict, [Verdict::Dropped]);
         assert_eq!(f.namespace, ["prod", "dev"]);
@@ -732,11 +442,6 @@ pub(crate) mod tests {
 
         let d = parse("").unwrap();
         assert_eq!(d.sockets, [PathBuf::from(DEFAULT_SOCKET)]);
-        let l = parse("--lab demo --node node-a").unwrap();
-        assert_eq!(
-            (l.lab.as_deref(), l.node.as_deref()),
-            (Some("demo"), Some("node-a"))
-        );
         let two = parse("--socket a.sock --socket b.sock").unwrap();
         assert_eq!(
             two.sockets,
@@ -842,113 +547,5 @@ pub(crate) mod tests {
         assert!(!ColorChoice::Auto.enabled(true, true));
         assert!(ColorChoice::Always.enabled(false, false));
         assert!(!ColorChoice::Never.enabled(true, false));
-    }
-
-    #[test]
-    fn a_missing_agent_is_named() {
-        let dir = TempDir::new("flows-noagent");
-        let sock = dir.0.join("flows.sock");
-        let err = query_agent(
-            &sock,
-            &Request::default(),
-            &mut printer(OutputFormat::Jsonl),
-        )
-        .unwrap_err();
-        assert!(matches!(err, ClientError::NoAgent { .. }));
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "no agent is listening on {} (is `enforcer agent` running? use --file to read a saved log)",
-                sock.display()
-            )
-        );
-        // A leftover socket file with nobody behind it is the same.
-        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
-        let err = query_agent(
-            &sock,
-            &Request::default(),
-            &mut printer(OutputFormat::Jsonl),
-        )
-        .unwrap_err();
-        assert!(matches!(err, ClientError::NoAgent { .. }), "{err:?}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn queries_the_agent() {
-        let dir = TempDir::new("flows-client");
-        let sock = dir.0.join("flows.sock");
-        let store = FlowStore::new(100);
-        for i in 1..=5 {
-            store.push(rec(i, i != 3, "2024-11-23T18:40:48.822Z"));
-        }
-        let server = tokio::spawn(FlowServer::bind(&sock, store).unwrap().run());
-        let s = sock.clone();
-        let (table, jsonl_out) = tokio::task::spawn_blocking(move || {
-            let a = parse(&format!("--socket {} --verdict allowed", s.display())).unwrap();
-            let mut p = printer(OutputFormat::Table);
-            query_agent(
-                &a.sockets[0],
-                &a.request(&a.history(SystemTime::now())),
-                &mut p,
-            )
-            .unwrap();
-            let a = parse(&format!(
-                "--socket {} --not --from-port 1 --last 2",
-                s.display()
-            ))
-            .unwrap();
-            let mut q = printer(OutputFormat::Jsonl);
-            query_agent(
-                &a.sockets[0],
-                &a.request(&a.history(SystemTime::now())),
-                &mut q,
-            )
-            .unwrap();
-            (String::from_utf8(p.into_inner()).unwrap(), q.into_inner())
-        })
-        .await
-        .unwrap();
-        assert_eq!(
-            table,
-            "Nov 23 18:40:48.822  ALLOWED  ingress  dev/debug:3 -> prod/backend:8080 TCP SYN  \
-             by prod/backend-from-frontend ingress[0]\n"
-        );
-        assert_eq!(ports_of(jsonl_out), [4, 5]);
-        server.abort();
-    }
-
-    /// Two agents (a lab's nodes): their histories merge in time order, `--last` counts over
-    /// both, and a missing third agent is skipped with a warning.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn merges_several_agents() {
-        let dir = TempDir::new("flows-merge");
-        let (sa, sb) = (dir.0.join("a.sock"), dir.0.join("b.sock"));
-        let (a, b) = (FlowStore::new(100), FlowStore::new(100));
-        a.push(rec(1, true, "2024-11-23T18:40:48.100Z"));
-        b.push(rec(2, true, "2024-11-23T18:40:48.200Z"));
-        a.push(rec(3, true, "2024-11-23T18:40:48.300Z"));
-        b.push(rec(4, true, "2024-11-23T18:40:48.400Z"));
-        let servers = [
-            tokio::spawn(FlowServer::bind(&sa, a).unwrap().run()),
-            tokio::spawn(FlowServer::bind(&sb, b).unwrap().run()),
-        ];
-        let missing = dir.0.join("c.sock");
-        let (all, last) = tokio::task::spawn_blocking(move || {
-            let sockets = [sa, sb, missing];
-            let run = |args: &str| {
-                let a = parse(args).unwrap();
-                let mut p = printer(OutputFormat::Jsonl);
-                query_agents(&sockets, &a.request(&a.history(SystemTime::now())), &mut p).unwrap();
-                ports_of(p.into_inner())
-            };
-            (run("--all"), run("--last 3"))
-        })
-        .await
-        .unwrap();
-        assert_eq!(all, [1, 2, 3, 4]);
-        assert_eq!(last, [2, 3, 4]);
-        for s in servers {
-            s.abort();
-        }
     }
 }
