@@ -80,7 +80,10 @@ pub fn run(data: &[u8]) {
 fn render(record: &FlowRecord) {
     let json = serde_json::to_string(record).expect("a record serialises");
     let back: FlowRecord = serde_json::from_str(&json).expect("the flow log reads its records");
-    assert_eq!(&back, record, "a record changed through the flow log: {json}");
+    assert_eq!(
+        &back, record,
+        "a record changed through the flow log: {json}"
+    );
     for table in [
         TableFormat::default(),
         TableFormat {
@@ -89,7 +92,10 @@ fn render(record: &FlowRecord) {
         },
     ] {
         let line = table.flow(record);
-        assert!(!line.contains('\n'), "a table line with a line break: {line:?}");
+        assert!(
+            !line.contains('\n'),
+            "a table line with a line break: {line:?}"
+        );
     }
     for format in [OutputFormat::Table, OutputFormat::Json, OutputFormat::Jsonl] {
         let mut p = Printer::new(Vec::new(), format, TableFormat::default(), false);

@@ -73,9 +73,7 @@ pub fn run(data: &[u8]) {
     let mut file = data.to_vec();
     file.extend_from_slice(TRAILER.as_bytes());
     std::fs::write(dir.join("a.yaml"), &file).expect("writing the fuzzed file");
-    let snapshot = ManifestFolder::new(dir)
-        .read()
-        .expect("reading the folder");
+    let snapshot = ManifestFolder::new(dir).read().expect("reading the folder");
     check(&snapshot);
     compile_all(&snapshot.cluster);
 }

@@ -67,17 +67,58 @@ fn seeds() -> [Value; 4] {
 
 /// Values that mean something to the validation or the compiler.
 const STRINGS: &[&str] = &[
-    "", "TCP", "UDP", "SCTP", "ICMP", "Ingress", "Egress", "In", "NotIn", "Exists",
-    "DoesNotExist", "web", "http", "dns", "0.0.0.0/0", "::/0", "10.1.0.0/16", "10.1.0.7/32",
-    "10.1.0.7", "fd00:1::7", "fd00::/129", "10.0.0.0/33", "10.0.0.1/8", "not-an-ip", "None",
-    "ClientIP", "IPv4", "IPv6", "fuzz", "app", "kubernetes.io/metadata.name", "a-b.c/d_e",
-    "UPPER", "-leading",
+    "",
+    "TCP",
+    "UDP",
+    "SCTP",
+    "ICMP",
+    "Ingress",
+    "Egress",
+    "In",
+    "NotIn",
+    "Exists",
+    "DoesNotExist",
+    "web",
+    "http",
+    "dns",
+    "0.0.0.0/0",
+    "::/0",
+    "10.1.0.0/16",
+    "10.1.0.7/32",
+    "10.1.0.7",
+    "fd00:1::7",
+    "fd00::/129",
+    "10.0.0.0/33",
+    "10.0.0.1/8",
+    "not-an-ip",
+    "None",
+    "ClientIP",
+    "IPv4",
+    "IPv6",
+    "fuzz",
+    "app",
+    "kubernetes.io/metadata.name",
+    "a-b.c/d_e",
+    "UPPER",
+    "-leading",
     // 64 characters: one more than a label value may have.
     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
 ];
 
 const NUMBERS: &[i64] = &[
-    0, 1, -1, 53, 80, 1023, 1024, 5000, 65535, 65536, 4294967296, i64::MIN, i64::MAX,
+    0,
+    1,
+    -1,
+    53,
+    80,
+    1023,
+    1024,
+    5000,
+    65535,
+    65536,
+    4294967296,
+    i64::MIN,
+    i64::MAX,
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -180,7 +221,11 @@ fn apply(root: &mut Value, m: Mutation) {
             match walk(root, parent) {
                 Value::Object(m) if !m.is_empty() => {
                     let i = *last as usize % m.len();
-                    let (k, v) = m.iter().nth(i).map(|(k, v)| (k.clone(), v.clone())).unwrap();
+                    let (k, v) = m
+                        .iter()
+                        .nth(i)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .unwrap();
                     m.insert(format!("{k}2"), v);
                 }
                 Value::Array(a) if !a.is_empty() && a.len() < 64 => {

@@ -1,6 +1,7 @@
 //! Developer commands. Every command echoes what it runs and names the failing command.
 
 mod ebpf_build;
+mod fuzz;
 mod manifests;
 mod modgraph;
 mod skipped;
@@ -24,8 +25,9 @@ enum Cmd {
     Setup,
     /// Build the eBPF object (a no-op when nothing changed).
     BuildEbpf,
-    /// Set up, then run every test: unit, kernel (test_run), netns labs and scenarios, and the
-    /// offline checks of deploy/ (manifest schemas, shellcheck of the kind test).
+    /// Set up, then run every test: unit, kernel (test_run), netns labs and scenarios, the
+    /// offline checks of deploy/ (manifest schemas, shellcheck of the kind test), and a bounded
+    /// run of every fuzz target (20 s each).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -45,6 +47,18 @@ enum Cmd {
     Lint,
     /// Print which module of enforcer-agent/src uses which (and check the direction).
     Modgraph,
+    /// Build the fuzz targets (fuzz/) and run each on its corpus; fails on any crash.
+    Fuzz {
+        /// One target (manifests, manifests_json, flow_decode, packet); default: all.
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Add the new inputs to the committed corpus (default: a scratch folder).
+        #[arg(long)]
+        grow: bool,
+    },
 }
 
 fn workspace() -> PathBuf {
@@ -167,7 +181,7 @@ fn main() -> Result<()> {
             // Seconds, and a failure here is a design error: before anything is built.
             modgraph::check(&workspace())?;
             setup()?;
-            build_ebpf()?;
+            let obj = build_ebpf()?;
             // The offline checks of deploy/ first (seconds); their failure is reported after
             // the tests, which run either way.
             let deploy = deploy_checks();
@@ -180,8 +194,17 @@ fn main() -> Result<()> {
                 .args(["test", "--workspace", "--no-fail-fast", "--"])
                 .args(&args)
                 .env(skipped::DIR_ENV, &skipped));
+            // A bounded run of every fuzz target (the corpus itself was replayed by
+            // tests/tests/fuzz_corpus.rs). Not with a filter: that asks for some tests only.
+            let fuzzed = if args.is_empty() {
+                fuzz::fuzz(&workspace(), &obj, fuzz::TARGETS, fuzz::TEST_SECONDS, false)
+            } else {
+                eprintln!("fuzz targets not run: a test filter was given");
+                Ok(())
+            };
             let failures: Vec<String> = [
                 tests.err().map(|e| format!("{e:#}")),
+                fuzzed.err().map(|e| format!("fuzzing: {e:#}")),
                 skipped::check(&skipped).err().map(|e| format!("{e:#}")),
                 deploy
                     .err()
@@ -210,6 +233,12 @@ fn main() -> Result<()> {
         Cmd::Bench => {
             setup()?;
             run(cargo().args(["bench", "-p", "enforcer-tests"]))
+        }
+        Cmd::Fuzz { target, time, grow } => {
+            setup()?;
+            let obj = build_ebpf()?;
+            let targets = fuzz::select(target.as_deref())?;
+            fuzz::fuzz(&workspace(), &obj, &targets, time, grow)
         }
         Cmd::Modgraph => {
             modgraph::print(&workspace())?;

@@ -13,7 +13,9 @@ use enforcer_tests::packet::checksum;
 use super::policy::{PEERS_V4, PEERS_V6, POD_V4, POD_V6};
 
 /// Ports the policy names, their neighbours, and some others.
-const PORTS: [u16; 12] = [80, 53, 9000, 443, 8000, 8500, 8999, 9001, 7999, 40000, 1234, 0];
+const PORTS: [u16; 12] = [
+    80, 53, 9000, 443, 8000, 8500, 8999, 9001, 7999, 40000, 1234, 0,
+];
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub enum Port {
@@ -39,8 +41,14 @@ pub enum L4 {
         /// Data offset in 32-bit words above 5 (options, zero-filled).
         extra_words: u8,
     },
-    Udp { sport: Port, dport: Port },
-    Sctp { sport: Port, dport: Port },
+    Udp {
+        sport: Port,
+        dport: Port,
+    },
+    Sctp {
+        sport: Port,
+        dport: Port,
+    },
     /// ICMP for IPv4, ICMPv6 for IPv6.
     Icmp(Icmp),
     /// Any protocol number, with a few bytes behind it.
@@ -52,10 +60,16 @@ pub enum Icmp {
     EchoRequest(u16),
     EchoReply(u16),
     /// An error quoting a packet (of x/a's flows, or the other way round).
-    Error { code: u8, quote: Box<Quote> },
+    Error {
+        code: u8,
+        quote: Box<Quote>,
+    },
     /// Neighbour discovery or MLD (IPv6; type 130 + n % 14).
     LinkControl(u8),
-    Any { kind: u8, code: u8 },
+    Any {
+        kind: u8,
+        code: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone)]
@@ -82,9 +96,15 @@ pub enum QuotedProto {
 pub enum FragSpec {
     None,
     /// Offset 0, more fragments; `id` picks one of a few datagrams.
-    First { id: u8 },
+    First {
+        id: u8,
+    },
     /// `offset` in 8-byte units.
-    Later { id: u8, offset: u16, more: bool },
+    Later {
+        id: u8,
+        offset: u16,
+        more: bool,
+    },
     /// IPv6: a fragment header with offset 0 and no more fragments (a whole datagram).
     Atomic,
 }
@@ -237,7 +257,20 @@ fn l4(s: &Spec, pod: &[u8], peer: &[u8]) -> (u8, Vec<u8>) {
             let words = 5 + (extra_words % 11) as usize;
             let mut h = Vec::new();
             ports(&mut h, sport.get(), dport.get());
-            h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, (words as u8) << 4, *flags, 0xff, 0xff]);
+            h.extend_from_slice(&[
+                0,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+                0,
+                (words as u8) << 4,
+                *flags,
+                0xff,
+                0xff,
+            ]);
             h.extend_from_slice(&[0, 0, 0, 0]);
             h.resize(words * 4, 1); // NOP options
             (proto::TCP, h)
@@ -273,7 +306,11 @@ fn l4(s: &Spec, pod: &[u8], peer: &[u8]) -> (u8, Vec<u8>) {
                     h
                 }
                 Icmp::Error { code, quote: q } => {
-                    let errors: &[u8] = if s.v6 { &[1, 2, 3, 4] } else { &[3, 4, 5, 11, 12] };
+                    let errors: &[u8] = if s.v6 {
+                        &[1, 2, 3, 4]
+                    } else {
+                        &[3, 4, 5, 11, 12]
+                    };
                     let t = errors[*code as usize % errors.len()];
                     let mut h = vec![t, code % 16, 0, 0, 0, 0, 0, 0];
                     h.extend_from_slice(&quote(s.v6, q, pod, peer));
@@ -386,9 +423,10 @@ fn ipv4(s: &Spec, src: &[u8], dst: &[u8], p: u8, l4: &[u8]) -> Vec<u8> {
     let ihl = 5 + opts.len() / 4;
     let (id, fo) = match s.frag {
         FragSpec::First { id } => (frag_id(id), 0x2000),
-        FragSpec::Later { id, offset, more } => {
-            (frag_id(id), (offset & 0x1fff) | if more { 0x2000 } else { 0 })
-        }
+        FragSpec::Later { id, offset, more } => (
+            frag_id(id),
+            (offset & 0x1fff) | if more { 0x2000 } else { 0 },
+        ),
         FragSpec::None | FragSpec::Atomic => (0x1234, 0x4000), // DF
     };
     let mut h = vec![0x40 | ihl as u8, 0];

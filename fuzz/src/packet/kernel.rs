@@ -49,7 +49,10 @@ impl Kernel {
                 (maps::DROP_RATELIMIT, 1024),
             ],
         );
-        let conntrack = fixture.dp.take_conntrack().expect("conntrack not taken yet");
+        let conntrack = fixture
+            .dp
+            .take_conntrack()
+            .expect("conntrack not taken yet");
         let pin = fixture.pin_dir().join(maps::FRAGMENTS);
         let data = MapData::from_pin(&pin).expect("opening the fragment map's pin");
         let fragments =
@@ -103,7 +106,10 @@ impl Kernel {
             .collect();
         Some(match ret {
             PASS => {
-                assert!(dropped.is_empty(), "passed and counted as dropped: {dropped:?}");
+                assert!(
+                    dropped.is_empty(),
+                    "passed and counted as dropped: {dropped:?}"
+                );
                 Verdict::Pass
             }
             DROP => {

@@ -50,8 +50,18 @@ pub fn check_frames(frames: &[(bool, Vec<u8>)]) {
             let parsed = model::parse(frame, *ingress).ok();
             let tracked = parsed.is_some_and(|p| m.tracks(&p.tuple));
             let expected = m.packet(frame, *ingress);
-            let got = k.run(frame, *ingress).expect("a frame of a length test_run takes");
-            invariants(*ingress, parsed.as_ref(), tracked, got, &mut egress_heads, i, frames);
+            let got = k
+                .run(frame, *ingress)
+                .expect("a frame of a length test_run takes");
+            invariants(
+                *ingress,
+                parsed.as_ref(),
+                tracked,
+                got,
+                &mut egress_heads,
+                i,
+                frames,
+            );
             match expected {
                 Prediction::Sure(v) if v != got => panic!(
                     "{}: packet {i} of {} ({}), kernel {got:?}, model {v:?}\nframe: {}\nparsed: {parsed:?}",
@@ -70,8 +80,12 @@ pub fn check_frames(frames: &[(bool, Vec<u8>)]) {
 
 fn meaning(model: Verdict, kernel: Verdict) -> &'static str {
     match (model, kernel) {
-        (Verdict::Drop(_), Verdict::Pass) => "POSSIBLE BYPASS: the kernel passed what the model drops",
-        (Verdict::Pass, Verdict::Drop(_)) => "LEGITIMATE PACKET DROPPED: the kernel dropped what the model passes",
+        (Verdict::Drop(_), Verdict::Pass) => {
+            "POSSIBLE BYPASS: the kernel passed what the model drops"
+        }
+        (Verdict::Pass, Verdict::Drop(_)) => {
+            "LEGITIMATE PACKET DROPPED: the kernel dropped what the model passes"
+        }
         _ => "DROP REASONS DIFFER",
     }
 }
@@ -97,7 +111,11 @@ fn invariants(
     let peer_ip = if v6 {
         std::net::IpAddr::V6(peer.into())
     } else {
-        std::net::IpAddr::V4(std::net::Ipv6Addr::from(peer).to_ipv4_mapped().expect("mapped"))
+        std::net::IpAddr::V4(
+            std::net::Ipv6Addr::from(peer)
+                .to_ipv4_mapped()
+                .expect("mapped"),
+        )
     };
     match p.fragment {
         Fragment::Later { .. } => {

@@ -55,9 +55,13 @@ pub enum Fragment {
     None,
     /// Offset 0, more fragments: `hdr_end` is where the bytes its verdict depends on end,
     /// counted from the start of the fragmentable part.
-    First { hdr_end: usize },
+    First {
+        hdr_end: usize,
+    },
     /// Offset (bytes) in the datagram's fragmentable part.
-    Later { offset: usize },
+    Later {
+        offset: usize,
+    },
 }
 
 /// A datagram's fragments: the kernel groups them by identification and addresses, and for
@@ -160,8 +164,13 @@ fn ipv4(f: &[u8]) -> Result<Ip, DropReason> {
         dst: mapped([h[16], h[17], h[18], h[19]]),
         proto: h[9],
         l4,
-        fragment: (offset != 0 || more)
-            .then(|| (offset == 0, u32::from(u16::from_be_bytes([h[4], h[5]])), offset)),
+        fragment: (offset != 0 || more).then(|| {
+            (
+                offset == 0,
+                u32::from(u16::from_be_bytes([h[4], h[5]])),
+                offset,
+            )
+        }),
         frag_start: l4,
         ip_end: 14 + u16::from_be_bytes([h[2], h[3]]) as usize,
     })
@@ -289,7 +298,11 @@ pub fn parse(f: &[u8], ingress: bool) -> Result<Parsed, Failed> {
     result.map_err(|reason| Failed { reason, first_of })
 }
 
-fn parse_into(f: &[u8], ingress: bool, first_of: &mut Option<Datagram>) -> Result<Parsed, DropReason> {
+fn parse_into(
+    f: &[u8],
+    ingress: bool,
+    first_of: &mut Option<Datagram>,
+) -> Result<Parsed, DropReason> {
     let ip = match be16(f, 12)? {
         0x0800 => {
             let ip = ipv4(f)?;
@@ -522,7 +535,14 @@ impl Model {
     }
 
     /// An unfragmented packet or a first fragment.
-    fn judge(&mut self, p: &Parsed, ingress: bool, peer: IpAddr, who: Identity, isolated: bool) -> Verdict {
+    fn judge(
+        &mut self,
+        p: &Parsed,
+        ingress: bool,
+        peer: IpAddr,
+        who: Identity,
+        isolated: bool,
+    ) -> Verdict {
         if let Kind::IcmpError(inner) = p.kind {
             // An error never opens anything: it passes when it is about a connection of ours
             // (one the datapath still holds, open or closed), when the direction is open, or
@@ -574,7 +594,14 @@ impl Model {
         v
     }
 
-    fn later_fragment(&mut self, d: Datagram, offset: usize, claimed: u8, ingress: bool, isolated: bool) -> Verdict {
+    fn later_fragment(
+        &mut self,
+        d: Datagram,
+        offset: usize,
+        claimed: u8,
+        ingress: bool,
+        isolated: bool,
+    ) -> Verdict {
         // Below the least header of the protocol it claims, a later fragment overlaps the
         // header of any first fragment of its datagram.
         let floor = min_header(claimed);

@@ -46,15 +46,15 @@ pub const POD_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x10
 
 /// Peers the builder picks from (the last ones of each family are outside every rule).
 pub const PEERS_V4: [Ipv4Addr; 9] = [
-    Ipv4Addr::new(10, 244, 2, 11),  // y/b
-    Ipv4Addr::new(10, 244, 2, 12),  // y/c
-    Ipv4Addr::new(10, 244, 1, 11),  // x/b
-    Ipv4Addr::new(10, 244, 0, 1),   // the node
-    Ipv4Addr::new(192, 168, 5, 5),  // in the ingress ipBlock
-    Ipv4Addr::new(192, 168, 1, 7),  // in its except
-    Ipv4Addr::new(8, 8, 8, 8),      // the world (egress 8000-8999)
-    Ipv4Addr::new(10, 9, 9, 9),     // in the egress except
-    Ipv4Addr::new(10, 244, 1, 10),  // x/a itself
+    Ipv4Addr::new(10, 244, 2, 11), // y/b
+    Ipv4Addr::new(10, 244, 2, 12), // y/c
+    Ipv4Addr::new(10, 244, 1, 11), // x/b
+    Ipv4Addr::new(10, 244, 0, 1),  // the node
+    Ipv4Addr::new(192, 168, 5, 5), // in the ingress ipBlock
+    Ipv4Addr::new(192, 168, 1, 7), // in its except
+    Ipv4Addr::new(8, 8, 8, 8),     // the world (egress 8000-8999)
+    Ipv4Addr::new(10, 9, 9, 9),    // in the egress except
+    Ipv4Addr::new(10, 244, 1, 10), // x/a itself
 ];
 pub const PEERS_V6: [Ipv6Addr; 6] = [
     Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0x11), // y/b
@@ -118,7 +118,8 @@ pub fn allows(ingress: bool, peer: IpAddr, who: Identity, p: u8, dport: u16) -> 
     }
     let (tcp, udp, sctp) = (p == proto::TCP, p == proto::UDP, p == proto::SCTP);
     if ingress {
-        (who == Identity::YB && ((tcp && dport == 80) || (udp && dport == 53) || (sctp && dport == 9000)))
+        (who == Identity::YB
+            && ((tcp && dport == 80) || (udp && dport == 53) || (sctp && dport == 9000)))
             || (in_v4(peer, [192, 168, 0, 0], 16)
                 && !in_v4(peer, [192, 168, 1, 0], 24)
                 && tcp
