@@ -80,9 +80,8 @@ impl Kernel {
         }
     }
 
-    /// The verdict for a frame, `None` when the kernel refuses to run it (too short or too
-    /// long for `BPF_PROG_TEST_RUN`).
-    pub fn run(&mut self, frame: &[u8], ingress: bool) -> Option<Verdict> {
+    /// The verdict for a frame, or why `BPF_PROG_TEST_RUN` refused it.
+    pub fn run(&mut self, frame: &[u8], ingress: bool) -> Result<Verdict, String> {
         let name = if ingress {
             programs::POD_INGRESS
         } else {
@@ -95,7 +94,10 @@ impl Kernel {
             repeat: 1,
             ..Default::default()
         };
-        let ret = prog.test_run(opts).ok()?.return_value;
+        let ret = prog
+            .test_run(opts)
+            .map_err(|e| format!("{e:?}"))?
+            .return_value;
         let after = self.fixture.dp.counters();
         let dropped: Vec<DropReason> = DropReason::ALL
             .into_iter()
@@ -104,7 +106,7 @@ impl Kernel {
                 after[i] > before[i]
             })
             .collect();
-        Some(match ret {
+        Ok(match ret {
             PASS => {
                 assert!(
                     dropped.is_empty(),
