@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use enforcer_agent::compile::{compile, NodeInput};
 use enforcer_agent::dataplane::entries::{endpoint_info, policy_entries, Identities};
@@ -50,21 +50,44 @@ spec:
   egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]}]
 "#;
 
-/// This process's folder (in memory where the machine has /dev/shm: one write and one read
-/// per input).
-fn folder() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
+/// This thread's folder (in memory where the machine has /dev/shm: one write and one read per
+/// input). Per thread: the corpus replay runs targets on parallel test threads.
+fn folder() -> PathBuf {
+    thread_local! {
+        static DIR: PathBuf = {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let base = if std::path::Path::new("/dev/shm").is_dir() {
+                PathBuf::from("/dev/shm")
+            } else {
+                std::env::temp_dir()
+            };
+            remove_stale(&base);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = base.join(format!("enforcer-fuzz-manifests-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("creating the manifest folder");
+            std::fs::write(dir.join("zz.yaml"), OTHER_FILE).expect("writing the valid file");
+            dir
         };
-        let dir = base.join(format!("enforcer-fuzz-manifests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creating the manifest folder");
-        std::fs::write(dir.join("zz.yaml"), OTHER_FILE).expect("writing the valid file");
-        dir
-    })
+    }
+    DIR.with(PathBuf::clone)
+}
+
+/// Removes the folders of processes that are gone (libFuzzer exits without destructors).
+fn remove_stale(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("enforcer-fuzz-manifests-")
+            .and_then(|rest| rest.split('-').next());
+        if let Some(pid) = pid {
+            if !std::path::Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 /// Runs one input through the folder, the compiler and the entries.
@@ -73,7 +96,9 @@ pub fn run(data: &[u8]) {
     let mut file = data.to_vec();
     file.extend_from_slice(TRAILER.as_bytes());
     std::fs::write(dir.join("a.yaml"), &file).expect("writing the fuzzed file");
-    let snapshot = ManifestFolder::new(dir).read().expect("reading the folder");
+    let snapshot = ManifestFolder::new(&dir)
+        .read()
+        .expect("reading the folder");
     check(&snapshot);
     compile_all(&snapshot.cluster);
 }

@@ -102,11 +102,41 @@ pub enum FragSpec {
     /// `offset` in 8-byte units.
     Later {
         id: u8,
-        offset: u16,
+        offset: Offset,
         more: bool,
     },
     /// IPv6: a fragment header with offset 0 and no more fragments (a whole datagram).
     Atomic,
+}
+
+/// A later fragment's offset (8-byte units): mostly small, where it can overlap the header of
+/// its datagram's first fragment (a TCP header ends at 20 bytes, 2.5 units).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Offset {
+    /// 1 to 8 units.
+    Small(u8),
+    Any(u16),
+}
+
+impl Offset {
+    fn units(self) -> u16 {
+        match self {
+            Offset::Small(n) => 1 + (n % 8) as u16,
+            Offset::Any(n) => n & 0x1fff,
+        }
+    }
+}
+
+/// How a packet relates to the one before it in the input: the fuzzer would seldom repeat
+/// every address, port and fragment id by chance, and a reply, a reset or the other
+/// fragments of a datagram need exactly that.
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Own,
+    /// Same direction, peer, family, ports and datagram as the packet before.
+    Same,
+    /// The other direction of the packet before (ports swapped, echo request → reply).
+    Reply,
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -135,6 +165,7 @@ pub enum Damage {
 
 #[derive(Arbitrary, Debug, Clone)]
 pub struct Spec {
+    pub link: Link,
     /// Entering x/a (else leaving it).
     pub ingress: bool,
     pub v6: bool,
@@ -161,13 +192,13 @@ fn peer(s: &Spec) -> IpAddr {
     if s.v6 {
         match PEERS_V6.get(s.peer as usize) {
             Some(a) => IpAddr::V6(*a),
-            None if s.peer as usize % 4 == 0 => IpAddr::V6(s.raw.into()),
+            None if (s.peer as usize).is_multiple_of(4) => IpAddr::V6(s.raw.into()),
             None => IpAddr::V6(PEERS_V6[s.peer as usize % PEERS_V6.len()]),
         }
     } else {
         match PEERS_V4.get(s.peer as usize) {
             Some(a) => IpAddr::V4(*a),
-            None if s.peer as usize % 4 == 0 => {
+            None if (s.peer as usize).is_multiple_of(4) => {
                 IpAddr::V4([s.raw[0], s.raw[1], s.raw[2], s.raw[3]].into())
             }
             None => IpAddr::V4(PEERS_V4[s.peer as usize % PEERS_V4.len()]),
@@ -361,6 +392,76 @@ fn frag_id(id: u8) -> u32 {
     0x1000 + (id % 4) as u32
 }
 
+fn swapped(l4: &L4) -> L4 {
+    match l4.clone() {
+        L4::Tcp {
+            sport,
+            dport,
+            flags,
+            extra_words,
+        } => L4::Tcp {
+            sport: dport,
+            dport: sport,
+            flags,
+            extra_words,
+        },
+        L4::Udp { sport, dport } => L4::Udp {
+            sport: dport,
+            dport: sport,
+        },
+        L4::Sctp { sport, dport } => L4::Sctp {
+            sport: dport,
+            dport: sport,
+        },
+        L4::Icmp(Icmp::EchoRequest(id)) => L4::Icmp(Icmp::EchoReply(id)),
+        L4::Icmp(Icmp::EchoReply(id)) => L4::Icmp(Icmp::EchoRequest(id)),
+        other => other,
+    }
+}
+
+fn frag_of(f: FragSpec) -> Option<u8> {
+    match f {
+        FragSpec::First { id } | FragSpec::Later { id, .. } => Some(id),
+        _ => None,
+    }
+}
+
+/// The specs with their links to the packet before resolved into plain specs.
+pub fn resolve(specs: &[Spec]) -> Vec<Spec> {
+    let mut out: Vec<Spec> = Vec::with_capacity(specs.len());
+    for s in specs {
+        let mut e = s.clone();
+        if let (Some(prev), Link::Same | Link::Reply) = (out.last(), s.link) {
+            let reply = s.link == Link::Reply;
+            e.v6 = prev.v6;
+            e.peer = prev.peer;
+            e.raw = prev.raw;
+            e.spoof = prev.spoof && s.spoof;
+            e.ingress = prev.ingress != reply;
+            let mut l4 = if reply {
+                swapped(&prev.l4)
+            } else {
+                prev.l4.clone()
+            };
+            // Its own TCP flags: a SYN's answer, a reset, a FIN.
+            if let (L4::Tcp { flags, .. }, L4::Tcp { flags: own, .. }) = (&mut l4, &s.l4) {
+                *flags = *own;
+            }
+            e.l4 = l4;
+            // Another fragment of the same datagram.
+            if let (Some(id), false) = (frag_of(prev.frag), reply) {
+                e.frag = match s.frag {
+                    FragSpec::First { .. } => FragSpec::First { id },
+                    FragSpec::Later { offset, more, .. } => FragSpec::Later { id, offset, more },
+                    other => other,
+                };
+            }
+        }
+        out.push(e);
+    }
+    out
+}
+
 /// The frame a spec describes.
 pub fn frame(s: &Spec) -> Vec<u8> {
     let pod = if s.v6 {
@@ -414,7 +515,7 @@ pub fn frame(s: &Spec) -> Vec<u8> {
 
 fn ipv4(s: &Spec, src: &[u8], dst: &[u8], p: u8, l4: &[u8]) -> Vec<u8> {
     let mut opts = vec![1u8; (s.options % 41) as usize];
-    while opts.len() % 4 != 0 {
+    while !opts.len().is_multiple_of(4) {
         opts.push(0);
     }
     if let Some(mid) = opts.len().checked_sub(1).map(|l| l / 2) {
@@ -423,16 +524,15 @@ fn ipv4(s: &Spec, src: &[u8], dst: &[u8], p: u8, l4: &[u8]) -> Vec<u8> {
     let ihl = 5 + opts.len() / 4;
     let (id, fo) = match s.frag {
         FragSpec::First { id } => (frag_id(id), 0x2000),
-        FragSpec::Later { id, offset, more } => (
-            frag_id(id),
-            (offset & 0x1fff) | if more { 0x2000 } else { 0 },
-        ),
+        FragSpec::Later { id, offset, more } => {
+            (frag_id(id), offset.units() | if more { 0x2000 } else { 0 })
+        }
         FragSpec::None | FragSpec::Atomic => (0x1234, 0x4000), // DF
     };
     let mut h = vec![0x40 | ihl as u8, 0];
     h.extend_from_slice(&((ihl * 4 + l4.len()) as u16).to_be_bytes());
     h.extend_from_slice(&(id as u16).to_be_bytes());
-    h.extend_from_slice(&(fo as u16).to_be_bytes());
+    h.extend_from_slice(&fo.to_be_bytes());
     h.extend_from_slice(&[64, p, 0, 0]);
     h.extend_from_slice(src);
     h.extend_from_slice(dst);
@@ -455,7 +555,7 @@ fn ipv6(s: &Spec, src: &[u8], dst: &[u8], p: u8, l4: &[u8]) -> Vec<u8> {
     let frag = match s.frag {
         FragSpec::None => None,
         FragSpec::First { id } => Some((0u16, true, frag_id(id))),
-        FragSpec::Later { id, offset, more } => Some((offset & 0x1fff, more, frag_id(id))),
+        FragSpec::Later { id, offset, more } => Some((offset.units(), more, frag_id(id))),
         FragSpec::Atomic => Some((0, false, 0x2222)),
     };
     if let Some((offset, more, id)) = frag {

@@ -32,13 +32,34 @@ pub fn run(data: &[u8]) {
     let Ok(specs) = Vec::<Spec>::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
+    let specs = build::resolve(&specs[..specs.len().min(MAX_PACKETS)]);
     let frames: Vec<(bool, Vec<u8>)> = specs
         .iter()
-        .take(MAX_PACKETS)
         .map(|s| (s.ingress, build::frame(s)))
         .filter(|(_, f)| FRAME_LEN.contains(&f.len()))
         .collect();
     check_frames(&frames);
+}
+
+thread_local! {
+    /// How many packets got each outcome (the model's prediction, or why none was checked):
+    /// what a replay of the corpus covers (`summary`).
+    static OUTCOMES: std::cell::RefCell<std::collections::BTreeMap<String, u64>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+fn count(outcome: String) {
+    OUTCOMES.with(|o| *o.borrow_mut().entry(outcome).or_default() += 1);
+}
+
+/// The outcomes of the packets checked so far by this thread, one per line.
+pub fn summary() -> String {
+    OUTCOMES.with(|o| {
+        o.borrow()
+            .iter()
+            .map(|(k, n)| format!("{n:>8}  {k}\n"))
+            .collect()
+    })
 }
 
 /// Runs frames (`ingress`, bytes) through a fresh state of the kernel and of the model.
@@ -56,6 +77,7 @@ pub fn check_frames(frames: &[(bool, Vec<u8>)]) {
                 // test_run refuses an IP frame shorter than its IP header (the program would
                 // find it malformed); such a frame changes no state in either.
                 Err(e) => {
+                    count("refused by test_run (malformed)".into());
                     assert_eq!(
                         expected,
                         Prediction::Sure(Verdict::Drop(DropReason::Malformed)),
@@ -75,6 +97,10 @@ pub fn check_frames(frames: &[(bool, Vec<u8>)]) {
                 i,
                 frames,
             );
+            count(match expected {
+                Prediction::Sure(v) => format!("{v:?}"),
+                Prediction::Unsure(why) => format!("not predicted: {why}"),
+            });
             match expected {
                 Prediction::Sure(v) if v != got => panic!(
                     "{}: packet {i} of {} ({}), kernel {got:?}, model {v:?}\nframe: {}\nparsed: {parsed:?}",
