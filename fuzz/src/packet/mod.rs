@@ -142,7 +142,14 @@ fn invariants(
     frames: &[(bool, Vec<u8>)],
 ) {
     let Some(p) = parsed else { return };
-    if got != Verdict::Pass || p.kind != Kind::Plain {
+    if got != Verdict::Pass {
+        return;
+    }
+    // Any first fragment that passed heads its datagram, an ICMP error's too.
+    if let (Fragment::First { .. }, Some(d)) = (p.fragment, p.datagram) {
+        egress_heads.insert(d);
+    }
+    if p.kind != Kind::Plain {
         return;
     }
     let peer = if ingress { p.tuple.src } else { p.tuple.dst };
@@ -166,11 +173,6 @@ fn invariants(
             );
         }
         Fragment::First { .. } | Fragment::None => {
-            if let Fragment::First { .. } = p.fragment {
-                if let Some(d) = p.datagram {
-                    egress_heads.insert(d);
-                }
-            }
             let who = policy::identity(peer_ip);
             let waved = matches!(who, Some(Identity::Node | Identity::YC));
             if !waved && !tracked {
