@@ -10,11 +10,11 @@
 //! what the targets look for are panics and wrong verdicts, which any build reports.
 //!
 //! cargo-fuzz's release mode is used (opt-level 3, one codegen unit): from an empty target
-//! folder it took 700 s of CPU here (19 min on the 2 cores shared with other builds), its
-//! dev mode at opt-level 1 more (980 s: many codegen units over kube and k8s-openapi). That
-//! is too long for `cargo xtask test`, which instead replays the corpus and mutates it for a
-//! few seconds per target through the same functions, uninstrumented, in
-//! `tests/tests/fuzz_corpus.rs`.
+//! folder it took 7 min 20 s on this 2-core machine nearly idle (536 s of CPU; 19 min while
+//! other builds ran), its dev mode at opt-level 1 more CPU (980 s: many codegen units over
+//! kube and k8s-openapi). That is too long for `cargo xtask test`, which instead replays the
+//! corpus and mutates it for a few seconds per target through the same functions,
+//! uninstrumented, in `tests/tests/fuzz_corpus.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
