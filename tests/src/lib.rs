@@ -227,6 +227,11 @@ impl Fixture {
         self.events.take().expect("taken once")
     }
 
+    /// Where this fixture's maps are pinned (the fuzz target opens some by their pins).
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
+    }
+
     /// Counters summed over CPUs.
     pub fn counter(&self, index: u32) -> u64 {
         self.dp.counters()[index as usize]

@@ -1,6 +1,7 @@
 //! Developer commands. Every command echoes what it runs and names the failing command.
 
 mod ebpf_build;
+mod fuzz;
 mod manifests;
 mod modgraph;
 mod skipped;
@@ -24,8 +25,9 @@ enum Cmd {
     Setup,
     /// Build the eBPF object (a no-op when nothing changed).
     BuildEbpf,
-    /// Set up, then run every test: unit, kernel (test_run), netns labs and scenarios, and the
-    /// offline checks of deploy/ (manifest schemas, shellcheck of the kind test).
+    /// Set up, then run every test: unit, kernel (test_run), netns labs and scenarios, the
+    /// offline checks of deploy/ (manifest schemas, shellcheck of the kind test), and the fuzz
+    /// corpus replayed and mutated briefly (uninstrumented; `fuzz` runs the real fuzzer).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -46,6 +48,18 @@ enum Cmd {
     Lint,
     /// Print which module of enforcer-agent/src uses which (and check the direction).
     Modgraph,
+    /// Build the fuzz targets (fuzz/) and run each on its corpus; fails on any crash.
+    Fuzz {
+        /// One target (manifests, manifests_json, flow_decode, packet); default: all.
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Add the new inputs to the committed corpus (default: a scratch folder).
+        #[arg(long)]
+        grow: bool,
+    },
 }
 
 fn workspace() -> PathBuf {
@@ -221,6 +235,12 @@ fn main() -> Result<()> {
             run(cargo()
                 .args(["bench", "-p", "enforcer-tests"])
                 .env("ENFORCER_BIN", workspace().join("target/release/enforcer")))
+        }
+        Cmd::Fuzz { target, time, grow } => {
+            setup()?;
+            let obj = build_ebpf()?;
+            let targets = fuzz::select(target.as_deref())?;
+            fuzz::fuzz(&workspace(), &obj, &targets, time, grow)
         }
         Cmd::Modgraph => {
             modgraph::print(&workspace())?;
