@@ -16,10 +16,14 @@ mod root_skip;
 #[allow(unused_imports, reason = "the tests of the source alone need no root")]
 pub use root_skip::root_or_skip as root;
 
+use std::future::Future;
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 fn typed<K: serde::de::DeserializeOwned>(value: Value) -> K {
     serde_json::from_value(value).expect("the fixture is a valid object")
@@ -132,4 +136,42 @@ pub fn summary(c: &enforcer_agent::model::Cluster) -> String {
         keys(&c.services),
         keys(&c.endpoint_slices),
     )
+}
+
+/// Every test ends within this, whatever hangs.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub fn init_tracing() -> tracing::subscriber::DefaultGuard {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .finish(),
+    )
+}
+
+pub async fn bounded<F: Future>(test: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_TIMEOUT:?}"))
+}
+
+/// Polls `ready` every 10 ms until it holds; panics after `within`.
+pub async fn wait_for(
+    api: &apiserver::ApiServer,
+    what: &str,
+    within: Duration,
+    ready: impl Fn() -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "waited {within:?} for {what}\nrequests answered:\n{}",
+            api.request_log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
