@@ -72,6 +72,9 @@ pub struct ServiceSync {
 /// A backend that left a frontend: (frontend id, address, target port in network order).
 pub type GoneBackend = (u32, [u8; 16], u16);
 
+/// Each frontend's id, backends and affinity, as `ServiceMaps::sync` wants them.
+type Desired = BTreeMap<FrontendKey, (u32, Vec<BackendAddr>, Option<u32>)>;
+
 pub struct ServiceMaps {
     frontends: HashMap<MapData, FrontendKey, Frontend>,
     backends: HashMap<MapData, BackendKey, BackendAddr>,
@@ -163,9 +166,29 @@ impl ServiceMaps {
         self.state.is_empty()
     }
 
-    /// Makes the maps hold exactly `plans`.
+    /// Makes the maps hold exactly `plans`: each changed frontend gets a complete new backend
+    /// set before its frontend entry switches to it (a packet sees the old set or the new one),
+    /// then the old set and the frontends that are gone are removed.
     pub fn sync(&mut self, plans: &BTreeMap<FrontendAddr, FrontendPlan>) -> Result<ServiceSync> {
         let mut report = ServiceSync::default();
+        let desired = self.desired(plans);
+        for (key, (id, backends, affinity)) in &desired {
+            let unchanged = self
+                .state
+                .get(key)
+                .is_some_and(|s| s.id == *id && &s.backends == backends && &s.affinity == affinity);
+            if !unchanged {
+                self.write_frontend(key, *id, backends, *affinity, &mut report)?;
+            }
+        }
+        self.remove_gone(&desired, &mut report);
+        report.frontends = self.state.len();
+        Ok(report)
+    }
+
+    /// Each frontend's key, id (kept while it exists, allocated when new), backends and
+    /// affinity; also records what each id stands for (flow attribution).
+    fn desired(&mut self, plans: &BTreeMap<FrontendAddr, FrontendPlan>) -> Desired {
         let mut desired = BTreeMap::new();
         for (addr, plan) in plans {
             let key = frontend_key(addr);
@@ -194,71 +217,80 @@ impl ServiceMaps {
             );
             desired.insert(key, (id, backends, plan.affinity_timeout));
         }
+        desired
+    }
 
-        for (key, (id, backends, affinity)) in &desired {
-            if let Some(s) = self.state.get(key) {
-                if s.id == *id && &s.backends == backends && &s.affinity == affinity {
-                    continue;
-                }
-            }
-            let set = self.next_set;
-            self.next_set = self.next_set.wrapping_add(1).max(1);
-            for (index, b) in backends.iter().enumerate() {
-                self.backends
-                    .insert(
-                        BackendKey {
-                            set,
-                            index: index as u32,
-                        },
-                        *b,
-                        0,
-                    )
-                    .map_err(map_err(names::SVC_BACKENDS, "insert"))?;
-            }
-            if affinity.is_some() {
-                for b in backends {
-                    self.members
-                        .insert(MemberKey { set, backend: *b }, 1, 0)
-                        .map_err(map_err(names::SVC_MEMBERS, "insert"))?;
-                }
-            }
-            report.backends_written += backends.len();
-            self.frontends
+    /// Writes a new backend set for `key`, switches its frontend to it, and removes the set
+    /// it replaces (the UDP flows to backends that left are reported for flushing).
+    fn write_frontend(
+        &mut self,
+        key: &FrontendKey,
+        id: u32,
+        backends: &[BackendAddr],
+        affinity: Option<u32>,
+        report: &mut ServiceSync,
+    ) -> Result<()> {
+        let set = self.next_set;
+        self.next_set = self.next_set.wrapping_add(1).max(1);
+        for (index, b) in backends.iter().enumerate() {
+            self.backends
                 .insert(
-                    *key,
-                    Frontend {
-                        id: *id,
-                        backend_set: set,
-                        count: backends.len() as u32,
-                        flags: if affinity.is_some() { FE_F_AFFINITY } else { 0 },
-                        affinity_s: affinity.unwrap_or(0),
+                    BackendKey {
+                        set,
+                        index: index as u32,
                     },
+                    *b,
                     0,
                 )
-                .map_err(map_err(names::SVC_FRONTENDS, "insert"))?;
-            report.frontends_written += 1;
-            let old = self.state.insert(
-                *key,
-                FrontendState {
-                    id: *id,
-                    set,
-                    backends: backends.clone(),
-                    affinity: *affinity,
-                },
-            );
-            if let Some(old) = old {
-                if key.proto == enforcer_common::proto::UDP {
-                    report.gone_udp_backends.extend(
-                        old.backends
-                            .iter()
-                            .filter(|b| !backends.contains(b))
-                            .map(|b| (old.id, b.addr, b.port)),
-                    );
-                }
-                self.remove_set(&old);
+                .map_err(map_err(names::SVC_BACKENDS, "insert"))?;
+        }
+        if affinity.is_some() {
+            for b in backends {
+                self.members
+                    .insert(MemberKey { set, backend: *b }, 1, 0)
+                    .map_err(map_err(names::SVC_MEMBERS, "insert"))?;
             }
         }
+        report.backends_written += backends.len();
+        self.frontends
+            .insert(
+                *key,
+                Frontend {
+                    id,
+                    backend_set: set,
+                    count: backends.len() as u32,
+                    flags: if affinity.is_some() { FE_F_AFFINITY } else { 0 },
+                    affinity_s: affinity.unwrap_or(0),
+                },
+                0,
+            )
+            .map_err(map_err(names::SVC_FRONTENDS, "insert"))?;
+        report.frontends_written += 1;
+        let old = self.state.insert(
+            *key,
+            FrontendState {
+                id,
+                set,
+                backends: backends.to_vec(),
+                affinity,
+            },
+        );
+        if let Some(old) = old {
+            if key.proto == enforcer_common::proto::UDP {
+                report.gone_udp_backends.extend(
+                    old.backends
+                        .iter()
+                        .filter(|b| !backends.contains(b))
+                        .map(|b| (old.id, b.addr, b.port)),
+                );
+            }
+            self.remove_set(&old);
+        }
+        Ok(())
+    }
 
+    /// Removes the frontends not in `desired`, with their backend sets.
+    fn remove_gone(&mut self, desired: &Desired, report: &mut ServiceSync) {
         let gone: Vec<FrontendKey> = self
             .state
             .keys()
@@ -277,8 +309,6 @@ impl ServiceMaps {
             }
             report.frontends_removed += 1;
         }
-        report.frontends = self.state.len();
-        Ok(report)
     }
 
     fn remove_set(&mut self, s: &FrontendState) {
