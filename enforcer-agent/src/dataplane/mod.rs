@@ -157,6 +157,44 @@ pub struct Dataplane {
     quarantine_seen: Vec<String>,
 }
 
+/// Checks the pinned layouts, then loads `object` with its maps on the pins of `pin_dir`
+/// (`sizes`: other sizes for maps not pinned yet) and both programs into the kernel.
+fn load_object(pin_dir: &Path, object: &[u8], sizes: &[(&'static str, u32)]) -> Result<Ebpf> {
+    bpffs::ensure_dir(pin_dir).map_err(|source| DataplaneError::Bpffs {
+        path: pin_dir.into(),
+        source,
+    })?;
+    layout::check(pin_dir, object)?;
+    let mut loader = EbpfLoader::new();
+    let pins: Vec<(&'static str, PathBuf)> =
+        names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    for &(name, size) in sizes {
+        loader.map_max_entries(name, size);
+    }
+    let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
+        pin_dir: pin_dir.into(),
+        source: Box::new(source),
+    })?;
+    // A map the object names differently would have been pinned by its own name at the
+    // root of bpffs, outside `pin_dir`, and shared by every datapath on the machine.
+    if let Some(name) = names::ALL.into_iter().find(|n| ebpf.map(n).is_none()) {
+        return Err(DataplaneError::MissingMap { name });
+    }
+    for name in [names::programs::POD_EGRESS, names::programs::POD_INGRESS] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .expect("the object defines both programs")
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+    }
+    Ok(ebpf)
+}
+
 impl Dataplane {
     /// Loads the programs with every map pinned under `pin_dir` (reusing pins that exist, so a
     /// restarted agent adopts the datapath in force) and reads back what the maps hold.
@@ -178,39 +216,10 @@ impl Dataplane {
         Self::load(pin_dir, object, &[])
     }
 
+    /// Loads `object` on the pins of `pin_dir`, takes its maps, and adopts what an earlier
+    /// agent left in them.
     fn load(pin_dir: &Path, object: &[u8], sizes: &[(&'static str, u32)]) -> Result<Self> {
-        bpffs::ensure_dir(pin_dir).map_err(|source| DataplaneError::Bpffs {
-            path: pin_dir.into(),
-            source,
-        })?;
-        layout::check(pin_dir, object)?;
-        let mut loader = EbpfLoader::new();
-        let pins: Vec<(&'static str, PathBuf)> =
-            names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
-        }
-        for &(name, size) in sizes {
-            loader.map_max_entries(name, size);
-        }
-        let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
-            pin_dir: pin_dir.into(),
-            source: Box::new(source),
-        })?;
-        // A map the object names differently would have been pinned by its own name at the
-        // root of bpffs, outside `pin_dir`, and shared by every datapath on the machine.
-        if let Some(name) = names::ALL.into_iter().find(|n| ebpf.map(n).is_none()) {
-            return Err(DataplaneError::MissingMap { name });
-        }
-        for name in [names::programs::POD_EGRESS, names::programs::POD_INGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("the object defines both programs")
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-        }
+        let mut ebpf = load_object(pin_dir, object, sizes)?;
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
                 .expect("the object defines every map in names::ALL")
