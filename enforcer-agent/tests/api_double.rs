@@ -3,6 +3,8 @@
 //! and exact versions, watch events, bookmarks, timeouts and 410, a bounded history, and the
 //! faults it injects (status codes, hangs, resets). No privileges needed, no cluster.
 
+#[path = "support/logging.rs"]
+mod logging;
 mod support;
 
 use std::time::Duration;
@@ -10,8 +12,9 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, VersionMatch, WatchEvent, WatchParams};
+use logging::init_tracing;
 use support::apiserver::{Answer, ApiServer, Fault, Kind, Options};
-use support::{bounded, init_tracing, pod, wait_for};
+use support::{bounded, pod, wait_for};
 
 #[tokio::test]
 async fn the_double_pages_lists_consistently_and_serves_exact_versions() {

@@ -11,6 +11,8 @@
 //! Not covered here: label/field selectors (the source uses none), streaming lists (the source
 //! uses list + watch), TLS and auth.
 
+#[path = "support/logging.rs"]
+mod logging;
 mod support;
 
 use std::time::Duration;
@@ -21,8 +23,9 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use logging::init_tracing;
 use support::apiserver::{Answer, ApiServer, Fault, Kind, Verb};
-use support::{bounded, init_tracing, namespace, pod, policy, service, slice, summary, wait_for};
+use support::{bounded, namespace, pod, policy, service, slice, summary, wait_for};
 use tokio::time::Instant;
 
 /// Takes a notification already stored, so that the next one is about what follows.

@@ -141,17 +141,6 @@ pub fn summary(c: &enforcer_agent::model::Cluster) -> String {
 /// Every test ends within this, whatever hangs.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
-pub fn init_tracing() -> tracing::subscriber::DefaultGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .finish(),
-    )
-}
-
 pub async fn bounded<F: Future>(test: F) -> F::Output {
     tokio::time::timeout(TEST_TIMEOUT, test)
         .await
