@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub mod cluster_policy;
 mod convert;
 
 pub use convert::{
@@ -325,6 +326,10 @@ pub struct Cluster {
     /// Node addresses by node name (`explain` only: the agent takes its own node's addresses
     /// from its network namespace).
     pub nodes: BTreeMap<String, Vec<IpAddr>>,
+    /// Node labels by node name, for the `nodes` peers of cluster policies.
+    pub node_labels: BTreeMap<String, Labels>,
+    /// ClusterNetworkPolicies (and converted v1alpha1 Admin/BaselineAdminNetworkPolicies).
+    pub cluster_policies: BTreeMap<cluster_policy::ClusterPolicyKey, cluster_policy::ClusterPolicy>,
 }
 
 impl Cluster {
@@ -339,6 +344,10 @@ impl Cluster {
 
     pub fn insert_policy(&mut self, policy: NetworkPolicy) {
         self.policies.insert(policy.key.clone(), policy);
+    }
+
+    pub fn insert_cluster_policy(&mut self, policy: cluster_policy::ClusterPolicy) {
+        self.cluster_policies.insert(policy.key.clone(), policy);
     }
 
     pub fn insert_service(&mut self, service: Service) {
