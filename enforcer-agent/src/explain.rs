@@ -145,15 +145,34 @@ fn side(
         Direction::Egress => "egress",
     };
     let (rule, reason) = match &v.decision {
+        Decision::Rule { id: 0, .. } => (None, no_tier_decides(pod, dir, &v)),
         Decision::Rule { id, .. } => {
-            let r = tables
-                .rule(*id)
-                .map(|r| format!("{} {dir}[{}]", r.policy, r.index));
+            let r = tables.rule(*id).map(|r| r.to_string());
             (
                 r.clone(),
                 format!("allowed by {}", r.unwrap_or_else(|| format!("rule {id}"))),
             )
         }
+        Decision::DeniedBy { id: 0, .. } => (
+            None,
+            format!(
+                "{pod} is isolated for {dir} by {} and no rule allows {peer} on this port{}",
+                names(&v.isolated_by),
+                audit_note(tables, pod)
+            ),
+        ),
+        Decision::DeniedBy { id, .. } => {
+            let r = tables.rule(*id).map(|r| r.to_string());
+            (
+                r.clone(),
+                format!(
+                    "denied by {}{}",
+                    r.unwrap_or_else(|| format!("rule {id}")),
+                    audit_note(tables, pod)
+                ),
+            )
+        }
+        Decision::Unmatched => (None, no_tier_decides(pod, dir, &v)),
         Decision::NotIsolated => (
             None,
             format!(
@@ -170,17 +189,8 @@ fn side(
             None,
             format!(
                 "{pod} is isolated for {dir} by {} and no rule allows {peer} on this port{}",
-                v.isolated_by
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                // The namespace label, visible here; `--policy-audit-mode` is the agent's.
-                if tables.endpoints.get(pod).is_some_and(|p| p.audit) {
-                    " (its namespace is in audit mode: the flow passes, reported as audit)"
-                } else {
-                    ""
-                }
+                names(&v.isolated_by),
+                audit_note(tables, pod)
             ),
         ),
     };
@@ -191,6 +201,30 @@ fn side(
         rule,
         reason,
     }
+}
+
+fn names<T: std::fmt::Display>(keys: &std::collections::BTreeSet<T>) -> String {
+    keys.iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The namespace label, visible here; `--policy-audit-mode` is the agent's.
+fn audit_note(tables: &crate::compile::Tables, pod: &PodKey) -> &'static str {
+    if tables.endpoints.get(pod).is_some_and(|p| p.audit) {
+        " (its namespace is in audit mode: the flow passes, reported as audit)"
+    } else {
+        ""
+    }
+}
+
+/// A direction with cluster policies where no tier decided: the Kubernetes default.
+fn no_tier_decides(pod: &PodKey, dir: &str, v: &crate::compile::Verdict) -> String {
+    format!(
+        "no rule of {} decides and no NetworkPolicy isolates {pod} for {dir}: allowed by default",
+        names(&v.tiered_by)
+    )
 }
 
 fn capital(s: &str) -> String {

@@ -21,6 +21,12 @@ pub const F_ANY_PROTO: u32 = 1 << 7;
 /// reported with the `AUDIT` verdict. Other drop reasons (spoofing, malformed packets, ...)
 /// still drop.
 pub const F_AUDIT: u32 = 1 << 8;
+/// Cluster policies apply to the pod's ingress: its entries are looked up even when it is not
+/// isolated, and an entry may deny ([`crate::policy::RULE_DENY`]). A miss then allows unless
+/// the direction is also isolated.
+pub const F_INGRESS_TIERED: u32 = 1 << 9;
+/// Cluster policies apply to the pod's egress (as [`F_INGRESS_TIERED`]).
+pub const F_EGRESS_TIERED: u32 = 1 << 10;
 
 /// Value of the `ENDPOINTS` map (key: ifindex of the host-side veth, u32 host order).
 #[repr(C)]

@@ -63,6 +63,11 @@ impl PolicyKey {
     }
 }
 
+/// In a `POLICY_EXACT` or `POLICY_RANGES` value: the entry denies (the other bits name the
+/// rule, 0 for a NetworkPolicy's isolation). Without it the entry allows. Only the entries of a
+/// direction that cluster policies apply to deny; rule ids stay below this bit.
+pub const RULE_DENY: u32 = 1 << 31;
+
 /// Value of the one-entry `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -12,9 +12,10 @@
 //! 5. conntrack: packets of a tracked connection pass (re-checked once after a policy change);
 //! 6. a pod's new connection to a Service port is translated to a backend (see `service`): from
 //!    here on it is a connection to that backend;
-//! 7. a new flow: the node itself always passes; otherwise a non-isolated direction passes and
-//!    an isolated one needs an allow entry for the peer's identity (a fixed number of probes);
-//!    allowed flows are tracked;
+//! 7. a new flow: the node itself always passes; otherwise a direction without policy passes,
+//!    and one with policy takes the verdict of the first entry that holds the flow (a fixed
+//!    number of probes, whatever the number of policies and tiers), or its default on a miss
+//!    (isolated: deny; only cluster policies: allow); allowed flows are tracked;
 //! 8. an allowed packet of a translated connection is rewritten (to the backend, or for a
 //!    reply back to the Service address).
 #![no_std]
@@ -39,10 +40,13 @@ use enforcer_common::{
         FRAG_NO_LATER,
     },
     direction,
-    endpoint::{EndpointInfo, F_AUDIT, F_EGRESS_ISOLATED, F_HAS_V4, F_HAS_V6, F_INGRESS_ISOLATED},
+    endpoint::{
+        EndpointInfo, F_AUDIT, F_EGRESS_ISOLATED, F_EGRESS_TIERED, F_HAS_V4, F_HAS_V6, F_INGRESS_ISOLATED,
+        F_INGRESS_TIERED,
+    },
     family,
     flow::{verdict, EV_F_FRAGMENT, EV_F_REPLY},
-    policy::identity,
+    policy::{identity, RULE_DENY},
     reason::{counter, DropReason},
 };
 
@@ -95,6 +99,7 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         len: ctx.len(),
         peer_identity: 0,
         flags: 0,
+        rule: 0,
     };
     let verdict = match try_handle(ctx, dir, pkt, &mut rep) {
         Ok(()) => finish(ctx, dir, pkt, &rep),
@@ -149,9 +154,9 @@ fn try_handle(ctx: &TcContext, dir: u8, pkt: &mut Packet, rep: &mut Report) -> R
     if dir == direction::EGRESS && !source_is_pod(&ep, pkt) {
         return Err(DropReason::SpoofedSource);
     }
-    let isolated = ep.flags
-        & if dir == direction::INGRESS { F_INGRESS_ISOLATED } else { F_EGRESS_ISOLATED }
-        != 0;
+    // Whether policy can deny anything in this direction: a NetworkPolicy isolates it, or
+    // cluster policies apply to it.
+    let isolated = ep.flags & dir_flags(dir) != 0;
     if pkt.frag == Frag::Later {
         rep.flags |= EV_F_FRAGMENT;
         return follow_first_fragment(&ep, dir, pkt, isolated);
@@ -161,6 +166,17 @@ fn try_handle(ctx: &TcContext, dir: u8, pkt: &mut Packet, rep: &mut Report) -> R
         return remember_first_fragment(&ep, dir, pkt, result);
     }
     result
+}
+
+/// The endpoint flags that make a direction judged: isolated by a NetworkPolicy, or with
+/// cluster policies.
+#[inline(always)]
+fn dir_flags(dir: u8) -> u32 {
+    if dir == direction::INGRESS {
+        F_INGRESS_ISOLATED | F_INGRESS_TIERED
+    } else {
+        F_EGRESS_ISOLATED | F_EGRESS_TIERED
+    }
 }
 
 #[inline(always)]
@@ -250,7 +266,7 @@ fn decide(
             pkt.backend_set = fe.backend_set;
         }
     }
-    new_flow(ep, pkt, rep, isolated)
+    new_flow(ep, pkt, rep)
 }
 
 /// A packet of a tracked connection: passes (re-checked once after a policy change), and a
@@ -278,21 +294,18 @@ fn established(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report) -> Option<
             let orig = conntrack::origin_tuple(&pkt.ct_key, e);
             let odir = e.origin_dir;
             let opeer = if odir == direction::EGRESS { &orig.dst } else { &orig.src };
-            let oisolated = ep.flags
-                & if odir == direction::INGRESS { F_INGRESS_ISOLATED } else { F_EGRESS_ISOLATED }
-                != 0;
             let oident = policy::identity_of(pkt.family, opeer);
-            match check(ep, odir, oident, orig.proto, orig.dport, oisolated) {
-                Some(rule) => {
+            match check(ep, odir, oident, orig.proto, orig.dport) {
+                Ok(rule) => {
                     e.revision = rev;
                     e.rule = rule;
                 }
                 // Audit mode: the connection goes on, as it would without policy.
-                None if ep.flags & F_AUDIT != 0 => {
+                Err(_) if ep.flags & F_AUDIT != 0 => {
                     e.revision = rev;
                     e.rule = 0;
                 }
-                None => {
+                Err(_) => {
                     let _ = CONNTRACK.remove(&pkt.ct_key);
                     return Some(Err(DropReason::Revoked));
                 }
@@ -319,17 +332,24 @@ fn established(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report) -> Option<
 /// A packet that opens a connection (`pkt.tuple`, translated if it goes to a Service): the
 /// policy decides; an allowed one is tracked and reported.
 #[inline(never)]
-fn new_flow(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report, isolated: bool) -> Result<(), DropReason> {
+fn new_flow(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report) -> Result<(), DropReason> {
     let dir = rep.direction;
     let peer = if dir == direction::EGRESS { pkt.tuple.dst } else { pkt.tuple.src };
     let ident = policy::identity_of(pkt.family, &peer);
     rep.peer_identity = ident;
-    let (rule, audited) = match check(ep, dir, ident, pkt.tuple.proto, pkt.tuple.dport, isolated) {
-        Some(rule) => (rule, false),
+    let (rule, audited) = match check(ep, dir, ident, pkt.tuple.proto, pkt.tuple.dport) {
+        Ok(rule) => (rule, false),
         // Audit mode: what the policy would drop passes, is tracked (its replies pass as they
         // would without policy) and is reported once per connection as AUDIT.
-        None if ep.flags & F_AUDIT != 0 => (0, true),
-        None => return Err(DropReason::PolicyDenied),
+        Err(rule) if ep.flags & F_AUDIT != 0 => {
+            rep.rule = rule;
+            (0, true)
+        }
+        Err(rule) => {
+            // The drop's report names the rule that denied it (0: a NetworkPolicy's isolation).
+            rep.rule = rule;
+            return Err(DropReason::PolicyDenied);
+        }
     };
     // An allowed connection starts now, precisely: its record's time and its duration.
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -363,15 +383,28 @@ fn new_flow(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report, isolated: boo
     Ok(())
 }
 
-/// Whether a new flow may pass, and the rule that allows it (0 without a rule). `dport` is
-/// in network order.
+/// Whether a new flow may pass: `Ok` with the rule that allows it, `Err` with the rule that
+/// denies it (0 without a rule: the default, or a NetworkPolicy's isolation). `dport` is in
+/// network order.
 #[inline(always)]
-fn check(ep: &EndpointInfo, dir: u8, ident: u32, proto: u8, dport: u16, isolated: bool) -> Option<u32> {
+fn check(ep: &EndpointInfo, dir: u8, ident: u32, proto: u8, dport: u16) -> Result<u32, u32> {
+    let (isolated, tiered) = if dir == direction::INGRESS {
+        (F_INGRESS_ISOLATED, F_INGRESS_TIERED)
+    } else {
+        (F_EGRESS_ISOLATED, F_EGRESS_TIERED)
+    };
     // Traffic between a pod and its own node (kubelet probes) is always allowed.
-    if ident == identity::HOST || !isolated {
-        return Some(0);
+    if ident == identity::HOST || ep.flags & (isolated | tiered) == 0 {
+        return Ok(0);
     }
-    policy::allowed_by(ep.flags, ep.policy_set, dir, ident, proto, u16::from_be(dport))
+    match policy::lookup(ep.flags, ep.policy_set, dir, ident, proto, u16::from_be(dport)) {
+        Some(v) if v & RULE_DENY != 0 => Err(v & !RULE_DENY),
+        Some(rule) => Ok(rule),
+        // No entry: what the direction does by default. Isolated by a NetworkPolicy it denies;
+        // otherwise (only cluster policies apply) it allows.
+        None if ep.flags & isolated != 0 => Err(0),
+        None => Ok(0),
+    }
 }
 
 // Fragments.

@@ -42,16 +42,21 @@ fn range(set: u32, dir: u8, p: u8, ident: u32, port: u16) -> Option<u32> {
     POLICY_RANGES.get(&key).copied()
 }
 
-/// The rule that allows a new flow, if any. Any match allows; the order only decides which
-/// rule a report names (the most specific first):
-/// 1. the peer's identity: protocol and port, protocol and every port, any protocol;
-/// 2. any peer: the same three;
-/// 3. wide port ranges: peer, then any peer.
-/// Protocols without ports only look for rules without ports (any protocol). Kinds of entry
-/// the endpoint has none of (its `F_*` flags) are not probed: at most six hash probes and two
-/// trie probes, whatever the number of policies. `port` is in host order.
+/// The entry that decides a new flow, if any (its value: the rule, with
+/// `policy::RULE_DENY` set when it denies). The probes go from the most specific entry to the
+/// least, so that in a direction with cluster policies, whose entries the agent resolved so
+/// that the most specific one holding a flow carries its verdict, the first hit decides; in a
+/// direction with NetworkPolicies only every entry allows and the order only decides which
+/// rule a report names. For the peer's identity, then any peer:
+/// 1. protocol and port (single ports and blocks of up to 256 ports, expanded);
+/// 2. protocol and a wide port block (the trie's longest prefix);
+/// 3. protocol and every port;
+/// 4. any protocol.
+/// Protocols without ports only look for entries of any protocol. Kinds of entry the endpoint
+/// has none of (its `F_*` flags) are not probed: at most six hash probes and two trie probes.
+/// `port` is in host order.
 #[inline(always)]
-pub fn allowed_by(flags: u32, set: u32, dir: u8, ident: u32, p: u8, port: u16) -> Option<u32> {
+pub fn lookup(flags: u32, set: u32, dir: u8, ident: u32, p: u8, port: u16) -> Option<u32> {
     let ported = has_ports(p);
     for who in [ident, identity::ANY] {
         if who == identity::ANY && flags & F_ANY_PEER == 0 {
@@ -60,6 +65,11 @@ pub fn allowed_by(flags: u32, set: u32, dir: u8, ident: u32, p: u8, port: u16) -
         if ported {
             if let Some(r) = exact(set, dir, p, who, port) {
                 return Some(r);
+            }
+            if flags & F_WIDE_PORT_RANGES != 0 {
+                if let Some(r) = range(set, dir, p, who, port) {
+                    return Some(r);
+                }
             }
             if flags & F_ALL_PORTS != 0 {
                 if let Some(r) = exact(set, dir, p, who, 0) {
@@ -72,12 +82,6 @@ pub fn allowed_by(flags: u32, set: u32, dir: u8, ident: u32, p: u8, port: u16) -
                 return Some(r);
             }
         }
-    }
-    if ported && flags & F_WIDE_PORT_RANGES != 0 {
-        if let Some(r) = range(set, dir, p, ident, port) {
-            return Some(r);
-        }
-        return range(set, dir, p, identity::ANY, port);
     }
     None
 }

@@ -26,6 +26,8 @@ pub struct Report {
     pub len: u32,
     pub peer_identity: u32,
     pub flags: u8,
+    /// The rule a drop or an audited flow is reported with: the one that denied it (0: none).
+    pub rule: u32,
 }
 
 /// Reports a drop, at most once per `DROP_REPORT_INTERVAL_NS` per flow; the rest are counted.
@@ -61,7 +63,7 @@ pub fn drop_event(pkt: &Packet, r: &Report, reason: DropReason) {
         let _ = DROP_RATELIMIT.insert(&key, &now, 0);
     }
     // SAFETY: no preconditions.
-    emit(pkt, r, verdict::DROPPED, reason as u8, 0, unsafe { bpf_ktime_get_ns() });
+    emit(pkt, r, verdict::DROPPED, reason as u8, r.rule, unsafe { bpf_ktime_get_ns() });
 }
 
 /// Reports a new flow the policy denies that passes in audit mode (once per connection), at
@@ -69,7 +71,7 @@ pub fn drop_event(pkt: &Packet, r: &Report, reason: DropReason) {
 #[inline(always)]
 pub fn audit_event(pkt: &Packet, r: &Report) {
     count(counter::AUDITED);
-    emit(pkt, r, verdict::AUDIT, DropReason::PolicyDenied as u8, 0, pkt.now);
+    emit(pkt, r, verdict::AUDIT, DropReason::PolicyDenied as u8, r.rule, pkt.now);
 }
 
 /// Reports a newly allowed connection (once per connection), at `pkt.now` (the new flow's

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::tables::{Allow, Direction, Peer, PortPrefix, PrefixOwner, Proto, RuleId, Tables};
+use crate::model::cluster_policy::ClusterPolicyKey;
 use crate::model::{PodKey, PolicyKey};
 
 /// What the datapath decides for a new flow of a local pod.
@@ -19,6 +20,8 @@ pub struct Verdict {
     pub peer_owner: Option<PrefixOwner>,
     /// The policies isolating the pod in this direction.
     pub isolated_by: BTreeSet<PolicyKey>,
+    /// The cluster policies that apply to the pod in this direction.
+    pub tiered_by: BTreeSet<ClusterPolicyKey>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -26,19 +29,26 @@ pub struct Verdict {
 pub enum Decision {
     /// The pod is not an endpoint of these tables: this node's programs never see the flow.
     NotLocal,
-    /// No policy isolates the pod in this direction.
+    /// No policy isolates the pod in this direction, and no cluster policy applies to it.
     NotIsolated,
     /// The peer is this node (kubelet probes): always allowed.
     Host,
-    /// Allowed by this rule, through this entry (the first of the kernel's probes that hit).
+    /// Allowed by this rule, through this entry (the first of the kernel's probes that hit;
+    /// rule 0 in a direction with cluster policies: no tier decided, the default allows).
     Rule { id: RuleId, allow: Allow },
+    /// Denied through this entry (directions with cluster policies only): by this rule, or
+    /// (rule 0) by a NetworkPolicy's isolation.
+    DeniedBy { id: RuleId, entry: Allow },
     /// Isolated and no entry matched.
     Denied,
+    /// Cluster policies apply, none of their rules nor any NetworkPolicy decides, and the pod
+    /// is not isolated: allowed.
+    Unmatched,
 }
 
 impl Verdict {
     pub fn allowed(&self) -> bool {
-        !matches!(self.decision, Decision::Denied)
+        !matches!(self.decision, Decision::Denied | Decision::DeniedBy { .. })
     }
 }
 
@@ -66,11 +76,12 @@ pub fn evaluate(
             peer_prefix: None,
             peer_owner: None,
             isolated_by: BTreeSet::new(),
+            tiered_by: BTreeSet::new(),
         };
     };
-    let isolated_by = match direction {
-        Direction::Ingress => plan.ingress_isolated_by.clone(),
-        Direction::Egress => plan.egress_isolated_by.clone(),
+    let (isolated_by, tiered_by) = match direction {
+        Direction::Ingress => (&plan.ingress_isolated_by, &plan.ingress_tiered_by),
+        Direction::Egress => (&plan.egress_isolated_by, &plan.egress_tiered_by),
     };
     let (prefix, owner) = identity_of(tables, peer);
     let verdict = |decision| Verdict {
@@ -78,8 +89,9 @@ pub fn evaluate(
         peer_prefix: Some(prefix),
         peer_owner: Some(owner.clone()),
         isolated_by: isolated_by.clone(),
+        tiered_by: tiered_by.clone(),
     };
-    if isolated_by.is_empty() {
+    if isolated_by.is_empty() && tiered_by.is_empty() {
         return verdict(Decision::NotIsolated);
     }
     if owner == PrefixOwner::Host {
@@ -103,37 +115,43 @@ pub fn evaluate(
                 len: 16,
             },
         };
-        plan.allows.range(lo..=hi).map(|(a, id)| (*a, *id))
+        let allows = plan.allows.range(lo..=hi).map(|(a, id)| (*a, *id, false));
+        let denies = plan.denies.range(lo..=hi).map(|(a, id)| (*a, *id, true));
+        allows.chain(denies)
     };
-    let hit = |allow: Allow, id: RuleId| verdict(Decision::Rule { id, allow });
-    // The datapath's probe order (see the kernel's `policy::allowed_by` and the dataplane's
-    // `entries`): port blocks of up to 256 ports are expanded into single-port keys, so every
-    // such block containing the port answers that probe and the lowest rule id is reported;
-    // wider blocks are a longest-prefix match, probed last.
+    let hit = |entry: Allow, id: RuleId, deny: bool| match deny {
+        true => verdict(Decision::DeniedBy { id, entry }),
+        false => verdict(Decision::Rule { id, allow: entry }),
+    };
+    // The datapath's probe order (the kernel's `policy::lookup`, the dataplane's `entries`):
+    // port blocks of up to 256 ports are expanded into single-port keys, so every such block
+    // containing the port answers the first probe (the lowest rule id is reported); then the
+    // longest wide block, every port of the protocol, any protocol; for the peer, then for
+    // any peer.
     let narrow = |a: &Allow| a.ports.len >= 16 - enforcer_common::policy::MAX_EXPANDED_BITS;
     for peer in [Peer::Prefix(prefix), Peer::Any] {
         if let Some(p) = proto {
-            let exact = entries(peer, p).filter(|(a, _)| narrow(a) && a.ports.contains(port));
-            if let Some((a, id)) = exact.min_by_key(|(_, id)| *id) {
-                return hit(a, id);
+            let exact = entries(peer, p).filter(|(a, ..)| narrow(a) && a.ports.contains(port));
+            if let Some((a, id, deny)) = exact.min_by_key(|(_, id, _)| *id) {
+                return hit(a, id, deny);
             }
-            if let Some((a, id)) = entries(peer, p).find(|(a, _)| a.ports.len == 0) {
-                return hit(a, id);
+            let wide = entries(peer, p)
+                .filter(|(a, ..)| a.ports.len > 0 && !narrow(a) && a.ports.contains(port));
+            if let Some((a, id, deny)) =
+                wide.max_by_key(|(a, id, _)| (a.ports.len, std::cmp::Reverse(*id)))
+            {
+                return hit(a, id, deny);
+            }
+            if let Some((a, id, deny)) = entries(peer, p).find(|(a, ..)| a.ports.len == 0) {
+                return hit(a, id, deny);
             }
         }
-        if let Some((a, id)) = entries(peer, Proto::Any).next() {
-            return hit(a, id);
+        if let Some((a, id, deny)) = entries(peer, Proto::Any).next() {
+            return hit(a, id, deny);
         }
     }
-    if let Some(p) = proto {
-        for peer in [Peer::Prefix(prefix), Peer::Any] {
-            let wide = entries(peer, p)
-                .filter(|(a, _)| a.ports.len > 0 && !narrow(a) && a.ports.contains(port));
-            if let Some((a, id)) = wide.max_by_key(|(a, id)| (a.ports.len, std::cmp::Reverse(*id)))
-            {
-                return hit(a, id);
-            }
-        }
+    if isolated_by.is_empty() {
+        return verdict(Decision::Unmatched);
     }
     verdict(Decision::Denied)
 }

@@ -13,14 +13,17 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::model::cluster_policy::{ClusterPeer, Tier};
 use crate::model::{
     Cluster, Labels, NetworkPolicy, PeerSpec, Pod, PodKey, PortRef, PortSpec, Protocol, Rule,
     NAMESPACE_NAME_LABEL,
 };
 
 mod evaluate;
+mod resolve;
 pub mod services;
 pub mod tables;
+mod tiers;
 
 pub use evaluate::{evaluate, identity_of, Decision, Verdict};
 pub use tables::*;
@@ -87,18 +90,18 @@ pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
         // whichever node compiles it.
         let first_id = rules.len() as RuleId + 1;
         for (index, _) in policy.effective_ingress().iter().enumerate() {
-            rules.push(RuleRef {
-                policy: policy.key.clone(),
-                direction: Direction::Ingress,
+            rules.push(RuleRef::network(
+                policy.key.clone(),
+                Direction::Ingress,
                 index,
-            });
+            ));
         }
         for (index, _) in policy.effective_egress().iter().enumerate() {
-            rules.push(RuleRef {
-                policy: policy.key.clone(),
-                direction: Direction::Egress,
+            rules.push(RuleRef::network(
+                policy.key.clone(),
+                Direction::Egress,
                 index,
-            });
+            ));
         }
 
         let selected: Vec<&Pod> = index
@@ -110,12 +113,47 @@ pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
         }
         compile_policy(policy, first_id, &selected, &index, &mut endpoints);
     }
+    compile_tiers(cluster, &index, &mut rules, &mut endpoints);
 
     Tables {
         prefixes,
         endpoints,
         rules,
         services: services::compile_services(cluster, node),
+    }
+}
+
+/// Resolves the Admin and Baseline tiers, with the NetworkPolicy entries already compiled,
+/// for every local pod and direction that cluster policies apply to (`resolve.rs`).
+fn compile_tiers(
+    cluster: &Cluster,
+    index: &ClusterIndex<'_>,
+    rules: &mut Vec<RuleRef>,
+    endpoints: &mut BTreeMap<PodKey, EndpointPlan>,
+) {
+    let firsts = tiers::number_rules(cluster, rules);
+    if cluster.cluster_policies.is_empty() {
+        return;
+    }
+    for (key, plan) in endpoints.iter_mut() {
+        let Some(pod) = cluster.pods.get(key) else {
+            continue;
+        };
+        let admin = tiers::policies_of(cluster, &firsts, Tier::Admin, pod, index);
+        let baseline = tiers::policies_of(cluster, &firsts, Tier::Baseline, pod, index);
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let a = tiers::tier_rules(cluster, &admin, pod, direction, index);
+            let b = tiers::tier_rules(cluster, &baseline, pod, direction, index);
+            if a.policies.is_empty() && b.policies.is_empty() {
+                continue;
+            }
+            let by: BTreeSet<_> = a.policies.union(&b.policies).cloned().collect();
+            match direction {
+                Direction::Ingress => plan.ingress_tiered_by = by,
+                Direction::Egress => plan.egress_tiered_by = by,
+            }
+            resolve::resolve(plan, direction, &a, &b);
+        }
     }
 }
 
@@ -295,6 +333,25 @@ fn identity_prefixes(cluster: &Cluster, node: &NodeInput) -> BTreeMap<IpNet, Pre
             }
         }
     }
+    for policy in cluster.cluster_policies.values() {
+        let rules = policy.ingress.iter().chain(&policy.egress);
+        for peer in rules.flat_map(|r| &r.peers) {
+            match peer {
+                ClusterPeer::Networks(nets) => {
+                    for net in nets {
+                        prefixes.insert(net.trunc(), PrefixOwner::Cidr);
+                    }
+                }
+                // Other nodes' addresses, so that a `nodes` peer can name them.
+                ClusterPeer::Nodes(_) => {
+                    for ip in cluster.nodes.values().flatten() {
+                        prefixes.insert(host_prefix(*ip), PrefixOwner::Cidr);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
     for ip in &node.host_ips {
         prefixes.insert(host_prefix(*ip), PrefixOwner::Host);
     }
@@ -366,6 +423,39 @@ impl<'a> ClusterIndex<'a> {
             .copied()
     }
 
+    /// The table prefixes inside `cidr` and inside none of `except`.
+    fn prefixes_inside<'s>(
+        &'s self,
+        cidr: IpNet,
+        except: &'s [IpNet],
+    ) -> impl Iterator<Item = IpNet> + 's {
+        let cidr = cidr.trunc();
+        // In IpNet order, the prefixes inside `cidr` follow it contiguously.
+        self.prefixes
+            .range(cidr..)
+            .map(|(n, _)| *n)
+            .take_while(move |net| cidr.contains(net))
+            .filter(move |net| !except.iter().any(|e| e.contains(net)))
+    }
+
+    /// Whether namespace `name`'s labels match `sel`.
+    fn namespace_matches(&self, name: &str, sel: &crate::model::LabelSelector) -> bool {
+        self.namespace_labels
+            .get(name)
+            .is_some_and(|labels| sel.matches(labels))
+    }
+
+    /// The namespaces whose labels match `sel`.
+    fn namespaces_matching<'s>(
+        &'s self,
+        sel: &'s crate::model::LabelSelector,
+    ) -> impl Iterator<Item = &'a str> + 's {
+        self.namespace_labels
+            .iter()
+            .filter(move |(_, labels)| sel.matches(labels))
+            .map(|(name, _)| *name)
+    }
+
     /// The peers a rule of `policy` names.
     fn resolve_peers(&self, policy: &NetworkPolicy, rule: &Rule) -> Peers {
         if rule.peers.is_empty() {
@@ -393,16 +483,7 @@ impl<'a> ClusterIndex<'a> {
                     }
                 }
                 PeerSpec::IpBlock { cidr, except } => {
-                    let cidr = cidr.trunc();
-                    // In IpNet order, the prefixes inside `cidr` follow it contiguously.
-                    for net in self.prefixes.range(cidr..).map(|(n, _)| *n) {
-                        if !cidr.contains(&net) {
-                            break;
-                        }
-                        if !except.iter().any(|e| e.contains(&net)) {
-                            out.insert(net);
-                        }
-                    }
+                    out.extend(self.prefixes_inside(*cidr, except));
                 }
             }
         }

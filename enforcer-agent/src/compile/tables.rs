@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use crate::model::cluster_policy::{Action, ClusterPolicyKey, Tier};
 use crate::model::{PodKey, PolicyKey};
 
 /// Direction as the pod sees it.
@@ -72,6 +73,11 @@ impl PortPrefix {
     pub const fn single(port: u16) -> Self {
         PortPrefix { port, len: 16 }
     }
+    /// Whether every port of `other` is in this block.
+    pub fn contains_block(&self, other: PortPrefix) -> bool {
+        self.len <= other.len && self.contains(other.port)
+    }
+
     pub fn contains(&self, port: u16) -> bool {
         let mask = if self.len == 0 {
             0
@@ -104,13 +110,91 @@ pub struct Allow {
 /// Index into [`Tables::rules`]. Rule ids start at 1 (0 means "no rule" in the kernel).
 pub type RuleId = u32;
 
-/// Where an allow came from, for flow attribution and `explain`.
+/// The policy a rule belongs to: a NetworkPolicy (`namespace/name`) or a cluster policy of a
+/// tier (`Kind/name`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyRef {
+    Network(PolicyKey),
+    Cluster { tier: Tier, key: ClusterPolicyKey },
+}
+
+impl PolicyRef {
+    /// `admin`, `networkpolicy` or `baseline`: where the rule sits in the evaluation order.
+    pub fn tier_name(&self) -> &'static str {
+        match self {
+            PolicyRef::Network(_) => "networkpolicy",
+            PolicyRef::Cluster { tier, .. } => tier.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyRef::Network(k) => k.fmt(f),
+            PolicyRef::Cluster { key, .. } => key.fmt(f),
+        }
+    }
+}
+
+impl serde::Serialize for PolicyRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl PartialEq<PolicyKey> for PolicyRef {
+    fn eq(&self, other: &PolicyKey) -> bool {
+        matches!(self, PolicyRef::Network(k) if k == other)
+    }
+}
+
+/// Where an entry came from, for flow attribution and `explain`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct RuleRef {
-    pub policy: PolicyKey,
+    pub policy: PolicyRef,
     pub direction: Direction,
     /// Index of the rule in the policy's `ingress` or `egress` list.
     pub index: usize,
+    /// A cluster policy rule's action (`None`: a NetworkPolicy rule, which allows).
+    pub action: Option<Action>,
+    /// A cluster policy rule's `name`, if it has one.
+    pub name: Option<String>,
+}
+
+/// `ns/policy ingress[0]`; for a cluster policy `admin ClusterNetworkPolicy/p egress[1]
+/// "name" (Deny)`.
+impl std::fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = match self.direction {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        };
+        if let PolicyRef::Cluster { tier, .. } = &self.policy {
+            write!(f, "{tier} ")?;
+        }
+        write!(f, "{} {dir}[{}]", self.policy, self.index)?;
+        if let Some(name) = &self.name {
+            write!(f, " {name:?}")?;
+        }
+        if let Some(action) = self.action {
+            write!(f, " ({action})")?;
+        }
+        Ok(())
+    }
+}
+
+impl RuleRef {
+    /// A NetworkPolicy's rule.
+    pub fn network(policy: PolicyKey, direction: Direction, index: usize) -> Self {
+        RuleRef {
+            policy: PolicyRef::Network(policy),
+            direction,
+            index,
+            action: None,
+            name: None,
+        }
+    }
 }
 
 /// What a trie prefix stands for.
@@ -134,8 +218,19 @@ pub struct EndpointPlan {
     pub ingress_isolated_by: BTreeSet<PolicyKey>,
     /// Policies of type Egress that select this pod (empty = egress not isolated).
     pub egress_isolated_by: BTreeSet<PolicyKey>,
-    /// What is allowed, with the lowest rule id that allows it.
+    /// What is allowed, with the rule that allows it (0: no rule, the default). Without
+    /// cluster policies in a direction, the NetworkPolicy allows of that direction, a union,
+    /// each with the lowest rule id that allows it; with some, the resolved entries (section
+    /// 4.1 of docs/design.md): the first of the kernel's probes that hits decides.
     pub allows: BTreeMap<Allow, RuleId>,
+    /// What is denied (only in directions with cluster policies), with the rule that denies it
+    /// (0: a NetworkPolicy's isolation).
+    pub denies: BTreeMap<Allow, RuleId>,
+    /// Cluster policies whose rules of ingress apply to this pod (empty: the NetworkPolicy
+    /// tier alone decides ingress).
+    pub ingress_tiered_by: BTreeSet<ClusterPolicyKey>,
+    /// Cluster policies whose rules of egress apply to this pod.
+    pub egress_tiered_by: BTreeSet<ClusterPolicyKey>,
     /// Policy audit mode: what the policies deny passes and is reported as `audit`.
     pub audit: bool,
 }
@@ -146,6 +241,20 @@ impl EndpointPlan {
     }
     pub fn egress_isolated(&self) -> bool {
         !self.egress_isolated_by.is_empty()
+    }
+    /// Whether cluster policies apply to this direction: its entries are resolved, and looked
+    /// up even when no NetworkPolicy isolates it.
+    pub fn tiered(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Ingress => !self.ingress_tiered_by.is_empty(),
+            Direction::Egress => !self.egress_tiered_by.is_empty(),
+        }
+    }
+    pub fn isolated(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Ingress => self.ingress_isolated(),
+            Direction::Egress => self.egress_isolated(),
+        }
     }
 }
 

@@ -4,14 +4,16 @@
 use std::collections::BTreeMap;
 
 use enforcer_common::endpoint::{
-    EndpointInfo, F_ALL_PORTS, F_ANY_PEER, F_ANY_PROTO, F_EGRESS_ISOLATED, F_HAS_V4, F_HAS_V6,
-    F_INGRESS_ISOLATED, F_WIDE_PORT_RANGES,
+    EndpointInfo, F_ALL_PORTS, F_ANY_PEER, F_ANY_PROTO, F_EGRESS_ISOLATED, F_EGRESS_TIERED,
+    F_HAS_V4, F_HAS_V6, F_INGRESS_ISOLATED, F_INGRESS_TIERED, F_WIDE_PORT_RANGES,
 };
-use enforcer_common::policy::{identity, PolicyKey, MAX_EXPANDED_BITS, POLICY_KEY_FIXED_BITS};
+use enforcer_common::policy::{
+    identity, PolicyKey, MAX_EXPANDED_BITS, POLICY_KEY_FIXED_BITS, RULE_DENY,
+};
 use enforcer_common::proto;
 use ipnet::IpNet;
 
-use crate::compile::tables::{EndpointPlan, Peer, PrefixOwner, RuleRef, Tables};
+use crate::compile::tables::{Direction, EndpointPlan, Peer, PrefixOwner, RuleRef, Tables};
 
 /// A `POLICY_RANGES` entry without its set id: (prefix length in bits, key with `set` = 0).
 pub type RangeKey = (u32, PolicyKey);
@@ -81,10 +83,14 @@ impl Identities {
 
 /// The policy entries of one endpoint: a single port, all ports (port 0) and any protocol are
 /// exact keys; a port block of up to 256 ports becomes that many exact keys; wider blocks stay
-/// port prefixes for the trie.
+/// port prefixes for the trie. A deny's value has [`RULE_DENY`] set. (Denies exist only in
+/// directions with cluster policies, whose entries the compiler resolved into disjoint keys
+/// with narrow blocks already expanded, so the lowest-rule merge below never meets one.)
 pub fn policy_entries(plan: &EndpointPlan, ids: &BTreeMap<IpNet, u32>) -> PolicyEntries {
     let mut out = PolicyEntries::default();
-    for (allow, &rule) in &plan.allows {
+    let allows = plan.allows.iter().map(|(a, r)| (a, *r));
+    let denies = plan.denies.iter().map(|(a, r)| (a, *r | RULE_DENY));
+    for (allow, rule) in allows.chain(denies) {
         let ident = match allow.peer {
             Peer::Any => identity::ANY,
             Peer::Prefix(net) => match ids.get(&net) {
@@ -133,8 +139,9 @@ pub fn policy_entries_stable(
 ) -> PolicyEntries {
     let mut out = policy_entries(plan, ids);
     let map = |r: &mut u32| {
-        if let Some(&s) = (*r as usize).checked_sub(1).and_then(|i| stable.get(i)) {
-            *r = s;
+        let (deny, id) = (*r & RULE_DENY, *r & !RULE_DENY);
+        if let Some(&s) = (id as usize).checked_sub(1).and_then(|i| stable.get(i)) {
+            *r = s | deny;
         }
     };
     out.exact.values_mut().for_each(map);
@@ -212,6 +219,13 @@ pub fn endpoint_info(
     }
     // Which kinds of entry exist, so the kernel probes only those.
     // (Wide ranges are always probed for both the peer and any peer.)
+    if entries
+        .ranges
+        .keys()
+        .any(|(_, k)| u32::from_be_bytes(k.identity) == identity::ANY)
+    {
+        flags |= F_ANY_PEER;
+    }
     for k in entries.exact.keys() {
         if u32::from_be_bytes(k.identity) == identity::ANY {
             flags |= F_ANY_PEER;
@@ -227,6 +241,12 @@ pub fn endpoint_info(
     }
     if plan.egress_isolated() {
         flags |= F_EGRESS_ISOLATED;
+    }
+    if plan.tiered(Direction::Ingress) {
+        flags |= F_INGRESS_TIERED;
+    }
+    if plan.tiered(Direction::Egress) {
+        flags |= F_EGRESS_TIERED;
     }
     if plan.audit {
         flags |= enforcer_common::endpoint::F_AUDIT;
@@ -257,7 +277,7 @@ pub const fn set_id(ep_id: u32, parity: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::tables::{Allow, Direction, PortPrefix, Proto};
+    use crate::compile::tables::{Allow, PortPrefix, Proto};
 
     #[test]
     fn identities_are_stable_and_host_is_shared() {

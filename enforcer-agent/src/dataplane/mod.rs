@@ -346,7 +346,7 @@ impl Dataplane {
         let largest_rule = by_set
             .values()
             .flat_map(|e| e.exact.values().chain(e.ranges.values()))
-            .copied()
+            .map(|r| r & !enforcer_common::policy::RULE_DENY)
             .max()
             .unwrap_or(0);
         self.rules = entries::RuleIds::starting_after(largest_rule);

@@ -49,12 +49,45 @@ pub struct ServiceRef {
     pub port_name: Option<String>,
 }
 
-/// The rule that allowed a flow.
+/// The rule that allowed a flow (or, for a drop or an audited flow, denied it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleAttribution {
+    /// `namespace/name` of a NetworkPolicy, `Kind/name` of a cluster policy.
     pub policy: String,
     pub direction: Direction,
     pub index: usize,
+    /// `admin` or `baseline` for a cluster policy's rule (absent: a NetworkPolicy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// A cluster policy rule's action: `Accept`, `Deny` (or `Pass`, never reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// A cluster policy rule's `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for RuleAttribution {
+    /// As `compile::tables::RuleRef` shows it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(tier) = &self.tier {
+            write!(f, "{tier} ")?;
+        }
+        write!(
+            f,
+            "{} {} rule {}",
+            self.policy,
+            dir_word(self.direction),
+            self.index
+        )?;
+        if let Some(name) = &self.name {
+            write!(f, " {name:?}")?;
+        }
+        if let Some(action) = &self.action {
+            write!(f, " ({action})")?;
+        }
+        Ok(())
+    }
 }
 
 /// The ICMP/ICMPv6 message of a flow.
@@ -255,6 +288,14 @@ impl Context {
             policy: r.policy.to_string(),
             direction: r.direction,
             index: r.index,
+            tier: match &r.policy {
+                crate::compile::tables::PolicyRef::Cluster { tier, .. } => {
+                    Some(tier.as_str().to_owned())
+                }
+                crate::compile::tables::PolicyRef::Network(_) => None,
+            },
+            action: r.action.map(|a| a.as_str().to_owned()),
+            name: r.name.clone(),
         })
     }
 
@@ -318,15 +359,13 @@ impl Context {
         let DetailFacts { who, direction, .. } = facts;
         if !ev.dropped {
             if ev.audit {
-                return format!("audit mode: passed, but {}", facts.isolation());
+                return match facts.rule {
+                    Some(r) => format!("audit mode: passed, but denied by {r}"),
+                    None => format!("audit mode: passed, but {}", facts.isolation()),
+                };
             }
             return match facts.rule {
-                Some(r) => format!(
-                    "allowed by {} {} rule {}",
-                    r.policy,
-                    dir_word(r.direction),
-                    r.index
-                ),
+                Some(r) => format!("allowed by {r}"),
                 None => format!(
                     "allowed: {who} is not isolated for {}",
                     dir_word(*direction)
@@ -334,7 +373,10 @@ impl Context {
             };
         }
         match &ev.reason {
-            Some(Ok(DropReason::PolicyDenied)) => facts.isolation(),
+            Some(Ok(DropReason::PolicyDenied)) => match facts.rule {
+                Some(r) => format!("dropped at {who}: denied by {r}"),
+                None => facts.isolation(),
+            },
             Some(Ok(DropReason::ServiceNoEndpoints)) => match facts.service {
                 Some(f) => format!(
                     "dropped at {who}: Service {} port {} has no ready endpoint{}",

@@ -9,6 +9,7 @@ use crate::model::{Cluster, PolicyKey};
 
 mod cases;
 mod oracle;
+mod oracle_tiers;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;

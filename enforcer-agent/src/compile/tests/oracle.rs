@@ -13,13 +13,13 @@ use crate::model::{
     PolicyKey, PolicyTypes, PortRef, PortSpec, Protocol, Requirement, Rule, NAMESPACE_NAME_LABEL,
 };
 
-const NAMESPACES: [&str; 3] = ["n0", "n1", "n2"];
+pub(super) const NAMESPACES: [&str; 3] = ["n0", "n1", "n2"];
 const KEYS: [&str; 2] = ["k1", "k2"];
 const VALUES: [&str; 2] = ["a", "b"];
-const PORT_NAMES: [&str; 2] = ["web", "dns"];
-const HOSTS: [&str; 2] = ["192.168.0.1", "10.0.3.250"];
+pub(super) const PORT_NAMES: [&str; 2] = ["web", "dns"];
+pub(super) const HOSTS: [&str; 2] = ["192.168.0.1", "10.0.3.250"];
 /// (cidr, except)
-const BLOCKS: [(&str, &[&str]); 7] = [
+pub(super) const BLOCKS: [(&str, &[&str]); 7] = [
     ("10.0.0.0/8", &["10.0.1.0/24", "10.0.2.5/32"]),
     ("10.0.0.0/16", &[]),
     ("10.0.2.0/24", &["10.0.2.0/25"]),
@@ -29,7 +29,7 @@ const BLOCKS: [(&str, &[&str]); 7] = [
     ("::/0", &["fd00::/8"]),
 ];
 /// Peer addresses probed besides pod and host addresses.
-const EXTRA_PEERS: [&str; 8] = [
+pub(super) const EXTRA_PEERS: [&str; 8] = [
     "10.0.1.200",
     "10.0.2.5",
     "10.0.2.130",
@@ -40,7 +40,7 @@ const EXTRA_PEERS: [&str; 8] = [
     "2001:db8::1",
 ];
 /// (IP protocol, port)
-const PROBES: [(u8, u16); 17] = [
+pub(super) const PROBES: [(u8, u16); 17] = [
     (6, 53),
     (6, 79),
     (6, 80),
@@ -60,7 +60,7 @@ const PROBES: [(u8, u16); 17] = [
     (1, 0),
 ];
 
-fn labels() -> impl Strategy<Value = Labels> {
+pub(super) fn labels() -> impl Strategy<Value = Labels> {
     prop::collection::btree_map(
         prop::sample::select(&KEYS[..]),
         prop::sample::select(&VALUES[..]),
@@ -85,7 +85,7 @@ fn requirement() -> impl Strategy<Value = Requirement> {
     })
 }
 
-fn selector() -> impl Strategy<Value = LabelSelector> {
+pub(super) fn selector() -> impl Strategy<Value = LabelSelector> {
     (
         prop::collection::btree_map(
             prop::sample::select(&KEYS[..]),
@@ -103,7 +103,7 @@ fn selector() -> impl Strategy<Value = LabelSelector> {
         })
 }
 
-fn protocol() -> impl Strategy<Value = Protocol> {
+pub(super) fn protocol() -> impl Strategy<Value = Protocol> {
     prop::sample::select(&Protocol::ALL[..])
 }
 
@@ -192,7 +192,7 @@ fn pod() -> impl Strategy<Value = PodParts> {
 }
 
 prop_compose! {
-    fn cluster()(
+    pub(super) fn cluster()(
         ns_labels in prop::collection::vec(labels(), NAMESPACES.len()),
         pods in prop::collection::vec(pod(), 1..=6),
         policies in prop::collection::vec(policy(), 0..=4),
@@ -242,6 +242,22 @@ fn oracle(
     proto: u8,
     port: u16,
 ) -> bool {
+    if hosts.contains(&peer) && !cluster.pods.values().any(|p| p.ips.contains(&peer)) {
+        return true;
+    }
+    network_policy_tier(cluster, local, direction, peer, proto, port).unwrap_or(true)
+}
+
+/// The NetworkPolicy tier alone: `None` when no policy isolates `local` in `direction`, else
+/// whether one of the isolating policies' rules allows the flow.
+pub(super) fn network_policy_tier(
+    cluster: &Cluster,
+    local: &Pod,
+    direction: Direction,
+    peer: IpAddr,
+    proto: u8,
+    port: u16,
+) -> Option<bool> {
     let peer_pod = cluster.pods.values().find(|p| p.ips.contains(&peer));
     let isolating: Vec<&NetworkPolicy> = cluster
         .policies
@@ -255,10 +271,7 @@ fn oracle(
         })
         .collect();
     if isolating.is_empty() {
-        return true;
-    }
-    if peer_pod.is_none() && hosts.contains(&peer) {
-        return true;
+        return None;
     }
     let peer_matches = |np: &NetworkPolicy, spec: &PeerSpec| match spec {
         PeerSpec::Selector { namespace, pod } => peer_pod.is_some_and(|p| {
@@ -292,7 +305,7 @@ fn oracle(
             }),
         }
     };
-    isolating.iter().any(|np| {
+    Some(isolating.iter().any(|np| {
         let rules = match direction {
             Direction::Ingress => np.ingress.as_deref(),
             Direction::Egress => np.egress.as_deref(),
@@ -301,7 +314,7 @@ fn oracle(
             (r.peers.is_empty() || r.peers.iter().any(|p| peer_matches(np, p)))
                 && (r.ports.is_empty() || r.ports.iter().any(port_matches))
         })
-    })
+    }))
 }
 
 proptest! {

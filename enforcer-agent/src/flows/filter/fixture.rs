@@ -60,6 +60,9 @@ pub fn allowed(src: FlowEnd, dst: FlowEnd) -> FlowRecord {
             policy: "prod/backend-from-frontend".into(),
             direction: Direction::Ingress,
             index: 0,
+            tier: None,
+            action: None,
+            name: None,
         }),
         detail: "allowed".into(),
         ..dropped(src, dst)
