@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use crate::compile::tables::Direction;
 use crate::flows::filter::{
-    parse_direction, parse_ip_or_cidr, parse_policy, parse_reason, EventKind, Filter,
+    parse_direction, parse_ip_or_cidr, parse_policy, parse_reason, parse_tier, EventKind, Filter,
     LabelSelector, PodPattern, Verdict,
 };
 use crate::flows::server::{Request, DEFAULT_SOCKET};
@@ -129,9 +129,13 @@ struct FilterArgs {
     /// Drop reason, e.g. policy_denied, spoofed_source.
     #[arg(long, value_name = "NAME", value_parser = parse_reason)]
     reason: Vec<String>,
-    /// The policy whose rule allowed the flow, or one that isolates the pod of a dropped flow.
+    /// The policy whose rule allowed (or denied) the flow, or one that isolates the pod of a
+    /// dropped flow; a cluster policy as Kind/name (ClusterNetworkPolicy/NAME).
     #[arg(long, value_name = "NS/NAME", value_parser = parse_policy)]
     policy: Vec<String>,
+    /// The tier of the rule that decided the flow: admin, networkpolicy or baseline.
+    #[arg(long, value_name = "TIER", value_parser = parse_tier)]
+    tier: Vec<String>,
     /// The Service the flow was sent to (its backend is the destination).
     #[arg(long, value_name = "NS/NAME", value_parser = parse_policy)]
     service: Vec<String>,
@@ -257,7 +261,7 @@ impl FlowsArgs {
         apply_negation!(m, f, filter, &positions, &mut used;
             verdict, event, namespace, from_namespace, to_namespace, pod, from_pod, to_pod,
             label, from_label, to_label, ip, from_ip, to_ip, port, from_port, to_port,
-            protocol, direction, reason, policy, service);
+            protocol, direction, reason, policy, service, tier);
         if used.len() != nots {
             return Err(clap::Error::raw(
                 clap::error::ErrorKind::ArgumentConflict,

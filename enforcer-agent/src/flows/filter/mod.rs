@@ -27,8 +27,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use values::{
-    parse_direction, parse_ip_or_cidr, parse_policy, parse_reason, EventKind, FilterParseError,
-    LabelSelector, PodPattern, Verdict,
+    parse_direction, parse_ip_or_cidr, parse_policy, parse_reason, parse_tier, EventKind,
+    FilterParseError, LabelSelector, PodPattern, Verdict,
 };
 
 use super::enrich::{FlowEnd, FlowRecord};
@@ -113,6 +113,19 @@ pub struct Criteria {
     /// `NAMESPACE/NAME`: the Service the flow was sent to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service: Vec<String>,
+    /// `admin`, `networkpolicy` or `baseline`: the tier of the rule that decided the flow (a
+    /// drop by a NetworkPolicy's isolation is the `networkpolicy` tier's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tier: Vec<String>,
+}
+
+/// The tier that decided a record, if a policy did.
+fn tier_of(r: &FlowRecord) -> Option<&str> {
+    match &r.rule {
+        Some(rule) => Some(rule.tier.as_deref().unwrap_or("networkpolicy")),
+        None if !r.isolated_by.is_empty() => Some("networkpolicy"),
+        None => None,
+    }
 }
 
 /// `None` when there are no values (the field does not constrain), else whether any matches.
@@ -130,7 +143,7 @@ impl Criteria {
     }
 
     /// For every field: `None` if it has no values, else whether one of them matches.
-    fn results(&self, r: &FlowRecord) -> [Option<bool>; 22] {
+    fn results(&self, r: &FlowRecord) -> [Option<bool>; 23] {
         let ns = |end: &FlowEnd, want: &String| end.namespace.as_ref() == Some(want);
         let ip = |end: &FlowEnd, net: &IpNet| net.contains(&end.ip);
         let port = |end: &FlowEnd, p: &u16| end.port == Some(*p);
@@ -169,6 +182,7 @@ impl Criteria {
             any(&self.service, |s| {
                 r.dst.service.as_ref().is_some_and(|d| &d.name == s)
             }),
+            any(&self.tier, |t| tier_of(r).is_some_and(|have| have == t)),
         ]
     }
 
@@ -356,6 +370,46 @@ mod tests {
         };
         assert!(f("prod/backend-from-frontend").matches(&r));
         assert!(!f("prod/default-deny-ingress").matches(&r));
+    }
+
+    #[test]
+    fn tier_matches_the_deciding_rules_tier() {
+        let (s, d) = debug_to_backend();
+        let f = |t: &str| Filter {
+            include: crit(|c| c.tier = strings(&[t])),
+            ..Filter::default()
+        };
+        // A NetworkPolicy's rule, and a drop by a NetworkPolicy's isolation.
+        let np = allowed(s.clone(), d.clone());
+        assert!(f("networkpolicy").matches(&np));
+        assert!(!f("admin").matches(&np));
+        let isolated = dropped(s.clone(), d.clone());
+        assert!(f("networkpolicy").matches(&isolated));
+        // A cluster policy's Deny.
+        let mut admin = dropped(s, d);
+        admin.isolated_by.clear();
+        admin.rule = Some(crate::flows::enrich::RuleAttribution {
+            policy: "ClusterNetworkPolicy/guard".into(),
+            direction: crate::compile::Direction::Ingress,
+            index: 1,
+            tier: Some("admin".into()),
+            action: Some("Deny".into()),
+            name: Some("no-debug".into()),
+        });
+        assert!(f("admin").matches(&admin));
+        assert!(!f("baseline").matches(&admin));
+        assert!(!f("networkpolicy").matches(&admin));
+        let by_policy = Filter {
+            include: crit(|c| c.policy = strings(&["ClusterNetworkPolicy/guard"])),
+            ..Filter::default()
+        };
+        assert!(by_policy.matches(&admin));
+        assert_eq!(
+            parse_tier("NP").as_deref(),
+            Ok("networkpolicy"),
+            "short form, any case"
+        );
+        assert!(parse_tier("tier1").is_err());
     }
 
     #[test]

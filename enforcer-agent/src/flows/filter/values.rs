@@ -18,8 +18,10 @@ use crate::flows::enrich::{FlowEnd, FlowRecord};
 pub enum FilterParseError {
     #[error("`{input}` is not NAMESPACE/POD (a trailing `*` matches a name prefix)")]
     Pod { input: String },
-    #[error("`{input}` is not NAMESPACE/NAME")]
+    #[error("`{input}` is not NAMESPACE/NAME (or Kind/name for a cluster policy)")]
     Policy { input: String },
+    #[error("`{input}` is not a tier: admin, networkpolicy or baseline")]
+    Tier { input: String },
     #[error("`{input}` is not a label selector (KEY=VALUE or KEY, comma-separated)")]
     Label { input: String },
     #[error("`{input}` is neither an IP address nor a CIDR")]
@@ -230,6 +232,15 @@ pub fn parse_policy(s: &str) -> Result<String, FilterParseError> {
             Ok(s.to_string())
         }
         _ => Err(FilterParseError::Policy { input: s.into() }),
+    }
+}
+
+/// `admin`, `networkpolicy` (also `np`) or `baseline`, any case.
+pub fn parse_tier(s: &str) -> Result<String, FilterParseError> {
+    match s.to_ascii_lowercase().as_str() {
+        t @ ("admin" | "networkpolicy" | "baseline") => Ok(t.to_owned()),
+        "np" => Ok("networkpolicy".to_owned()),
+        _ => Err(FilterParseError::Tier { input: s.into() }),
     }
 }
 
