@@ -27,6 +27,9 @@ pub struct Metrics {
     pub packets_allowed: IntGauge,
     /// Policy verdicts of new flows, by direction, match kind and action.
     pub policy_verdicts: IntCounterVec,
+    /// New flows decided by a cluster policy's rule, by tier, policy (`Kind/name`), rule index,
+    /// direction and action (forwarded, dropped, audit).
+    pub cluster_policy_verdicts: IntCounterVec,
     /// Flow events lost, by source: `ringbuf` (the kernel could not reserve space), `decode`
     /// (a record this agent cannot read), `webhook` (alerts not POSTed: the webhook is behind).
     pub lost_events: IntGaugeVec,
@@ -96,6 +99,10 @@ impl Metrics {
                 Opts::new("enforcer_policy_verdicts_total", "Policy verdicts of new flows, by direction, match (l3-l4, l3-only, l4-only, all, none) and action (forwarded, dropped)"),
                 &["direction", "match", "action"],
             ).expect("valid")),
+            cluster_policy_verdicts: reg(&r, IntCounterVec::new(
+                Opts::new("enforcer_cluster_policy_verdicts_total", "New flows decided by a cluster policy rule, by tier, policy, rule index, direction and action (forwarded, dropped, audit)"),
+                &["tier", "policy", "rule", "direction", "action"],
+            ).expect("valid")),
             lost_events: reg(&r, IntGaugeVec::new(
                 Opts::new("enforcer_lost_events_total", "Flow events lost, by source"),
                 &["source"],
@@ -159,12 +166,19 @@ impl Metrics {
             return;
         }
         let (mtch, action) = match (&rec.rule, rec.verdict.as_str(), rec.reason.as_deref()) {
-            (Some(_), _, _) => (policy_match(rec), "forwarded"),
+            (Some(_), "allowed", _) => (policy_match(rec), "forwarded"),
             (None, "allowed", _) => ("all", "forwarded"),
-            (None, "audit", _) => ("none", "audit"),
-            (None, _, Some("policy_denied")) => ("none", "dropped"),
+            (_, "audit", _) => ("none", "audit"),
+            (_, _, Some("policy_denied")) => ("none", "dropped"),
             _ => return,
         };
+        if let Some(rule @ crate::flows::enrich::RuleAttribution { tier: Some(tier), .. }) =
+            &rec.rule
+        {
+            self.cluster_policy_verdicts
+                .with_label_values(&[tier, &rule.policy, &rule.index.to_string(), dir, action])
+                .inc();
+        }
         self.policy_verdicts
             .with_label_values(&[dir, mtch, action])
             .inc();
@@ -220,6 +234,32 @@ fn policy_match(rec: &FlowRecord) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_policy_deny_is_a_drop_of_its_tier_and_policy() {
+        use crate::flows::filter::fixture::{debug_to_backend, dropped};
+        let m = Metrics::new();
+        let (src, dst) = debug_to_backend();
+        let mut rec = dropped(src, dst);
+        rec.rule = Some(crate::flows::enrich::RuleAttribution {
+            policy: "ClusterNetworkPolicy/guard".into(),
+            direction: crate::compile::Direction::Ingress,
+            index: 2,
+            tier: Some("admin".into()),
+            action: Some("Deny".into()),
+            name: None,
+        });
+        m.observe_flow(&rec);
+        let text = m.render();
+        assert!(
+            text.contains(r#"enforcer_cluster_policy_verdicts_total{action="dropped",direction="ingress",policy="ClusterNetworkPolicy/guard",rule="2",tier="admin"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"enforcer_policy_verdicts_total{action="dropped",direction="ingress",match="none"} 1"#),
+            "a denied flow with a rule is still a drop: {text}"
+        );
+    }
 
     #[test]
     fn kernel_counters_become_monotonic_drop_counters() {
