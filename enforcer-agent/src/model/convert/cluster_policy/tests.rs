@@ -1,0 +1,1 @@
+//! Conversion tests of cluster policies.
