@@ -186,7 +186,10 @@ const KINDS: [(&str, &str); 9] = [
     ("discovery.k8s.io/v1", "EndpointSlice"),
     ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy"),
     ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
-    ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy"),
+    (
+        "policy.networking.k8s.io/v1alpha1",
+        "BaselineAdminNetworkPolicy",
+    ),
 ];
 
 /// The typed object of one of [`KINDS`], `None` for any other `(apiVersion, kind)`.
@@ -208,10 +211,12 @@ fn typed(
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             from_value(value).map(|o| ApiObject::EndpointSlice(Arc::new(o)))
         }
-        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => from_value(value)
-            .map(|o| cluster_policy(ClusterPolicyObject::ClusterNetworkPolicy(o))),
-        ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy") => from_value(value)
-            .map(|o| cluster_policy(ClusterPolicyObject::AdminNetworkPolicy(o))),
+        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => {
+            from_value(value).map(|o| cluster_policy(ClusterPolicyObject::ClusterNetworkPolicy(o)))
+        }
+        ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy") => {
+            from_value(value).map(|o| cluster_policy(ClusterPolicyObject::AdminNetworkPolicy(o)))
+        }
         ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy") => from_value(value)
             .map(|o| cluster_policy(ClusterPolicyObject::BaselineAdminNetworkPolicy(o))),
         _ => return None,

@@ -262,10 +262,7 @@ pub(super) fn check_max(
     max: usize,
 ) -> Result<(), InvalidObject> {
     if len > max {
-        Err(ctx.err(
-            field,
-            format!("must have at most {max} items (has {len})"),
-        ))
+        Err(ctx.err(field, format!("must have at most {max} items (has {len})")))
     } else {
         Ok(())
     }

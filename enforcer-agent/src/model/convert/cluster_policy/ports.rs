@@ -123,10 +123,9 @@ fn v1alpha2_port(ctx: &Ctx, base: &str, p: &Port) -> Result<(u16, u16), InvalidO
             Ok((n, n))
         }
         (None, Some(r)) => port_range(ctx, &format!("{base}.range"), r.start, r.end),
-        (Some(_), Some(_)) => Err(ctx.err(
-            base,
-            "must specify exactly one field, found number, range",
-        )),
+        (Some(_), Some(_)) => {
+            Err(ctx.err(base, "must specify exactly one field, found number, range"))
+        }
         (None, None) => Err(ctx.err(
             base,
             format!(

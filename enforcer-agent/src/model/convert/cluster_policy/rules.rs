@@ -5,8 +5,8 @@ use ipnet::IpNet;
 
 use super::api::{
     AdminNetworkPolicyEgressRule, AdminNetworkPolicyIngressRule, AdminNetworkPolicyPort,
-    ClusterNetworkPolicyEgressRule, ClusterNetworkPolicyIngressRule,
-    ClusterNetworkPolicyProtocol, Peer,
+    ClusterNetworkPolicyEgressRule, ClusterNetworkPolicyIngressRule, ClusterNetworkPolicyProtocol,
+    Peer,
 };
 use super::ports::convert_protocols;
 use super::{check_max, namespaced_pod, unknown_fields, Version};
@@ -168,8 +168,11 @@ fn action(
         .find(|(spelling, _)| *spelling == a)
         .map(|(_, action)| *action)
         .ok_or_else(|| {
-            let supported: Vec<String> =
-                version.actions.iter().map(|(s, _)| format!("{s:?}")).collect();
+            let supported: Vec<String> = version
+                .actions
+                .iter()
+                .map(|(s, _)| format!("{s:?}"))
+                .collect();
             ctx.err(
                 field,
                 format!(
@@ -269,9 +272,7 @@ fn convert_networks(
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            // `isCIDR` of the CRD's CEL rule: Go's netip.ParsePrefix, as strict as std's
-            // parser (no leading zeros, no zone).
-            s.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+            strict_cidr(s).ok_or_else(|| {
                 ctx.err(
                     format!("{field}[{i}]"),
                     format!("{s:?} is not a valid CIDR (e.g. 10.0.0.0/8 or fd00::/8)"),
@@ -279,6 +280,24 @@ fn convert_networks(
             })
         })
         .collect()
+}
+
+/// `isCIDR` of the CRD's CEL rule (the API server's `parseCIDR`: Go's `netip.ParsePrefix`,
+/// which refuses leading zeros and zones, and no IPv4-mapped IPv6 address), host bits
+/// cleared. Stricter than `ipnet`'s parser, which reads `010.0.0.0/8`.
+fn strict_cidr(s: &str) -> Option<IpNet> {
+    let (addr, len) = s.split_once('/')?;
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    if let std::net::IpAddr::V6(v6) = addr {
+        if v6.to_ipv4_mapped().is_some() {
+            return None;
+        }
+    }
+    let digits = !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (len.len() > 1 && len.starts_with('0')) {
+        return None;
+    }
+    IpNet::new(addr, len.parse().ok()?).ok().map(|n| n.trunc())
 }
 
 /// `domainNames`: 1..=25 distinct names of the CRD's pattern, in `Accept` rules only, and not
@@ -324,10 +343,7 @@ fn check_set(ctx: &Ctx, field: &str, items: &[String]) -> Result<(), InvalidObje
     check_max(ctx, field, items.len(), MAX_PEER_ITEMS)?;
     for (i, item) in items.iter().enumerate() {
         if items[..i].contains(item) {
-            return Err(ctx.err(
-                format!("{field}[{i}]"),
-                format!("duplicate value {item:?}"),
-            ));
+            return Err(ctx.err(format!("{field}[{i}]"), format!("duplicate value {item:?}")));
         }
     }
     Ok(())
