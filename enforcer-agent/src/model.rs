@@ -14,8 +14,10 @@ pub mod cluster_policy;
 mod convert;
 
 pub use convert::{
-    namespace_from_k8s, network_policy_from_k8s, node_addresses_from_k8s, pod_from_k8s,
-    InvalidObject,
+    admin_network_policy_from_api, baseline_admin_network_policy_from_api,
+    cluster_network_policy_from_api, cluster_policy_api, cluster_policy_from_api,
+    namespace_from_k8s, network_policy_from_k8s, node_addresses_from_k8s, node_labels_from_k8s,
+    pod_from_k8s, InvalidObject,
 };
 pub use service::convert::{endpoint_slice_from_k8s, service_from_k8s};
 pub use service::{EndpointSlice, Service, ServiceKey, SliceKey};

@@ -7,7 +7,9 @@ use k8s_openapi::api::networking::v1 as net;
 
 use super::*;
 
-/// Parses a multi-document YAML stream of Namespaces, Pods and NetworkPolicies into a cluster.
+/// Parses a multi-document YAML stream of Namespaces, Pods, NetworkPolicies, Services,
+/// EndpointSlices and cluster policies (ClusterNetworkPolicy, Admin/BaselineAdminNetworkPolicy)
+/// into a cluster.
 pub(crate) fn cluster_from_yaml(yaml: &str) -> Result<Cluster, InvalidObject> {
     let mut cluster = Cluster::default();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
@@ -23,6 +25,14 @@ pub(crate) fn cluster_from_yaml(yaml: &str) -> Result<Cluster, InvalidObject> {
             Some("EndpointSlice") => {
                 cluster.insert_endpoint_slice(super::endpoint_slice_from_k8s(&parse(value))?)
             }
+            Some("ClusterNetworkPolicy") => {
+                cluster.insert_cluster_policy(cluster_network_policy_from_api(&parse(value))?)
+            }
+            Some("AdminNetworkPolicy") => {
+                cluster.insert_cluster_policy(admin_network_policy_from_api(&parse(value))?)
+            }
+            Some("BaselineAdminNetworkPolicy") => cluster
+                .insert_cluster_policy(baseline_admin_network_policy_from_api(&parse(value))?),
             other => panic!("unexpected kind {other:?}"),
         }
     }

@@ -1,6 +1,9 @@
 //! A folder of manifests as the source of truth (`enforcer agent --manifests DIR`): every
 //! `*.yaml`, `*.yml` and `*.json` file, every document in it; Namespaces, Pods,
-//! NetworkPolicies, Services and EndpointSlices (and `List`s of them). The folder is re-read whenever its content changes.
+//! NetworkPolicies, Services, EndpointSlices, Nodes and the cluster policies
+//! (ClusterNetworkPolicy v1alpha2, Admin/BaselineAdminNetworkPolicy v1alpha1), and `List`s of
+//! them ([`KINDS`]). Any other kind, or a known kind of another `apiVersion`, is reported as
+//! ignored. The folder is re-read whenever its content changes.
 //!
 //! Bad input loses nothing: a document that does not parse or an object the API server would
 //! reject is reported (file, document, field, why) and the object's last good version, if any,
@@ -12,8 +15,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_yaml::from_value;
 
 use super::objects::{cluster_of, ApiObject, Object, ObjectKey, KEPT_LAST_GOOD};
+use crate::model::cluster_policy_api::ClusterPolicyObject;
 use crate::model::Cluster;
 
 /// A problem with one document of one file.
@@ -140,59 +145,92 @@ fn collect(
     objects: &mut Vec<(usize, ApiObject)>,
     errors: &mut Vec<(usize, String)>,
 ) {
-    let kind = value
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or("")
-        .to_string();
-    let api = value
-        .get("apiVersion")
-        .and_then(|k| k.as_str())
-        .unwrap_or("")
-        .to_string();
-    let parsed = match (api.as_str(), kind.as_str()) {
-        ("v1", "List") => {
-            match value.get("items").and_then(|i| i.as_sequence()) {
-                Some(items) => items
-                    .iter()
-                    .for_each(|item| collect(item.clone(), n, objects, errors)),
-                None => errors.push((n, "List without items".into())),
-            }
-            return;
-        }
-        ("v1", "Namespace") => {
-            serde_yaml::from_value(value).map(|o| ApiObject::Namespace(std::sync::Arc::new(o)))
-        }
-        ("v1", "Pod") => {
-            serde_yaml::from_value(value).map(|o| ApiObject::Pod(std::sync::Arc::new(o)))
-        }
-        ("networking.k8s.io/v1", "NetworkPolicy") => {
-            serde_yaml::from_value(value).map(|o| ApiObject::Policy(std::sync::Arc::new(o)))
-        }
-        ("v1", "Service") => {
-            serde_yaml::from_value(value).map(|o| ApiObject::Service(std::sync::Arc::new(o)))
-        }
-        ("v1", "Node") => {
-            serde_yaml::from_value(value).map(|o| ApiObject::Node(std::sync::Arc::new(o)))
-        }
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            serde_yaml::from_value(value).map(|o| ApiObject::EndpointSlice(std::sync::Arc::new(o)))
-        }
-        ("", _) | (_, "") => {
-            errors.push((
-                n,
-                "not a Kubernetes object: apiVersion and kind are required".into(),
-            ));
-            return;
-        }
-        _ => {
-            // Other kinds (Deployments, ConfigMaps...) are not ours to enforce: ignored quietly.
-            return;
-        }
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string()
     };
-    match parsed {
-        Ok(o) => objects.push((n, o)),
-        Err(e) => errors.push((n, format!("{kind}: {e}"))),
+    let (api, kind) = (field("apiVersion"), field("kind"));
+    if api.is_empty() || kind.is_empty() {
+        errors.push((
+            n,
+            "not a Kubernetes object: apiVersion and kind are required".into(),
+        ));
+        return;
+    }
+    if (api.as_str(), kind.as_str()) == ("v1", "List") {
+        match value.get("items").and_then(|i| i.as_sequence()) {
+            Some(items) => items
+                .iter()
+                .for_each(|item| collect(item.clone(), n, objects, errors)),
+            None => errors.push((n, "List without items".into())),
+        }
+        return;
+    }
+    match typed(&api, &kind, value) {
+        Some(Ok(o)) => objects.push((n, o)),
+        Some(Err(e)) => errors.push((n, format!("{kind}: {e}"))),
+        None => errors.push((n, not_read(&api, &kind))),
+    }
+}
+
+/// The kinds the enforcer reads, each as the one `apiVersion` it reads it as.
+const KINDS: [(&str, &str); 9] = [
+    ("v1", "Namespace"),
+    ("v1", "Pod"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("v1", "Service"),
+    ("v1", "Node"),
+    ("discovery.k8s.io/v1", "EndpointSlice"),
+    ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy"),
+    ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
+    (
+        "policy.networking.k8s.io/v1alpha1",
+        "BaselineAdminNetworkPolicy",
+    ),
+];
+
+/// The typed object of one of [`KINDS`], `None` for any other `(apiVersion, kind)`.
+fn typed(
+    api: &str,
+    kind: &str,
+    value: serde_yaml::Value,
+) -> Option<Result<ApiObject, serde_yaml::Error>> {
+    use std::sync::Arc;
+    let cluster_policy = |o| ApiObject::ClusterPolicy(Arc::new(o));
+    Some(match (api, kind) {
+        ("v1", "Namespace") => from_value(value).map(|o| ApiObject::Namespace(Arc::new(o))),
+        ("v1", "Pod") => from_value(value).map(|o| ApiObject::Pod(Arc::new(o))),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            from_value(value).map(|o| ApiObject::Policy(Arc::new(o)))
+        }
+        ("v1", "Service") => from_value(value).map(|o| ApiObject::Service(Arc::new(o))),
+        ("v1", "Node") => from_value(value).map(|o| ApiObject::Node(Arc::new(o))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            from_value(value).map(|o| ApiObject::EndpointSlice(Arc::new(o)))
+        }
+        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => {
+            from_value(value).map(|o| cluster_policy(ClusterPolicyObject::ClusterNetworkPolicy(o)))
+        }
+        ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy") => {
+            from_value(value).map(|o| cluster_policy(ClusterPolicyObject::AdminNetworkPolicy(o)))
+        }
+        ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy") => from_value(value)
+            .map(|o| cluster_policy(ClusterPolicyObject::BaselineAdminNetworkPolicy(o))),
+        _ => return None,
+    })
+}
+
+/// Why a document of another `(apiVersion, kind)` is not read: said, not silently dropped, so
+/// that a policy written for an API version the enforcer does not read is noticed.
+fn not_read(api: &str, kind: &str) -> String {
+    match KINDS.iter().find(|(_, k)| *k == kind) {
+        Some((read_as, _)) => {
+            format!("{kind} ({api}): the enforcer reads {kind} as {read_as}, not {api}; ignored")
+        }
+        None => format!("{kind} ({api}): not a kind the enforcer reads; ignored"),
     }
 }
 

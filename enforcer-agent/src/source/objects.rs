@@ -7,9 +7,12 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 
-use crate::model::{self, Cluster, InvalidObject};
+use crate::model::cluster_policy::ClusterPolicy;
+use crate::model::cluster_policy_api::ClusterPolicyObject;
+use crate::model::{self, Cluster, InvalidObject, Labels};
 
-/// Identity of an object across versions: kind and `namespace/name`.
+/// Identity of an object across versions: kind and `namespace/name` (just `name` for the
+/// cluster-scoped kinds: Namespace, Node and the cluster policies).
 pub type ObjectKey = (&'static str, String);
 
 /// One object of the model.
@@ -20,8 +23,14 @@ pub enum Object {
     Policy(model::NetworkPolicy),
     Service(model::Service),
     EndpointSlice(model::EndpointSlice),
-    /// A Node's name and addresses.
-    Node(String, Vec<std::net::IpAddr>),
+    /// A Node's name, addresses and labels.
+    Node {
+        name: String,
+        addresses: Vec<std::net::IpAddr>,
+        labels: Labels,
+    },
+    /// A ClusterNetworkPolicy, or a v1alpha1 Admin/BaselineAdminNetworkPolicy converted.
+    ClusterPolicy(ClusterPolicy),
 }
 
 impl Object {
@@ -32,7 +41,8 @@ impl Object {
             Object::Policy(p) => ("NetworkPolicy", p.key.to_string()),
             Object::Service(s) => ("Service", s.key.to_string()),
             Object::EndpointSlice(s) => ("EndpointSlice", s.key.to_string()),
-            Object::Node(name, _) => ("Node", name.clone()),
+            Object::Node { name, .. } => ("Node", name.clone()),
+            Object::ClusterPolicy(p) => (p.key.kind.as_str(), p.key.name.clone()),
         }
     }
 }
@@ -46,6 +56,8 @@ pub enum ApiObject {
     Service(Arc<core::Service>),
     EndpointSlice(Arc<discovery::EndpointSlice>),
     Node(Arc<core::Node>),
+    /// Any of the three cluster policy kinds (network-policy-api).
+    ClusterPolicy(Arc<ClusterPolicyObject>),
 }
 
 impl ApiObject {
@@ -59,8 +71,16 @@ impl ApiObject {
                 Object::EndpointSlice(model::endpoint_slice_from_k8s(s)?)
             }
             ApiObject::Node(n) => {
-                let (name, addrs) = model::node_addresses_from_k8s(n)?;
-                Object::Node(name, addrs)
+                let (name, addresses) = model::node_addresses_from_k8s(n)?;
+                let labels = model::node_labels_from_k8s(n)?;
+                Object::Node {
+                    name,
+                    addresses,
+                    labels,
+                }
+            }
+            ApiObject::ClusterPolicy(p) => {
+                Object::ClusterPolicy(model::cluster_policy_from_api(p)?)
             }
         })
     }
@@ -74,10 +94,13 @@ impl ApiObject {
             ApiObject::Service(s) => ("Service", &s.metadata),
             ApiObject::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
             ApiObject::Node(n) => ("Node", &n.metadata),
+            ApiObject::ClusterPolicy(p) => (p.kind().as_str(), p.metadata()),
         };
         let name = meta.name.clone().unwrap_or_default();
-        match kind {
-            "Namespace" | "Node" => (kind, name),
+        match self {
+            ApiObject::Namespace(_) | ApiObject::Node(_) | ApiObject::ClusterPolicy(_) => {
+                (kind, name)
+            }
             _ => (
                 kind,
                 format!(
@@ -100,9 +123,15 @@ pub fn cluster_of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Cluster 
             Object::Policy(p) => cluster.insert_policy(p.clone()),
             Object::Service(s) => cluster.insert_service(s.clone()),
             Object::EndpointSlice(s) => cluster.insert_endpoint_slice(s.clone()),
-            Object::Node(name, addrs) => {
-                cluster.nodes.insert(name.clone(), addrs.clone());
+            Object::Node {
+                name,
+                addresses,
+                labels,
+            } => {
+                cluster.nodes.insert(name.clone(), addresses.clone());
+                cluster.node_labels.insert(name.clone(), labels.clone());
             }
+            Object::ClusterPolicy(p) => cluster.insert_cluster_policy(p.clone()),
         }
     }
     cluster

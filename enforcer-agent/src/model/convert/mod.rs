@@ -5,8 +5,14 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+mod cluster_policy;
 mod policy;
 
+pub use cluster_policy::{
+    admin_network_policy_from_api, api as cluster_policy_api,
+    baseline_admin_network_policy_from_api, cluster_network_policy_from_api,
+    cluster_policy_from_api,
+};
 pub use policy::network_policy_from_k8s;
 
 use ipnet::IpNet;
@@ -22,9 +28,11 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {name}: {field}: {reason}")]
 pub struct InvalidObject {
-    /// `Pod`, `Namespace` or `NetworkPolicy`.
+    /// `Pod`, `Namespace`, `NetworkPolicy`, ... or a cluster policy's kind
+    /// (`ClusterNetworkPolicy`, `AdminNetworkPolicy`, `BaselineAdminNetworkPolicy`).
     pub kind: &'static str,
-    /// `namespace/name` (just `name` for a Namespace).
+    /// `namespace/name` (just `name` for a cluster-scoped object: a Namespace, a Node, a
+    /// cluster policy).
     pub name: String,
     /// JSON-path-like location, e.g. `spec.ingress[0].from[1].ipBlock.except[0]`.
     pub field: String,
@@ -441,6 +449,18 @@ fn validate_label_value(ctx: &Ctx, field: &str, value: &str) -> Result<(), Inval
     } else {
         Err(ctx.err(field, format!("{value:?} is not a valid label value")))
     }
+}
+
+/// A Node's labels (`metadata.labels`, validated), which cluster policies' `nodes` peers
+/// select on.
+pub fn node_labels_from_k8s(node: &core::Node) -> Result<Labels, InvalidObject> {
+    let ctx = Ctx {
+        kind: "Node",
+        name: object_name("Node", &node.metadata)?,
+    };
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    validate_labels(&ctx, "metadata.labels", &labels)?;
+    Ok(labels)
 }
 
 /// A Node's name and addresses (`status.addresses` of type InternalIP and ExternalIP);

@@ -218,7 +218,9 @@ fn convert_peer(
     Ok(PeerSpec::Selector { namespace, pod })
 }
 
-fn convert_selector(
+/// A `metav1.LabelSelector`, validated as the API server validates it (also for the cluster
+/// policies' selectors).
+pub(in crate::model) fn convert_selector(
     ctx: &Ctx,
     base: &str,
     sel: &meta::LabelSelector,
