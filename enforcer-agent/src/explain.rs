@@ -144,7 +144,26 @@ fn side(
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
     };
-    let (rule, reason) = match &v.decision {
+    // An entry a staged policy would change: the rule in force, and the staged effect.
+    let id_of = |d: &Decision| match d {
+        Decision::Rule { id, .. } | Decision::DeniedBy { id, .. } => *id,
+        _ => 0,
+    };
+    let staged = tables.staged_entry(id_of(&v.decision)).cloned();
+    let mut decision = v.decision.clone();
+    if let Some(e) = &staged {
+        let enforced = e
+            .enforced
+            .as_ref()
+            .and_then(|r| tables.rules.iter().position(|x| x == r));
+        let id = enforced.map_or(0, |i| i as u32 + 1);
+        decision = match decision {
+            Decision::Rule { allow, .. } => Decision::Rule { id, allow },
+            Decision::DeniedBy { entry, .. } => Decision::DeniedBy { id, entry },
+            other => other,
+        };
+    }
+    let (rule, mut reason) = match &decision {
         Decision::Rule { id: 0, .. } => (None, no_tier_decides(pod, dir, &v)),
         Decision::Rule { id, .. } => {
             let r = tables.rule(*id).map(|r| r.to_string());
@@ -194,6 +213,16 @@ fn side(
             ),
         ),
     };
+    if let Some(e) = &staged {
+        let would = if e.would_allow { "allow" } else { "deny" };
+        reason.push_str(&match &e.rule {
+            Some(r) => format!("; staged {r} would {would} it"),
+            None => format!(
+                "; staged {} would {would} it (it isolates {pod} and none of its rules allows this)",
+                e.policy
+            ),
+        });
+    }
     Side {
         pod: Some(pod.to_string()),
         allowed: v.allowed(),
@@ -221,6 +250,9 @@ fn audit_note(tables: &crate::compile::Tables, pod: &PodKey) -> &'static str {
 
 /// A direction with cluster policies where no tier decided: the Kubernetes default.
 fn no_tier_decides(pod: &PodKey, dir: &str, v: &crate::compile::Verdict) -> String {
+    if v.tiered_by.is_empty() {
+        return format!("no policy in force isolates {pod} for {dir}: allowed by default");
+    }
     format!(
         "no rule of {} decides and no NetworkPolicy isolates {pod} for {dir}: allowed by default",
         names(&v.tiered_by)

@@ -259,7 +259,14 @@ pub struct NetworkPolicy {
     /// `spec.egress` in order. Only counts when `types.egress`.
     pub egress: Option<Vec<Rule>>,
     pub types: PolicyTypes,
+    /// Staged (annotation [`STAGE_ANNOTATION`]` = audit`): not enforced; flows whose verdict
+    /// it would change are reported.
+    pub staged: bool,
 }
+
+/// The annotation that stages one policy (NetworkPolicy or cluster policy): `audit` stages it
+/// (not enforced, its effect reported), `enforce` or absent enforces it.
+pub const STAGE_ANNOTATION: &str = "policy.enforcer.dev/mode";
 
 impl NetworkPolicy {
     /// The rules that count for isolation in one direction (empty when the policy's types

@@ -91,7 +91,7 @@ pub fn evaluate(
         isolated_by: isolated_by.clone(),
         tiered_by: tiered_by.clone(),
     };
-    if isolated_by.is_empty() && tiered_by.is_empty() {
+    if !plan.isolated(direction) && !plan.tiered(direction) {
         return verdict(Decision::NotIsolated);
     }
     if owner == PrefixOwner::Host {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::cluster_policy::{ClusterPeer, Tier};
+use crate::model::cluster_policy::{ClusterPeer, ClusterPolicy, Tier};
 use crate::model::{
     Cluster, Labels, NetworkPolicy, PeerSpec, Pod, PodKey, PortRef, PortSpec, Protocol, Rule,
     NAMESPACE_NAME_LABEL,
@@ -85,6 +85,7 @@ pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
         .collect();
 
     let mut rules = Vec::new();
+    let mut staged_np = StagedNetworkPolicies::new();
     for policy in cluster.policies.values() {
         // Ids are handed out to every counted rule, selected or not, so a rule keeps its id
         // whichever node compiles it.
@@ -111,50 +112,135 @@ pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
         if selected.is_empty() {
             continue;
         }
+        if policy.staged {
+            // Compiled on its own: its isolation and allows count only for its staged effect.
+            let mut alone: BTreeMap<PodKey, EndpointPlan> = selected
+                .iter()
+                .map(|p| (p.key.clone(), EndpointPlan::default()))
+                .collect();
+            compile_policy(policy, first_id, &selected, &index, &mut alone);
+            for (pod, plan) in alone {
+                staged_np
+                    .entry(pod)
+                    .or_default()
+                    .push((policy.key.clone(), plan));
+            }
+            continue;
+        }
         compile_policy(policy, first_id, &selected, &index, &mut endpoints);
     }
-    compile_tiers(cluster, &index, &mut rules, &mut endpoints);
+    let staged = compile_tiers(cluster, &index, &mut rules, &staged_np, &mut endpoints);
 
     Tables {
         prefixes,
         endpoints,
         rules,
+        staged,
         services: services::compile_services(cluster, node),
     }
 }
 
+/// Staged NetworkPolicies compiled alone, per selected local pod.
+type StagedNetworkPolicies = BTreeMap<PodKey, Vec<(crate::model::PolicyKey, EndpointPlan)>>;
+
 /// Resolves the Admin and Baseline tiers, with the NetworkPolicy entries already compiled,
-/// for every local pod and direction that cluster policies apply to (`resolve.rs`).
+/// for every local pod and direction that cluster policies or staged policies apply to
+/// (`resolve.rs`). Returns the staged entries (`Tables::staged`).
 fn compile_tiers(
     cluster: &Cluster,
     index: &ClusterIndex<'_>,
     rules: &mut Vec<RuleRef>,
+    staged_np: &StagedNetworkPolicies,
     endpoints: &mut BTreeMap<PodKey, EndpointPlan>,
-) {
+) -> Vec<StagedEntry> {
     let firsts = tiers::number_rules(cluster, rules);
-    if cluster.cluster_policies.is_empty() {
-        return;
+    if cluster.cluster_policies.is_empty() && staged_np.is_empty() {
+        return Vec::new();
     }
+    let mut ids = resolve::StagedIds::new(rules);
     for (key, plan) in endpoints.iter_mut() {
         let Some(pod) = cluster.pods.get(key) else {
             continue;
         };
-        let admin = tiers::policies_of(cluster, &firsts, Tier::Admin, pod, index);
-        let baseline = tiers::policies_of(cluster, &firsts, Tier::Baseline, pod, index);
+        let of = |tier, staged| tiers::policies_of(cluster, &firsts, (tier, staged), pod, index);
+        let (admin, baseline) = (of(Tier::Admin, false), of(Tier::Baseline, false));
+        let staged_cnp = [of(Tier::Admin, true), of(Tier::Baseline, true)];
+        let staged_np = staged_np.get(key).map(Vec::as_slice).unwrap_or_default();
         for direction in [Direction::Ingress, Direction::Egress] {
             let a = tiers::tier_rules(cluster, &admin, pod, direction, index);
             let b = tiers::tier_rules(cluster, &baseline, pod, direction, index);
-            if a.policies.is_empty() && b.policies.is_empty() {
+            let staged = staged_policies(cluster, &staged_cnp, staged_np, pod, direction, index);
+            if a.policies.is_empty() && b.policies.is_empty() && staged.is_empty() {
                 continue;
             }
             let by: BTreeSet<_> = a.policies.union(&b.policies).cloned().collect();
+            let staged_by: BTreeSet<PolicyRef> =
+                staged.iter().map(|s| s.policy().clone()).collect();
             match direction {
-                Direction::Ingress => plan.ingress_tiered_by = by,
-                Direction::Egress => plan.egress_tiered_by = by,
+                Direction::Ingress => {
+                    plan.ingress_tiered_by = by;
+                    plan.ingress_staged_by = staged_by;
+                }
+                Direction::Egress => {
+                    plan.egress_tiered_by = by;
+                    plan.egress_staged_by = staged_by;
+                }
             }
-            resolve::resolve(plan, direction, &a, &b);
+            resolve::resolve(plan, direction, (&a, &b), &staged, &mut ids);
         }
     }
+    ids.into_entries()
+}
+
+/// The staged policies that apply to `pod` in `direction`, in the order their effects are
+/// looked for: Admin, then Baseline cluster policies (each tier in evaluation order), then
+/// NetworkPolicies by name.
+fn staged_policies(
+    cluster: &Cluster,
+    cluster_policies: &[Vec<(&ClusterPolicy, RuleId)>; 2],
+    network: &[(crate::model::PolicyKey, EndpointPlan)],
+    pod: &Pod,
+    direction: Direction,
+    index: &ClusterIndex<'_>,
+) -> Vec<resolve::StagedPolicy> {
+    let mut out = Vec::new();
+    for (tier, list) in [Tier::Admin, Tier::Baseline]
+        .into_iter()
+        .zip(cluster_policies)
+    {
+        for one in list {
+            let rules =
+                tiers::tier_rules(cluster, std::slice::from_ref(one), pod, direction, index);
+            if rules.rules.is_empty() {
+                continue;
+            }
+            out.push(resolve::StagedPolicy::Cluster {
+                policy: PolicyRef::Cluster {
+                    tier,
+                    key: one.0.key.clone(),
+                },
+                tier,
+                rules,
+            });
+        }
+    }
+    for (key, plan) in network {
+        // A staged NetworkPolicy that does not isolate this direction has no effect on it.
+        if !plan.isolated(direction) {
+            continue;
+        }
+        out.push(resolve::StagedPolicy::Network {
+            policy: PolicyRef::Network(key.clone()),
+            allows: plan
+                .allows
+                .iter()
+                .filter(|(a, _)| a.direction == direction)
+                .map(|(a, id)| (*a, *id))
+                .collect(),
+            isolates: true,
+        });
+    }
+    out
 }
 
 /// Adds one policy's isolation and allows to the endpoints of the local pods it selects.

@@ -16,14 +16,25 @@
 //! single port, its port blocks (longest first), every port of the protocol, any protocol;
 //! then the same for any peer. Blocks of up to 256 ports become single ports here (the map
 //! holds them so), each with its own verdict.
+//!
+//! **Staged policies** (annotation `policy.enforcer.dev/mode: audit`) are left out of the
+//! verdict in force, and each entry is also evaluated with each staged policy added, one at a
+//! time: where one would change the verdict, the entry's id is a [`StagedEntry`]'s (the rule
+//! in force, the staged policy and rule, what the verdict would become) instead of a rule's.
+//! With staged policies a catch-all key (any peer, any protocol) is added, so that traffic no
+//! rule names (which a staged NetworkPolicy's isolation would deny) has an entry too.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 
 use enforcer_common::policy::MAX_EXPANDED_BITS;
 
-use super::tables::{Allow, Direction, EndpointPlan, Peer, PortPrefix, Proto, RuleId};
+use super::tables::{
+    Allow, Direction, EndpointPlan, Peer, PolicyRef, PortPrefix, Proto, RuleId, RuleRef,
+    StagedEntry,
+};
 use super::tiers::{TierRule, TierRules};
-use crate::model::cluster_policy::Action;
+use crate::model::cluster_policy::{Action, Tier};
 
 /// What an entry decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,15 +43,124 @@ enum Final {
     Deny(RuleId),
 }
 
+impl Final {
+    fn allows(self) -> bool {
+        matches!(self, Final::Allow(_))
+    }
+}
+
+/// A staged policy's rules for one pod and direction.
+pub(super) enum StagedPolicy {
+    Cluster {
+        policy: PolicyRef,
+        tier: Tier,
+        rules: TierRules,
+    },
+    Network {
+        policy: PolicyRef,
+        /// Its allows in this direction.
+        allows: Vec<(Allow, RuleId)>,
+        /// Whether it isolates the pod in this direction.
+        isolates: bool,
+    },
+}
+
+impl StagedPolicy {
+    pub fn policy(&self) -> &PolicyRef {
+        match self {
+            StagedPolicy::Cluster { policy, .. } | StagedPolicy::Network { policy, .. } => policy,
+        }
+    }
+
+    /// Whether rule `id` is one of this policy's.
+    fn owns(&self, id: RuleId) -> bool {
+        match self {
+            StagedPolicy::Cluster { rules, .. } => rules.rules.iter().any(|r| r.id == id),
+            StagedPolicy::Network { allows, .. } => allows.iter().any(|(_, r)| *r == id),
+        }
+    }
+}
+
+/// The three tiers as one evaluation sees them.
+struct Tiers<'a> {
+    admin: Cow<'a, TierRules>,
+    np: Cow<'a, [(Allow, RuleId)]>,
+    isolated: bool,
+    baseline: Cow<'a, TierRules>,
+}
+
+impl Tiers<'_> {
+    /// These tiers with a staged policy in force too.
+    fn with(&self, staged: &StagedPolicy) -> Tiers<'_> {
+        match staged {
+            StagedPolicy::Cluster { tier, rules, .. } => Tiers {
+                admin: match tier {
+                    Tier::Admin => Cow::Owned(self.admin.with(rules)),
+                    Tier::Baseline => Cow::Borrowed(&*self.admin),
+                },
+                np: Cow::Borrowed(&*self.np),
+                isolated: self.isolated,
+                baseline: match tier {
+                    Tier::Baseline => Cow::Owned(self.baseline.with(rules)),
+                    Tier::Admin => Cow::Borrowed(&*self.baseline),
+                },
+            },
+            StagedPolicy::Network {
+                allows, isolates, ..
+            } => Tiers {
+                admin: Cow::Borrowed(&*self.admin),
+                np: Cow::Owned(self.np.iter().chain(allows).copied().collect()),
+                isolated: self.isolated || *isolates,
+                baseline: Cow::Borrowed(&*self.baseline),
+            },
+        }
+    }
+}
+
+/// Ids of [`StagedEntry`]s, after every rule id; one per distinct entry.
+pub(super) struct StagedIds<'r> {
+    rules: &'r [RuleRef],
+    ids: BTreeMap<StagedEntry, RuleId>,
+}
+
+impl<'r> StagedIds<'r> {
+    pub fn new(rules: &'r [RuleRef]) -> Self {
+        StagedIds {
+            rules,
+            ids: BTreeMap::new(),
+        }
+    }
+
+    fn rule(&self, id: RuleId) -> Option<RuleRef> {
+        (id as usize)
+            .checked_sub(1)
+            .and_then(|i| self.rules.get(i))
+            .cloned()
+    }
+
+    fn id(&mut self, entry: StagedEntry) -> RuleId {
+        let next = (self.rules.len() + self.ids.len() + 1) as RuleId;
+        *self.ids.entry(entry).or_insert(next)
+    }
+
+    /// The entries, in id order.
+    pub fn into_entries(self) -> Vec<StagedEntry> {
+        let mut v: Vec<(RuleId, StagedEntry)> =
+            self.ids.into_iter().map(|(e, id)| (id, e)).collect();
+        v.sort_by_key(|(id, _)| *id);
+        v.into_iter().map(|(_, e)| e).collect()
+    }
+}
+
 /// Replaces the NetworkPolicy allows of `direction` in `plan` with the resolved entries of all
-/// three tiers.
+/// three tiers, with the effect of each staged policy.
 pub(super) fn resolve(
     plan: &mut EndpointPlan,
     direction: Direction,
-    admin: &TierRules,
-    baseline: &TierRules,
+    (admin, baseline): (&TierRules, &TierRules),
+    staged: &[StagedPolicy],
+    ids: &mut StagedIds<'_>,
 ) {
-    let isolated = plan.isolated(direction);
     let np: Vec<(Allow, RuleId)> = plan
         .allows
         .iter()
@@ -48,18 +168,74 @@ pub(super) fn resolve(
         .map(|(a, id)| (*a, *id))
         .collect();
     plan.allows.retain(|a, _| a.direction != direction);
+    let enforced = Tiers {
+        admin: Cow::Borrowed(admin),
+        np: Cow::Borrowed(&np),
+        isolated: plan.isolated(direction),
+        baseline: Cow::Borrowed(baseline),
+    };
+    let variants: Vec<Tiers<'_>> = staged.iter().map(|s| enforced.with(s)).collect();
 
-    let rule_keys = admin
-        .rules
-        .iter()
-        .chain(&baseline.rules)
-        .flat_map(|r| r.matches.iter().copied())
-        .chain(np.iter().map(|(a, _)| *a));
-    for key in entry_keys(rule_keys) {
-        match decide(&key, admin, &np, isolated, baseline) {
-            Final::Allow(id) => plan.allows.insert(key, id),
-            Final::Deny(id) => plan.denies.insert(key, id),
+    let mut rule_keys: Vec<Allow> = np.iter().map(|(a, _)| *a).collect();
+    for tier in [admin, baseline] {
+        rule_keys.extend(tier.rules.iter().flat_map(|r| r.matches.iter().copied()));
+    }
+    for s in staged {
+        match s {
+            StagedPolicy::Cluster { rules, .. } => {
+                rule_keys.extend(rules.rules.iter().flat_map(|r| r.matches.iter().copied()));
+            }
+            StagedPolicy::Network { allows, .. } => {
+                rule_keys.extend(allows.iter().map(|(a, _)| *a));
+            }
+        }
+    }
+    if !staged.is_empty() {
+        rule_keys.push(Allow {
+            direction,
+            peer: Peer::Any,
+            proto: Proto::Any,
+            ports: PortPrefix::ALL,
+        });
+    }
+    for key in entry_keys(rule_keys.into_iter()) {
+        let now = decide(&key, &enforced);
+        let change = staged
+            .iter()
+            .zip(&variants)
+            .map(|(s, tiers)| (s, decide(&key, tiers)))
+            .find(|(_, would)| would.allows() != now.allows());
+        let id = match (now, change) {
+            (Final::Allow(id) | Final::Deny(id), None) => id,
+            (Final::Allow(id) | Final::Deny(id), Some((s, would))) => {
+                let entry = StagedEntry {
+                    enforced: ids.rule(id),
+                    enforced_allows: now.allows(),
+                    policy: s.policy().clone(),
+                    rule: staged_rule(s, would, &key).and_then(|r| ids.rule(r)),
+                    would_allow: would.allows(),
+                };
+                ids.id(entry)
+            }
         };
+        match now.allows() {
+            true => plan.allows.insert(key, id),
+            false => plan.denies.insert(key, id),
+        };
+    }
+}
+
+/// The staged policy's rule to report for a changed verdict: the rule that decides, or else
+/// its first rule that matches (a Pass that hands the decision on); `None` for a staged
+/// NetworkPolicy's isolation.
+fn staged_rule(s: &StagedPolicy, would: Final, key: &Allow) -> Option<RuleId> {
+    let (Final::Allow(id) | Final::Deny(id)) = would;
+    if id != 0 && s.owns(id) {
+        return Some(id);
+    }
+    match s {
+        StagedPolicy::Cluster { rules, .. } => first_match(rules, key).map(|r| r.id),
+        StagedPolicy::Network { .. } => None,
     }
 }
 
@@ -124,27 +300,21 @@ fn first_match<'r>(tier: &'r TierRules, key: &Allow) -> Option<&'r TierRule> {
 }
 
 /// The evaluation order of docs/design.md section 4.1 for everything `key` holds.
-fn decide(
-    key: &Allow,
-    admin: &TierRules,
-    np: &[(Allow, RuleId)],
-    isolated: bool,
-    baseline: &TierRules,
-) -> Final {
-    match first_match(admin, key) {
+fn decide(key: &Allow, t: &Tiers<'_>) -> Final {
+    match first_match(&t.admin, key) {
         Some(r) if r.action == Action::Accept => return Final::Allow(r.id),
         Some(r) if r.action == Action::Deny => return Final::Deny(r.id),
         _ => {} // Pass, or no match: the NetworkPolicy tier
     }
-    if isolated {
-        let allowed = np
-            .iter()
-            .filter(|(a, _)| holds(a, key))
-            .map(|(_, id)| *id)
-            .min();
+    if t.isolated {
+        let allowed =
+            t.np.iter()
+                .filter(|(a, _)| holds(a, key))
+                .map(|(_, id)| *id)
+                .min();
         return allowed.map_or(Final::Deny(0), Final::Allow);
     }
-    match first_match(baseline, key) {
+    match first_match(&t.baseline, key) {
         Some(r) if r.action == Action::Accept => Final::Allow(r.id),
         Some(r) if r.action == Action::Deny => Final::Deny(r.id),
         _ => Final::Allow(0),

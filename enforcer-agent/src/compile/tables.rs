@@ -197,6 +197,25 @@ impl RuleRef {
     }
 }
 
+/// An entry whose verdict a staged policy would change: its id (above every rule id) stands
+/// for the rule in force and the staged policy's effect. The kernel only reads the value's
+/// deny bit; the agent reads the rest from its flow records' rule id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct StagedEntry {
+    /// The rule whose verdict is in force (`None`: no rule; the default, or a NetworkPolicy's
+    /// isolation when `enforced_allows` is false).
+    pub enforced: Option<RuleRef>,
+    pub enforced_allows: bool,
+    /// The staged policy that would change the verdict (the first in evaluation order, when
+    /// several would).
+    pub policy: PolicyRef,
+    /// Its rule that decides, or (a Pass) that hands the decision on; `None`: a staged
+    /// NetworkPolicy's isolation, which no rule of it allows.
+    pub rule: Option<RuleRef>,
+    /// What the verdict would become with the staged policy in force.
+    pub would_allow: bool,
+}
+
 /// What a trie prefix stands for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum PrefixOwner {
@@ -231,6 +250,11 @@ pub struct EndpointPlan {
     pub ingress_tiered_by: BTreeSet<ClusterPolicyKey>,
     /// Cluster policies whose rules of egress apply to this pod.
     pub egress_tiered_by: BTreeSet<ClusterPolicyKey>,
+    /// Staged policies (of any kind) that apply to this pod's ingress: its entries are
+    /// resolved and carry their effect.
+    pub ingress_staged_by: BTreeSet<PolicyRef>,
+    /// Staged policies that apply to this pod's egress.
+    pub egress_staged_by: BTreeSet<PolicyRef>,
     /// Policy audit mode: what the policies deny passes and is reported as `audit`.
     pub audit: bool,
 }
@@ -246,8 +270,12 @@ impl EndpointPlan {
     /// up even when no NetworkPolicy isolates it.
     pub fn tiered(&self, direction: Direction) -> bool {
         match direction {
-            Direction::Ingress => !self.ingress_tiered_by.is_empty(),
-            Direction::Egress => !self.egress_tiered_by.is_empty(),
+            Direction::Ingress => {
+                !self.ingress_tiered_by.is_empty() || !self.ingress_staged_by.is_empty()
+            }
+            Direction::Egress => {
+                !self.egress_tiered_by.is_empty() || !self.egress_staged_by.is_empty()
+            }
         }
     }
     pub fn isolated(&self, direction: Direction) -> bool {
@@ -268,6 +296,8 @@ pub struct Tables {
     pub endpoints: BTreeMap<PodKey, EndpointPlan>,
     /// Rule id `i` is `rules[i - 1]`.
     pub rules: Vec<RuleRef>,
+    /// Id `rules.len() + i` is `staged[i - 1]`: entries a staged policy would change.
+    pub staged: Vec<StagedEntry>,
     /// Every Service port's address, with the backends a client on this node may reach.
     pub services: BTreeMap<super::services::FrontendAddr, super::services::FrontendPlan>,
 }
@@ -275,5 +305,12 @@ pub struct Tables {
 impl Tables {
     pub fn rule(&self, id: RuleId) -> Option<&RuleRef> {
         (id as usize).checked_sub(1).and_then(|i| self.rules.get(i))
+    }
+
+    /// The staged policy's effect an entry id stands for, if it is one.
+    pub fn staged_entry(&self, id: RuleId) -> Option<&StagedEntry> {
+        (id as usize)
+            .checked_sub(self.rules.len() + 1)
+            .and_then(|i| self.staged.get(i))
     }
 }

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use super::tables::{Allow, Direction, Peer, PortPrefix, Proto, RuleId, RuleRef};
 use super::{host_prefix, port_range_prefixes, proto_of, ClusterIndex};
 use crate::model::cluster_policy::{
-    Action, ClusterPeer, ClusterPolicy, ClusterRule, ProtocolMatch, Subject, Tier,
+    Action, ClusterPeer, ClusterPolicy, ClusterPolicyKey, ClusterRule, ProtocolMatch, Subject, Tier,
 };
 use crate::model::{Cluster, LabelSelector, Pod};
 
@@ -18,6 +18,8 @@ use crate::model::{Cluster, LabelSelector, Pod};
 #[derive(Clone, Debug)]
 pub(super) struct TierRule {
     pub id: RuleId,
+    /// Its policy's place in the tier: priority, then kind and name.
+    pub order: (u32, ClusterPolicyKey),
     pub action: Action,
     pub matches: Vec<Allow>,
 }
@@ -27,7 +29,20 @@ pub(super) struct TierRule {
 pub(super) struct TierRules {
     pub rules: Vec<TierRule>,
     /// The policies they come from (for the endpoint's record and reports).
-    pub policies: BTreeSet<crate::model::cluster_policy::ClusterPolicyKey>,
+    pub policies: BTreeSet<ClusterPolicyKey>,
+}
+
+impl TierRules {
+    /// These rules with `other`'s in evaluation order (for a staged policy's effect).
+    pub fn with(&self, other: &TierRules) -> TierRules {
+        let mut rules: Vec<TierRule> = self.rules.iter().chain(&other.rules).cloned().collect();
+        // Stable: a policy's rules keep their written order.
+        rules.sort_by(|a, b| a.order.cmp(&b.order));
+        TierRules {
+            rules,
+            policies: self.policies.union(&other.policies).cloned().collect(),
+        }
+    }
 }
 
 /// The cluster policies' rule ids: every rule of every cluster policy gets one, after the
@@ -61,11 +76,12 @@ pub(super) fn number_rules(cluster: &Cluster, rules: &mut Vec<RuleRef>) -> Vec<R
 
 /// The cluster policies of `tier` that select `pod`, with their first rule id, in evaluation
 /// order: ascending priority; equal priorities by kind, then name (the API leaves the choice
-/// to the implementation; this one is stable and the same on every node).
+/// to the implementation; this one is stable and the same on every node). `staged`: the
+/// staged ones instead of those in force.
 pub(super) fn policies_of<'c>(
     cluster: &'c Cluster,
     firsts: &[RuleId],
-    tier: Tier,
+    (tier, staged): (Tier, bool),
     pod: &Pod,
     index: &ClusterIndex<'_>,
 ) -> Vec<(&'c ClusterPolicy, RuleId)> {
@@ -73,7 +89,7 @@ pub(super) fn policies_of<'c>(
         .cluster_policies
         .values()
         .zip(firsts.iter().copied())
-        .filter(|(p, _)| p.tier == tier && selects(&p.subject, pod, index))
+        .filter(|(p, _)| p.tier == tier && p.staged == staged && selects(&p.subject, pod, index))
         .collect();
     out.sort_by(|(a, _), (b, _)| a.order_key().cmp(&b.order_key()));
     out
@@ -109,6 +125,7 @@ pub(super) fn tier_rules(
         for (i, rule) in list.iter().enumerate() {
             out.rules.push(TierRule {
                 id: first + i as RuleId,
+                order: (policy.priority, policy.key.clone()),
                 action: rule.action,
                 matches: rule_matches(cluster, rule, pod, direction, index),
             });

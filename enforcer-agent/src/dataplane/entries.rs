@@ -13,7 +13,9 @@ use enforcer_common::policy::{
 use enforcer_common::proto;
 use ipnet::IpNet;
 
-use crate::compile::tables::{Direction, EndpointPlan, Peer, PrefixOwner, RuleRef, Tables};
+use crate::compile::tables::{
+    Direction, EndpointPlan, Peer, PrefixOwner, RuleRef, StagedEntry, Tables,
+};
 
 /// A `POLICY_RANGES` entry without its set id: (prefix length in bits, key with `set` = 0).
 pub type RangeKey = (u32, PolicyKey);
@@ -157,8 +159,15 @@ pub fn policy_entries_stable(
 /// in the pinned entries (and rewrites each pod's entries once, with its own ids).
 #[derive(Debug)]
 pub struct RuleIds {
-    by_rule: BTreeMap<RuleRef, u32>,
+    by_rule: BTreeMap<IdKey, u32>,
     next: u32,
+}
+
+/// What a stable id stands for: a rule, or an entry a staged policy would change.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum IdKey {
+    Rule(RuleRef),
+    Staged(StagedEntry),
 }
 
 impl Default for RuleIds {
@@ -176,13 +185,15 @@ impl RuleIds {
         }
     }
 
-    /// Stable id of every rule of `tables`, by position (`out[position - 1]`); rules that are
-    /// gone are forgotten.
+    /// Stable id of every rule and staged entry of `tables`, by position (`out[position -
+    /// 1]`: rules first, then `Tables::staged`); those that are gone are forgotten.
     pub fn assign(&mut self, tables: &Tables) -> Vec<u32> {
         let mut by_rule = BTreeMap::new();
-        let mut out = Vec::with_capacity(tables.rules.len());
-        for rule in &tables.rules {
-            let id = match self.by_rule.get(rule) {
+        let mut out = Vec::with_capacity(tables.rules.len() + tables.staged.len());
+        let keys = (tables.rules.iter().cloned().map(IdKey::Rule))
+            .chain(tables.staged.iter().cloned().map(IdKey::Staged));
+        for rule in keys {
+            let id = match self.by_rule.get(&rule) {
                 Some(&id) => id,
                 None => {
                     let id = self.next;
@@ -201,7 +212,21 @@ impl RuleIds {
     pub fn rules(&self) -> BTreeMap<u32, RuleRef> {
         self.by_rule
             .iter()
-            .map(|(r, id)| (*id, r.clone()))
+            .filter_map(|(k, id)| match k {
+                IdKey::Rule(r) => Some((*id, r.clone())),
+                IdKey::Staged(_) => None,
+            })
+            .collect()
+    }
+
+    /// Stable id -> staged entry, for flow attribution.
+    pub fn staged(&self) -> BTreeMap<u32, StagedEntry> {
+        self.by_rule
+            .iter()
+            .filter_map(|(k, id)| match k {
+                IdKey::Staged(e) => Some((*id, e.clone())),
+                IdKey::Rule(_) => None,
+            })
             .collect()
     }
 }

@@ -632,6 +632,11 @@ impl Dataplane {
     }
 
     /// The rule each stable rule id in the maps stands for (flow attribution).
+    /// Stable id -> staged entry (an entry a staged policy would change), for flow records.
+    pub fn staged_refs(&self) -> BTreeMap<u32, crate::compile::tables::StagedEntry> {
+        self.rules.staged()
+    }
+
     pub fn rule_refs(&self) -> BTreeMap<u32, crate::compile::tables::RuleRef> {
         self.rules.rules()
     }

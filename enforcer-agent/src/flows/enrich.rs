@@ -90,6 +90,40 @@ impl std::fmt::Display for RuleAttribution {
     }
 }
 
+/// What a staged policy would do to a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedAttribution {
+    /// `namespace/name` of a NetworkPolicy, `Kind/name` of a cluster policy.
+    pub policy: String,
+    /// `admin` or `baseline` for a cluster policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Its rule that decides (absent: a NetworkPolicy's isolation, which none of its rules
+    /// allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleAttribution>,
+    /// `allowed` or `denied`: the verdict with the staged policy in force.
+    pub would_be: String,
+}
+
+impl std::fmt::Display for StagedAttribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let would = if self.would_be == "allowed" {
+            "allow"
+        } else {
+            "deny"
+        };
+        match &self.rule {
+            Some(r) => write!(f, "staged {r} would {would} it"),
+            None => write!(
+                f,
+                "staged {} would {would} it (it isolates the pod and none of its rules allows this flow)",
+                self.policy
+            ),
+        }
+    }
+}
+
 /// The ICMP/ICMPv6 message of a flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Icmp {
@@ -151,6 +185,11 @@ pub struct FlowRecord {
     /// Set on the record of a connection's end (then `src` opened it, `rule` allowed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<ConnectionEnd>,
+    /// A staged policy would change this flow's verdict (`policy.enforcer.dev/mode: audit`):
+    /// which, by which rule, and to what. An allowed flow it would deny has the verdict
+    /// `audit`; a dropped flow it would allow stays `dropped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<StagedAttribution>,
     /// One sentence for humans.
     pub detail: String,
 }
@@ -171,6 +210,8 @@ pub struct Context {
     pub frontends: BTreeMap<u32, crate::compile::services::FrontendName>,
     /// Rule id in the datapath → the rule (empty: the compiler's ids, `tables.rules`).
     pub rules: BTreeMap<u32, crate::compile::tables::RuleRef>,
+    /// Id in the datapath → an entry a staged policy would change (with `rules`).
+    pub staged: BTreeMap<u32, crate::compile::tables::StagedEntry>,
 }
 
 impl Context {
@@ -193,6 +234,7 @@ impl Context {
             endpoints,
             frontends: BTreeMap::new(),
             rules: BTreeMap::new(),
+            staged: BTreeMap::new(),
         }
     }
 
@@ -227,7 +269,17 @@ impl Context {
             Ok(r) => r.name().to_string(),
             Err(raw) => format!("unknown_{raw}"),
         });
-        let rule = self.rule_of(ev);
+        let staged_entry = self.staged_of(ev);
+        let rule = match staged_entry {
+            Some(e) => e.enforced.as_ref().map(attribution),
+            None => self.rule_of(ev),
+        };
+        let staged = staged_entry.map(|e| StagedAttribution {
+            policy: e.policy.to_string(),
+            tier: cluster_tier(&e.policy),
+            rule: e.rule.as_ref().map(attribution),
+            would_be: if e.would_allow { "allowed" } else { "denied" }.to_owned(),
+        });
         let isolated_by = self.isolated_by(ev, local, direction);
         let service = self.service_of(ev);
         let (src, dst) = self.ends(ev, service, sport, dport);
@@ -241,15 +293,23 @@ impl Context {
             isolated_by: &isolated_by,
             service,
         };
-        let detail = match &end {
+        let mut detail = match &end {
             Some(c) => end_detail(c),
             None => self.detail(ev, &facts),
+        };
+        if let Some(s) = &staged {
+            detail.push_str(&format!("; {s}"));
+        }
+        // An allowed flow a staged policy would deny is the staged policy's audit.
+        let verdict = match &staged {
+            Some(s) if !ev.dropped && s.would_be == "denied" => "audit",
+            _ => verdict(ev),
         };
         FlowRecord {
             schema: SCHEMA.to_string(),
             time,
             node: self.node.clone(),
-            verdict: verdict(ev).to_string(),
+            verdict: verdict.to_string(),
             direction,
             reason,
             protocol: proto::Display(ev.proto).to_string(),
@@ -273,7 +333,16 @@ impl Context {
             rule,
             isolated_by,
             end,
+            staged,
             detail,
+        }
+    }
+
+    /// The staged entry an event's rule id stands for, if it is one.
+    fn staged_of(&self, ev: &Event) -> Option<&crate::compile::tables::StagedEntry> {
+        match self.rules.is_empty() {
+            true => self.tables.staged_entry(ev.rule),
+            false => self.staged.get(&ev.rule),
         }
     }
 
@@ -284,19 +353,7 @@ impl Context {
             true => self.tables.rule(ev.rule),
             false => self.rules.get(&ev.rule),
         };
-        rule.map(|r| RuleAttribution {
-            policy: r.policy.to_string(),
-            direction: r.direction,
-            index: r.index,
-            tier: match &r.policy {
-                crate::compile::tables::PolicyRef::Cluster { tier, .. } => {
-                    Some(tier.as_str().to_owned())
-                }
-                crate::compile::tables::PolicyRef::Network(_) => None,
-            },
-            action: r.action.map(|a| a.as_str().to_owned()),
-            name: r.name.clone(),
-        })
+        rule.map(attribution)
     }
 
     /// For a policy drop: the policies that isolate the local pod in the flow's direction.
@@ -393,6 +450,25 @@ impl Context {
             Some(Ok(r)) => format!("dropped at {who}: {}", r.name().replace('_', " ")),
             _ => format!("dropped at {who}"),
         }
+    }
+}
+
+/// How a record names a rule.
+fn attribution(r: &crate::compile::tables::RuleRef) -> RuleAttribution {
+    RuleAttribution {
+        policy: r.policy.to_string(),
+        direction: r.direction,
+        index: r.index,
+        tier: cluster_tier(&r.policy),
+        action: r.action.map(|a| a.as_str().to_owned()),
+        name: r.name.clone(),
+    }
+}
+
+fn cluster_tier(p: &crate::compile::tables::PolicyRef) -> Option<String> {
+    match p {
+        crate::compile::tables::PolicyRef::Cluster { tier, .. } => Some(tier.as_str().to_owned()),
+        crate::compile::tables::PolicyRef::Network(_) => None,
     }
 }
 

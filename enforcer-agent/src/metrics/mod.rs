@@ -172,8 +172,11 @@ impl Metrics {
             (_, _, Some("policy_denied")) => ("none", "dropped"),
             _ => return,
         };
-        if let Some(rule @ crate::flows::enrich::RuleAttribution { tier: Some(tier), .. }) =
-            &rec.rule
+        if let Some(
+            rule @ crate::flows::enrich::RuleAttribution {
+                tier: Some(tier), ..
+            },
+        ) = &rec.rule
         {
             self.cluster_policy_verdicts
                 .with_label_values(&[tier, &rule.policy, &rule.index.to_string(), dir, action])

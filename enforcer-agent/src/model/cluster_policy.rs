@@ -111,6 +111,9 @@ pub struct ClusterPolicy {
     pub ingress: Vec<ClusterRule>,
     /// `spec.egress` in written order (peers are destinations).
     pub egress: Vec<ClusterRule>,
+    /// Staged (annotation `policy.enforcer.dev/mode: audit`): not enforced; flows whose verdict
+    /// it would change are reported.
+    pub staged: bool,
 }
 
 impl ClusterPolicy {

@@ -88,6 +88,7 @@ pub fn flow(src: &FlowEnd, dst: &FlowEnd) -> Flow {
             rule: None,
             isolated_by: Vec::new(),
             end: None,
+            staged: None,
             detail: "test".into(),
         },
         offset_ms: 0,

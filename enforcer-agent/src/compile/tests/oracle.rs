@@ -226,7 +226,7 @@ prop_compose! {
                 PolicyTypes { ingress: ti, egress: te }
             };
             let key = PolicyKey::new(NAMESPACES[ns], format!("np{i}"));
-            cluster.insert_policy(NetworkPolicy { key, pod_selector, ingress, egress, types });
+            cluster.insert_policy(NetworkPolicy { key, pod_selector, ingress, egress, types, staged: false });
         }
         cluster
     }
@@ -245,13 +245,14 @@ fn oracle(
     if hosts.contains(&peer) && !cluster.pods.values().any(|p| p.ips.contains(&peer)) {
         return true;
     }
-    network_policy_tier(cluster, local, direction, peer, proto, port).unwrap_or(true)
+    network_policy_tier(cluster, &|_| true, local, direction, peer, proto, port).unwrap_or(true)
 }
 
 /// The NetworkPolicy tier alone: `None` when no policy isolates `local` in `direction`, else
 /// whether one of the isolating policies' rules allows the flow.
 pub(super) fn network_policy_tier(
     cluster: &Cluster,
+    include: &dyn Fn(&NetworkPolicy) -> bool,
     local: &Pod,
     direction: Direction,
     peer: IpAddr,
@@ -263,7 +264,9 @@ pub(super) fn network_policy_tier(
         .policies
         .values()
         .filter(|np| {
-            np.key.namespace == local.key.namespace && np.pod_selector.matches(&local.labels)
+            include(np)
+                && np.key.namespace == local.key.namespace
+                && np.pod_selector.matches(&local.labels)
         })
         .filter(|np| match direction {
             Direction::Ingress => np.types.ingress,
@@ -430,6 +433,7 @@ fn compiles_ten_thousand_policies_quickly() {
                 ingress: true,
                 egress: true,
             },
+            staged: false,
         });
     }
     let start = std::time::Instant::now();

@@ -14,12 +14,12 @@ use super::oracle::{
     cluster, labels, network_policy_tier, protocol, selector, BLOCKS, EXTRA_PEERS, HOSTS,
     PORT_NAMES, PROBES,
 };
-use super::{compile, evaluate, Direction, NodeInput};
+use super::{compile, evaluate, Decision, Direction, NodeInput};
 use crate::model::cluster_policy::{
     Action, ClusterPeer, ClusterPolicy, ClusterPolicyKey, ClusterPolicyKind, ClusterRule,
     ProtocolMatch, Subject, Tier,
 };
-use crate::model::{Cluster, LabelSelector, Labels, Pod};
+use crate::model::{Cluster, LabelSelector, Labels, NetworkPolicy, Pod};
 
 /// Another node's address (a `nodes` peer can name it) and its labels.
 const OTHER_NODE: (&str, &str) = ("n2", "192.168.7.7");
@@ -140,6 +140,7 @@ prop_compose! {
         subject in subject(),
         ingress in prop::collection::vec(rule(false), 0..=3),
         egress in prop::collection::vec(rule(true), 0..=3),
+        staged in prop::bool::weighted(0.25),
     ) -> ClusterPolicy {
         ClusterPolicy {
             key: ClusterPolicyKey::new(kind, format!("c{name}")),
@@ -148,6 +149,7 @@ prop_compose! {
             subject,
             ingress,
             egress,
+            staged,
         }
     }
 }
@@ -157,9 +159,13 @@ prop_compose! {
         mut cluster in cluster(),
         policies in prop::collection::vec(cluster_policy(), 1..=4),
         node_labels in labels(),
+        staged_np in prop::collection::vec(prop::bool::weighted(0.25), 4),
     ) -> Cluster {
         for p in policies {
             cluster.insert_cluster_policy(p);
+        }
+        for (np, staged) in cluster.policies.values_mut().zip(staged_np) {
+            np.staged = staged;
         }
         let (name, ip) = OTHER_NODE;
         cluster.nodes.insert(name.into(), vec![ip.parse().unwrap()]);
@@ -236,11 +242,29 @@ fn protocols_match(m: &ProtocolMatch, f: &Flow<'_>) -> bool {
     }
 }
 
+/// Which policies an evaluation counts: those in force, and perhaps one staged policy.
+#[derive(Clone, Copy)]
+enum With<'c> {
+    Enforced,
+    Cluster(&'c ClusterPolicy),
+    Network(&'c NetworkPolicy),
+}
+
+impl With<'_> {
+    fn cluster(&self, p: &ClusterPolicy) -> bool {
+        !p.staged || matches!(self, With::Cluster(s) if s.key == p.key)
+    }
+    fn network(&self, p: &NetworkPolicy) -> bool {
+        !p.staged || matches!(self, With::Network(s) if s.key == p.key)
+    }
+}
+
 /// The action of the first matching rule of `tier` for the flow, if any.
-fn tier_action(cluster: &Cluster, tier: Tier, f: &Flow<'_>) -> Option<Action> {
+fn tier_action(cluster: &Cluster, with: With<'_>, tier: Tier, f: &Flow<'_>) -> Option<Action> {
     let mut policies: Vec<&ClusterPolicy> = cluster
         .cluster_policies
         .values()
+        .filter(|p| with.cluster(p))
         .filter(|p| p.tier == tier && selects(cluster, &p.subject, f.local))
         .collect();
     policies.sort_by_key(|p| (p.priority, p.key.clone()));
@@ -263,21 +287,65 @@ fn tier_action(cluster: &Cluster, tier: Tier, f: &Flow<'_>) -> Option<Action> {
     None
 }
 
-/// FORMAT-CNP section 3, for one side of a connection.
-fn oracle(cluster: &Cluster, hosts: &[IpAddr], f: &Flow<'_>) -> bool {
+/// FORMAT-CNP section 3, for one side of a connection, counting the policies of `with`.
+fn verdict(cluster: &Cluster, with: With<'_>, hosts: &[IpAddr], f: &Flow<'_>) -> bool {
     if f.peer_pod.is_none() && hosts.contains(&f.peer) {
         return true; // the node: always allowed (documented)
     }
-    match tier_action(cluster, Tier::Admin, f) {
+    match tier_action(cluster, with, Tier::Admin, f) {
         Some(Action::Accept) => return true,
         Some(Action::Deny) => return false,
         _ => {}
     }
-    let np = network_policy_tier(cluster, f.local, f.direction, f.peer, f.proto, f.port);
+    let include = |np: &NetworkPolicy| with.network(np);
+    let np = network_policy_tier(
+        cluster,
+        &include,
+        f.local,
+        f.direction,
+        f.peer,
+        f.proto,
+        f.port,
+    );
     if let Some(allowed) = np {
         return allowed;
     }
-    !matches!(tier_action(cluster, Tier::Baseline, f), Some(Action::Deny))
+    !matches!(
+        tier_action(cluster, with, Tier::Baseline, f),
+        Some(Action::Deny)
+    )
+}
+
+/// The verdict in force, and the first staged policy (Admin, then Baseline cluster policies in
+/// evaluation order, then NetworkPolicies by name) that would change it, with what it would
+/// become.
+fn oracle(cluster: &Cluster, hosts: &[IpAddr], f: &Flow<'_>) -> (bool, Option<(String, bool)>) {
+    let now = verdict(cluster, With::Enforced, hosts, f);
+    let mut staged_cnp: Vec<&ClusterPolicy> = cluster
+        .cluster_policies
+        .values()
+        .filter(|p| p.staged)
+        .collect();
+    staged_cnp.sort_by_key(|p| (p.tier, p.priority, p.key.clone()));
+    let candidates = staged_cnp.into_iter().map(With::Cluster).chain(
+        cluster
+            .policies
+            .values()
+            .filter(|p| p.staged)
+            .map(With::Network),
+    );
+    for with in candidates {
+        let would = verdict(cluster, with, hosts, f);
+        if would != now {
+            let name = match with {
+                With::Cluster(p) => p.key.to_string(),
+                With::Network(p) => p.key.to_string(),
+                With::Enforced => unreachable!(),
+            };
+            return (now, Some((name, would)));
+        }
+    }
+    (now, None)
 }
 
 proptest! {
@@ -303,11 +371,22 @@ proptest! {
                     let peer_pod = cluster.pods.values().find(|p| p.ips.contains(&peer)).map(|p| &**p);
                     for (proto, port) in PROBES {
                         let flow = Flow { local, direction, peer, peer_pod, proto, port };
-                        let want = oracle(&cluster, &hosts, &flow);
+                        let (want, want_staged) = oracle(&cluster, &hosts, &flow);
                         let got = evaluate(&tables, &local.key, direction, peer, proto, port);
                         prop_assert_eq!(
                             got.allowed(), want,
                             "{} {:?} peer {} proto {} port {}: {:?}", local.key, direction, peer, proto, port, got
+                        );
+                        let id = match got.decision {
+                            Decision::Rule { id, .. } | Decision::DeniedBy { id, .. } => id,
+                            _ => 0,
+                        };
+                        let got_staged = tables
+                            .staged_entry(id)
+                            .map(|e| (e.policy.to_string(), e.would_allow));
+                        prop_assert_eq!(
+                            &got_staged, &want_staged,
+                            "staged effect: {} {:?} peer {} proto {} port {}: {:?}", local.key, direction, peer, proto, port, got
                         );
                     }
                 }

@@ -44,6 +44,7 @@ pub fn dropped(src: FlowEnd, dst: FlowEnd) -> FlowRecord {
         interface: Some("lxc1".into()),
         isolated_by: vec!["prod/default-deny-ingress".into()],
         end: None,
+        staged: None,
         detail: "isolated".into(),
         ..with_ends(src, dst)
     }

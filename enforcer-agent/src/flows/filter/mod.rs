@@ -228,6 +228,7 @@ fn probe() -> FlowRecord {
         rule: None,
         isolated_by: Vec::new(),
         end: None,
+        staged: None,
         detail: String::new(),
     }
 }

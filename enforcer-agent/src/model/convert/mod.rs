@@ -63,6 +63,24 @@ impl Ctx {
     }
 }
 
+/// Whether a policy is staged: its [`super::STAGE_ANNOTATION`] annotation (`audit`: staged;
+/// `enforce` or absent: enforced; anything else is an error, so a typo never silently
+/// enforces a policy meant to be staged, or the reverse).
+pub(in crate::model) fn staged(ctx: &Ctx, meta: &meta::ObjectMeta) -> Result<bool, InvalidObject> {
+    let value = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(super::STAGE_ANNOTATION));
+    match value.map(String::as_str) {
+        None | Some("enforce") => Ok(false),
+        Some("audit") => Ok(true),
+        Some(other) => Err(ctx.err(
+            format!("metadata.annotations[{}]", super::STAGE_ANNOTATION),
+            format!("unsupported value {other:?}: supported values: \"audit\", \"enforce\""),
+        )),
+    }
+}
+
 pub(in crate::model) fn object_name(
     kind: &'static str,
     meta: &meta::ObjectMeta,

@@ -85,6 +85,7 @@ pub fn network_policy_from_k8s(np: &net::NetworkPolicy) -> Result<NetworkPolicy,
         ingress,
         egress,
         types,
+        staged: super::staged(&ctx, &np.metadata)?,
     })
 }
 

@@ -108,6 +108,7 @@ pub fn cluster_network_policy_from_api(
         subject: subject(&ctx, spec.subject.as_ref())?,
         ingress: convert_rules(&ctx, &V1ALPHA2, "spec.ingress", ingress.map(RuleIn::from))?,
         egress: convert_rules(&ctx, &V1ALPHA2, "spec.egress", egress.map(RuleIn::from))?,
+        staged: super::staged(&ctx, &o.metadata)?,
     })
 }
 
@@ -128,6 +129,7 @@ pub fn admin_network_policy_from_api(
         subject: subject(&ctx, spec.subject.as_ref())?,
         ingress: convert_rules(&ctx, &ANP, "spec.ingress", ingress.map(RuleIn::from))?,
         egress: convert_rules(&ctx, &ANP, "spec.egress", egress.map(RuleIn::from))?,
+        staged: super::staged(&ctx, &o.metadata)?,
     })
 }
 
@@ -154,6 +156,7 @@ pub fn baseline_admin_network_policy_from_api(
         subject: subject(&ctx, spec.subject.as_ref())?,
         ingress: convert_rules(&ctx, &BANP, "spec.ingress", ingress.map(RuleIn::from))?,
         egress: convert_rules(&ctx, &BANP, "spec.egress", egress.map(RuleIn::from))?,
+        staged: super::staged(&ctx, &o.metadata)?,
     })
 }
 
