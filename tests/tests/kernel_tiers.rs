@@ -275,3 +275,69 @@ fn verdicts_follow_the_evaluation_order() {
         assert_eq!(got, want, "{dir:?} {peer} proto {proto} port {port}");
     }
 }
+
+/// A staged Admin Deny and a staged NetworkPolicy: nothing they would deny is dropped, the
+/// events name entries that stand for their effect, and promoting the Deny (removing the
+/// annotation) revokes a connection it opened while staged.
+#[test]
+fn staged_policies_change_nothing_but_are_reported_and_promotion_revokes() {
+    if !privileged() {
+        return;
+    }
+    const STAGED: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata:
+  name: staged-deny
+  annotations: {policy.enforcer.dev/mode: audit}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  ingress:
+  - {name: no-y-web, action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}], protocols: [{tcp: {destinationPort: {number: 80}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: staged-np
+  namespace: x
+  annotations: {policy.enforcer.dev/mode: audit}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{ports: [{port: 443}]}]
+"#;
+    let mut f = Fixture::new(STAGED);
+    let probe = |dir, peer, port| Probe { dir, peer, proto: TCP, port };
+    // Ingress from y/b on 80: allowed (the Deny is staged), reported as its effect.
+    let (pass, events) = run(&mut f, &probe(Direction::Ingress, "10.244.2.11", 80), 30_001);
+    assert!(pass, "a staged Deny drops nothing");
+    let staged = f.dp.staged_refs();
+    let ev = events.iter().find(|e| !e.dropped).expect("an allow event");
+    let entry = staged.get(&ev.rule).expect("the event's id stands for a staged entry");
+    assert_eq!(entry.policy.to_string(), "ClusterNetworkPolicy/staged-deny");
+    assert!(entry.enforced_allows && !entry.would_allow);
+    assert_eq!(entry.rule.as_ref().and_then(|r| r.name.as_deref()), Some("no-y-web"));
+    // Egress to y/b on 80: allowed; the staged NetworkPolicy would isolate and deny it.
+    let (pass, events) = run(&mut f, &probe(Direction::Egress, "10.244.2.11", 80), 30_002);
+    assert!(pass);
+    let ev = events.iter().find(|e| !e.dropped).expect("an allow event");
+    let entry = &staged[&ev.rule];
+    assert_eq!(entry.policy.to_string(), "x/staged-np");
+    assert!(!entry.would_allow && entry.rule.is_none(), "{entry:?}");
+    // Egress on 443: the staged policy would allow it too: nothing to report.
+    let (pass, events) = run(&mut f, &probe(Direction::Egress, "10.244.2.11", 443), 30_003);
+    assert!(pass);
+    let ev = events.iter().find(|e| !e.dropped).expect("an allow event");
+    assert!(!staged.contains_key(&ev.rule), "443 is allowed either way");
+
+    // Promotion: the same Deny without the annotation. The connection opened on 80 while it
+    // was staged is revoked at its next packet.
+    f.apply(&STAGED.replace("  annotations: {policy.enforcer.dev/mode: audit}\nspec:\n  tier", "spec:\n  tier"));
+    let me = addr("10.244.1.10");
+    let next = eth(&ip(addr("10.244.2.11"), me, TCP, &tcp_hdr(30_001, 80, ACK), &IpOpts::default()));
+    assert_ne!(f.ingress(&next), PASS, "the promoted Deny revokes the open connection");
+    let (pass, _) = run(&mut f, &probe(Direction::Ingress, "10.244.2.11", 80), 30_004);
+    assert!(!pass, "and denies new ones");
+}

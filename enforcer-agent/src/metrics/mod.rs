@@ -30,6 +30,9 @@ pub struct Metrics {
     /// New flows decided by a cluster policy's rule, by tier, policy (`Kind/name`), rule index,
     /// direction and action (forwarded, dropped, audit).
     pub cluster_policy_verdicts: IntCounterVec,
+    /// New flows whose verdict a staged policy would change, by policy, direction and what it
+    /// would be (allowed, denied).
+    pub staged_policy_changes: IntCounterVec,
     /// Flow events lost, by source: `ringbuf` (the kernel could not reserve space), `decode`
     /// (a record this agent cannot read), `webhook` (alerts not POSTed: the webhook is behind).
     pub lost_events: IntGaugeVec,
@@ -103,6 +106,10 @@ impl Metrics {
                 Opts::new("enforcer_cluster_policy_verdicts_total", "New flows decided by a cluster policy rule, by tier, policy, rule index, direction and action (forwarded, dropped, audit)"),
                 &["tier", "policy", "rule", "direction", "action"],
             ).expect("valid")),
+            staged_policy_changes: reg(&r, IntCounterVec::new(
+                Opts::new("enforcer_staged_policy_changes_total", "New flows whose verdict a staged policy (policy.enforcer.dev/mode: audit) would change, by policy, direction and the verdict it would give (allowed, denied)"),
+                &["policy", "direction", "would_be"],
+            ).expect("valid")),
             lost_events: reg(&r, IntGaugeVec::new(
                 Opts::new("enforcer_lost_events_total", "Flow events lost, by source"),
                 &["source"],
@@ -164,6 +171,11 @@ impl Metrics {
             .inc();
         if rec.reply || rec.fragment {
             return;
+        }
+        if let Some(s) = &rec.staged {
+            self.staged_policy_changes
+                .with_label_values(&[&s.policy, dir, &s.would_be])
+                .inc();
         }
         let (mtch, action) = match (&rec.rule, rec.verdict.as_str(), rec.reason.as_deref()) {
             (Some(_), "allowed", _) => (policy_match(rec), "forwarded"),
@@ -261,6 +273,19 @@ mod tests {
         assert!(
             text.contains(r#"enforcer_policy_verdicts_total{action="dropped",direction="ingress",match="none"} 1"#),
             "a denied flow with a rule is still a drop: {text}"
+        );
+        // A staged policy that would allow it.
+        rec.staged = Some(crate::flows::enrich::StagedAttribution {
+            policy: "prod/allow-debug".into(),
+            tier: None,
+            rule: None,
+            would_be: "allowed".into(),
+        });
+        m.observe_flow(&rec);
+        assert!(
+            m.render().contains(r#"enforcer_staged_policy_changes_total{direction="ingress",policy="prod/allow-debug",would_be="allowed"} 1"#),
+            "{}",
+            m.render()
         );
     }
 
