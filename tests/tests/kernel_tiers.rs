@@ -309,16 +309,48 @@ spec:
   egress: [{ports: [{port: 443}]}]
 "#;
     let mut f = Fixture::new(STAGED);
-    let probe = |dir, peer, port| Probe { dir, peer, proto: TCP, port };
+    let probe = |dir, peer, port| Probe {
+        dir,
+        peer,
+        proto: TCP,
+        port,
+    };
     // Ingress from y/b on 80: allowed (the Deny is staged), reported as its effect.
-    let (pass, events) = run(&mut f, &probe(Direction::Ingress, "10.244.2.11", 80), 30_001);
+    let (pass, events) = run(
+        &mut f,
+        &probe(Direction::Ingress, "10.244.2.11", 80),
+        30_001,
+    );
     assert!(pass, "a staged Deny drops nothing");
     let staged = f.dp.staged_refs();
     let ev = events.iter().find(|e| !e.dropped).expect("an allow event");
-    let entry = staged.get(&ev.rule).expect("the event's id stands for a staged entry");
+    let entry = staged
+        .get(&ev.rule)
+        .expect("the event's id stands for a staged entry");
     assert_eq!(entry.policy.to_string(), "ClusterNetworkPolicy/staged-deny");
     assert!(entry.enforced_allows && !entry.would_allow);
-    assert_eq!(entry.rule.as_ref().and_then(|r| r.name.as_deref()), Some("no-y-web"));
+    assert_eq!(
+        entry.rule.as_ref().and_then(|r| r.name.as_deref()),
+        Some("no-y-web")
+    );
+    // Its flow record: verdict audit, the staged policy and rule, what it would become.
+    let mut ctx = enforcer_agent::flows::enrich::Context::new(
+        "node",
+        &enforcer_tests::cluster(&[enforcer_tests::CLUSTER, STAGED]),
+        tables(STAGED),
+        f.dp.endpoint_pods(),
+    );
+    ctx.rules = f.dp.rule_refs();
+    ctx.staged = f.dp.staged_refs();
+    let rec = ctx.record(ev, "2026-01-01T00:00:00.000Z".into());
+    assert_eq!(rec.verdict, "audit");
+    let s = rec.staged.as_ref().expect("a staged block");
+    assert_eq!(
+        (s.policy.as_str(), s.would_be.as_str(), s.tier.as_deref()),
+        ("ClusterNetworkPolicy/staged-deny", "denied", Some("admin"))
+    );
+    assert_eq!(s.rule.as_ref().map(|r| r.index), Some(0));
+    assert!(rec.detail.contains("staged admin ClusterNetworkPolicy/staged-deny ingress rule 0 \"no-y-web\" (Deny) would deny it"), "{}", rec.detail);
     // Egress to y/b on 80: allowed; the staged NetworkPolicy would isolate and deny it.
     let (pass, events) = run(&mut f, &probe(Direction::Egress, "10.244.2.11", 80), 30_002);
     assert!(pass);
@@ -327,17 +359,38 @@ spec:
     assert_eq!(entry.policy.to_string(), "x/staged-np");
     assert!(!entry.would_allow && entry.rule.is_none(), "{entry:?}");
     // Egress on 443: the staged policy would allow it too: nothing to report.
-    let (pass, events) = run(&mut f, &probe(Direction::Egress, "10.244.2.11", 443), 30_003);
+    let (pass, events) = run(
+        &mut f,
+        &probe(Direction::Egress, "10.244.2.11", 443),
+        30_003,
+    );
     assert!(pass);
     let ev = events.iter().find(|e| !e.dropped).expect("an allow event");
     assert!(!staged.contains_key(&ev.rule), "443 is allowed either way");
 
     // Promotion: the same Deny without the annotation. The connection opened on 80 while it
     // was staged is revoked at its next packet.
-    f.apply(&STAGED.replace("  annotations: {policy.enforcer.dev/mode: audit}\nspec:\n  tier", "spec:\n  tier"));
+    f.apply(&STAGED.replace(
+        "  annotations: {policy.enforcer.dev/mode: audit}\nspec:\n  tier",
+        "spec:\n  tier",
+    ));
     let me = addr("10.244.1.10");
-    let next = eth(&ip(addr("10.244.2.11"), me, TCP, &tcp_hdr(30_001, 80, ACK), &IpOpts::default()));
-    assert_ne!(f.ingress(&next), PASS, "the promoted Deny revokes the open connection");
-    let (pass, _) = run(&mut f, &probe(Direction::Ingress, "10.244.2.11", 80), 30_004);
+    let next = eth(&ip(
+        addr("10.244.2.11"),
+        me,
+        TCP,
+        &tcp_hdr(30_001, 80, ACK),
+        &IpOpts::default(),
+    ));
+    assert_ne!(
+        f.ingress(&next),
+        PASS,
+        "the promoted Deny revokes the open connection"
+    );
+    let (pass, _) = run(
+        &mut f,
+        &probe(Direction::Ingress, "10.244.2.11", 80),
+        30_004,
+    );
     assert!(!pass, "and denies new ones");
 }
