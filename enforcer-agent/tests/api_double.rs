@@ -1,7 +1,8 @@
 //! The API server double of `support::apiserver`, checked through the real `kube` client
 //! (`kube::Api`) before the agent's source is tested against it (`api_source.rs`): paged lists
-//! and exact versions, watch events, bookmarks, timeouts and 410, a bounded history, and the
-//! faults it injects (status codes, hangs, resets). No privileges needed, no cluster.
+//! and exact versions, watch events, bookmarks, timeouts and 410, a bounded history, the
+//! faults it injects (status codes, hangs, resets), and the network-policy-api collections with
+//! their CRD not installed (404) and installed again. No privileges needed, no cluster.
 
 #[path = "support/logging.rs"]
 mod logging;
@@ -14,7 +15,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, VersionMatch, WatchEvent, WatchParams};
 use logging::init_tracing;
 use support::apiserver::{Answer, ApiServer, Fault, Kind, Options};
-use support::{bounded, pod, wait_for};
+use support::{
+    admin_network_policy, baseline_admin_network_policy, bounded, cluster_network_policy, pod,
+    wait_for,
+};
 
 #[tokio::test]
 async fn the_double_pages_lists_consistently_and_serves_exact_versions() {
@@ -282,6 +286,104 @@ async fn the_double_injects_status_hang_and_reset() {
             .unwrap()
             .unwrap();
         assert!(list.items.is_empty());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_double_serves_the_cluster_policy_crds_and_answers_404_when_not_installed() {
+    use enforcer_agent::model::cluster_policy_api::{
+        AdminNetworkPolicyObject, BaselineAdminNetworkPolicyObject, ClusterNetworkPolicyObject,
+    };
+    let _log = init_tracing();
+    bounded(async {
+        let api = ApiServer::start().await;
+        api.create_json(cluster_network_policy("a", "Admin", 1, "Deny", 80));
+        api.create_json(admin_network_policy("b", 2, "Allow", 81));
+        api.create_json(baseline_admin_network_policy("default", "Deny", 82));
+        let client = api.client();
+        let cnps: Api<ClusterNetworkPolicyObject> = Api::all(client.clone());
+        let anps: Api<AdminNetworkPolicyObject> = Api::all(client.clone());
+        let banps: Api<BaselineAdminNetworkPolicyObject> = Api::all(client.clone());
+        let list = cnps.list(&ListParams::default()).await.unwrap();
+        assert_eq!(list.items.len(), 1);
+        assert_eq!(list.items[0].metadata.name.as_deref(), Some("a"));
+        assert_eq!(
+            list.items[0].spec.as_ref().unwrap().tier.as_deref(),
+            Some("Admin")
+        );
+        assert_eq!(
+            anps.list(&ListParams::default()).await.unwrap().items.len(),
+            1
+        );
+        assert_eq!(
+            banps
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+
+        // Uninstalled while watched: the DELETED event, then the stream ends; then 404s.
+        let at = list.metadata.resource_version.clone().unwrap();
+        let mut watch = cnps
+            .watch(&WatchParams::default(), &at)
+            .await
+            .unwrap()
+            .boxed();
+        assert_eq!(api.uninstall(Kind::ClusterNetworkPolicy), 1);
+        match watch.try_next().await.unwrap() {
+            Some(WatchEvent::Deleted(o)) => assert_eq!(o.metadata.name.as_deref(), Some("a")),
+            other => panic!("expected the DELETED event, got {other:?}"),
+        }
+        assert!(watch.try_next().await.unwrap().is_none(), "the watch ends");
+        let not_found = |e: kube::Error| match e {
+            kube::Error::Api(s) => {
+                assert_eq!(
+                    (s.code, s.reason.as_str(), s.message.as_str()),
+                    (
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource"
+                    )
+                );
+                assert!(s.is_not_found());
+            }
+            other => panic!("expected a 404 Status, got {other:?}"),
+        };
+        not_found(cnps.list(&ListParams::default()).await.unwrap_err());
+        not_found(
+            cnps.watch(&WatchParams::default(), "0")
+                .await
+                .err()
+                .unwrap(),
+        );
+        assert!(!api.installed(Kind::ClusterNetworkPolicy));
+        assert_eq!(
+            api.count(
+                |r| r.info.kind == Kind::ClusterNetworkPolicy && r.answer == Answer::Status(404)
+            ),
+            2
+        );
+        // The other two are still served.
+        assert_eq!(
+            anps.list(&ListParams::default()).await.unwrap().items.len(),
+            1
+        );
+
+        // Installed again: empty, then written to like any kind.
+        api.install(Kind::ClusterNetworkPolicy);
+        assert!(cnps
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+        api.create_json(cluster_network_policy("c", "Baseline", 3, "Pass", 83));
+        let list = cnps.list(&ListParams::default()).await.unwrap();
+        assert_eq!(list.items[0].metadata.name.as_deref(), Some("c"));
     })
     .await
 }

@@ -9,6 +9,9 @@
 //! - it applied a watch event at least as new as the first such list (a watch delivers a
 //!   kind's events in order: everything up to the list was applied too).
 //!
+//! A kind of the network-policy-api CRDs whose list answers 404 (the CRD is not installed)
+//! counts as empty, which is how the agents hold it.
+//!
 //! Besides, every pod the controller built must be attached by its node's agent, and no
 //! agent may have pods pending.
 
@@ -16,7 +19,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use enforcer_agent::source::kube::KINDS;
+use enforcer_agent::model::cluster_policy_api::{
+    AdminNetworkPolicyObject, BaselineAdminNetworkPolicyObject, ClusterNetworkPolicyObject,
+};
+use enforcer_agent::source::kube::{CRD_KINDS, KINDS};
 use enforcer_agent::source::revision::{self, KindRevision};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -69,6 +75,15 @@ where
     })
 }
 
+/// A kind of [`CRD_KINDS`] whose CRD is not installed (its list answers 404): as the agent
+/// holds it, none of it, at no particular version.
+fn not_installed() -> Listed {
+    Listed {
+        digest: revision::digest_keys([]).1,
+        version: None,
+    }
+}
+
 async fn list_all(client: &Client) -> anyhow::Result<BTreeMap<&'static str, Listed>> {
     let mut out = BTreeMap::new();
     for kind in KINDS {
@@ -77,12 +92,26 @@ async fn list_all(client: &Client) -> anyhow::Result<BTreeMap<&'static str, List
             "Pod" => list_kind::<Pod>(client).await,
             "NetworkPolicy" => list_kind::<NetworkPolicy>(client).await,
             "Service" => list_kind::<Service>(client).await,
-            _ => list_kind::<EndpointSlice>(client).await,
+            "EndpointSlice" => list_kind::<EndpointSlice>(client).await,
+            "ClusterNetworkPolicy" => list_kind::<ClusterNetworkPolicyObject>(client).await,
+            "AdminNetworkPolicy" => list_kind::<AdminNetworkPolicyObject>(client).await,
+            "BaselineAdminNetworkPolicy" => {
+                list_kind::<BaselineAdminNetworkPolicyObject>(client).await
+            }
+            other => bail!("lab wait does not know how to list {other}s"),
+        };
+        let listed = match listed {
+            Err(e) if CRD_KINDS.contains(&kind) && is_not_found(&e) => Ok(not_installed()),
+            other => other,
         }
         .with_context(|| format!("listing {kind}s"))?;
         out.insert(kind, listed);
     }
     Ok(out)
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.is_not_found())
 }
 
 /// Whether a participant's applied `kind` is as new as the API's at the call.
@@ -257,5 +286,21 @@ mod tests {
         // Versions that are not numbers: the digest alone decides.
         assert!(!up_to_date(Some(&applied("1:bb", None)), &now, None));
         assert!(!up_to_date(None, &now, Some(40)));
+    }
+
+    #[test]
+    fn a_crd_kind_not_installed_is_up_to_date_for_an_agent_holding_none() {
+        let held = KindRevision {
+            objects: 0,
+            digest: revision::digest_keys([]).1,
+            newest: Some(12),
+        };
+        assert!(up_to_date(Some(&held), &not_installed(), None));
+        let holding = KindRevision {
+            objects: 1,
+            digest: revision::digest_keys([("", "p", "5")]).1,
+            newest: Some(5),
+        };
+        assert!(!up_to_date(Some(&holding), &not_installed(), None));
     }
 }

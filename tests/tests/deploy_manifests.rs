@@ -185,7 +185,8 @@ fn the_namespace_enforces_privileged_and_warns_and_audits_at_baseline() {
     }
 }
 
-/// The kinds the agent watches, read from its Kubernetes source: `impl Watched for Kind`.
+/// The kinds the agent watches, read from its Kubernetes source: `impl Watched for Kind` (the
+/// network-policy-api kinds by their serde types' names, `...Object`).
 fn watched_kinds() -> BTreeSet<String> {
     let src = std::fs::read_to_string(workspace().join("enforcer-agent/src/source/kube.rs"))
         .expect("the agent's Kubernetes source");
@@ -209,6 +210,11 @@ fn api_resource(kind: &str) -> (&'static str, &'static str) {
         "Node" => ("", "nodes"),
         "NetworkPolicy" => ("networking.k8s.io", "networkpolicies"),
         "EndpointSlice" => ("discovery.k8s.io", "endpointslices"),
+        "ClusterNetworkPolicyObject" => ("policy.networking.k8s.io", "clusternetworkpolicies"),
+        "AdminNetworkPolicyObject" => ("policy.networking.k8s.io", "adminnetworkpolicies"),
+        "BaselineAdminNetworkPolicyObject" => {
+            ("policy.networking.k8s.io", "baselineadminnetworkpolicies")
+        }
         other => panic!("the agent watches {other}: add it here and to deploy/rbac.yaml"),
     }
 }
@@ -247,6 +253,9 @@ fn the_cluster_role_reads_exactly_what_the_agent_watches() {
             ("", "services"),
             ("discovery.k8s.io", "endpointslices"),
             ("networking.k8s.io", "networkpolicies"),
+            ("policy.networking.k8s.io", "adminnetworkpolicies"),
+            ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+            ("policy.networking.k8s.io", "clusternetworkpolicies"),
         ]
         .iter()
         .map(|(g, r)| (g.to_string(), r.to_string()))

@@ -1,8 +1,10 @@
 //! The Kubernetes API as the source (`enforcer agent` in a DaemonSet): watches of all
-//! Namespaces, Pods, NetworkPolicies, Services and EndpointSlices, kept converted to the model
-//! ([`super::kube_store`]). Every watch event only wakes the sync loop, which snapshots the
-//! stores and recompiles (level-triggered: a re-list converges to the same maps). This is the
-//! only module holding a `kube::Client`.
+//! Namespaces, Pods, NetworkPolicies, Services and EndpointSlices, and of the network-policy-api
+//! kinds (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy: CRDs a cluster
+//! may lack, [`super::kube_crd`]), kept converted to the model ([`super::kube_store`]). Every
+//! watch event only wakes the sync loop, which snapshots the stores and recompiles
+//! (level-triggered: a re-list converges to the same maps). This is the only module holding a
+//! `kube::Client`.
 //!
 //! - Every event wakes the loop, the watcher's own `Init`/`InitDone` included: a re-list after
 //!   an outage that returns none of a kind (every policy deleted meanwhile) changes the store
@@ -12,8 +14,10 @@
 //!   can report it and stop being ready.
 //! - The stores hold only the model of each object (what the compiler reads: no API object,
 //!   no `managedFields`), converted once when it arrives.
+//! - A CRD kind whose resource is not served (404) is empty and healthy, not stale, and is
+//!   looked for again every [`CRD_RECHECK`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,35 +32,58 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use tokio::sync::Notify;
 
+use super::kube_crd::{watch_crd, CrdWatch};
 use super::kube_store::{Key, KindStore};
 use super::objects::{cluster_of, Object};
 use super::revision::KindRevision;
+use crate::model::cluster_policy_api::{
+    AdminNetworkPolicyObject, BaselineAdminNetworkPolicyObject, ClusterNetworkPolicyObject,
+};
 use crate::model::{self, Cluster, InvalidObject};
 
 /// The kinds watched, by the names used in logs, health and [`Snapshot::revisions`].
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 8] = [
     "Namespace",
     "Pod",
     "NetworkPolicy",
     "Service",
     "EndpointSlice",
+    "ClusterNetworkPolicy",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
 ];
 
+/// The kinds of [`KINDS`] that CRDs define (network-policy-api, group
+/// `policy.networking.k8s.io`): a cluster may not serve them.
+pub const CRD_KINDS: [&str; 3] = [
+    "ClusterNetworkPolicy",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+];
+
+/// How often a kind whose CRD is not installed is listed again ([`KubeSource::start_with_recheck`]
+/// sets another interval).
+pub const CRD_RECHECK: Duration = Duration::from_secs(30);
+
 /// Since when each kind's watch has been failing (absent: healthy).
-type Health = Arc<Mutex<BTreeMap<&'static str, Instant>>>;
+pub(super) type Health = Arc<Mutex<BTreeMap<&'static str, Instant>>>;
 
 /// Every kind's store, by kind.
-type Stores = Arc<Mutex<BTreeMap<&'static str, KindStore>>>;
+pub(super) type Stores = Arc<Mutex<BTreeMap<&'static str, KindStore>>>;
+
+/// The CRD kinds whose resource the API does not serve now.
+pub(super) type Absent = Arc<Mutex<BTreeSet<&'static str>>>;
 
 pub struct KubeSource {
     stores: Stores,
     /// Woken on every watch event.
     pub changed: Arc<Notify>,
     health: Health,
+    absent: Absent,
 }
 
 /// A kind the source watches, and how it becomes part of the model.
-trait Watched:
+pub(super) trait Watched:
     Resource<DynamicType = ()>
     + Clone
     + std::fmt::Debug
@@ -104,6 +131,27 @@ impl Watched for EndpointSlice {
     }
 }
 
+impl Watched for ClusterNetworkPolicyObject {
+    const KIND: &'static str = "ClusterNetworkPolicy";
+    fn to_model(&self) -> Result<Object, InvalidObject> {
+        model::cluster_network_policy_from_api(self).map(Object::ClusterPolicy)
+    }
+}
+
+impl Watched for AdminNetworkPolicyObject {
+    const KIND: &'static str = "AdminNetworkPolicy";
+    fn to_model(&self) -> Result<Object, InvalidObject> {
+        model::admin_network_policy_from_api(self).map(Object::ClusterPolicy)
+    }
+}
+
+impl Watched for BaselineAdminNetworkPolicyObject {
+    const KIND: &'static str = "BaselineAdminNetworkPolicy";
+    fn to_model(&self) -> Result<Object, InvalidObject> {
+        model::baseline_admin_network_policy_from_api(self).map(Object::ClusterPolicy)
+    }
+}
+
 /// An object's key, version and model (converted outside the stores' lock).
 fn arrival<K: Watched>(o: &K) -> (Key, String, Result<Object, InvalidObject>) {
     let meta = o.meta();
@@ -131,7 +179,7 @@ pub struct Snapshot {
 /// more at random (so that the agents of every node do not retry in step after an outage).
 /// kube's default goes up to 30 s; with at most 4 s between tries, what changed during an
 /// outage is applied within about 5 s of the API's return.
-struct WatchBackoff {
+pub(super) struct WatchBackoff {
     next: Duration,
     jitter: std::collections::hash_map::RandomState,
     tries: u64,
@@ -202,6 +250,33 @@ pub async fn client(timeout: Duration, kubeconfig: Option<&Path>) -> anyhow::Res
     Ok(Client::try_from(config)?)
 }
 
+/// Applies one watcher event to `kind`'s store (the object converted outside the lock).
+pub(super) fn apply_event<K: Watched>(
+    kind: &'static str,
+    stores: &Stores,
+    event: watcher::Event<K>,
+) {
+    let lock = || stores.lock().expect("stores lock");
+    match event {
+        watcher::Event::Init => lock().entry(kind).or_default().begin_list(),
+        watcher::Event::InitApply(o) => {
+            let (key, version, model) = arrival(&o);
+            drop(o);
+            lock().entry(kind).or_default().listed(key, version, model);
+        }
+        watcher::Event::InitDone => lock().entry(kind).or_default().end_list(),
+        watcher::Event::Apply(o) => {
+            let (key, version, model) = arrival(&o);
+            drop(o);
+            lock().entry(kind).or_default().apply(key, version, model);
+        }
+        watcher::Event::Delete(o) => {
+            let (key, version, _) = arrival(&o);
+            lock().entry(kind).or_default().delete(&key, &version);
+        }
+    }
+}
+
 /// Watches one kind into its store, in a task of its own.
 fn watch<K: Watched>(
     api: Api<K>,
@@ -217,25 +292,7 @@ fn watch<K: Watched>(
         while let Some(item) = events.next().await {
             match item {
                 Ok(event) => {
-                    let lock = || stores.lock().expect("stores lock");
-                    match event {
-                        watcher::Event::Init => lock().entry(kind).or_default().begin_list(),
-                        watcher::Event::InitApply(o) => {
-                            let (key, version, model) = arrival(&o);
-                            drop(o);
-                            lock().entry(kind).or_default().listed(key, version, model);
-                        }
-                        watcher::Event::InitDone => lock().entry(kind).or_default().end_list(),
-                        watcher::Event::Apply(o) => {
-                            let (key, version, model) = arrival(&o);
-                            drop(o);
-                            lock().entry(kind).or_default().apply(key, version, model);
-                        }
-                        watcher::Event::Delete(o) => {
-                            let (key, version, _) = arrival(&o);
-                            lock().entry(kind).or_default().delete(&key, &version);
-                        }
-                    }
+                    apply_event(kind, &stores, event);
                     if health.lock().expect("health lock").remove(kind).is_some() {
                         tracing::info!(kind, "watch recovered");
                     }
@@ -264,8 +321,19 @@ impl KubeSource {
     /// Like [`KubeSource::start`], with watches held open at most `watch_timeout` (at least
     /// 1 s) by the API server.
     pub async fn start_with(client: Client, watch_timeout: Duration) -> anyhow::Result<Self> {
+        Self::start_with_recheck(client, watch_timeout, CRD_RECHECK).await
+    }
+
+    /// Like [`KubeSource::start_with`], looking for a CRD kind that is not installed every
+    /// `crd_recheck` instead of [`CRD_RECHECK`].
+    pub async fn start_with_recheck(
+        client: Client,
+        watch_timeout: Duration,
+        crd_recheck: Duration,
+    ) -> anyhow::Result<Self> {
         let changed = Arc::new(Notify::new());
         let health = Health::default();
+        let absent = Absent::default();
         let stores: Stores = Arc::new(Mutex::new(
             KINDS.iter().map(|k| (*k, KindStore::default())).collect(),
         ));
@@ -301,11 +369,23 @@ impl KubeSource {
         );
         watch(
             Api::<EndpointSlice>::all(c.clone()),
-            wc,
+            wc.clone(),
             n.clone(),
             h.clone(),
             st.clone(),
         );
+        let crd = CrdWatch {
+            client: c.clone(),
+            wc,
+            changed: n.clone(),
+            health: h.clone(),
+            stores: st.clone(),
+            absent: absent.clone(),
+            recheck: crd_recheck,
+        };
+        watch_crd::<ClusterNetworkPolicyObject>(crd.clone());
+        watch_crd::<AdminNetworkPolicyObject>(crd.clone());
+        watch_crd::<BaselineAdminNetworkPolicyObject>(crd);
         tokio::spawn(recheck_failing(client, health.clone()));
         // Nothing is programmed from a partial view: every kind's first list must be complete.
         while !stores
@@ -320,7 +400,19 @@ impl KubeSource {
             stores,
             changed,
             health,
+            absent,
         })
+    }
+
+    /// The CRD kinds of [`CRD_KINDS`] whose resource the API does not serve now (their CRD is not
+    /// installed): they hold nothing and count as healthy.
+    pub fn not_installed(&self) -> Vec<&'static str> {
+        self.absent
+            .lock()
+            .expect("absent lock")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// How long the oldest failing watch has been failing (`None`: every watch is healthy).
@@ -386,6 +478,11 @@ async fn recheck_failing(client: Client, health: Health) {
                 "Pod" => lists::<Pod>(&client).await,
                 "NetworkPolicy" => lists::<NetworkPolicy>(&client).await,
                 "Service" => lists::<Service>(&client).await,
+                "ClusterNetworkPolicy" => lists::<ClusterNetworkPolicyObject>(&client).await,
+                "AdminNetworkPolicy" => lists::<AdminNetworkPolicyObject>(&client).await,
+                "BaselineAdminNetworkPolicy" => {
+                    lists::<BaselineAdminNetworkPolicyObject>(&client).await
+                }
                 _ => lists::<EndpointSlice>(&client).await,
             };
             if ok && health.lock().expect("health lock").remove(kind).is_some() {

@@ -3,6 +3,7 @@
 //! both report invalid objects without letting them disturb the rest.
 
 pub mod kube;
+pub mod kube_crd;
 pub mod kube_store;
 pub mod manifests;
 pub mod objects;

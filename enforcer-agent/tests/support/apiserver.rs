@@ -2,7 +2,9 @@
 //! for driving the agent's real `kube` client in integration tests. Not in the shipped binary.
 //!
 //! **Implements**, for the collections the agent watches (core/v1 `namespaces`, `pods`,
-//! `services`; networking.k8s.io/v1 `networkpolicies`; discovery.k8s.io/v1 `endpointslices`),
+//! `services`; networking.k8s.io/v1 `networkpolicies`; discovery.k8s.io/v1 `endpointslices`;
+//! the network-policy-api CRDs' policy.networking.k8s.io/v1alpha2 `clusternetworkpolicies` and
+//! v1alpha1 `adminnetworkpolicies`, `baselineadminnetworkpolicies`, all three cluster-scoped),
 //! cluster-wide (`/api/v1/pods`) and, for namespaced kinds, per namespace
 //! (`/api/v1/namespaces/NS/pods`), `GET` only:
 //!
@@ -33,12 +35,21 @@
 //!   ([`Fault::Status`]: answer a Status with that code; [`Fault::Hang`]: read the request and never
 //!   answer until the fault changes, then look again; [`Fault::Reset`]: reset the connection,
 //!   RST); [`ApiServer::close_watches`] ends open watches cleanly;
+//! - **CRDs not installed**: the three network-policy-api kinds are served from the start;
+//!   [`ApiServer::uninstall`] takes one away as deleting its CustomResourceDefinition does (its
+//!   objects deleted with DELETED events, its watches ended), after which its lists and watches
+//!   answer 404 `NotFound` with the Status the real server gives for a resource it does not
+//!   serve ("the server could not find the requested resource"), and writes of it panic;
+//!   [`ApiServer::install`] serves it again, empty. Injected faults come before that answer;
 //! - a test API: typed or JSON writes, the current version, every request as it arrived and how
 //!   it was answered, requests hanging now, open watches.
 //!
 //! **Does not implement**: writes through HTTP (POST/PUT/PATCH/DELETE answer 405), GET of one
-//! object, other resources (404), label/field selectors (rejected with 400 rather than ignored,
-//! so a test cannot pass by accident), auth, TLS, protobuf/CBOR, gzip, `pretty`, graceful deletion
+//! object, other resources (404), discovery (`/apis`, `/apis/GROUP/VERSION`: 404; the agent
+//! lists without it), CustomResourceDefinition objects themselves (the switch above stands in
+//! for them), schema validation of custom resources, label/field selectors (rejected with 400
+//! rather than ignored, so a test cannot pass by accident), auth, TLS, protobuf/CBOR, gzip,
+//! `pretty`, graceful deletion
 //! and finalizers (deletes are immediate), admission and validation beyond the Namespace label,
 //! the real server's 3 s wait before "too large resource version" (and its answer to a watch:
 //! here a 504 before the stream), bookmarks just before a watch times out.
@@ -71,15 +82,32 @@ pub enum Kind {
     NetworkPolicy,
     Service,
     EndpointSlice,
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
+/// How many kinds the double serves.
+pub(crate) const KINDS: usize = Kind::ALL.len();
+
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::ClusterNetworkPolicy,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
+    ];
+
+    /// The kinds that CRDs define in a real cluster (network-policy-api): the ones
+    /// [`ApiServer::uninstall`] can take away.
+    pub const CRDS: [Kind; 3] = [
+        Kind::ClusterNetworkPolicy,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,14 +117,21 @@ impl Kind {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Kind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            Kind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
         }
     }
 
-    fn api_version(self) -> &'static str {
+    pub fn api_version(self) -> &'static str {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
+            Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => {
+                "policy.networking.k8s.io/v1alpha1"
+            }
         }
     }
 
@@ -107,11 +142,20 @@ impl Kind {
             Kind::NetworkPolicy => "networkpolicies",
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
+            Kind::AdminNetworkPolicy => "adminnetworkpolicies",
+            Kind::BaselineAdminNetworkPolicy => "baselineadminnetworkpolicies",
         }
     }
 
     fn namespaced(self) -> bool {
-        self != Kind::Namespace
+        !matches!(
+            self,
+            Kind::Namespace
+                | Kind::ClusterNetworkPolicy
+                | Kind::AdminNetworkPolicy
+                | Kind::BaselineAdminNetworkPolicy
+        )
     }
 
     fn index(self) -> usize {
@@ -252,8 +296,9 @@ impl ApiServer {
                 fault: None,
                 arrived: Vec::new(),
                 answered: Vec::new(),
-                hanging: [0; 5],
+                hanging: [0; KINDS],
                 uids: 0,
+                not_installed: [false; KINDS],
             }),
             fault_generation: watch::Sender::new(0),
             bookmark_interval: options.bookmark_interval,
@@ -332,7 +377,8 @@ impl ApiServer {
         self.write(object, Mode::Apply)
     }
 
-    /// Deletes `namespace/name` (or `name` for a Namespace); panics if it does not exist.
+    /// Deletes `namespace/name` (or `name` for a cluster-scoped kind); panics if it does not
+    /// exist.
     pub fn delete<K: k8s_openapi::Resource>(&self, key: &str) -> u64 {
         self.delete_kind(Kind::of::<K>(), key)
     }
@@ -371,6 +417,31 @@ impl ApiServer {
 
     pub fn object_count(&self, kind: Kind) -> usize {
         self.shared.lock().objects[kind.index()].len()
+    }
+
+    /// Removes a CRD kind as deleting its CustomResourceDefinition does: every object of the
+    /// kind is deleted (DELETED events to its watches), its open watches end, and from then on
+    /// its lists and watches answer 404 `NotFound` with the real server's Status for an unknown
+    /// resource, until [`ApiServer::install`]. Writes of the kind panic meanwhile. Returns how
+    /// many objects it deleted.
+    pub fn uninstall(&self, kind: Kind) -> usize {
+        assert!(
+            Kind::CRDS.contains(&kind),
+            "{kind:?} is built in, not a CRD"
+        );
+        let deleted = self.delete_all(kind);
+        self.shared.lock().not_installed[kind.index()] = true;
+        self.close_watches_of(kind);
+        deleted
+    }
+
+    /// Installs a CRD kind again (empty), as creating its CustomResourceDefinition does.
+    pub fn install(&self, kind: Kind) {
+        self.shared.lock().not_installed[kind.index()] = false;
+    }
+
+    pub fn installed(&self, kind: Kind) -> bool {
+        !self.shared.lock().not_installed[kind.index()]
     }
 
     /// Forgets all history (taking a version itself, as the API server's compactor writes its
@@ -519,6 +590,10 @@ impl ApiServer {
             name.clone()
         };
         let mut st = self.shared.lock();
+        assert!(
+            !st.not_installed[kind.index()],
+            "writing {kind_name} {key}: the double's {kind_name} CRD is not installed"
+        );
         let prev = st.objects[kind.index()].get(&key).cloned();
         match (mode, &prev) {
             (Mode::Create, Some(_)) => panic!("creating {kind_name} {key}: it already exists"),

@@ -119,6 +119,67 @@ pub fn slice(ns: &str, name: &str, service: &str, addresses: &[&str]) -> Endpoin
     }))
 }
 
+/// A `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy of `tier` (`Admin`, `Baseline`)
+/// at `priority`, whose subject is the namespaces labelled `ns=x`, with one ingress rule named
+/// `rule` of `action` (`Accept`, `Deny`, `Pass`) from the namespaces labelled `ns=y` on TCP
+/// `port`. Written as JSON: the double serves it as it would any custom resource.
+pub fn cluster_network_policy(
+    name: &str,
+    tier: &str,
+    priority: i64,
+    action: &str,
+    port: u16,
+) -> Value {
+    json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "tier": tier, "priority": priority,
+            "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+            "ingress": [{
+                "name": "rule", "action": action,
+                "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}],
+                "protocols": [{"tcp": {"destinationPort": {"number": port}}}],
+            }],
+        },
+    })
+}
+
+/// A `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy: as [`cluster_network_policy`]
+/// in the Admin tier, with v1alpha1's spellings (`Allow`, `ports`/`portNumber`).
+pub fn admin_network_policy(name: &str, priority: i64, action: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "priority": priority,
+            "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+            "ingress": [{
+                "name": "rule", "action": action,
+                "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}],
+                "ports": [{"portNumber": {"protocol": "TCP", "port": port}}],
+            }],
+        },
+    })
+}
+
+/// A `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy named `name` (the API
+/// allows only `default`): as [`admin_network_policy`] in the Baseline tier, without priority.
+pub fn baseline_admin_network_policy(name: &str, action: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+            "ingress": [{
+                "name": "rule", "action": action,
+                "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}],
+                "ports": [{"portNumber": {"protocol": "TCP", "port": port}}],
+            }],
+        },
+    })
+}
+
 /// What a cluster model holds, one line per kind (for failure messages).
 pub fn summary(c: &enforcer_agent::model::Cluster) -> String {
     fn keys<K: std::fmt::Display, V>(m: &std::collections::BTreeMap<K, V>) -> String {
@@ -129,12 +190,14 @@ pub fn summary(c: &enforcer_agent::model::Cluster) -> String {
         names.join(", ")
     }
     format!(
-        "namespaces: [{}]\npods: [{}]\npolicies: [{}]\nservices: [{}]\nslices: [{}]",
+        "namespaces: [{}]\npods: [{}]\npolicies: [{}]\nservices: [{}]\nslices: [{}]\n\
+         cluster policies: [{}]",
         keys(&c.namespaces),
         keys(&c.pods),
         keys(&c.policies),
         keys(&c.services),
         keys(&c.endpoint_slices),
+        keys(&c.cluster_policies),
     )
 }
 

@@ -8,7 +8,7 @@ use hyper::body::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{Answer, Fault, Kind, Predicate, RequestInfo, RequestRecord};
+use super::{Answer, Fault, Kind, Predicate, RequestInfo, RequestRecord, KINDS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ChangeType {
@@ -61,14 +61,16 @@ pub(super) struct State {
     pub(super) floor: u64,
     pub(super) history: Option<usize>,
     /// Per kind, by `namespace/name` (or `name`), in etcd key order.
-    pub(super) objects: [BTreeMap<String, Arc<Value>>; 5],
+    pub(super) objects: [BTreeMap<String, Arc<Value>>; KINDS],
     pub(super) log: VecDeque<Change>,
     pub(super) watches: Vec<OpenWatch>,
     pub(super) fault: Option<(Fault, Predicate)>,
     pub(super) arrived: Vec<RequestInfo>,
     pub(super) answered: Vec<RequestRecord>,
-    pub(super) hanging: [usize; 5],
+    pub(super) hanging: [usize; KINDS],
     pub(super) uids: u64,
+    /// Per kind: its CRD is not installed (lists and watches answer 404).
+    pub(super) not_installed: [bool; KINDS],
 }
 
 impl State {
@@ -127,6 +129,12 @@ impl State {
     pub(super) fn too_large(&self, rv: u64) -> Failure {
         Failure::too_large(rv, self.rv)
     }
+
+    /// The answer to a request of a kind whose CRD is not installed, as the real server gives
+    /// it for a resource it does not serve.
+    pub(super) fn not_installed(&self, kind: Kind) -> Option<Failure> {
+        self.not_installed[kind.index()].then(Failure::not_found)
+    }
 }
 
 pub(super) fn in_namespace(key: &str, namespace: Option<&str>) -> bool {
@@ -163,6 +171,17 @@ impl Failure {
             continue_token: None,
             details: None,
         }
+    }
+
+    /// What the real server answers for a resource it does not serve.
+    pub(super) fn not_found() -> Failure {
+        let mut f = Failure::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+        f.details = Some(json!({}));
+        f
     }
 
     pub(super) fn invalid(message: impl Into<String>) -> Failure {
@@ -235,6 +254,9 @@ pub(super) fn parse_continue(token: &str) -> Option<(u64, String)> {
 }
 
 pub(super) fn list(st: &State, info: &RequestInfo) -> Result<Value, Failure> {
+    if let Some(f) = st.not_installed(info.kind) {
+        return Err(f);
+    }
     if info.selector {
         return Err(Failure::bad_request(
             "the double does not implement label or field selectors",
@@ -375,6 +397,9 @@ pub(super) fn start_watch(
     info: &RequestInfo,
     tx: &mpsc::UnboundedSender<Item>,
 ) -> Result<Started, Failure> {
+    if let Some(f) = st.not_installed(info.kind) {
+        return Err(f);
+    }
     if info.selector {
         return Err(Failure::bad_request(
             "the double does not implement label or field selectors",
