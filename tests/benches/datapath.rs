@@ -1,4 +1,5 @@
-//! Per-packet cost of the kernel programs with 10, 1,000 and 10,000 policies loaded
+//! Per-packet cost of the kernel programs with 10, 1,000 and 10,000 policies loaded (only
+//! NetworkPolicies, and half of them Admin-tier ClusterNetworkPolicies)
 //! (`cargo xtask bench`, as root). BPF_PROG_TEST_RUN with `repeat` reports the mean time per
 //! run in the kernel; each figure is the median of several batches.
 //!
@@ -42,6 +43,32 @@ fn policies(n: usize) -> String {
     s
 }
 
+/// The same number of policies, every other one an Admin-tier ClusterNetworkPolicy selecting
+/// x's pods (a Deny of a distinct network on a port range, priorities spread over 0..1000), so
+/// the pod's entries are resolved over three tiers.
+fn tiered_policies(n: usize) -> String {
+    let np = policies(n);
+    let mut s = String::new();
+    for (i, doc) in np.split("---\n").enumerate() {
+        if i == 0 || i % 2 == 0 {
+            if !s.is_empty() {
+                s.push_str("---\n");
+            }
+            s.push_str(doc);
+            continue;
+        }
+        let _ = write!(
+            s,
+            "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: c{i}}}\nspec:\n  tier: Admin\n  priority: {}\n  subject: {{namespaces: {{matchLabels: {{ns: x}}}}}}\n  ingress:\n  - action: Deny\n    from: [{{namespaces: {{matchLabels: {{ns: z{i}}}}}}}]\n  - action: {}\n    from: [{{pods: {{namespaceSelector: {{matchLabels: {{ns: y}}}}, podSelector: {{matchLabels: {{pod: q{i}}}}}}}}}]\n    protocols: [{{tcp: {{destinationPort: {{range: {{start: {}, end: {}}}}}}}}}]\n",
+            i % 1000,
+            if i % 4 == 1 { "Deny" } else { "Pass" },
+            1000 + (i % 5000),
+            1001 + (i % 5000) + (i % 7),
+        );
+    }
+    s
+}
+
 /// One measurement: mean ns per run over a batch.
 fn batch_ns(f: &mut Fixture, pkt: &[u8]) -> f64 {
     let prog = f.dp.program(POD_INGRESS).expect("loaded");
@@ -66,8 +93,11 @@ fn main() {
     let est = tcp("10.244.2.11", "10.244.1.10", 40001, 80, ACK);
     let denied = tcp("10.244.2.12", "10.244.1.10", 40002, 80, SYN);
     let mut fixtures = Vec::new();
-    for n in sizes {
-        let text = policies(n);
+    let series = sizes
+        .iter()
+        .map(|&n| (n, false, policies(n)))
+        .chain(sizes.iter().map(|&n| (n, true, tiered_policies(n))));
+    for (n, tiered, text) in series {
         let f = Fixture::new(&text);
         let syn = tcp("10.244.2.11", "10.244.1.10", 40001, 80, SYN);
         assert_eq!(
@@ -79,9 +109,9 @@ fn main() {
         let entries = enforcer_tests::tables(&text)
             .endpoints
             .values()
-            .map(|e| e.allows.len())
+            .map(|e| e.allows.len() + e.denies.len())
             .sum::<usize>();
-        fixtures.push((n, entries, f, [Vec::new(), Vec::new(), Vec::new()]));
+        fixtures.push((n, tiered, entries, f, [Vec::new(), Vec::new(), Vec::new()]));
     }
     let empty = enforcer_tests::empty_program::EmptyProgram::load().expect("an empty TC program");
     let mut empty_samples = Vec::new();
@@ -89,7 +119,7 @@ fn main() {
     // size alike.
     for _ in 0..ROUNDS {
         empty_samples.push(empty.run_ns(&est, BATCH).expect("BPF_PROG_TEST_RUN"));
-        for (_, _, f, samples) in fixtures.iter_mut() {
+        for (_, _, _, f, samples) in fixtures.iter_mut() {
             for (i, pkt) in [&new_flow, &est, &denied].into_iter().enumerate() {
                 samples[i].push(batch_ns(f, pkt));
             }
@@ -104,8 +134,9 @@ fn main() {
     let base = median(empty_samples);
     println!("empty program: {base:.1} ns per run (subtracted in the columns marked \"net\")");
     println!(
-        "{:>9} {:>10} {:>13} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "{:>9} {:>6} {:>10} {:>13} {:>12} {:>9} {:>9} {:>9} {:>9}",
         "policies",
+        "tiers",
         "entries",
         "allowed new",
         "established",
@@ -114,10 +145,11 @@ fn main() {
         "est net",
         "den net"
     );
-    for (n, entries, _, samples) in fixtures {
+    for (n, tiered, entries, _, samples) in fixtures {
         let [a, b, c] = samples.map(median);
+        let tiers = if tiered { "3" } else { "NP" };
         println!(
-            "{n:>9} {entries:>10} {a:>13.1} {b:>12.1} {c:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            "{n:>9} {tiers:>6} {entries:>10} {a:>13.1} {b:>12.1} {c:>9.1} {:>9.1} {:>9.1} {:>9.1}",
             a - base,
             b - base,
             c - base
