@@ -2,7 +2,8 @@
 //! (`kube::Api`) before the agent's source is tested against it (`api_source.rs`): paged lists
 //! and exact versions, watch events, bookmarks, timeouts and 410, a bounded history, the
 //! faults it injects (status codes, hangs, resets), and the network-policy-api collections with
-//! their CRD not installed (404) and installed again. No privileges needed, no cluster.
+//! their CRD not installed (404) and installed again, and the cluster-scoped Nodes. No
+//! privileges needed, no cluster.
 
 #[path = "support/logging.rs"]
 mod logging;
@@ -16,8 +17,8 @@ use kube::api::{Api, ListParams, VersionMatch, WatchEvent, WatchParams};
 use logging::init_tracing;
 use support::apiserver::{Answer, ApiServer, Fault, Kind, Options};
 use support::{
-    admin_network_policy, baseline_admin_network_policy, bounded, cluster_network_policy, pod,
-    wait_for,
+    admin_network_policy, baseline_admin_network_policy, bounded, cluster_network_policy, node,
+    pod, wait_for,
 };
 
 #[tokio::test]
@@ -384,6 +385,61 @@ async fn the_double_serves_the_cluster_policy_crds_and_answers_404_when_not_inst
         api.create_json(cluster_network_policy("c", "Baseline", 3, "Pass", 83));
         let list = cnps.list(&ListParams::default()).await.unwrap();
         assert_eq!(list.items[0].metadata.name.as_deref(), Some("c"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_double_serves_nodes_cluster_scoped() {
+    use k8s_openapi::api::core::v1::Node;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _log = init_tracing();
+    bounded(async {
+        let api = ApiServer::start().await;
+        api.create(&node("n1", "192.168.0.1", &[("role", "infra")]));
+        let nodes: Api<Node> = Api::all(api.client());
+        let list = nodes.list(&ListParams::default()).await.unwrap();
+        assert_eq!(list.items.len(), 1);
+        let n1 = &list.items[0];
+        assert_eq!(n1.metadata.name.as_deref(), Some("n1"));
+        assert_eq!(n1.metadata.namespace, None, "cluster-scoped");
+        assert_eq!(
+            n1.metadata.labels.as_ref().unwrap()["role"],
+            "infra",
+            "labels as written"
+        );
+        let at = list.metadata.resource_version.clone().unwrap();
+        let mut watch = nodes
+            .watch(&WatchParams::default(), &at)
+            .await
+            .unwrap()
+            .boxed();
+        api.update(&node("n1", "192.168.0.2", &[("role", "app")]));
+        match watch.try_next().await.unwrap() {
+            Some(WatchEvent::Modified(n)) => {
+                let addresses = n.status.unwrap().addresses.unwrap();
+                assert_eq!(addresses[0].address, "192.168.0.2");
+            }
+            other => panic!("expected the MODIFIED event, got {other:?}"),
+        }
+        api.delete::<Node>("n1");
+        match watch.try_next().await.unwrap() {
+            Some(WatchEvent::Deleted(n)) => assert_eq!(n.metadata.name.as_deref(), Some("n1")),
+            other => panic!("expected the DELETED event, got {other:?}"),
+        }
+        // Not under a namespace (kube's typed API cannot even ask).
+        let addr = api.url().trim_start_matches("http://").to_owned();
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /api/v1/namespaces/default/nodes HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     })
     .await
 }

@@ -2,9 +2,10 @@
 //! for driving the agent's real `kube` client in integration tests. Not in the shipped binary.
 //!
 //! **Implements**, for the collections the agent watches (core/v1 `namespaces`, `pods`,
-//! `services`; networking.k8s.io/v1 `networkpolicies`; discovery.k8s.io/v1 `endpointslices`;
-//! the network-policy-api CRDs' policy.networking.k8s.io/v1alpha2 `clusternetworkpolicies` and
-//! v1alpha1 `adminnetworkpolicies`, `baselineadminnetworkpolicies`, all three cluster-scoped),
+//! `services`, `nodes`; networking.k8s.io/v1 `networkpolicies`; discovery.k8s.io/v1
+//! `endpointslices`; the network-policy-api CRDs' policy.networking.k8s.io/v1alpha2
+//! `clusternetworkpolicies` and v1alpha1 `adminnetworkpolicies`, `baselineadminnetworkpolicies`;
+//! Namespaces, Nodes and the three policy kinds cluster-scoped),
 //! cluster-wide (`/api/v1/pods`) and, for namespaced kinds, per namespace
 //! (`/api/v1/namespaces/NS/pods`), `GET` only:
 //!
@@ -82,6 +83,7 @@ pub enum Kind {
     NetworkPolicy,
     Service,
     EndpointSlice,
+    Node,
     ClusterNetworkPolicy,
     AdminNetworkPolicy,
     BaselineAdminNetworkPolicy,
@@ -91,12 +93,13 @@ pub enum Kind {
 pub(crate) const KINDS: usize = Kind::ALL.len();
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::Node,
         Kind::ClusterNetworkPolicy,
         Kind::AdminNetworkPolicy,
         Kind::BaselineAdminNetworkPolicy,
@@ -117,6 +120,7 @@ impl Kind {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Node => "Node",
             Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
             Kind::AdminNetworkPolicy => "AdminNetworkPolicy",
             Kind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
@@ -125,7 +129,7 @@ impl Kind {
 
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Pod | Kind::Service => "v1",
+            Kind::Namespace | Kind::Pod | Kind::Service | Kind::Node => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
@@ -142,6 +146,7 @@ impl Kind {
             Kind::NetworkPolicy => "networkpolicies",
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
+            Kind::Node => "nodes",
             Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
             Kind::AdminNetworkPolicy => "adminnetworkpolicies",
             Kind::BaselineAdminNetworkPolicy => "baselineadminnetworkpolicies",
@@ -152,6 +157,7 @@ impl Kind {
         !matches!(
             self,
             Kind::Namespace
+                | Kind::Node
                 | Kind::ClusterNetworkPolicy
                 | Kind::AdminNetworkPolicy
                 | Kind::BaselineAdminNetworkPolicy

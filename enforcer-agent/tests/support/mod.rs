@@ -19,7 +19,7 @@ pub use root_skip::root_or_skip as root;
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
@@ -44,6 +44,23 @@ pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
         "metadata": {"name": name, "labels": label_map(labels)},
         "spec": {"finalizers": ["kubernetes"]},
         "status": {"phase": "Active"},
+    }))
+}
+
+/// A Ready Node with `labels` and the InternalIP `internal_ip` (and, as kubelet reports it,
+/// its Hostname address, which is not an IP).
+pub fn node(name: &str, internal_ip: &str, labels: &[(&str, &str)]) -> Node {
+    typed(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": label_map(labels)},
+        "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": internal_ip},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
     }))
 }
 
@@ -191,12 +208,13 @@ pub fn summary(c: &enforcer_agent::model::Cluster) -> String {
     }
     format!(
         "namespaces: [{}]\npods: [{}]\npolicies: [{}]\nservices: [{}]\nslices: [{}]\n\
-         cluster policies: [{}]",
+         nodes: [{}]\ncluster policies: [{}]",
         keys(&c.namespaces),
         keys(&c.pods),
         keys(&c.policies),
         keys(&c.services),
         keys(&c.endpoint_slices),
+        keys(&c.nodes),
         keys(&c.cluster_policies),
     )
 }
