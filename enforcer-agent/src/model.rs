@@ -332,7 +332,8 @@ pub struct Cluster {
     pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
     pub services: BTreeMap<ServiceKey, Service>,
     pub endpoint_slices: BTreeMap<SliceKey, EndpointSlice>,
-    /// Node addresses by node name (`explain` only: the agent takes its own node's addresses
+    /// Node addresses by node name (the Node objects' InternalIP/ExternalIP), for the `nodes`
+    /// peers of cluster policies and for `explain` (the agent takes its own node's addresses
     /// from its network namespace).
     pub nodes: BTreeMap<String, Vec<IpAddr>>,
     /// Node labels by node name, for the `nodes` peers of cluster policies.

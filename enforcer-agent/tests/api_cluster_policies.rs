@@ -4,7 +4,9 @@
 //! BaselineAdminNetworkPolicy listed and watched into the snapshot, invalid versions, and the
 //! CRDs' absence: not installed at start (healthy, empty, logged once), installed later (picked
 //! up within the recheck interval), removed (the kind empties), and failing like any other kind
-//! (last state kept, stale). No privileges needed, no cluster.
+//! (last state kept, stale). And the Nodes that `nodes` peers select: listed and watched with
+//! their labels and addresses, and a ClusterNetworkPolicy's `nodes` peer compiled to their
+//! addresses as the labels change. No privileges needed, no cluster.
 //!
 //! "Converged" is what the agent's sync loop sees, as in `api_source.rs`: a snapshot taken right
 //! after a `changed` notification shows the state.
@@ -17,6 +19,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use enforcer_agent::compile::{compile, evaluate, Direction, NodeInput};
 use enforcer_agent::model::cluster_policy::{
     Action, ClusterPolicy, ClusterPolicyKey, ClusterPolicyKind, ProtocolMatch, Tier,
 };
@@ -25,10 +28,11 @@ use enforcer_agent::source::kube::{KubeSource, CRD_KINDS, KINDS};
 use enforcer_agent::source::objects::KEPT_LAST_GOOD;
 use futures::FutureExt;
 use logging::init_tracing;
+use serde_json::json;
 use support::apiserver::{Answer, ApiServer, Fault, Kind, Verb};
 use support::{
     admin_network_policy, baseline_admin_network_policy, bounded, cluster_network_policy,
-    namespace, summary, wait_for,
+    namespace, node, pod, summary, wait_for,
 };
 use tokio::time::Instant;
 
@@ -584,6 +588,209 @@ async fn a_failing_cnp_watch_keeps_the_last_state_and_goes_stale() {
     .await
 }
 
+// ---------------------------------------------------------------------------------------------
+// Nodes, for `nodes` peers.
+
+/// A Node's labels (`key=value`, sorted) and addresses as the snapshot holds them.
+fn node_of(c: &Cluster, name: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let addresses = c.nodes.get(name)?;
+    let labels = c.node_labels.get(name)?;
+    Some((
+        labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        addresses.iter().map(ToString::to_string).collect(),
+    ))
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn nodes_are_listed_and_watched_into_the_snapshot_with_labels_and_addresses() {
+    let _log = init_tracing();
+    bounded(async {
+        let api = ApiServer::start().await;
+        api.create(&node("worker-a", "192.168.0.10", &[("role", "infra")]));
+        // ExternalIP is kept too, the Hostname address (not an IP) is not.
+        let mut b = node("worker-b", "192.168.0.11", &[("role", "app")]);
+        b.status.as_mut().unwrap().addresses.as_mut().unwrap().push(
+            k8s_openapi::api::core::v1::NodeAddress {
+                type_: "ExternalIP".into(),
+                address: "203.0.113.11".into(),
+            },
+        );
+        api.create(&b);
+        let mut source = start(&api).await;
+
+        let (first, errors) = source.snapshot();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            node_of(&first, "worker-a"),
+            Some((strings(&["role=infra"]), strings(&["192.168.0.10"]))),
+            "{}",
+            summary(&first)
+        );
+        assert_eq!(
+            node_of(&first, "worker-b"),
+            Some((
+                strings(&["role=app"]),
+                strings(&["192.168.0.11", "203.0.113.11"])
+            ))
+        );
+        assert_eq!(source.snapshot_full().revisions["Node"].objects, 2);
+        assert_eq!(source.stale_for(), None);
+
+        let within = Duration::from_secs(5);
+        // A label changed.
+        drain(&source);
+        api.update(&node(
+            "worker-a",
+            "192.168.0.10",
+            &[("role", "infra"), ("zone", "z1")],
+        ));
+        converge(&mut source, &api, "worker-a relabelled", within, |c, _| {
+            node_of(c, "worker-a").is_some_and(|(l, _)| l == ["role=infra", "zone=z1"])
+        })
+        .await;
+        // An address changed.
+        drain(&source);
+        api.update(&node("worker-b", "192.168.0.21", &[("role", "app")]));
+        converge(
+            &mut source,
+            &api,
+            "worker-b's new address",
+            within,
+            |c, _| node_of(c, "worker-b").is_some_and(|(_, a)| a == ["192.168.0.21"]),
+        )
+        .await;
+        // An invalid label: reported, the last good version stays.
+        drain(&source);
+        api.update(&node("worker-a", "192.168.0.99", &[("role", "not valid!")]));
+        let (c, errors) = converge(&mut source, &api, "the invalid Node", within, |_, e| {
+            !e.is_empty()
+        })
+        .await;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("Node")
+                && errors[0].contains("worker-a")
+                && errors[0].contains("metadata.labels")
+                && errors[0].ends_with(KEPT_LAST_GOOD),
+            "{errors:?}"
+        );
+        assert_eq!(
+            node_of(&c, "worker-a"),
+            Some((
+                strings(&["role=infra", "zone=z1"]),
+                strings(&["192.168.0.10"])
+            ))
+        );
+        // Added and deleted.
+        drain(&source);
+        api.create(&node("worker-c", "192.168.0.12", &[]));
+        api.delete::<k8s_openapi::api::core::v1::Node>("worker-b");
+        let (c, _) = converge(
+            &mut source,
+            &api,
+            "worker-c in, worker-b out",
+            within,
+            |c, _| c.nodes.contains_key("worker-c") && !c.nodes.contains_key("worker-b"),
+        )
+        .await;
+        assert!(!c.node_labels.contains_key("worker-b"), "{}", summary(&c));
+        // All of it through the one watch.
+        assert_eq!(api.lists_started(Kind::Node), 1);
+        assert_eq!(api.requests(Kind::Node, Verb::Watch), 1);
+    })
+    .await
+}
+
+/// An Admin-tier ClusterNetworkPolicy denying egress from the namespaces labelled `ns=x` to
+/// the Nodes labelled `role=infra`, any protocol.
+fn deny_egress_to_infra_nodes() -> serde_json::Value {
+    json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "deny-infra-nodes"},
+        "spec": {
+            "tier": "Admin", "priority": 5,
+            "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+            "egress": [{
+                "name": "no-infra", "action": "Deny",
+                "to": [{"nodes": {"matchLabels": {"role": "infra"}}}],
+            }],
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_nodes_peer_denies_the_watched_nodes_whose_labels_match() {
+    let _log = init_tracing();
+    bounded(async {
+        let api = ApiServer::start().await;
+        api.create(&namespace("x", &[("ns", "x")]));
+        api.create(&pod("x", "client", "10.244.1.5", &[("app", "client")]));
+        api.create(&node("worker-a", "192.168.0.10", &[("role", "infra")]));
+        api.create(&node("worker-b", "192.168.0.11", &[("role", "app")]));
+        api.create_json(deny_egress_to_infra_nodes());
+        let mut source = start(&api).await;
+        let node_1 = NodeInput {
+            name: "node-1".into(),
+            ..Default::default()
+        };
+        // Whether the client may open a TCP connection to `to`:443 with these tables.
+        let allowed = |c: &Cluster, to: &str| {
+            let tables = compile(c, &node_1);
+            let me = c
+                .pods
+                .values()
+                .find(|p| p.key.name == "client")
+                .expect("the client pod")
+                .key
+                .clone();
+            evaluate(&tables, &me, Direction::Egress, to.parse().unwrap(), 6, 443).allowed()
+        };
+
+        let (c, errors) = source.snapshot();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(!allowed(&c, "192.168.0.10"), "the infra Node is denied");
+        assert!(allowed(&c, "192.168.0.11"), "the other Node is not");
+        assert!(allowed(&c, "198.51.100.7"), "nor is any other address");
+
+        // worker-b labelled infra through the watch: denied too; worker-a relabelled: allowed.
+        drain(&source);
+        api.update(&node("worker-b", "192.168.0.11", &[("role", "infra")]));
+        api.update(&node("worker-a", "192.168.0.10", &[("role", "app")]));
+        let (c, _) = converge(
+            &mut source,
+            &api,
+            "the relabelled Nodes",
+            Duration::from_secs(5),
+            |c, _| {
+                node_of(c, "worker-a").is_some_and(|(l, _)| l == ["role=app"])
+                    && node_of(c, "worker-b").is_some_and(|(l, _)| l == ["role=infra"])
+            },
+        )
+        .await;
+        assert!(!allowed(&c, "192.168.0.11"), "worker-b is infra now");
+        assert!(allowed(&c, "192.168.0.10"), "worker-a is not any more");
+        assert!(allowed(&c, "198.51.100.7"));
+
+        // The Node deleted: its address is nobody's, and allowed.
+        drain(&source);
+        api.delete::<k8s_openapi::api::core::v1::Node>("worker-b");
+        let (c, _) = converge(
+            &mut source,
+            &api,
+            "worker-b deleted",
+            Duration::from_secs(5),
+            |c, _| !c.nodes.contains_key("worker-b"),
+        )
+        .await;
+        assert!(allowed(&c, "192.168.0.11"));
+    })
+    .await
+}
+
 #[test]
 fn the_double_kinds_match_the_sources_crd_kinds() {
     let names: Vec<&str> = Kind::CRDS.iter().map(|k| k.name()).collect();
@@ -592,4 +799,10 @@ fn the_double_kinds_match_the_sources_crd_kinds() {
         assert_eq!(double_kind(kind).name(), kind);
         assert!(KINDS.contains(&kind));
     }
+    // And the double serves every kind the source watches.
+    let mut served: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+    let mut watched = KINDS.to_vec();
+    served.sort();
+    watched.sort();
+    assert_eq!(served, watched);
 }

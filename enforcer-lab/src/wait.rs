@@ -24,7 +24,7 @@ use enforcer_agent::model::cluster_policy_api::{
 };
 use enforcer_agent::source::kube::{CRD_KINDS, KINDS};
 use enforcer_agent::source::revision::{self, KindRevision};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ListParams;
@@ -93,6 +93,7 @@ async fn list_all(client: &Client) -> anyhow::Result<BTreeMap<&'static str, List
             "NetworkPolicy" => list_kind::<NetworkPolicy>(client).await,
             "Service" => list_kind::<Service>(client).await,
             "EndpointSlice" => list_kind::<EndpointSlice>(client).await,
+            "Node" => list_kind::<Node>(client).await,
             "ClusterNetworkPolicy" => list_kind::<ClusterNetworkPolicyObject>(client).await,
             "AdminNetworkPolicy" => list_kind::<AdminNetworkPolicyObject>(client).await,
             "BaselineAdminNetworkPolicy" => {

@@ -124,13 +124,9 @@ async fn explain(a: ExplainArgs) -> anyhow::Result<()> {
             )
             .await
             .context("connecting to the Kubernetes API")?;
-            let nodes = enforcer_agent::source::kube::node_addresses(client.clone())
-                .await
-                .context("listing Nodes")?;
+            // Nodes included: the source watches them (their addresses and labels).
             let mut src = enforcer_agent::source::kube::KubeSource::start(client).await?;
-            let mut cluster = src.snapshot().0;
-            cluster.nodes.extend(nodes);
-            cluster
+            src.snapshot().0
         }
     };
     cluster

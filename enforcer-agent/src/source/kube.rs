@@ -1,5 +1,6 @@
 //! The Kubernetes API as the source (`enforcer agent` in a DaemonSet): watches of all
-//! Namespaces, Pods, NetworkPolicies, Services and EndpointSlices, and of the network-policy-api
+//! Namespaces, Pods, NetworkPolicies, Services, EndpointSlices and Nodes (their labels and
+//! addresses, for cluster policies' `nodes` peers), and of the network-policy-api
 //! kinds (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy: CRDs a cluster
 //! may lack, [`super::kube_crd`]), kept converted to the model ([`super::kube_store`]). Every
 //! watch event only wakes the sync loop, which snapshots the stores and recompiles
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -34,7 +35,7 @@ use tokio::sync::Notify;
 
 use super::kube_crd::{watch_crd, CrdWatch};
 use super::kube_store::{Key, KindStore};
-use super::objects::{cluster_of, Object};
+use super::objects::{cluster_of, node_from_k8s, Object};
 use super::revision::KindRevision;
 use crate::model::cluster_policy_api::{
     AdminNetworkPolicyObject, BaselineAdminNetworkPolicyObject, ClusterNetworkPolicyObject,
@@ -42,12 +43,13 @@ use crate::model::cluster_policy_api::{
 use crate::model::{self, Cluster, InvalidObject};
 
 /// The kinds watched, by the names used in logs, health and [`Snapshot::revisions`].
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "Namespace",
     "Pod",
     "NetworkPolicy",
     "Service",
     "EndpointSlice",
+    "Node",
     "ClusterNetworkPolicy",
     "AdminNetworkPolicy",
     "BaselineAdminNetworkPolicy",
@@ -128,6 +130,13 @@ impl Watched for EndpointSlice {
     const KIND: &'static str = "EndpointSlice";
     fn to_model(&self) -> Result<Object, InvalidObject> {
         model::endpoint_slice_from_k8s(self).map(Object::EndpointSlice)
+    }
+}
+
+impl Watched for Node {
+    const KIND: &'static str = "Node";
+    fn to_model(&self) -> Result<Object, InvalidObject> {
+        node_from_k8s(self)
     }
 }
 
@@ -374,6 +383,13 @@ impl KubeSource {
             h.clone(),
             st.clone(),
         );
+        watch(
+            Api::<Node>::all(c.clone()),
+            wc.clone(),
+            n.clone(),
+            h.clone(),
+            st.clone(),
+        );
         let crd = CrdWatch {
             client: c.clone(),
             wc,
@@ -478,6 +494,7 @@ async fn recheck_failing(client: Client, health: Health) {
                 "Pod" => lists::<Pod>(&client).await,
                 "NetworkPolicy" => lists::<NetworkPolicy>(&client).await,
                 "Service" => lists::<Service>(&client).await,
+                "Node" => lists::<Node>(&client).await,
                 "ClusterNetworkPolicy" => lists::<ClusterNetworkPolicyObject>(&client).await,
                 "AdminNetworkPolicy" => lists::<AdminNetworkPolicyObject>(&client).await,
                 "BaselineAdminNetworkPolicy" => {
@@ -490,21 +507,6 @@ async fn recheck_failing(client: Client, health: Health) {
             }
         }
     }
-}
-
-/// Every Node's addresses, listed once (for `explain`: the agent itself does not watch Nodes,
-/// whose status changes often and says nothing about policy).
-pub async fn node_addresses(
-    client: Client,
-) -> anyhow::Result<Vec<(String, Vec<std::net::IpAddr>)>> {
-    let list = Api::<k8s_openapi::api::core::v1::Node>::all(client)
-        .list(&Default::default())
-        .await?;
-    Ok(list
-        .items
-        .iter()
-        .filter_map(|n| crate::model::node_addresses_from_k8s(n).ok())
-        .collect())
 }
 
 #[cfg(test)]

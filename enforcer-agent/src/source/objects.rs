@@ -70,15 +70,7 @@ impl ApiObject {
             ApiObject::EndpointSlice(s) => {
                 Object::EndpointSlice(model::endpoint_slice_from_k8s(s)?)
             }
-            ApiObject::Node(n) => {
-                let (name, addresses) = model::node_addresses_from_k8s(n)?;
-                let labels = model::node_labels_from_k8s(n)?;
-                Object::Node {
-                    name,
-                    addresses,
-                    labels,
-                }
-            }
+            ApiObject::Node(n) => node_from_k8s(n)?,
             ApiObject::ClusterPolicy(p) => {
                 Object::ClusterPolicy(model::cluster_policy_from_api(p)?)
             }
@@ -111,6 +103,20 @@ impl ApiObject {
             ),
         }
     }
+}
+
+/// A Node as the model holds it, from a manifest or the API's watch: its name, labels
+/// (validated: `nodes` peers select on them) and InternalIP/ExternalIP addresses. The rest of
+/// a Node (conditions, images, heartbeats) is dropped, so a status update that changes none of
+/// these leaves the model as it was.
+pub fn node_from_k8s(node: &core::Node) -> Result<Object, InvalidObject> {
+    let (name, addresses) = model::node_addresses_from_k8s(node)?;
+    let labels = model::node_labels_from_k8s(node)?;
+    Ok(Object::Node {
+        name,
+        addresses,
+        labels,
+    })
 }
 
 /// Builds the cluster from objects.
