@@ -237,7 +237,6 @@ fn staged_policies(
                 .filter(|(a, _)| a.direction == direction)
                 .map(|(a, id)| (*a, *id))
                 .collect(),
-            isolates: true,
         });
     }
     out

@@ -56,12 +56,12 @@ pub(super) enum StagedPolicy {
         tier: Tier,
         rules: TierRules,
     },
+    /// A staged NetworkPolicy that isolates the pod in this direction (one that does not has
+    /// no effect on it and is not listed).
     Network {
         policy: PolicyRef,
         /// Its allows in this direction.
         allows: Vec<(Allow, RuleId)>,
-        /// Whether it isolates the pod in this direction.
-        isolates: bool,
     },
 }
 
@@ -105,12 +105,10 @@ impl Tiers<'_> {
                     Tier::Admin => Cow::Borrowed(&*self.baseline),
                 },
             },
-            StagedPolicy::Network {
-                allows, isolates, ..
-            } => Tiers {
+            StagedPolicy::Network { allows, .. } => Tiers {
                 admin: Cow::Borrowed(&*self.admin),
                 np: Cow::Owned(self.np.iter().chain(allows).copied().collect()),
-                isolated: self.isolated || *isolates,
+                isolated: true,
                 baseline: Cow::Borrowed(&*self.baseline),
             },
         }
