@@ -18,7 +18,9 @@
 //!   medians over the rounds with min–max.
 //!
 //! `ENFORCER_BENCH_ROUNDS` (default 5) and `ENFORCER_BENCH_SECONDS` (per measurement, default
-//! 4) change the length.
+//! 4) change the length; `ENFORCER_BENCH_N` (say `10,10000`), `ENFORCER_BENCH_WORK` (`crr`,
+//! `rr`, `stream`) and `ENFORCER_BENCH_VARIANTS` (`nftables`, `enforcer`; no filter always
+//! runs, as the base) narrow it, to profile one case (`perf record -a` alongside).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -556,26 +558,36 @@ fn main() {
     let topo = Topology::build();
     let received = Arc::new(AtomicU64::new(0));
     start_servers(&topo.servers, received.clone());
-    let variants = [Variant::None, Variant::Nftables, Variant::Enforcer];
+    let variants: Vec<Variant> = [Variant::None, Variant::Nftables, Variant::Enforcer]
+        .into_iter()
+        .filter(|v| *v == Variant::None || selected("ENFORCER_BENCH_VARIANTS", &format!("{v:?}")))
+        .collect();
+    let works: Vec<Work> = Work::ALL
+        .into_iter()
+        .filter(|w| selected("ENFORCER_BENCH_WORK", &format!("{w:?}")))
+        .collect();
     println!(
         "end to end, {} client pods x {THREADS_PER_CLIENT} threads -> {} server pods; {rounds} rounds of {secs} s; ratios to no filter in the same round, median (min-max); CPU: whole machine per operation",
         topo.clients.len(),
         topo.servers.len()
     );
     for n in [10, 1_000, 10_000] {
+        if !selected("ENFORCER_BENCH_N", &n.to_string()) {
+            continue;
+        }
         // [variant][work] -> per-round ratios (rate, cpu)
-        let mut ratios = vec![vec![(Vec::new(), Vec::new()); Work::ALL.len()]; variants.len()];
-        let mut absolute = vec![vec![Vec::new(); Work::ALL.len()]; variants.len()];
+        let mut ratios = vec![vec![(Vec::new(), Vec::new()); works.len()]; variants.len()];
+        let mut absolute = vec![vec![Vec::new(); works.len()]; variants.len()];
         for round in 0..rounds {
             // Interleaved, and the order rotates so that no variant always runs first.
-            let mut base = vec![Sample::default(); Work::ALL.len()];
+            let mut base = vec![Sample::default(); works.len()];
             let order: Vec<usize> = (0..variants.len())
                 .map(|i| (i + round) % variants.len())
                 .collect();
-            let mut samples = vec![vec![Sample::default(); Work::ALL.len()]; variants.len()];
+            let mut samples = vec![vec![Sample::default(); works.len()]; variants.len()];
             for &v in &order {
                 let active = start(variants[v], &topo, n, &work_dir);
-                for (w, work) in Work::ALL.into_iter().enumerate() {
+                for (w, &work) in works.iter().enumerate() {
                     samples[v][w] = measure(&topo, work, secs, &received);
                 }
                 stop(variants[v], active);
@@ -584,7 +596,7 @@ fn main() {
                 *b = samples[0][w];
             }
             for v in 0..variants.len() {
-                for w in 0..Work::ALL.len() {
+                for w in 0..works.len() {
                     let s = samples[v][w];
                     ratios[v][w].0.push(s.rate / base[w].rate);
                     ratios[v][w].1.push(s.cpu_per_op / base[w].cpu_per_op);
@@ -593,8 +605,12 @@ fn main() {
             }
         }
         println!("\nN = {n} policies");
-        println!("| variant | CRR | CPU/conn | RR | CPU/txn | stream | CPU/byte | CRR conn/s |");
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let mut head = String::from("| variant |");
+        for w in &works {
+            let _ = write!(head, " {w:?} | CPU/op |");
+        }
+        println!("{head} {:?}/s |", works[0]);
+        println!("| --- |{} ---: |", " ---: | ---: |".repeat(works.len()));
         for (v, variant) in variants.iter().enumerate() {
             let mut row = format!("| {variant:?} |");
             for (rate, cpu) in &ratios[v] {
@@ -606,6 +622,15 @@ fn main() {
     }
     drop(topo);
     let _ = std::fs::remove_dir_all(&work_dir);
+}
+
+/// Whether `name` is in the comma-separated list of the environment variable `var` (case
+/// does not matter); every name is when it is unset.
+fn selected(var: &str, name: &str) -> bool {
+    match std::env::var(var) {
+        Ok(list) => list.split(',').any(|x| x.trim().eq_ignore_ascii_case(name)),
+        Err(_) => true,
+    }
 }
 
 fn spread(v: &[f64]) -> String {
