@@ -566,6 +566,10 @@ fn main() {
         .into_iter()
         .filter(|w| selected("ENFORCER_BENCH_WORK", &format!("{w:?}")))
         .collect();
+    assert!(
+        !works.is_empty(),
+        "ENFORCER_BENCH_WORK selects none of crr, rr, stream"
+    );
     println!(
         "end to end, {} client pods x {THREADS_PER_CLIENT} threads -> {} server pods; {rounds} rounds of {secs} s; ratios to no filter in the same round, median (min-max); CPU: whole machine per operation",
         topo.clients.len(),
