@@ -267,9 +267,13 @@ fn start_flow_tasks(
         flush_rx,
         metrics.clone(),
     ));
-    let outputs = flow_sink::Outputs {
-        lost: lost_rx,
-        ends: ends_rx,
+    let sink = flow_sink::Pipeline {
+        ctx: ctx.clone(),
+        out,
+        filter: flow_sink::Filter {
+            allowed: opts.log_allowed,
+            records: opts.flow_log_filter.clone(),
+        },
         metrics: metrics.clone(),
         store: flow_store,
         alerts: opts.alerts.clone().map(Alerts::new),
@@ -278,16 +282,11 @@ fn start_flow_tasks(
             .clone()
             .map(|u| notify::start(u, opts.node.clone())),
     };
-    let filter = flow_sink::Filter {
-        allowed: opts.log_allowed,
-        records: opts.flow_log_filter.clone(),
+    let inputs = flow_sink::Inputs {
+        lost: lost_rx,
+        ends: ends_rx,
     };
-    let flow_ctx = ctx.clone();
-    let flows = tokio::spawn(async move {
-        if let Err(e) = flow_sink::run(ring, flow_ctx, out, filter, outputs).await {
-            tracing::error!(error = %format!("{e:#}"), "flow log stopped");
-        }
-    });
+    let flows = tokio::spawn(flow_sink::run(ring, sink, inputs));
     Ok(FlowTasks {
         lost: lost_tx,
         flush: flush_tx,

@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use enforcer_agent::alerts::AlertsConfig;
 use enforcer_agent::{agent, flows, netns};
 
+/// The flow pipeline allocates for every record; glibc's malloc and free were about a third of
+/// its CPU (`tests/benches/flow_events.rs`, which runs with this allocator too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "enforcer",

@@ -21,6 +21,9 @@
 //! 4) change the length; `ENFORCER_BENCH_N` (say `10,10000`), `ENFORCER_BENCH_WORK` (`crr`,
 //! `rr`, `stream`) and `ENFORCER_BENCH_VARIANTS` (`nftables`, `enforcer`; no filter always
 //! runs, as the base) narrow it, to profile one case (`perf record -a` alongside).
+//! `ENFORCER_BENCH_COMPARE=<another agent binary>` adds the variant `compare`, run like
+//! `enforcer` in the same rounds: an A/B of a change to the agent (say, main's build against a
+//! branch's) on equal terms, where two runs on this VM would differ more than the change.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -421,6 +424,9 @@ enum Variant {
     None,
     Nftables,
     Enforcer,
+    /// Another agent binary (`ENFORCER_BENCH_COMPARE`, say main's build), to A/B a change to
+    /// the agent within one run.
+    Compare,
 }
 
 /// What a variant left running.
@@ -433,6 +439,10 @@ fn bin() -> PathBuf {
     std::env::var_os("ENFORCER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/enforcer"))
+}
+
+fn compare_bin() -> Option<PathBuf> {
+    std::env::var_os("ENFORCER_BENCH_COMPARE").map(PathBuf::from)
 }
 
 fn attached(status: &Path, pods: usize) -> bool {
@@ -457,7 +467,11 @@ fn start(variant: Variant, t: &Topology, n: usize, work_dir: &Path) -> Active {
                 .arg(&file));
             Active::Nothing
         }
-        Variant::Enforcer => {
+        Variant::Enforcer | Variant::Compare => {
+            let bin = match variant {
+                Variant::Compare => compare_bin().expect("set with the variant"),
+                _ => bin(),
+            };
             let dir = work_dir.join("manifests");
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
@@ -466,7 +480,7 @@ fn start(variant: Variant, t: &Topology, n: usize, work_dir: &Path) -> Active {
             let _ = std::fs::remove_dir_all(&pins);
             let status = work_dir.join("status.json");
             let _ = std::fs::remove_file(&status);
-            let child = Command::new(bin())
+            let child = Command::new(&bin)
                 .args(["agent", "--node", "bench", "--netns"])
                 .arg(format!("/run/netns/{NODE}"))
                 .arg("--manifests")
@@ -481,7 +495,7 @@ fn start(variant: Variant, t: &Topology, n: usize, work_dir: &Path) -> Active {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e} (ENFORCER_BIN)", bin().display()));
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
             let deadline = Instant::now() + Duration::from_secs(60);
             while !attached(&status, t.clients.len() + t.servers.len()) {
                 assert!(Instant::now() < deadline, "the agent attached every pod");
@@ -558,10 +572,19 @@ fn main() {
     let topo = Topology::build();
     let received = Arc::new(AtomicU64::new(0));
     start_servers(&topo.servers, received.clone());
-    let variants: Vec<Variant> = [Variant::None, Variant::Nftables, Variant::Enforcer]
-        .into_iter()
-        .filter(|v| *v == Variant::None || selected("ENFORCER_BENCH_VARIANTS", &format!("{v:?}")))
-        .collect();
+    if let Some(c) = compare_bin() {
+        assert!(c.exists(), "ENFORCER_BENCH_COMPARE: no {}", c.display());
+    }
+    let variants: Vec<Variant> = [
+        Variant::None,
+        Variant::Nftables,
+        Variant::Enforcer,
+        Variant::Compare,
+    ]
+    .into_iter()
+    .filter(|v| *v != Variant::Compare || compare_bin().is_some())
+    .filter(|v| *v == Variant::None || selected("ENFORCER_BENCH_VARIANTS", &format!("{v:?}")))
+    .collect();
     let works: Vec<Work> = Work::ALL
         .into_iter()
         .filter(|w| selected("ENFORCER_BENCH_WORK", &format!("{w:?}")))

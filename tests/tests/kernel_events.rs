@@ -227,9 +227,11 @@ fn the_sweeper_reports_idle_connections_and_removes_expired_entries() {
         "the reset entry is removed, silently"
     );
     assert!(pass.ends.is_empty());
-    // Every connection's bytes so far are sampled once, the reset one included.
-    assert_eq!(pass.samples.len(), 3, "{:?}", pass.samples);
-    let udp_sample = decoded(&pass.samples)
+    // Every connection's bytes so far are sampled once, the reset one included: the two TCP
+    // connections from b to a:80 in one sample (summed, source port 0), the UDP one in another.
+    assert_eq!(pass.samples.len(), 2, "{:?}", pass.samples);
+    let samples = decoded(&pass.samples);
+    let udp_sample = samples
         .iter()
         .find(|e| e.proto == UDP)
         .unwrap()
@@ -237,6 +239,18 @@ fn the_sweeper_reports_idle_connections_and_removes_expired_entries() {
         .unwrap();
     assert_eq!((udp_sample.packets_orig, udp_sample.packets_reply), (1, 1));
     assert_eq!(udp_sample.reason_name(), "active");
+    let tcp_sample = samples.iter().find(|e| e.proto != UDP).unwrap();
+    assert_eq!(
+        (
+            tcp_sample.src,
+            tcp_sample.sport,
+            tcp_sample.dst,
+            tcp_sample.dport
+        ),
+        (ip(b), 0, ip(a), 80)
+    );
+    let tcp_counts = tcp_sample.end.unwrap();
+    assert_eq!((tcp_counts.packets_orig, tcp_counts.packets_reply), (2, 2));
     let quiet = ct_sweep::sweep(&mut ct, now, &mut meter).unwrap();
     assert!(
         quiet.samples.is_empty(),
@@ -490,4 +504,70 @@ fn icmp_records_carry_the_message_type() {
         DROP
     );
     assert_eq!(f.drain_events()[0].icmp, None);
+}
+
+/// A pass reads the whole map in batches (more entries than one batch holds, here), removes
+/// exactly the expired entries.
+#[test]
+fn a_sweep_reads_a_map_larger_than_a_batch_and_removes_exactly_the_expired() {
+    use enforcer_agent::dataplane::ct_sweep;
+    use enforcer_common::ct::{state, timeout, CtEntry, CtKey};
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    let mut ct = f.dp.take_conntrack().expect("the conntrack map");
+    let now = ct_sweep::monotonic_now();
+    let key = |i: u32| CtKey {
+        ep_id: 1,
+        addr_lo: std::net::Ipv4Addr::from(0x0af4_0000 + i)
+            .to_ipv6_mapped()
+            .octets(),
+        addr_hi: std::net::Ipv4Addr::new(10, 244, 1, 10)
+            .to_ipv6_mapped()
+            .octets(),
+        port_lo: 40000u16.to_be(),
+        port_hi: 53u16.to_be(),
+        proto: UDP,
+        _pad: [0; 3],
+    };
+    // 10,000 UDP flows; every third idle past the timeout (and already reported, so removed
+    // silently), the rest live.
+    let n = 10_000u32;
+    for i in 0..n {
+        let idle = i % 3 == 0;
+        let last = if idle {
+            now - timeout::UDP - 1_000_000_000
+        } else {
+            now
+        };
+        let e = CtEntry {
+            created_ns: last,
+            last_seen_ns: last,
+            packets_orig: 1,
+            state: state::ESTABLISHED,
+            flags: if idle {
+                enforcer_common::ct::CT_F_END_REPORTED
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        ct.insert(key(i), e, 0).unwrap();
+    }
+    let expired = (0..n).filter(|i| i % 3 == 0).count();
+    let mut meter = ct_sweep::ByteMeter::default();
+    let pass = ct_sweep::sweep(&mut ct, now, &mut meter).unwrap();
+    assert_eq!((pass.live, pass.removed), (n as usize - expired, expired));
+    assert!(pass.ends.is_empty(), "all reported already");
+    assert_eq!(meter.connections(), n as usize, "every entry was read once");
+    let left: Vec<CtKey> = ct.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(left.len(), n as usize - expired);
+    assert!(left.iter().all(|k| {
+        let i = u32::from_be_bytes(k.addr_lo[12..].try_into().unwrap()) - 0x0af4_0000;
+        i % 3 != 0
+    }));
+    // A second pass finds nothing more to remove.
+    let again = ct_sweep::sweep(&mut ct, now, &mut meter).unwrap();
+    assert_eq!((again.live, again.removed), (n as usize - expired, 0));
 }

@@ -1,18 +1,17 @@
 //! Where flow records go: the flow log (JSON lines, stdout or a rotated file), the in-memory
 //! store behind `enforcer flows`, the metrics, and the anomaly detectors, whose alerts go to the
 //! same log, the agent's log, a metric and optionally an Alertmanager webhook. Reads the ring
-//! buffer as it fills, and takes what the conntrack sweeper reports.
+//! buffer every [`READ_EVERY`], and takes what the conntrack sweeper reports.
 //!
 //! Wiring, so it sits in the agent: `flows` makes the records (`decode`, `enrich`) and keeps
 //! them (`store`); `alerts` and `metrics` read them.
 
 use std::io::Write;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aya::maps::{MapData, RingBuf};
 use enforcer_common::flow::ConnEndEvent;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use crate::alerts::{to_record, Alert, Alerts};
@@ -40,13 +39,23 @@ impl Filter {
     }
 }
 
-/// Everything a record feeds besides the log.
-pub struct Outputs {
+/// Everything a record feeds, and how: the log (with its filter), the metrics, the store and
+/// the detectors. What the agent does with each event, apart from reading the ring buffer; the
+/// flow-event benchmark drives this same code.
+pub struct Pipeline {
+    /// What the agent knows now, to attribute events with.
+    pub ctx: Arc<RwLock<Context>>,
+    pub out: Box<dyn Write + Send>,
+    pub filter: Filter,
     pub metrics: Metrics,
     pub store: FlowStore,
     pub alerts: Option<Alerts>,
     /// Alerts to POST (bounded: a slow webhook loses alerts, never blocks flows).
     pub webhook: Option<mpsc::Sender<Alert>>,
+}
+
+/// What the sink takes besides the ring buffer.
+pub struct Inputs {
     /// Counts of events the kernel could not report (ring buffer full), to mark in the log.
     pub lost: mpsc::UnboundedReceiver<u64>,
     /// What the conntrack sweeper found.
@@ -107,128 +116,151 @@ fn write_line(out: &mut dyn Write, value: &impl serde::Serialize) {
     }
 }
 
+/// How often the ring buffer is read. The datapath wakes nobody when it submits an event (see
+/// `enforcer-ebpf/src/report.rs`): a busy node would pay a wakeup per event. So the sink reads
+/// on a clock: a record is at most this late, and the 4 MiB ring holds ~50,000 events, 50 ms
+/// at 1 M events/s.
+pub const READ_EVERY: Duration = Duration::from_millis(10);
+
+/// Events handled under one read of the context: the sync loop's writes wait no longer.
+const BATCH: usize = 1024;
+
 /// Drains the ring buffer forever.
-pub async fn run(
-    ring: RingBuf<MapData>,
-    ctx: Arc<RwLock<Context>>,
-    mut out: Box<dyn Write + Send>,
-    filter: Filter,
-    mut outputs: Outputs,
-) -> anyhow::Result<()> {
-    // SAFETY: the ring buffer owns its map fd until it is dropped with the AsyncFd, and its
-    // `as_raw_fd` always returns that same fd.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the flow ring buffer: {}", e.into_parts().1))?;
+pub async fn run(mut ring: RingBuf<MapData>, mut sink: Pipeline, mut inputs: Inputs) {
+    let mut tick = tokio::time::interval(READ_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = tokio::select! {
-            g = fd.readable_mut() => g?,
-            Some(item) = outputs.ends.recv() => {
+        tokio::select! {
+            _ = tick.tick() => sink.drain(&mut ring),
+            Some(item) = inputs.ends.recv() => {
                 match item {
                     Swept::End(c) => match decode_end(&c) {
-                        Ok(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
-                        Err(e) => undecodable(&e, &mut out, &outputs),
+                        Ok(ev) => sink.event(&ev),
+                        Err(e) => sink.undecodable(&e),
                     },
                     Swept::Bytes(c) => match decode_end(&c) {
-                        Ok(ev) => {
-                            let rec = record_of(&ev, &ctx);
-                            let fired = match &mut outputs.alerts {
-                                Some(alerts) => alerts.observe(&rec, SystemTime::now()),
-                                None => Vec::new(),
-                            };
-                            raise(fired, &mut out, &mut outputs);
-                        }
-                        Err(e) => undecodable(&e, &mut out, &outputs),
+                        Ok(ev) => sink.bytes_sample(&ev),
+                        Err(e) => sink.undecodable(&e),
                     },
                 }
                 // Ends come in batches, once per sweep: flush when the batch is through.
-                if outputs.ends.is_empty() {
-                    if let Err(e) = out.flush() {
-                        tracing::warn!(error = %e, "flushing the flow log");
-                    }
+                if inputs.ends.is_empty() {
+                    sink.flush();
                 }
-                continue;
             }
-            Some(count) = outputs.lost.recv() => {
-                write_line(&mut out, &LostMarker::now("ringbuf", count));
+            Some(count) = inputs.lost.recv() => {
+                write_line(&mut sink.out, &LostMarker::now("ringbuf", count));
                 tracing::warn!(count, "flow events lost: the ring buffer was full");
-                continue;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(ev) => handle(&ev, &ctx, &mut out, &filter, &mut outputs),
-                Err(e) => undecodable(&e, &mut out, &outputs),
             }
         }
-        if let Err(e) = out.flush() {
+    }
+}
+
+impl Pipeline {
+    /// Every event waiting in `ring`, then a flush of the log.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        loop {
+            let shared = self.ctx.clone();
+            let ctx = shared.read().expect("flow context lock poisoned");
+            let mut n = 0;
+            while n < BATCH {
+                let Some(item) = ring.next() else { break };
+                match decode(&item) {
+                    Ok(ev) => self.event_in(&ev, &ctx),
+                    Err(e) => self.undecodable(&e),
+                }
+                n += 1;
+            }
+            if n < BATCH {
+                break;
+            }
+        }
+        self.flush();
+    }
+
+    /// One event through every output, attributed with what the agent knows now.
+    pub fn event(&mut self, ev: &Event) {
+        let shared = self.ctx.clone();
+        let ctx = shared.read().expect("flow context lock poisoned");
+        self.event_in(ev, &ctx);
+    }
+
+    fn event_in(&mut self, ev: &Event, ctx: &Context) {
+        let (rec, time) = record_of(ev, ctx);
+        self.metrics.observe_flow(&rec);
+        // Audit records are what would have been dropped: logged like drops.
+        if self.filter.logs(&rec, ev.dropped || ev.audit) {
+            write_line(&mut self.out, &rec);
+        }
+        let fired = match &mut self.alerts {
+            Some(alerts) => alerts.observe_at(&rec, time),
+            None => Vec::new(),
+        };
+        self.raise(fired);
+        self.store.push_at(rec, time);
+    }
+
+    /// What a connection carried since the sweeper's previous pass: for the volume detector
+    /// only (it is not a flow, so it is neither logged nor kept).
+    pub fn bytes_sample(&mut self, ev: &Event) {
+        let shared = self.ctx.clone();
+        let (rec, time) = record_of(ev, &shared.read().expect("flow context lock poisoned"));
+        let fired = match &mut self.alerts {
+            Some(alerts) => alerts.observe_at(&rec, time),
+            None => Vec::new(),
+        };
+        self.raise(fired);
+    }
+
+    pub fn flush(&mut self) {
+        if let Err(e) = self.out.flush() {
             tracing::warn!(error = %e, "flushing the flow log");
         }
-        guard.clear_ready();
     }
-}
 
-/// A record this agent cannot read: the stream says it has a gap here, as for the kernel's
-/// losses.
-fn undecodable(e: &DecodeError, out: &mut Box<dyn Write + Send>, outputs: &Outputs) {
-    outputs
-        .metrics
-        .lost_events
-        .with_label_values(&["decode"])
-        .inc();
-    write_line(out, &LostMarker::now("decode", 1));
-    tracing::warn!(error = %e, "undecodable flow event");
-}
-
-/// The record of an event, attributed with what the agent knows now.
-fn record_of(ev: &Event, ctx: &RwLock<Context>) -> FlowRecord {
-    let time = humantime::format_rfc3339_millis(wall_time(ev.ts_ns)).to_string();
-    ctx.read()
-        .expect("flow context lock poisoned")
-        .record(ev, time)
-}
-
-/// One event through every output.
-fn handle(
-    ev: &Event,
-    ctx: &RwLock<Context>,
-    out: &mut Box<dyn Write + Send>,
-    filter: &Filter,
-    outputs: &mut Outputs,
-) {
-    let rec = record_of(ev, ctx);
-    outputs.metrics.observe_flow(&rec);
-    // Audit records are what would have been dropped: logged like drops.
-    if filter.logs(&rec, ev.dropped || ev.audit) {
-        write_line(out, &rec);
+    /// A record this agent cannot read: the stream says it has a gap here, as for the
+    /// kernel's losses.
+    pub fn undecodable(&mut self, e: &DecodeError) {
+        self.metrics
+            .lost_events
+            .with_label_values(&["decode"])
+            .inc();
+        write_line(&mut self.out, &LostMarker::now("decode", 1));
+        tracing::warn!(error = %e, "undecodable flow event");
     }
-    let fired = match &mut outputs.alerts {
-        Some(alerts) => alerts.observe(&rec, SystemTime::now()),
-        None => Vec::new(),
-    };
-    raise(fired, out, outputs);
-    outputs.store.push(rec);
-}
 
-/// Alerts into the log, the agent's log, the metric and the webhook.
-fn raise(fired: Vec<Alert>, out: &mut Box<dyn Write + Send>, outputs: &mut Outputs) {
-    for alert in fired {
-        let kind = serde_json::to_value(alert.kind).ok();
-        let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("unknown");
-        outputs.metrics.alerts.with_label_values(&[kind]).inc();
-        tracing::warn!(kind, severity = ?alert.severity, summary = %alert.summary, "alert");
-        write_line(out, &to_record(&alert));
-        if let Some(tx) = &outputs.webhook {
-            if tx.try_send(alert).is_err() {
-                outputs
-                    .metrics
-                    .lost_events
-                    .with_label_values(&["webhook"])
-                    .inc();
-                tracing::warn!("alert webhook is behind; an alert was not sent");
+    /// Alerts into the log, the agent's log, the metric and the webhook.
+    fn raise(&mut self, fired: Vec<Alert>) {
+        for alert in fired {
+            let kind = serde_json::to_value(alert.kind).ok();
+            let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("unknown");
+            self.metrics.alerts.with_label_values(&[kind]).inc();
+            tracing::warn!(kind, severity = ?alert.severity, summary = %alert.summary, "alert");
+            write_line(&mut self.out, &to_record(&alert));
+            if let Some(tx) = &self.webhook {
+                if tx.try_send(alert).is_err() {
+                    self.metrics
+                        .lost_events
+                        .with_label_values(&["webhook"])
+                        .inc();
+                    tracing::warn!("alert webhook is behind; an alert was not sent");
+                }
             }
         }
     }
+}
+
+/// The record of an event, attributed with `ctx`, and its time: the event's wall-clock time to
+/// the millisecond, as the record's `time` says it (so that the store and the detectors, which
+/// take it as a number, see what a reader of the record sees).
+fn record_of(ev: &Event, ctx: &Context) -> (FlowRecord, SystemTime) {
+    let t = wall_time(ev.ts_ns);
+    let t = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64),
+        Err(_) => t,
+    };
+    let time = humantime::format_rfc3339_millis(t).to_string();
+    (ctx.record(ev, time), t)
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use crate::metrics::Metrics;
 use enforcer_common::ct::{CtEntry, CtKey};
 
 /// Sweeps the conntrack map every `every`, sending the ends of idle connections to the flow
-/// sink. Runs on a blocking thread: a pass over a full map is some hundred thousand syscalls.
+/// sink. Runs on a blocking thread: a pass reads the map a few thousand entries per syscall,
+/// then takes one per expired entry.
 /// Also flushes the UDP flows whose Service backend went (sent by the sync loop), as soon as
 /// they arrive.
 pub(super) async fn sweep_conntrack(

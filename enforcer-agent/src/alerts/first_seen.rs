@@ -11,7 +11,7 @@
 //! report could not be remembered and would repeat on every connection) and are counted as
 //! overflow.
 
-use std::collections::HashSet;
+use super::HashSet;
 
 use super::config::FirstSeenConfig;
 use super::window::ms;
@@ -31,7 +31,7 @@ impl FirstSeen {
         FirstSeen {
             cfg,
             learning_until: None,
-            edges: HashSet::new(),
+            edges: HashSet::default(),
             overflow: 0,
         }
     }

@@ -46,6 +46,13 @@ pub use workload::Workload;
 
 use crate::flows::enrich::FlowRecord;
 
+/// The detectors' maps, touched for every record: foldhash, seeded at random per map, instead
+/// of SipHash (a tenth of the flow pipeline's CPU). Keys come from traffic, so a peer can choose
+/// them; every such map is bounded (see [`AlertsConfig`]), so a flood of colliding keys costs
+/// at most a bounded map's worth of probing.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// Longest list of peers or ports an alert carries; the counts say how many there were.
 pub const MAX_EVIDENCE_ITEMS: usize = 20;
 
@@ -212,7 +219,6 @@ impl Alerts {
 
     /// Feeds one record; returns the alerts it triggers (usually none).
     pub fn observe(&mut self, rec: &FlowRecord, now: SystemTime) -> Vec<Alert> {
-        self.records += 1;
         let t = match humantime::parse_rfc3339_weak(&rec.time) {
             Ok(t) => t,
             Err(_) => {
@@ -220,6 +226,13 @@ impl Alerts {
                 now
             }
         };
+        self.observe_at(rec, t)
+    }
+
+    /// [`Self::observe`] for a record whose time `t` the caller has at hand (the flow sink
+    /// made `rec.time` from it): no parsing it back.
+    pub fn observe_at(&mut self, rec: &FlowRecord, t: SystemTime) -> Vec<Alert> {
+        self.records += 1;
         let t_ms = t
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -10,7 +10,9 @@
 //! `max_keys_per_source` peers and (peer, port) pairs per window. Sources idle for longer than
 //! window + cooldown are forgotten.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use super::HashMap;
 
 use super::config::PortScanConfig;
 use super::window::{ms, BoundedMap, Cooldown, DistinctWindow};
@@ -205,7 +207,7 @@ impl PortScan {
         let s = self.sources.touch(&f.initiator, f.t_ms, || Source {
             peers: DistinctWindow::new(window_ms, SLOTS, cap),
             pairs: DistinctWindow::new(window_ms, SLOTS, cap),
-            ports_per_peer: HashMap::new(),
+            ports_per_peer: HashMap::default(),
             tally: VecDeque::new(),
             cooldown: Cooldown::default(),
         });

@@ -3,8 +3,8 @@
 //!
 //! `connections` counts allowed, non-reply records (the datapath reports each new connection
 //! once); `bytes` adds both directions of the agent's byte samples (records whose `end.reason`
-//! is `active`: what a connection carried since the sweeper's previous pass, every few
-//! seconds), so a long transfer counts while it runs. Connection-end records add nothing: their
+//! is `active`: what the connections from one address to one address and port carried since
+//! the sweeper's previous pass, every few seconds), so a long transfer counts while it runs. Connection-end records add nothing: their
 //! bytes were sampled.
 //! The current bucket is checked as it fills; closed buckets (empty ones included) feed the
 //! baselines; a pair fires only after `warmup_buckets` buckets since it was first seen, and

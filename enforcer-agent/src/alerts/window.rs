@@ -3,7 +3,9 @@
 //!
 //! Times are milliseconds since the Unix epoch, taken from the records.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use super::{HashMap, HashSet};
 use std::hash::Hash;
 
 use super::Severity;
@@ -65,7 +67,7 @@ impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
     pub fn new(cap: usize) -> Self {
         BoundedMap {
             cap: cap.max(1),
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             evicted: 0,
         }
     }
@@ -135,7 +137,7 @@ impl<K: Hash + Eq + Clone> DistinctWindow<K> {
             slot_ms: (window_ms / slots as u64).max(1),
             slots,
             ring: VecDeque::new(),
-            refs: HashMap::new(),
+            refs: HashMap::default(),
             cap,
         }
     }
@@ -169,7 +171,7 @@ impl<K: Hash + Eq + Clone> DistinctWindow<K> {
             return false;
         }
         if self.ring.back().is_none_or(|(i, _)| *i < current) {
-            self.ring.push_back((current, HashSet::new()));
+            self.ring.push_back((current, HashSet::default()));
         }
         let (_, keys) = self.ring.back_mut().expect("just ensured");
         if keys.insert(key.clone()) {

@@ -18,14 +18,17 @@
 //! Removing an entry never lets anything through: the datapath treats an expired entry as
 //! absent anyway, so the next packet of that tuple is checked against the policy as new.
 
-use std::collections::HashMap as StdHashMap;
+/// One entry per conntrack entry, rebuilt every pass: foldhash rather than SipHash (bounded by
+/// the conntrack map's size, so chosen keys cost no more than a full map).
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::Ipv6Addr;
 
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{HashMap, IterableMap, MapData, MapError};
 use enforcer_common::ct::{self, CtEntry, CtKey};
 use enforcer_common::family;
 use enforcer_common::flow::{verdict, ConnEndEvent, FlowEvent, EV_F_END};
 
+use super::map_batch;
 use super::services::NatMaps;
 
 /// What to do with one entry.
@@ -142,16 +145,29 @@ fn conn_event(key: &CtKey, e: &CtEntry, ts_ns: u64, reason: u8, counts: [u64; 4]
 /// conntrack entry at most (about 100 bytes each). Pure.
 #[derive(Debug, Default)]
 pub struct ByteMeter {
-    seen: StdHashMap<(CtKey, u64), [u64; 4]>,
+    seen: FastMap<(CtKey, u64), [u64; 4]>,
+    /// The previous pass's map, cleared, for the next: a full conntrack map makes these tens
+    /// of MiB, which allocated and faulted in anew every pass were a visible share of the
+    /// agent's CPU.
+    spare: FastMap<(CtKey, u64), [u64; 4]>,
+    /// The same for the entries a pass reads (see [`sweep_with_nat`]).
+    entries: Vec<(CtKey, CtEntry)>,
 }
 
 impl ByteMeter {
-    /// The entries of one pass (every entry still in the map), at `now`: an `active` event
-    /// for each connection that carried bytes since the previous pass, with those counts.
-    /// Connections not in `entries` are forgotten.
+    /// The entries of one pass (every entry still in the map), at `now`: what connections
+    /// carried since the previous pass, as `active` events, one per peer and service port
+    /// (connections of one endpoint from one address to one address and port, in one
+    /// direction, by one rule and Service; their counts summed, the source port 0: many
+    /// ports). The volume detector, the only reader, counts bytes per workload pair, so
+    /// nothing it sees is lost, while a node opening thousands of short connections a second
+    /// to one Service sends the flow sink a handful of samples per pass, not one per
+    /// connection. Connections not in `entries` are forgotten.
     pub fn pass(&mut self, entries: &[(CtKey, CtEntry)], now: u64) -> Vec<ConnEndEvent> {
-        let mut seen = StdHashMap::with_capacity(entries.len());
-        let mut out = Vec::new();
+        let mut seen = std::mem::take(&mut self.spare);
+        seen.clear();
+        let mut out: Vec<ConnEndEvent> = Vec::new();
+        let mut by_peer: FastMap<SampleKey, usize> = FastMap::default();
         for (key, e) in entries {
             let id = (*key, e.created_ns);
             if seen.contains_key(&id) {
@@ -161,16 +177,60 @@ impl ByteMeter {
             let before = self.seen.get(&id).copied().unwrap_or_default();
             let delta: [u64; 4] = std::array::from_fn(|i| total[i].saturating_sub(before[i]));
             if delta[1] + delta[3] > 0 {
-                out.push(conn_event(key, e, now, ct::end::ACTIVE, delta));
+                let mut ev = conn_event(key, e, now, ct::end::ACTIVE, delta);
+                ev.flow.sport = 0;
+                match by_peer.entry(SampleKey::of(&ev)) {
+                    std::collections::hash_map::Entry::Occupied(i) => {
+                        let sum = &mut out[*i.get()];
+                        sum.packets_orig += ev.packets_orig;
+                        sum.bytes_orig += ev.bytes_orig;
+                        sum.packets_reply += ev.packets_reply;
+                        sum.bytes_reply += ev.bytes_reply;
+                        sum.created_ns = sum.created_ns.min(ev.created_ns);
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(out.len());
+                        out.push(ev);
+                    }
+                }
             }
             seen.insert(id, total);
         }
-        self.seen = seen;
+        self.spare = std::mem::replace(&mut self.seen, seen);
         out
     }
 
     pub fn connections(&self) -> usize {
         self.seen.len()
+    }
+}
+
+/// What byte samples are summed by: everything of a sample but its source port and counts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct SampleKey {
+    ep_id: u32,
+    src: [u8; 16],
+    dst: [u8; 16],
+    dport: u16,
+    proto: u8,
+    direction: u8,
+    rule: u32,
+    frontend: u32,
+}
+
+impl SampleKey {
+    fn of(ev: &ConnEndEvent) -> Self {
+        let f = &ev.flow;
+        SampleKey {
+            ep_id: f.ep_id,
+            src: f.src,
+            dst: f.dst,
+            dport: f.dport,
+            proto: f.proto,
+            direction: f.direction,
+            rule: f.rule,
+            frontend: f.frontend,
+        }
     }
 }
 
@@ -213,43 +273,47 @@ pub fn sweep_with_nat(
     meter: &mut ByteMeter,
 ) -> Result<Sweep, MapError> {
     let mut out = Sweep::default();
-    // Collect first: deleting while iterating restarts the kernel's key walk. The datapath
-    // deleting entries meanwhile can restart it too, so the walk is bounded: a pass cut short
-    // leaves the rest to the next one.
-    let bound = 2 * enforcer_common::maps::sizes::CONNTRACK as usize;
+    // Read the whole map first, a few thousand entries per syscall: removing entries while
+    // walking would restart the walk.
+    let mut all = std::mem::take(&mut meter.entries);
+    all.clear();
+    map_batch::lookup_all(map.map(), BATCH, &mut all).map_err(|e| {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error: e,
+        })
+    })?;
     let mut expired = Vec::new();
-    let mut all = Vec::new();
-    for item in map.iter().take(bound) {
-        let (key, e) = match item {
-            Ok(kv) => kv,
-            // The entry went away between the key walk and the lookup (LRU eviction, or the
-            // datapath removed a revoked connection).
-            Err(MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e),
-        };
-        all.push((key, e));
-        match judge(&key, &e, now) {
+    for (key, e) in &all {
+        match judge(key, e, now) {
             Verdict::Keep => out.live += 1,
-            v => expired.push((key, e, v)),
+            v => expired.push((*key, *e, v)),
         }
     }
     out.samples = meter.pass(&all, now);
-    drop(all);
+    meter.entries = all;
     for (key, seen, verdict) in expired {
-        // A packet may have renewed the entry (or a new connection taken the tuple) since it
-        // was read: only remove what is still the entry that was judged.
-        match map.get(&key, 0) {
-            Ok(now_e)
-                if now_e.last_seen_ns == seen.last_seen_ns
-                    && now_e.created_ns == seen.created_ns => {}
-            _ => {
+        // Removed and read back in one syscall. A packet may have renewed the entry (or a
+        // new connection taken the tuple) since the pass read it: such an entry goes back
+        // (unless the datapath has made a new one meanwhile, which is then the newer).
+        let taken: Option<CtEntry> = map_batch::take(map.map(), &key).map_err(|e| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_and_delete_elem",
+                io_error: e,
+            })
+        })?;
+        match taken {
+            None => continue, // gone already (the datapath, or the LRU)
+            Some(now_e)
+                if now_e.last_seen_ns != seen.last_seen_ns
+                    || now_e.created_ns != seen.created_ns =>
+            {
+                // An error is EEXIST: the datapath's newer entry stands.
+                let _ = map.insert(key, now_e, BPF_NOEXIST);
                 out.live += 1;
                 continue;
             }
-        }
-        match map.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e),
+            Some(_) => {}
         }
         if let Some(nat) = nat.as_deref_mut() {
             nat.forget(&key, &seen)?;
@@ -261,6 +325,11 @@ pub fn sweep_with_nat(
     }
     Ok(out)
 }
+
+/// Entries per syscall of a pass's read.
+const BATCH: usize = 4096;
+/// `bpf_map_update_elem` flag: only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 #[cfg(test)]
 mod tests {
@@ -449,5 +518,50 @@ mod tests {
         assert_eq!(meter.connections(), 1, "the old connection is forgotten");
         assert!(meter.pass(&[], 120 * S).is_empty());
         assert_eq!(meter.connections(), 0);
+    }
+
+    #[test]
+    fn connections_to_one_peer_port_are_sampled_together_others_apart() {
+        let mut meter = ByteMeter::default();
+        let key = udp_key();
+        let e = entry(100);
+        // Two more connections from the same client to the same port, from other ports ...
+        let from_port = |p: u16| CtKey {
+            port_hi: p.to_be(),
+            ..key
+        };
+        // ... one to another port of the pod, one of another rule.
+        let other_port = CtKey {
+            port_lo: 54u16.to_be(),
+            ..key
+        };
+        let other_rule = CtEntry { rule: 10, ..e };
+        let pass = meter.pass(
+            &[
+                (key, e),
+                (from_port(40001), e),
+                (from_port(40002), e),
+                (other_port, e),
+                (from_port(40003), other_rule),
+            ],
+            100 * S,
+        );
+        assert_eq!(pass.len(), 3, "{pass:?}");
+        let sum = pass
+            .iter()
+            .find(|s| s.packets_orig == 9)
+            .expect("the three summed");
+        assert_eq!(
+            (sum.bytes_orig, sum.packets_reply, sum.bytes_reply),
+            (630, 6, 1200)
+        );
+        assert_eq!(sum.flow.sport, 0, "many source ports");
+        assert_eq!(u16::from_be(sum.flow.dport), 53);
+        assert!(pass.iter().all(|s| s.end_reason == ct::end::ACTIVE));
+        assert_eq!(
+            meter.connections(),
+            5,
+            "each connection is metered on its own"
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod entries;
 pub mod interfaces;
 pub mod layout;
 mod links;
+mod map_batch;
 mod policy_maps;
 pub mod quarantine;
 mod report;

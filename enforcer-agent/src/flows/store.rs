@@ -136,6 +136,12 @@ impl FlowStore {
     /// Never waits for a reader.
     pub fn push(&self, rec: FlowRecord) {
         let time = record_time(&rec);
+        self.push_at(rec, time);
+    }
+
+    /// [`Self::push`] for a record whose `time` the caller has at hand (the flow sink made the
+    /// string from it): no parsing it back.
+    pub fn push_at(&self, rec: FlowRecord, time: SystemTime) {
         let rec = Arc::new(rec);
         let mut ring = self.ring();
         if ring.len() >= self.inner.capacity {
