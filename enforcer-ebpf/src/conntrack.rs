@@ -148,6 +148,12 @@ pub fn track(e: &mut CtEntry, pkt: &Packet, from_lo: bool, is_reply: bool, now: 
         }
     } else if is_reply && e.state == state::SYN_SENT {
         e.state = state::ESTABLISHED;
+    } else if e.state == state::CLOSING
+        && f & TCP_ACK != 0
+        && e.flags & (ct::CT_F_FIN_LO | ct::CT_F_FIN_HI) == ct::CT_F_FIN_LO | ct::CT_F_FIN_HI
+    {
+        // The ACK after both FINs: the close is acknowledged (see `state::FIN_ACKED`).
+        e.state = state::FIN_ACKED;
     }
     if ended != 0 && e.flags & ct::CT_F_END_REPORTED == 0 {
         // The final ACK after the FINs still passes (the entry lives on in CLOSING); it is

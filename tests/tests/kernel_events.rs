@@ -571,3 +571,53 @@ fn a_sweep_reads_a_map_larger_than_a_batch_and_removes_exactly_the_expired() {
     let again = ct_sweep::sweep(&mut ct, now, &mut meter).unwrap();
     assert_eq!((again.live, again.removed), (n as usize - expired, 0));
 }
+
+/// After both FINs, the ACK of the close leaves the entry only a short linger (for a FIN
+/// retransmitted because that ACK was lost); a retransmitted FIN still passes and puts the
+/// entry back in the longer closing linger.
+#[test]
+fn an_acknowledged_close_lingers_briefly_and_a_retransmitted_fin_still_passes() {
+    use enforcer_agent::dataplane::ct_sweep;
+    use enforcer_common::ct::{state, timeout};
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    let (b, a) = ("10.244.2.11", "10.244.1.10");
+    assert_eq!(f.ingress(&tcp(b, a, 40000, 80, SYN)), PASS);
+    assert_eq!(f.egress(&tcp(a, b, 80, 40000, SYN | ACK)), PASS);
+    assert_eq!(f.ingress(&tcp(b, a, 40000, 80, ACK)), PASS);
+    assert_eq!(f.ingress(&tcp(b, a, 40000, 80, FIN | ACK)), PASS);
+    let mut ct = f.dp.take_conntrack().expect("the conntrack map");
+    let state_now = |ct: &aya::maps::HashMap<_, _, enforcer_common::ct::CtEntry>| {
+        let (_, e): (enforcer_common::ct::CtKey, _) = ct.iter().next().unwrap().unwrap();
+        e.state
+    };
+    assert_eq!(state_now(&ct), state::CLOSING, "one FIN");
+    assert_eq!(f.egress(&tcp(a, b, 80, 40000, FIN | ACK)), PASS);
+    assert_eq!(
+        state_now(&ct),
+        state::CLOSING,
+        "both FINs, not acknowledged yet"
+    );
+    assert_eq!(f.ingress(&tcp(b, a, 40000, 80, ACK)), PASS);
+    assert_eq!(state_now(&ct), state::FIN_ACKED);
+    // The pod's FIN again (the ACK was lost): it passes, in the reply direction.
+    assert_eq!(f.egress(&tcp(a, b, 80, 40000, FIN | ACK)), PASS);
+    assert_eq!(state_now(&ct), state::CLOSING);
+    assert_eq!(f.ingress(&tcp(b, a, 40000, 80, ACK)), PASS);
+    assert_eq!(state_now(&ct), state::FIN_ACKED);
+    // Past the short linger the sweeper removes it; a closing entry would have stayed.
+    let later = ct_sweep::monotonic_now() + timeout::TCP_FIN_ACKED + 500_000_000;
+    assert!(later < ct_sweep::monotonic_now() + timeout::TCP_CLOSING);
+    let mut meter = ct_sweep::ByteMeter::default();
+    let pass = ct_sweep::sweep(&mut ct, later, &mut meter).unwrap();
+    assert_eq!((pass.live, pass.removed), (0, 1));
+    assert!(
+        pass.ends.is_empty(),
+        "its end was reported when the second FIN passed"
+    );
+    let ev = f.drain_events();
+    assert_eq!(ev.iter().filter(|e| e.end.is_some()).count(), 1, "{ev:?}");
+    assert!(ev.iter().all(|e| !e.dropped), "{ev:?}");
+}

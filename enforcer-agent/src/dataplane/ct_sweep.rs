@@ -13,7 +13,7 @@
 //! The same pass meters bytes: what each connection carried since the previous pass
 //! ([`ByteMeter`]), so that the volume detector sees a long transfer while it runs, not only
 //! when its connection ends. Short connections are metered too: a closed connection's entry
-//! lives on for the closing timeout (10 s), longer than a pass interval.
+//! stays in the map until a pass removes it, and the pass that removes it meters it first.
 //!
 //! Removing an entry never lets anything through: the datapath treats an expired entry as
 //! absent anyway, so the next packet of that tuple is checked against the policy as new.
