@@ -100,7 +100,7 @@ pub fn workload_of(end: &FlowEnd) -> Workload {
                 })
                 .unwrap_or_else(|| trim_controller_suffix(pod).to_string());
             Workload::Pod {
-                namespace: namespace.clone(),
+                namespace: namespace.to_string(),
                 name,
             }
         }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use enforcer_common::proto;
 use enforcer_common::reason::DropReason;
@@ -10,31 +11,46 @@ use serde::{Deserialize, Serialize};
 use super::decode::{tcp_flags_text, Event};
 use crate::compile::services::FrontendName;
 use crate::compile::tables::{Direction, Tables};
-use crate::model::{Cluster, Owner, PodKey};
+use crate::model::{Cluster, Labels, Owner, PodKey};
 
 /// Schema id of a flow record; bumped on any incompatible change.
 pub const SCHEMA: &str = "enforcer.flow/v1";
 
-/// One end of a flow.
+/// One end of a flow. What it says of a pod is shared (`Arc`) between the records of that pod
+/// made under one [`Context`]: a record is made for every event, and copying a pod's names and
+/// labels into each was most of the flow pipeline's allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowEnd {
     pub ip: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    pub pod: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "no_labels")]
+    pub labels: Arc<Labels>,
     /// The pod's workload (`{"kind":"Deployment","name":"web"}`), where its owner references
     /// say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Owner>,
+    pub workload: Option<Arc<Owner>>,
     /// On `dst`: the Service the flow was sent to, when the datapath translated it (`ip` and
     /// `port` are then the backend's address and target port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
+}
+
+fn no_labels(l: &Arc<Labels>) -> bool {
+    l.is_empty()
+}
+
+/// A pod as flow ends show it, made once per pod and [`Context`].
+#[derive(Debug)]
+struct PodEnd {
+    namespace: Arc<str>,
+    pod: Arc<str>,
+    labels: Arc<Labels>,
+    workload: Option<Arc<Owner>>,
 }
 
 /// The Service a flow was sent to.
@@ -212,7 +228,14 @@ pub struct Context {
     pub rules: BTreeMap<u32, crate::compile::tables::RuleRef>,
     /// Id in the datapath → an entry a staged policy would change (with `rules`).
     pub staged: BTreeMap<u32, crate::compile::tables::StagedEntry>,
+    /// The pods flows were seen with so far, as their ends show them (see [`FlowEnd`]); filled
+    /// as flows come, bounded by [`POD_ENDS`].
+    pod_ends: Mutex<BTreeMap<IpAddr, Arc<PodEnd>>>,
 }
+
+/// Pods whose ends a [`Context`] keeps made; past this it starts over (the next sync makes a
+/// new context anyway).
+const POD_ENDS: usize = 16_384;
 
 impl Context {
     pub fn new(
@@ -235,20 +258,43 @@ impl Context {
             frontends: BTreeMap::new(),
             rules: BTreeMap::new(),
             staged: BTreeMap::new(),
+            pod_ends: Mutex::default(),
         }
     }
 
     fn end(&self, ip: IpAddr, port: Option<u16>) -> FlowEnd {
-        let pod = self.pods_by_ip.get(&ip);
+        let pod = self.pod_end(ip);
         FlowEnd {
             ip,
             port,
-            namespace: pod.map(|p| p.key.namespace.clone()),
-            pod: pod.map(|p| p.key.name.clone()),
-            labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
-            workload: pod.and_then(|p| p.owner.clone()),
+            namespace: pod.as_ref().map(|p| p.namespace.clone()),
+            pod: pod.as_ref().map(|p| p.pod.clone()),
+            labels: pod.as_ref().map(|p| p.labels.clone()).unwrap_or_default(),
+            workload: pod.as_ref().and_then(|p| p.workload.clone()),
             service: None,
         }
+    }
+
+    /// The pod at `ip` as flow ends show it, made the first time it is asked for.
+    fn pod_end(&self, ip: IpAddr) -> Option<Arc<PodEnd>> {
+        let pod = self.pods_by_ip.get(&ip)?;
+        // Only the flow sink makes records; a poisoned lock only means a panic elsewhere
+        // while it held it, and the map is whole after every operation.
+        let mut ends = self.pod_ends.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = ends.get(&ip) {
+            return Some(e.clone());
+        }
+        if ends.len() >= POD_ENDS {
+            ends.clear();
+        }
+        let e = Arc::new(PodEnd {
+            namespace: pod.key.namespace.as_str().into(),
+            pod: pod.key.name.as_str().into(),
+            labels: Arc::new(pod.labels.clone()),
+            workload: pod.owner.clone().map(Arc::new),
+        });
+        ends.insert(ip, e.clone());
+        Some(e)
     }
 
     /// Builds the record of an event; `time` is the wall-clock time of the event.

@@ -9,7 +9,6 @@ mod volume;
 mod webhook;
 mod workload;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +30,7 @@ pub fn pod(ns: &str, name: &str, ip: &str) -> FlowEnd {
         port: None,
         namespace: Some(ns.into()),
         pod: Some(name.into()),
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         workload: None,
         service: None,
     }
@@ -40,7 +39,7 @@ pub fn pod(ns: &str, name: &str, ip: &str) -> FlowEnd {
 /// A pod end with an `app` label.
 pub fn app(ns: &str, app: &str, ip: &str) -> FlowEnd {
     let mut end = pod(ns, &format!("{app}-7d4b9c8f6-x7k2p"), ip);
-    end.labels.insert("app".into(), app.into());
+    std::sync::Arc::make_mut(&mut end.labels).insert("app".into(), app.into());
     end
 }
 
@@ -51,7 +50,7 @@ pub fn ext(ip: &str) -> FlowEnd {
         port: None,
         namespace: None,
         pod: None,
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         workload: None,
         service: None,
     }

@@ -30,16 +30,16 @@ fn pod_names_lose_their_controller_suffix() {
 fn the_owner_wins_over_the_app_label_which_wins_over_the_name() {
     let mut end = pod("shop", "frontend-7d4b9c8f6-x7k2p", "10.0.1.5");
     assert_eq!(workload_of(&end).to_string(), "shop/frontend");
-    end.labels
+    std::sync::Arc::make_mut(&mut end.labels)
         .insert("app.kubernetes.io/name".into(), "storefront".into());
     assert_eq!(workload_of(&end).to_string(), "shop/storefront");
-    end.labels.insert("app".into(), "web".into());
+    std::sync::Arc::make_mut(&mut end.labels).insert("app".into(), "web".into());
     assert_eq!(workload_of(&end).to_string(), "shop/web");
     // The owner the pod names wins over labels.
-    end.workload = Some(crate::model::Owner {
+    end.workload = Some(std::sync::Arc::new(crate::model::Owner {
         kind: "Deployment".into(),
         name: "frontend".into(),
-    });
+    }));
     assert_eq!(workload_of(&end).to_string(), "shop/frontend");
     assert_eq!(workload_of(&ext("192.0.2.1")).to_string(), "ip:192.0.2.1");
     assert_eq!(

@@ -6,7 +6,7 @@ use crate::flows::enrich::RuleAttribution;
 /// `end("prod/backend", "10.0.0.2", Some(8080))`; `"-"` for an end outside the cluster.
 pub fn end(pod: &str, ip: &str, port: Option<u16>) -> FlowEnd {
     let (namespace, pod) = match pod.split_once('/') {
-        Some((ns, p)) => (Some(ns.to_string()), Some(p.to_string())),
+        Some((ns, p)) => (Some(ns.into()), Some(p.into())),
         None => (None, None),
     };
     FlowEnd {
@@ -14,17 +14,19 @@ pub fn end(pod: &str, ip: &str, port: Option<u16>) -> FlowEnd {
         port,
         namespace,
         pod,
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         workload: None,
         service: None,
     }
 }
 
 pub fn labelled(mut e: FlowEnd, labels: &[(&str, &str)]) -> FlowEnd {
-    e.labels = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    e.labels = std::sync::Arc::new(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     e
 }
 

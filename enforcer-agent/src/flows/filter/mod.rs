@@ -19,7 +19,6 @@ mod values;
 #[cfg(test)]
 pub(crate) mod fixture;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use enforcer_common::proto;
@@ -144,7 +143,7 @@ impl Criteria {
 
     /// For every field: `None` if it has no values, else whether one of them matches.
     fn results(&self, r: &FlowRecord) -> [Option<bool>; 23] {
-        let ns = |end: &FlowEnd, want: &String| end.namespace.as_ref() == Some(want);
+        let ns = |end: &FlowEnd, want: &String| end.namespace.as_deref() == Some(want.as_str());
         let ip = |end: &FlowEnd, net: &IpNet| net.contains(&end.ip);
         let port = |end: &FlowEnd, p: &u16| end.port == Some(*p);
         [
@@ -205,7 +204,7 @@ fn probe() -> FlowRecord {
         port: None,
         namespace: None,
         pod: None,
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         workload: None,
         service: None,
     };

@@ -143,11 +143,11 @@ impl PodPattern {
         let (Some(ns), Some(pod)) = (&end.namespace, &end.pod) else {
             return false;
         };
-        ns == &self.namespace
+        **ns == *self.namespace
             && if self.prefix {
                 pod.starts_with(&self.name)
             } else {
-                pod == &self.name
+                **pod == *self.name
             }
     }
 }
