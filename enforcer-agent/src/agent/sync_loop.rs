@@ -40,7 +40,14 @@ pub(super) struct LoopState {
     /// The invalid objects and the programming errors last logged (each logged on a change).
     last_errors: Vec<String>,
     last_sync_errors: Vec<String>,
+    /// When the last sync ended and how long it took (see [`SyncLoop::run`]).
+    last_sync: Option<(Instant, Duration)>,
 }
+
+/// How long a watch event waits for others of its burst before the sync.
+const SETTLE: Duration = Duration::from_millis(5);
+/// The longest a sync waits for the previous one's duration to pass (see [`SyncLoop::run`]).
+const MAX_SPACING: Duration = Duration::from_secs(1);
 
 impl LoopState {
     pub(super) fn new(dp: &Dataplane, metrics: &Metrics) -> Self {
@@ -62,6 +69,7 @@ impl LoopState {
             went_stale: false,
             last_errors: Vec::new(),
             last_sync_errors: Vec::new(),
+            last_sync: None,
         }
     }
 }
@@ -80,8 +88,14 @@ pub(super) struct SyncLoop<'a> {
 }
 
 impl SyncLoop<'_> {
-    /// Turns every 100 ms, at once on a watch event (debounced), every 20 ms while pods wait
-    /// for their interface; syncs when something changed. Returns on SIGINT or SIGTERM.
+    /// Turns every 100 ms, on a watch event, every 20 ms while pods wait for their interface;
+    /// syncs when something changed. Returns on SIGINT or SIGTERM.
+    ///
+    /// A watch event syncs after [`SETTLE`] (a burst of events, say a Deployment's pods,
+    /// becomes one sync), but no sooner than the previous sync's own duration after it ended
+    /// (at most [`MAX_SPACING`]): a lone change is enforced a few milliseconds after it
+    /// arrives, while under continuous churn the agent spends at most about half its time
+    /// recompiling, each sync taking in everything that came meanwhile.
     pub(super) async fn run(&mut self, mut sigterm: tokio::signal::unix::Signal) {
         let changed = match &self.source {
             Source::Kube(k) => Some(k.changed.clone()),
@@ -107,8 +121,13 @@ impl SyncLoop<'_> {
                 _ = pending_tick.tick(), if self.state.pending_since.is_some() => {}
                 _ = quarantine_tick.tick(), if quarantining => {}
                 _ = async { match &changed { Some(n) => n.notified().await, None => std::future::pending().await } } => {
-                    // Debounce: let a burst of watch events settle into one sync.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // The propagation delay counts from here, the wait included.
+                    self.state.noticed.get_or_insert_with(Instant::now);
+                    let mut at = tokio::time::Instant::now() + SETTLE;
+                    if let Some((ended, took)) = self.state.last_sync {
+                        at = at.max((ended + took.min(MAX_SPACING)).into());
+                    }
+                    tokio::time::sleep_until(at).await;
                     self.state.dirty = true;
                 }
                 _ = tokio::signal::ctrl_c() => break,
@@ -135,6 +154,7 @@ impl SyncLoop<'_> {
             return;
         }
         state.dirty = false;
+        let started = Instant::now();
         let desired = match self.source.snapshot() {
             Ok(d) => d,
             Err(e) => {
@@ -143,14 +163,16 @@ impl SyncLoop<'_> {
             }
         };
         self.log_invalid_objects(&desired);
-        match sync_once(
+        let result = sync_once(
             &mut self.dp,
             self.opts,
             &desired,
             &self.ctx,
             &self.metrics,
             &self.flush,
-        ) {
+        );
+        self.state.last_sync = Some((Instant::now(), started.elapsed()));
+        match result {
             Ok(status) => self.synced(&status),
             Err(e) => {
                 // The maps keep their last state; retry on the next tick.
