@@ -282,9 +282,12 @@ fn start_flow_tasks(
             .clone()
             .map(|u| notify::start(u, opts.node.clone())),
     };
+    let (catch_up_tx, catch_up_rx) = tokio::sync::mpsc::channel(64);
+    sink.store.set_filler(catch_up_tx);
     let inputs = flow_sink::Inputs {
         lost: lost_rx,
         ends: ends_rx,
+        catch_up: catch_up_rx,
     };
     let flows = tokio::spawn(flow_sink::run(ring, sink, inputs));
     Ok(FlowTasks {

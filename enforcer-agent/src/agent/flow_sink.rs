@@ -60,6 +60,8 @@ pub struct Inputs {
     pub lost: mpsc::UnboundedReceiver<u64>,
     /// What the conntrack sweeper found.
     pub ends: mpsc::Receiver<Swept>,
+    /// Requests to read the ring now (a query of the flow store), answered once done.
+    pub catch_up: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// What the conntrack sweeper sends the sink (records as the datapath writes them, see
@@ -132,6 +134,10 @@ pub async fn run(mut ring: RingBuf<MapData>, mut sink: Pipeline, mut inputs: Inp
     loop {
         tokio::select! {
             _ = tick.tick() => sink.drain(&mut ring),
+            Some(done) = inputs.catch_up.recv() => {
+                sink.drain(&mut ring);
+                let _ = done.send(());
+            }
             Some(item) = inputs.ends.recv() => {
                 match item {
                     Swept::End(c) => match decode_end(&c) {

@@ -266,6 +266,7 @@ async fn session(stream: UnixStream, store: &FlowStore) -> Result<(), SessionErr
             return write_message(&mut w, &MessageRef::Error { message: &message }).await;
         }
     };
+    store.catch_up().await;
     let (history, mut follower) = store.query_and_follow(&req.filter, req.last, since);
     let mut w = tokio::io::BufWriter::new(w);
     for rec in &history {

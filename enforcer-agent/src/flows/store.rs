@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::enrich::FlowRecord;
 use super::filter::Filter;
@@ -30,7 +30,13 @@ struct Inner {
     /// Oldest first, with the record's parsed time.
     ring: Mutex<VecDeque<(SystemTime, Arc<FlowRecord>)>>,
     tx: broadcast::Sender<Arc<FlowRecord>>,
+    /// Whoever fills the store from a buffer of its own (the agent's flow sink, which reads
+    /// the ring buffer on a clock): asked to empty it before a query (see [`FlowStore::catch_up`]).
+    filler: std::sync::OnceLock<mpsc::Sender<oneshot::Sender<()>>>,
 }
+
+/// The longest a query waits for the filler to catch up.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What a follower receives next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +116,27 @@ impl FlowStore {
                 capacity: capacity.max(1),
                 ring: Mutex::new(VecDeque::with_capacity(capacity.clamp(1, 1024))),
                 tx,
+                filler: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Names the filler of this store (once): a query first asks it, through `tx`, to push
+    /// what it holds, and waits for the reply (see [`Self::catch_up`]).
+    pub fn set_filler(&self, tx: mpsc::Sender<oneshot::Sender<()>>) {
+        let _ = self.inner.filler.set(tx);
+    }
+
+    /// Asks the filler to push what it holds and waits (at most [`CATCH_UP_WAIT`]): the flow
+    /// sink reads the ring buffer every 10 ms, and a query right after a connection must see
+    /// it. Without a filler, or if it does not answer in time, returns at once / then.
+    pub async fn catch_up(&self) {
+        let Some(tx) = self.inner.filler.get() else {
+            return;
+        };
+        let (done, wait) = oneshot::channel();
+        if tx.try_send(done).is_ok() {
+            let _ = tokio::time::timeout(CATCH_UP_WAIT, wait).await;
         }
     }
 
@@ -265,6 +291,28 @@ mod tests {
             [6, 8, 10]
         );
         assert!(s.query(&all, None, Some(at(11))).is_empty());
+    }
+
+    /// A query first has the filler push what it holds: a record it held is in the answer.
+    #[tokio::test]
+    async fn a_query_sees_what_the_filler_held() {
+        let store = FlowStore::new(10);
+        let (tx, mut rx) = mpsc::channel::<oneshot::Sender<()>>(1);
+        store.set_filler(tx);
+        let filler = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let done = rx.recv().await.unwrap();
+                store.push(rec(3));
+                done.send(()).unwrap();
+            })
+        };
+        assert!(store.is_empty());
+        store.catch_up().await;
+        assert_eq!(store.query(&Filter::default(), None, None).len(), 1);
+        filler.await.unwrap();
+        // A filler that is gone does not hold a query up.
+        store.catch_up().await;
     }
 
     #[tokio::test]
