@@ -189,7 +189,7 @@ impl fmt::Display for Protocol {
 }
 
 /// A label selector; all terms are AND-ed, and the empty selector matches everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LabelSelector {
     pub match_labels: Labels,
     pub match_expressions: Vec<Requirement>,
@@ -209,7 +209,7 @@ impl LabelSelector {
 }
 
 /// One `matchExpressions` term.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Requirement {
     In {
         key: String,
@@ -242,14 +242,14 @@ impl Requirement {
 }
 
 /// Which directions a policy isolates (its `policyTypes`, after defaulting).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyTypes {
     pub ingress: bool,
     pub egress: bool,
 }
 
 /// A validated, defaulted `networking.k8s.io/v1` NetworkPolicy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NetworkPolicy {
     pub key: PolicyKey,
     pub pod_selector: LabelSelector,
@@ -287,7 +287,7 @@ impl NetworkPolicy {
 }
 
 /// One ingress or egress rule.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// `from`/`to`; empty = every peer.
     pub peers: Vec<PeerSpec>,
@@ -295,7 +295,7 @@ pub struct Rule {
     pub ports: Vec<PortSpec>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PeerSpec {
     /// `podSelector` and/or `namespaceSelector` (at least one is `Some`). `namespace: None` =
     /// the policy's own namespace; `pod: None` = every pod of the selected namespaces.
@@ -307,7 +307,7 @@ pub enum PeerSpec {
     IpBlock { cidr: IpNet, except: Vec<IpNet> },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PortSpec {
     pub protocol: Protocol,
     /// `None` = every port of `protocol`.
@@ -316,7 +316,7 @@ pub struct PortSpec {
     pub end_port: Option<u16>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PortRef {
     Number(u16),
     Name(String),

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 use super::{AgentOptions, Desired, EndpointStatus, Status};
-use crate::compile::{compile, NodeInput, Tables};
+use crate::compile::{Compiler, NodeInput, Tables};
 use crate::dataplane::services::GoneBackend;
 use crate::dataplane::{interfaces, Dataplane, Iface};
 use crate::flows::enrich;
@@ -20,6 +20,7 @@ use crate::model::PodKey;
 /// program the datapath, and give the flow sink the tables the records are attributed with.
 pub(super) fn sync_once(
     dp: &mut Dataplane,
+    compiler: &mut Compiler,
     opts: &AgentOptions,
     desired: &Desired,
     ctx: &Arc<RwLock<enrich::Context>>,
@@ -27,7 +28,7 @@ pub(super) fn sync_once(
     flush: &tokio::sync::mpsc::UnboundedSender<Vec<GoneBackend>>,
 ) -> anyhow::Result<Status> {
     let started = Instant::now();
-    let tables = compile_for_node(opts, desired)?;
+    let tables = compile_for_node(compiler, opts, desired)?;
     metrics
         .sync_duration
         .with_label_values(&["compile"])
@@ -94,10 +95,14 @@ pub(super) fn quarantine_step(dp: &mut Dataplane, full: bool) -> bool {
 }
 
 /// The tables this node's kernel reads, for the desired state and this node's addresses.
-fn compile_for_node(opts: &AgentOptions, desired: &Desired) -> anyhow::Result<Tables> {
+fn compile_for_node(
+    compiler: &mut Compiler,
+    opts: &AgentOptions,
+    desired: &Desired,
+) -> anyhow::Result<Tables> {
     let host_ips: Vec<IpAddr> =
         interfaces::host_addresses().context("listing this node's addresses")?;
-    Ok(compile(
+    Ok(compiler.compile(
         &desired.cluster,
         &NodeInput {
             name: opts.node.clone(),

@@ -42,6 +42,8 @@ pub(super) struct LoopState {
     last_sync_errors: Vec<String>,
     /// When the last sync ended and how long it took (see [`SyncLoop::run`]).
     last_sync: Option<(Instant, Duration)>,
+    /// Kept across syncs: a change recompiles only the local pods it can affect.
+    compiler: crate::compile::Compiler,
 }
 
 /// How long a watch event waits for others of its burst before the sync.
@@ -70,6 +72,7 @@ impl LoopState {
             last_errors: Vec::new(),
             last_sync_errors: Vec::new(),
             last_sync: None,
+            compiler: crate::compile::Compiler::default(),
         }
     }
 }
@@ -165,6 +168,7 @@ impl SyncLoop<'_> {
         self.log_invalid_objects(&desired);
         let result = sync_once(
             &mut self.dp,
+            &mut self.state.compiler,
             self.opts,
             &desired,
             &self.ctx,

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -20,12 +21,14 @@ use crate::model::{
 };
 
 mod evaluate;
+mod incremental;
 mod resolve;
 pub mod services;
 pub mod tables;
 mod tiers;
 
 pub use evaluate::{evaluate, identity_of, Decision, Verdict};
+pub use incremental::Compiler;
 pub use tables::*;
 
 #[cfg(test)]
@@ -55,13 +58,57 @@ impl NodeInput {
 
 /// Compiles the allow entries of every local pod of `node`.
 pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
+    compile_reusing(cluster, node, &mut |_, _| None)
+}
+
+/// Given a local pod and the rules as numbered in this compile: the plan to take as it is.
+pub(crate) type Reuse<'a> = dyn FnMut(&Pod, &[RuleRef]) -> Option<Arc<EndpointPlan>> + 'a;
+
+/// [`compile`], with the plans of the local pods `reuse` answers for taken as they are
+/// ([`Compiler`] answers for those whose inputs did not change; it is given each local pod
+/// and the rules as numbered in this compile). Those pods' policies are not resolved.
+pub(crate) fn compile_reusing(
+    cluster: &Cluster,
+    node: &NodeInput,
+    reuse: &mut Reuse<'_>,
+) -> Tables {
     let prefixes = identity_prefixes(cluster, node);
     let index = ClusterIndex::new(cluster, &prefixes);
 
+    // Ids are handed out to every counted rule, selected or not, so a rule keeps its id
+    // whichever node compiles it.
+    let mut rules = Vec::new();
+    let mut first_ids = Vec::with_capacity(cluster.policies.len());
+    for policy in cluster.policies.values() {
+        first_ids.push(rules.len() as RuleId + 1);
+        for (index, _) in policy.effective_ingress().iter().enumerate() {
+            rules.push(RuleRef::network(
+                policy.key.clone(),
+                Direction::Ingress,
+                index,
+            ));
+        }
+        for (index, _) in policy.effective_egress().iter().enumerate() {
+            rules.push(RuleRef::network(
+                policy.key.clone(),
+                Direction::Egress,
+                index,
+            ));
+        }
+    }
+
+    let mut reused: BTreeMap<PodKey, Arc<EndpointPlan>> = BTreeMap::new();
     let mut endpoints: BTreeMap<PodKey, EndpointPlan> = cluster
         .pods
         .values()
         .filter(|p| node.is_local(p) && !p.ips.is_empty())
+        .filter(|p| match reuse(p, &rules) {
+            Some(plan) => {
+                reused.insert(p.key.clone(), plan);
+                false
+            }
+            None => true,
+        })
         .map(|p| {
             let plan = EndpointPlan {
                 ipv4: p.ips.iter().find_map(|ip| match ip {
@@ -84,30 +131,16 @@ pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
         })
         .collect();
 
-    let mut rules = Vec::new();
     let mut staged_np = StagedNetworkPolicies::new();
-    for policy in cluster.policies.values() {
-        // Ids are handed out to every counted rule, selected or not, so a rule keeps its id
-        // whichever node compiles it.
-        let first_id = rules.len() as RuleId + 1;
-        for (index, _) in policy.effective_ingress().iter().enumerate() {
-            rules.push(RuleRef::network(
-                policy.key.clone(),
-                Direction::Ingress,
-                index,
-            ));
-        }
-        for (index, _) in policy.effective_egress().iter().enumerate() {
-            rules.push(RuleRef::network(
-                policy.key.clone(),
-                Direction::Egress,
-                index,
-            ));
-        }
-
-        let selected: Vec<&Pod> = index
-            .pods_in(&policy.key.namespace)
-            .filter(|p| endpoints.contains_key(&p.key) && policy.pod_selector.matches(&p.labels))
+    for (policy, &first_id) in cluster.policies.values().zip(&first_ids) {
+        // The endpoints of the policy's namespace (a range: keyed by namespace first), not
+        // all its pods: a node holds few of them.
+        let namespace = policy.key.namespace.as_str();
+        let selected: Vec<&Pod> = endpoints
+            .range(PodKey::new(namespace, "")..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .filter_map(|(k, _)| cluster.pods.get(k).map(|p| &**p))
+            .filter(|p| policy.pod_selector.matches(&p.labels))
             .collect();
         if selected.is_empty() {
             continue;
@@ -130,6 +163,11 @@ pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
         compile_policy(policy, first_id, &selected, &index, &mut endpoints);
     }
     let staged = compile_tiers(cluster, &index, &mut rules, &staged_np, &mut endpoints);
+    let mut endpoints: BTreeMap<PodKey, Arc<EndpointPlan>> = endpoints
+        .into_iter()
+        .map(|(k, plan)| (k, Arc::new(plan)))
+        .collect();
+    endpoints.append(&mut reused);
 
     Tables {
         prefixes,
@@ -335,10 +373,10 @@ fn add_rule(
             (Some(PortRef::Name(name)), None) => {
                 // Egress: the peer is the destination, so each pod address gets its own port.
                 let candidates: Box<dyn Iterator<Item = (IpNet, &Pod)>> = match peers {
-                    Peers::Any => Box::new(index.pod_prefixes.iter().map(|(n, p)| (*n, *p))),
+                    Peers::Any => Box::new(index.pod_prefixes().list.iter().map(|(n, p)| (*n, *p))),
                     Peers::Prefixes(set) => Box::new(
                         set.iter()
-                            .filter_map(|n| Some((*n, *index.prefix_pods.get(n)?))),
+                            .filter_map(|n| Some((*n, *index.pod_prefixes().by_prefix.get(n)?))),
                     ),
                 };
                 for (net, pod) in candidates {
@@ -405,15 +443,17 @@ pub fn host_prefix(ip: IpAddr) -> IpNet {
 
 /// Every prefix of the identity tries, with its owner (pod over host over cidr).
 fn identity_prefixes(cluster: &Cluster, node: &NodeInput) -> BTreeMap<IpNet, PrefixOwner> {
-    let mut prefixes = BTreeMap::new();
-    prefixes.insert("0.0.0.0/0".parse().expect("valid"), PrefixOwner::Cidr);
-    prefixes.insert("::/0".parse().expect("valid"), PrefixOwner::Cidr);
+    // Claims are collected, sorted by prefix and rank, and the best of each prefix kept: one
+    // sort and a map built in one pass (every pod of the cluster has a prefix).
+    let mut claims = Claims(Vec::with_capacity(cluster.pods.len() + 16));
+    claims.insert("0.0.0.0/0".parse().expect("valid"), PrefixOwner::Cidr);
+    claims.insert("::/0".parse().expect("valid"), PrefixOwner::Cidr);
     for policy in cluster.policies.values() {
         let rules = policy.ingress.iter().chain(&policy.egress).flatten();
         for peer in rules.flat_map(|r| &r.peers) {
             if let PeerSpec::IpBlock { cidr, except } = peer {
                 for net in std::iter::once(cidr).chain(except) {
-                    prefixes.insert(net.trunc(), PrefixOwner::Cidr);
+                    claims.insert(net.trunc(), PrefixOwner::Cidr);
                 }
             }
         }
@@ -424,13 +464,13 @@ fn identity_prefixes(cluster: &Cluster, node: &NodeInput) -> BTreeMap<IpNet, Pre
             match peer {
                 ClusterPeer::Networks(nets) => {
                     for net in nets {
-                        prefixes.insert(net.trunc(), PrefixOwner::Cidr);
+                        claims.insert(net.trunc(), PrefixOwner::Cidr);
                     }
                 }
                 // Other nodes' addresses, so that a `nodes` peer can name them.
                 ClusterPeer::Nodes(_) => {
                     for ip in cluster.nodes.values().flatten() {
-                        prefixes.insert(host_prefix(*ip), PrefixOwner::Cidr);
+                        claims.insert(host_prefix(*ip), PrefixOwner::Cidr);
                     }
                 }
                 _ => {}
@@ -438,74 +478,125 @@ fn identity_prefixes(cluster: &Cluster, node: &NodeInput) -> BTreeMap<IpNet, Pre
         }
     }
     for ip in &node.host_ips {
-        prefixes.insert(host_prefix(*ip), PrefixOwner::Host);
+        claims.insert(host_prefix(*ip), PrefixOwner::Host);
     }
-    // Reverse key order so that, should two pods claim one address, the first pod keeps it.
-    for pod in cluster.pods.values().rev() {
+    // Should two pods claim one address, the first pod (in key order) keeps it.
+    for (rank, pod) in cluster.pods.values().enumerate() {
         for ip in &pod.ips {
-            prefixes.insert(host_prefix(*ip), PrefixOwner::Pod(pod.key.clone()));
+            claims
+                .0
+                .push((host_prefix(*ip), Rank::Pod(rank), Some(pod)));
         }
     }
-    prefixes
+    claims
+        .0
+        .sort_unstable_by_key(|&(net, rank, _)| (net, rank));
+    claims.0.dedup_by(|later, first| later.0 == first.0);
+    claims
+        .0
+        .into_iter()
+        .map(|(net, rank, pod)| {
+            let owner = match (rank, pod) {
+                (Rank::Pod(_), Some(pod)) => PrefixOwner::Pod(pod.key.clone()),
+                (Rank::Host, _) => PrefixOwner::Host,
+                _ => PrefixOwner::Cidr,
+            };
+            (net, owner)
+        })
+        .collect()
+}
+
+/// Which claim on a prefix wins: a pod's (the first pod's), then this node's, then a cidr's.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Pod(usize),
+    Host,
+    Cidr,
+}
+
+/// The claims on identity prefixes, before the best of each is kept.
+struct Claims<'a>(Vec<(IpNet, Rank, Option<&'a Pod>)>);
+
+impl Claims<'_> {
+    /// A host or cidr claim (pods' claims carry their pod).
+    fn insert(&mut self, net: IpNet, owner: PrefixOwner) {
+        let rank = match owner {
+            PrefixOwner::Host => Rank::Host,
+            _ => Rank::Cidr,
+        };
+        self.0.push((net, rank, None));
+    }
+}
+
+/// Every pod-owned prefix with its pod: in prefix order, and by prefix.
+struct PodPrefixes<'a> {
+    list: Vec<(IpNet, &'a Pod)>,
+    by_prefix: BTreeMap<IpNet, &'a Pod>,
 }
 
 /// Lookups the compiler needs, built once per compile.
 struct ClusterIndex<'a> {
     prefixes: &'a BTreeMap<IpNet, PrefixOwner>,
-    pods_by_namespace: BTreeMap<&'a str, Vec<&'a Pod>>,
+    pods: &'a BTreeMap<PodKey, Arc<Pod>>,
     /// Labels of each namespace that has pods or a Namespace object. A namespace without an
     /// object (standalone manifests) only has its `kubernetes.io/metadata.name` label.
     namespace_labels: BTreeMap<&'a str, std::borrow::Cow<'a, Labels>>,
     /// Every pod-owned prefix with its pod, in prefix order.
-    pod_prefixes: Vec<(IpNet, &'a Pod)>,
-    prefix_pods: BTreeMap<IpNet, &'a Pod>,
+    /// Built on first use (egress rules with named ports): most compiles never need it.
+    pod_prefixes: std::cell::OnceCell<PodPrefixes<'a>>,
 }
 
 impl<'a> ClusterIndex<'a> {
     fn new(cluster: &'a Cluster, prefixes: &'a BTreeMap<IpNet, PrefixOwner>) -> Self {
-        let mut pods_by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-        for pod in cluster.pods.values() {
-            pods_by_namespace
-                .entry(pod.key.namespace.as_str())
-                .or_default()
-                .push(pod);
-        }
         let mut namespace_labels: BTreeMap<&str, std::borrow::Cow<'a, Labels>> = cluster
             .namespaces
             .values()
             .map(|ns| (ns.name.as_str(), std::borrow::Cow::Borrowed(&ns.labels)))
             .collect();
-        for ns in pods_by_namespace.keys() {
+        let mut last: Option<&str> = None;
+        for pod in cluster.pods.values() {
+            let ns = pod.key.namespace.as_str();
+            if last == Some(ns) {
+                continue;
+            }
+            last = Some(ns);
             namespace_labels.entry(ns).or_insert_with(|| {
                 std::borrow::Cow::Owned(Labels::from([(
                     NAMESPACE_NAME_LABEL.to_owned(),
-                    (*ns).to_owned(),
+                    ns.to_owned(),
                 )]))
             });
         }
-        let pod_prefixes: Vec<(IpNet, &Pod)> = prefixes
-            .iter()
-            .filter_map(|(net, owner)| match owner {
-                PrefixOwner::Pod(key) => Some((*net, &**cluster.pods.get(key)?)),
-                _ => None,
-            })
-            .collect();
-        let prefix_pods = pod_prefixes.iter().copied().collect();
         ClusterIndex {
             prefixes,
-            pods_by_namespace,
+            pods: &cluster.pods,
             namespace_labels,
-            pod_prefixes,
-            prefix_pods,
+            pod_prefixes: std::cell::OnceCell::new(),
         }
     }
 
-    fn pods_in(&self, namespace: &str) -> impl Iterator<Item = &'a Pod> + '_ {
-        self.pods_by_namespace
-            .get(namespace)
-            .into_iter()
-            .flatten()
-            .copied()
+    /// Every pod-owned prefix with its pod.
+    fn pod_prefixes(&self) -> &PodPrefixes<'a> {
+        self.pod_prefixes.get_or_init(|| {
+            let list: Vec<(IpNet, &Pod)> = self
+                .prefixes
+                .iter()
+                .filter_map(|(net, owner)| match owner {
+                    PrefixOwner::Pod(key) => Some((*net, &**self.pods.get(key)?)),
+                    _ => None,
+                })
+                .collect();
+            let by_prefix = list.iter().copied().collect();
+            PodPrefixes { list, by_prefix }
+        })
+    }
+
+    /// The pods of one namespace: a contiguous range of the pods, keyed by namespace first.
+    fn pods_in<'s>(&'s self, namespace: &'s str) -> impl Iterator<Item = &'a Pod> + 's {
+        self.pods
+            .range(PodKey::new(namespace, "")..)
+            .take_while(move |(k, _)| k.namespace == namespace)
+            .map(|(_, p)| &**p)
     }
 
     /// The table prefixes inside `cidr` and inside none of `except`.

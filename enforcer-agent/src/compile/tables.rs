@@ -292,8 +292,9 @@ pub struct Tables {
     /// Every prefix of the identity tries (both families), with its owner. Always holds
     /// 0.0.0.0/0 and ::/0. A pod address that is also a host address is owned by the pod.
     pub prefixes: BTreeMap<IpNet, PrefixOwner>,
-    /// The local pods (those on this node with at least one IP).
-    pub endpoints: BTreeMap<PodKey, EndpointPlan>,
+    /// The local pods (those on this node with at least one IP). Shared: a [`super::Compiler`]
+    /// hands the plan of a pod whose inputs did not change to the next compile as it is.
+    pub endpoints: BTreeMap<PodKey, std::sync::Arc<EndpointPlan>>,
     /// Rule id `i` is `rules[i - 1]`.
     pub rules: Vec<RuleRef>,
     /// Id `rules.len() + i` is `staged[i - 1]`: entries a staged policy would change.

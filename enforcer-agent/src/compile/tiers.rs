@@ -187,7 +187,7 @@ fn rule_matches(
                 Direction::Egress => {
                     for peer in &peers {
                         let Peer::Prefix(net) = peer else { continue };
-                        let Some(dst) = index.prefix_pods.get(net) else {
+                        let Some(dst) = index.pod_prefixes().by_prefix.get(net) else {
                             continue;
                         };
                         for (proto, port) in named(dst, name) {
@@ -243,11 +243,11 @@ fn rule_peers(cluster: &Cluster, rule: &ClusterRule, index: &ClusterIndex<'_>) -
     set.into_iter().map(Peer::Prefix).collect()
 }
 
-fn pods_matching<'a>(
-    index: &'a ClusterIndex<'_>,
+fn pods_matching<'a, 'c: 'a>(
+    index: &'a ClusterIndex<'c>,
     namespaces: &'a LabelSelector,
     pods: &'a LabelSelector,
-) -> impl Iterator<Item = IpNet> + 'a {
+) -> impl Iterator<Item = IpNet> + use<'a, 'c> {
     index
         .namespaces_matching(namespaces)
         .flat_map(move |ns| index.pods_in(ns))

@@ -64,12 +64,16 @@ impl Identities {
     /// The identities the tables need: kept where a prefix already has one, new otherwise.
     /// The node's own addresses all share `identity::HOST`.
     pub fn assign(&mut self, tables: &Tables) -> BTreeMap<IpNet, u32> {
-        let mut out = BTreeMap::new();
+        // Both are in prefix order: one walk, no lookups (a node sees every pod's address).
+        let mut known = self.by_prefix.iter().peekable();
+        let mut out = Vec::with_capacity(tables.prefixes.len());
         for (net, owner) in &tables.prefixes {
+            while known.next_if(|(k, _)| *k < net).is_some() {}
+            let existing = known.next_if(|(k, _)| *k == net).map(|(_, &id)| id);
             let id = match owner {
                 PrefixOwner::Host => identity::HOST,
-                _ => match self.by_prefix.get(net) {
-                    Some(&id) if id >= identity::FIRST_ALLOCATED => id,
+                _ => match existing {
+                    Some(id) if id >= identity::FIRST_ALLOCATED => id,
                     _ => {
                         let id = self.next;
                         self.next += 1;
@@ -77,7 +81,34 @@ impl Identities {
                     }
                 },
             };
-            out.insert(*net, id);
+            out.push((*net, id));
+        }
+        // Sorted already: the map is built in one pass.
+        out.into_iter().collect()
+    }
+
+    /// The prefixes of `ids` that are new or have another id than in force, in order.
+    pub fn differing<'a>(&self, ids: &'a BTreeMap<IpNet, u32>) -> Vec<(&'a IpNet, u32)> {
+        let mut known = self.by_prefix.iter().peekable();
+        let mut out = Vec::new();
+        for (net, &id) in ids {
+            while known.next_if(|(k, _)| *k < net).is_some() {}
+            if known.next_if(|(k, _)| *k == net).map(|(_, &id)| id) != Some(id) {
+                out.push((net, id));
+            }
+        }
+        out
+    }
+
+    /// The prefixes in force that `ids` does not hold, in order.
+    pub fn missing_from(&self, ids: &BTreeMap<IpNet, u32>) -> Vec<IpNet> {
+        let mut wanted = ids.keys().peekable();
+        let mut out = Vec::new();
+        for net in self.by_prefix.keys() {
+            while wanted.next_if(|k| *k < net).is_some() {}
+            if wanted.next_if(|k| *k == net).is_none() {
+                out.push(*net);
+            }
         }
         out
     }

@@ -28,6 +28,7 @@ mod test_run;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, SchedClassifier};
@@ -125,6 +126,9 @@ struct EndpointState {
     info: EndpointInfo,
     entries: PolicyEntries,
     attached: bool,
+    /// The plan these entries were made from (`None`: not programmed by this agent yet). The
+    /// same plan again, with the same identities and rule ids, needs nothing written.
+    plan: Option<Arc<crate::compile::EndpointPlan>>,
 }
 
 pub struct Dataplane {
@@ -143,6 +147,8 @@ pub struct Dataplane {
     nat: Option<services::NatMaps>,
     services: services::ServiceMaps,
     ids: Identities,
+    /// The stable rule ids the endpoints in force were written with (by compiler position).
+    last_rule_ids: Vec<u32>,
     /// By ifindex.
     endpoints: BTreeMap<u32, EndpointState>,
     next_ep_id: u32,
@@ -278,6 +284,7 @@ impl Dataplane {
             nat: Some(nat),
             services: service_maps,
             ids: Identities::default(),
+            last_rule_ids: Vec::new(),
             endpoints: BTreeMap::new(),
             next_ep_id: 1,
             revision: 0,
@@ -365,6 +372,7 @@ impl Dataplane {
                     info,
                     entries,
                     attached,
+                    plan: None,
                 },
             );
         }
@@ -483,8 +491,15 @@ impl Dataplane {
         let mut report = SyncReport::default();
         self.retry_leftovers(&mut report);
         let ids = self.ids.assign(tables);
-        let mut changed = self.add_identities(&ids, &mut report);
-        let (programmed, ep_changed) = self.sync_endpoints(tables, ifaces, &ids, &mut report);
+        let differing = self.ids.differing(&ids);
+        // An address whose identity changed (it became or stopped being this node's) changes
+        // the entries that name it, whatever plan they come from.
+        let ids_moved = differing
+            .iter()
+            .any(|(net, _)| self.ids.by_prefix.contains_key(net));
+        let mut changed = self.add_identities(differing, &mut report);
+        let (programmed, ep_changed) =
+            self.sync_endpoints(tables, ifaces, &ids, ids_moved, &mut report);
         changed |= ep_changed;
         changed |= self.remove_gone_endpoints(&programmed, &mut report);
         match self.services.sync(&tables.services) {
@@ -504,17 +519,15 @@ impl Dataplane {
     /// Writes new prefixes and changed ids. One that cannot be written leaves its addresses
     /// unknown to the datapath (matched by no peer rule: fails closed). Returns whether any
     /// was written.
-    fn add_identities(&mut self, ids: &BTreeMap<IpNet, u32>, report: &mut SyncReport) -> bool {
+    fn add_identities(&mut self, differing: Vec<(&IpNet, u32)>, report: &mut SyncReport) -> bool {
         let mut changed = false;
-        for (net, &id) in ids {
-            if self.ids.by_prefix.get(net) != Some(&id) {
-                match self.insert_identity(net, id) {
-                    Ok(()) => {
-                        report.identities_added += 1;
-                        changed = true;
-                    }
-                    Err(e) => report.fail(SyncErrorClass::of(&e), None, &e),
+        for (net, id) in differing {
+            match self.insert_identity(net, id) {
+                Ok(()) => {
+                    report.identities_added += 1;
+                    changed = true;
                 }
+                Err(e) => report.fail(SyncErrorClass::of(&e), None, &e),
             }
         }
         changed
@@ -528,9 +541,11 @@ impl Dataplane {
         tables: &Tables,
         ifaces: &BTreeMap<PodKey, Iface>,
         ids: &BTreeMap<IpNet, u32>,
+        ids_moved: bool,
         report: &mut SyncReport,
     ) -> (BTreeSet<u32>, bool) {
         let rule_ids = self.rules.assign(tables);
+        let same_ids = !ids_moved && rule_ids == self.last_rule_ids;
         let mut programmed = BTreeSet::new();
         let mut changed = false;
         for (pod, plan) in &tables.endpoints {
@@ -538,14 +553,25 @@ impl Dataplane {
                 continue;
             };
             programmed.insert(iface.ifindex);
+            // The plan the compiler handed on unchanged: its entries are what is in force.
+            let in_force = self.endpoints.get(&iface.ifindex).is_some_and(|s| {
+                s.attached
+                    && s.pod.as_ref() == Some(pod)
+                    && s.ifname == iface.name
+                    && s.plan.as_ref().is_some_and(|p| Arc::ptr_eq(p, plan))
+            });
+            if same_ids && in_force {
+                continue;
+            }
             let desired = entries::policy_entries_stable(plan, ids, &rule_ids);
             let state = match self.endpoints.remove(&iface.ifindex) {
                 Some(s) => s,
                 None => self.new_endpoint(iface),
             };
             match self.sync_endpoint(pod, plan, iface, desired, state, report) {
-                Ok((state, ep_changed)) => {
+                Ok((mut state, ep_changed)) => {
                     changed |= ep_changed;
+                    state.plan = Some(plan.clone());
                     self.endpoints.insert(iface.ifindex, state);
                 }
                 Err(failure) => {
@@ -557,6 +583,7 @@ impl Dataplane {
                 }
             }
         }
+        self.last_rule_ids = rule_ids;
         (programmed, changed)
     }
 
@@ -619,13 +646,7 @@ impl Dataplane {
     /// Removes the prefixes no longer in `ids` (no entry names them any more); returns how
     /// many.
     fn remove_stale_identities(&mut self, ids: &BTreeMap<IpNet, u32>) -> usize {
-        let stale: Vec<IpNet> = self
-            .ids
-            .by_prefix
-            .keys()
-            .filter(|n| !ids.contains_key(n))
-            .copied()
-            .collect();
+        let stale: Vec<IpNet> = self.ids.missing_from(ids);
         for net in &stale {
             self.remove_identity(net);
         }

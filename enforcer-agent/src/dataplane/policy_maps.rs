@@ -27,6 +27,7 @@ impl Dataplane {
             },
             entries: PolicyEntries::default(),
             attached: false,
+            plan: None,
         }
     }
     /// Programs one endpoint: its new entries under the set not in force, then its record

@@ -59,6 +59,7 @@ impl Dataplane {
                         },
                         entries: PolicyEntries::default(),
                         attached: true,
+                        plan: None,
                     },
                 );
             }

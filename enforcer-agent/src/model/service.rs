@@ -159,25 +159,15 @@ impl Service {
 /// What endpoint derivation looks up, indexed once per cluster snapshot (derivation is then
 /// proportional to the Service's own pods and slices, not to the cluster).
 pub struct EndpointIndex<'a> {
-    pods_by_namespace: BTreeMap<&'a str, Vec<&'a Pod>>,
-    pod_by_ip: BTreeMap<IpAddr, &'a Pod>,
+    pods: &'a BTreeMap<super::PodKey, std::sync::Arc<Pod>>,
+    /// Built on first use: only Services whose slices name addresses need it, and a sync
+    /// of a large cluster should not pay for it otherwise.
+    pod_by_ip: std::cell::OnceCell<BTreeMap<IpAddr, &'a Pod>>,
     slices_by_service: BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
 }
 
 impl<'a> EndpointIndex<'a> {
     pub fn new(cluster: &'a Cluster) -> Self {
-        let mut pods_by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-        let mut pod_by_ip = BTreeMap::new();
-        for pod in cluster.pods.values() {
-            pods_by_namespace
-                .entry(pod.key.namespace.as_str())
-                .or_default()
-                .push(pod);
-            for ip in &pod.ips {
-                // The first pod (in key order) keeps an address two pods claim.
-                pod_by_ip.entry(*ip).or_insert(&**pod);
-            }
-        }
         let mut slices_by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
         for slice in cluster.endpoint_slices.values() {
             if let Some(svc) = &slice.service {
@@ -188,15 +178,27 @@ impl<'a> EndpointIndex<'a> {
             }
         }
         Self {
-            pods_by_namespace,
-            pod_by_ip,
+            pods: &cluster.pods,
+            pod_by_ip: std::cell::OnceCell::new(),
             slices_by_service,
         }
     }
 
     /// The pod that holds `ip`, if any.
     pub fn pod_with_ip(&self, ip: IpAddr) -> Option<&'a Pod> {
-        self.pod_by_ip.get(&ip).copied()
+        self.pod_by_ip
+            .get_or_init(|| {
+                let mut by_ip = BTreeMap::new();
+                for pod in self.pods.values() {
+                    for ip in &pod.ips {
+                        // The first pod (in key order) keeps an address two pods claim.
+                        by_ip.entry(*ip).or_insert(&**pod);
+                    }
+                }
+                by_ip
+            })
+            .get(&ip)
+            .copied()
     }
 
     /// The endpoints of port `port` of `svc` in `family`, in address order without
@@ -205,11 +207,13 @@ impl<'a> EndpointIndex<'a> {
         let mut out = BTreeSet::new();
         match &svc.selector {
             Some(selector) => {
+                let namespace = svc.key.namespace.as_str();
+                // Keyed by namespace first: a namespace's pods are one range.
                 let selected = self
-                    .pods_by_namespace
-                    .get(svc.key.namespace.as_str())
-                    .into_iter()
-                    .flatten()
+                    .pods
+                    .range(super::PodKey::new(namespace, "")..)
+                    .take_while(|(k, _)| k.namespace == namespace)
+                    .map(|(_, p)| p)
                     .filter(|p| {
                         p.ready && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
                     });

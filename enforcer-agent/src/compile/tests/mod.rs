@@ -8,6 +8,7 @@ use crate::model::tests::cluster_from_yaml;
 use crate::model::{Cluster, PolicyKey};
 
 mod cases;
+mod incremental;
 mod oracle;
 mod oracle_tiers;
 
