@@ -488,9 +488,7 @@ fn identity_prefixes(cluster: &Cluster, node: &NodeInput) -> BTreeMap<IpNet, Pre
                 .push((host_prefix(*ip), Rank::Pod(rank), Some(pod)));
         }
     }
-    claims
-        .0
-        .sort_unstable_by_key(|&(net, rank, _)| (net, rank));
+    claims.0.sort_unstable_by_key(|&(net, rank, _)| (net, rank));
     claims.0.dedup_by(|later, first| later.0 == first.0);
     claims
         .0

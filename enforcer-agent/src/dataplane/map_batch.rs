@@ -1,8 +1,9 @@
-//! The two map commands the conntrack sweeper needs and aya does not offer:
-//! `BPF_MAP_LOOKUP_BATCH` (a whole map read in a few syscalls, where aya's iterator takes two
-//! per entry: the next key, then its value) and `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map
-//! (an entry removed and returned in one syscall). Both are plain `bpf(2)` commands on the
-//! map's fd (kernel 5.6 and 5.14; tcx needs 6.6 anyway).
+//! Map commands aya does not offer: `BPF_MAP_LOOKUP_BATCH` (a whole map read in a few
+//! syscalls, where aya's iterator takes two per entry: the next key, then its value) and
+//! `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map (an entry removed and returned in one
+//! syscall), for the conntrack sweeper; `BPF_MAP_UPDATE_BATCH` (many entries written in one
+//! syscall), for a pod's policy entries. All are plain `bpf(2)` commands on the map's fd
+//! (kernel 5.6 and 5.14; tcx needs 6.6 anyway).
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -13,6 +14,7 @@ use aya::Pod;
 
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// `union bpf_attr` for the element commands (UAPI layout).
 #[repr(C)]
@@ -119,6 +121,33 @@ pub fn lookup_all<K: Pod, V: Pod>(
         }
         from = Some(next);
     }
+}
+
+/// Writes every `(key, value)` into a hash map (created or replaced), about `chunk` per
+/// syscall. On an error, the entries before the one that failed are written (the kernel
+/// stops at the first failure), the rest are not.
+pub fn update_all<K: Pod, V: Pod>(
+    map: &MapData,
+    chunk: usize,
+    entries: &[(K, V)],
+) -> io::Result<()> {
+    let mut keys: Vec<K> = Vec::with_capacity(chunk.min(entries.len()));
+    let mut values: Vec<V> = Vec::with_capacity(chunk.min(entries.len()));
+    for part in entries.chunks(chunk.max(1)) {
+        keys.clear();
+        values.clear();
+        keys.extend(part.iter().map(|(k, _)| *k));
+        values.extend(part.iter().map(|(_, v)| *v));
+        let mut attr = BatchAttr {
+            map_fd: fd_of(map),
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: part.len() as u32,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+    }
+    Ok(())
 }
 
 /// Removes `key` from a hash map and returns the value it had (`None`: it was not there), in

@@ -3,6 +3,7 @@
 //! removals that failed kept and retried.
 
 use aya::maps::lpm_trie::Key;
+use aya::maps::IterableMap as _;
 use enforcer_common::{endpoint::EndpointInfo, maps as names, policy::PolicyKey};
 use ipnet::IpNet;
 
@@ -10,6 +11,9 @@ use super::entries::{self, PolicyEntries};
 use super::report::{is_not_found, SyncError, SyncErrorClass, SyncReport};
 use super::{exact_addr, map_err, Dataplane, DataplaneError, EndpointState, Iface, Result};
 use crate::model::PodKey;
+
+/// Policy entries written per syscall.
+const WRITE_BATCH: usize = 4096;
 
 impl Dataplane {
     /// A new endpoint's state: parity 1 "in force" with no entries, so that the first write
@@ -169,15 +173,28 @@ impl Dataplane {
         entries.len()
     }
     pub(super) fn write_entries(&mut self, set: u32, entries: &PolicyEntries) -> Result<()> {
-        for (&key, &rule) in &entries.exact {
-            let key = PolicyKey {
-                set: set.to_be_bytes(),
-                ..key
-            };
-            self.policy_exact
-                .insert(key, rule, 0)
-                .map_err(map_err(names::POLICY_EXACT, "insert"))?;
-        }
+        // Thousands per pod with large peer sets: written in batches, not one syscall each.
+        let exact: Vec<(PolicyKey, u32)> = entries
+            .exact
+            .iter()
+            .map(|(&key, &rule)| {
+                let key = PolicyKey {
+                    set: set.to_be_bytes(),
+                    ..key
+                };
+                (key, rule)
+            })
+            .collect();
+        super::map_batch::update_all(self.policy_exact.map(), WRITE_BATCH, &exact).map_err(
+            |io_error| {
+                map_err(names::POLICY_EXACT, "insert")(aya::maps::MapError::SyscallError(
+                    aya::sys::SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error,
+                    },
+                ))
+            },
+        )?;
         for (&(len, key), &rule) in &entries.ranges {
             let key = PolicyKey {
                 set: set.to_be_bytes(),
