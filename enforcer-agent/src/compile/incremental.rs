@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::{compile_reusing, EndpointPlan, NodeInput, PrefixOwner, RuleId, RuleRef, Tables};
+use super::{compile_reusing, EndpointPlan, NodeInput, RuleId, RuleRef, Tables};
 use crate::model::{Cluster, Labels, Namespace, PeerSpec, Pod, PolicyKey, PortRef};
 
 /// Compiles like [`compile`](super::compile), reusing what the previous compile of this
@@ -47,12 +47,6 @@ struct Previous {
     endpoints: BTreeMap<crate::model::PodKey, Arc<EndpointPlan>>,
 }
 
-/// What changed since the previous compile.
-struct Changes {
-    /// Namespaces with a pod or a NetworkPolicy added, removed or changed.
-    namespaces: BTreeSet<String>,
-}
-
 impl Compiler {
     /// The tables for `cluster` on `node`, equal to `compile(cluster, node)`.
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeInput) -> Tables {
@@ -72,15 +66,14 @@ impl Compiler {
         let (tables, listed) = match reusable {
             None => (super::compile(cluster, node), None),
             Some(prev) => {
-                let changes = Changes {
-                    namespaces: changed_namespaces(&prev.pods, &pods, &prev.policies, &policies),
-                };
+                // Namespaces with a pod or a NetworkPolicy added, removed or changed.
+                let changed = changed_namespaces(&prev.pods, &pods, &prev.policies, &policies);
                 let mut reused = BTreeSet::new();
                 // Asked once: the rules are the same for every pod of one compile.
                 let mut same_rules: Option<bool> = None;
                 let mut moved: Option<Vec<Option<RuleId>>> = None;
                 let tables = compile_reusing(cluster, node, &mut |pod, rules| {
-                    let plan = reuse(prev, cluster, &changes, pod)?;
+                    let plan = reuse(prev, cluster, &changed, pod)?;
                     let plan = if *same_rules.get_or_insert_with(|| prev.rules == rules) {
                         plan.clone()
                     } else {
@@ -132,21 +125,8 @@ impl Compiler {
         tables
             .prefixes
             .iter()
-            .map(|(net, owner)| (*net, self.hash(&OwnerHash(owner))))
+            .map(|(net, owner)| (*net, self.hash(owner)))
             .collect()
-    }
-}
-
-/// A prefix owner, hashed by what it says.
-struct OwnerHash<'a>(&'a PrefixOwner);
-
-impl Hash for OwnerHash<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        match self.0 {
-            PrefixOwner::Pod(key) => (0u8, key).hash(state),
-            PrefixOwner::Host => 1u8.hash(state),
-            PrefixOwner::Cidr => 2u8.hash(state),
-        }
     }
 }
 
@@ -237,11 +217,11 @@ fn changed_prefixes(old: &[(IpNet, u64)], new: &[(IpNet, u64)]) -> Vec<IpNet> {
 fn reuse<'p>(
     prev: &'p Previous,
     cluster: &Cluster,
-    changes: &Changes,
+    changed: &BTreeSet<String>,
     pod: &Pod,
 ) -> Option<&'p Arc<EndpointPlan>> {
     let plan = prev.endpoints.get(&pod.key)?;
-    if changes.namespaces.contains(&pod.key.namespace) {
+    if changed.contains(&pod.key.namespace) {
         return None;
     }
     for key in plan
@@ -261,8 +241,7 @@ fn reuse<'p>(
                     ..
                 } = peer
                 {
-                    let hit = changes
-                        .namespaces
+                    let hit = changed
                         .iter()
                         .any(|ns| sel.matches(&namespace_labels(cluster, ns)));
                     if hit {
@@ -276,7 +255,7 @@ fn reuse<'p>(
             .iter()
             .flat_map(|r| &r.ports)
             .any(|p| matches!(p.port, Some(PortRef::Name(_))));
-        if named_egress && !changes.namespaces.is_empty() {
+        if named_egress && !changed.is_empty() {
             return None;
         }
     }

@@ -217,7 +217,7 @@ pub struct StagedEntry {
 }
 
 /// What a trie prefix stands for.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum PrefixOwner {
     /// One address of a pod (a /32 or /128).
     Pod(PodKey),
