@@ -162,7 +162,7 @@ fn compile_all(cluster: &Cluster) {
                 audit: false,
             },
         );
-        let ids = Identities::default().assign(&tables);
+        let ids = Identities::default().assign(&tables).ids;
         for (i, plan) in tables.endpoints.values().enumerate() {
             let entries = policy_entries(plan, &ids);
             let _ = endpoint_info(plan, &entries, i as u32 + 1, 1);

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::prefixes::{KeptPrefixes, PodChange};
 use super::{compile_reusing, EndpointPlan, NodeInput, RuleId, RuleRef, Tables};
 use crate::model::{Cluster, Labels, Namespace, PeerSpec, Pod, PolicyKey, PortRef};
 
@@ -41,8 +42,8 @@ struct Previous {
     pods: Vec<Arc<Pod>>,
     /// Every NetworkPolicy's key and content hash, in key order.
     policies: Vec<(PolicyKey, u64)>,
-    /// Every identity prefix with its owner's hash, in prefix order.
-    prefixes: Vec<(IpNet, u64)>,
+    /// The identity prefix table, edited from the changed pods at the next compile.
+    prefixes: KeptPrefixes,
     rules: Vec<RuleRef>,
     endpoints: BTreeMap<crate::model::PodKey, Arc<EndpointPlan>>,
 }
@@ -50,67 +51,79 @@ struct Previous {
 impl Compiler {
     /// The tables for `cluster` on `node`, equal to `compile(cluster, node)`.
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeInput) -> Tables {
-        let pods: Vec<Arc<Pod>> = cluster.pods.values().cloned().collect();
         let policies: Vec<(PolicyKey, u64)> = cluster
             .policies
             .values()
             .map(|p| (p.key.clone(), self.hash(p)))
             .collect();
-        let previous = self.previous.take();
+        let mut previous = self.previous.take();
+        let (pods, pod_changes, kept, moved) = match previous.as_mut() {
+            Some(prev) => {
+                let (pods, changes) = relist(std::mem::take(&mut prev.pods), cluster);
+                let mut kept = std::mem::take(&mut prev.prefixes);
+                let moved = kept.update(cluster, node, &changes);
+                (pods, changes, kept, moved)
+            }
+            None => (
+                cluster.pods.values().cloned().collect(),
+                Vec::new(),
+                KeptPrefixes::new(cluster, node),
+                Vec::new(),
+            ),
+        };
         let reusable = previous.as_ref().filter(|prev| {
             cluster.cluster_policies.is_empty()
                 && !cluster.policies.values().any(|p| p.staged)
                 && prev.node == *node
                 && prev.namespaces == cluster.namespaces
         });
-        let (tables, listed) = match reusable {
-            None => (super::compile(cluster, node), None),
+        let table = kept.table();
+        let tables = match reusable {
+            None => compile_reusing(cluster, node, table.clone(), &mut |_, _| None),
             Some(prev) => {
                 // Namespaces with a pod or a NetworkPolicy added, removed or changed.
-                let changed = changed_namespaces(&prev.pods, &pods, &prev.policies, &policies);
+                let changed = changed_namespaces(&pod_changes, &prev.policies, &policies);
                 let mut reused = BTreeSet::new();
                 // Asked once: the rules are the same for every pod of one compile.
                 let mut same_rules: Option<bool> = None;
-                let mut moved: Option<Vec<Option<RuleId>>> = None;
-                let tables = compile_reusing(cluster, node, &mut |pod, rules| {
+                let mut moved_rules: Option<Vec<Option<RuleId>>> = None;
+                let tables = compile_reusing(cluster, node, table.clone(), &mut |pod, rules| {
                     let plan = reuse(prev, cluster, &changed, pod)?;
                     let plan = if *same_rules.get_or_insert_with(|| prev.rules == rules) {
                         plan.clone()
                     } else {
-                        let moved = moved.get_or_insert_with(|| moved_ids(&prev.rules, rules));
-                        Arc::new(renumber(plan, moved)?)
+                        let ids = moved_rules.get_or_insert_with(|| moved_ids(&prev.rules, rules));
+                        Arc::new(renumber(plan, ids)?)
                     };
                     reused.insert(pod.key.clone());
                     Some(plan)
                 });
-                // Which identity prefixes came, went or changed owner is known once this
-                // compile listed them: a reused plan whose ipBlocks hold one is compiled again.
-                let listed = self.prefixes(&tables);
-                let prefixes = changed_prefixes(&prev.prefixes, &listed);
+                // A reused plan whose ipBlocks hold an identity prefix that came, went or
+                // changed owner is compiled again.
                 let stale: BTreeSet<_> = reused
                     .into_iter()
                     .filter(|key| {
-                        !prefixes.is_empty()
-                            && reads_changed_prefixes(cluster, &tables.endpoints[key], &prefixes)
+                        !moved.is_empty()
+                            && reads_changed_prefixes(cluster, &tables.endpoints[key], &moved)
                     })
                     .collect();
                 if stale.is_empty() {
-                    (tables, Some(listed))
+                    tables
                 } else {
-                    let kept = &tables.endpoints;
-                    let again = compile_reusing(cluster, node, &mut |pod, _| {
-                        (!stale.contains(&pod.key)).then(|| kept.get(&pod.key).cloned())?
-                    });
-                    (again, Some(listed))
+                    let kept_plans = &tables.endpoints;
+                    compile_reusing(cluster, node, table.clone(), &mut |pod, _| {
+                        (!stale.contains(&pod.key)).then(|| kept_plans.get(&pod.key).cloned())?
+                    })
                 }
             }
         };
+        drop(previous);
         self.previous = Some(Previous {
             node: node.clone(),
             namespaces: cluster.namespaces.clone(),
             pods,
             policies,
-            prefixes: listed.unwrap_or_else(|| self.prefixes(&tables)),
+            prefixes: kept,
             rules: tables.rules.clone(),
             endpoints: tables.endpoints.clone(),
         });
@@ -120,34 +133,54 @@ impl Compiler {
     fn hash(&self, value: &impl Hash) -> u64 {
         self.hasher.hash_one(value)
     }
-
-    fn prefixes(&self, tables: &Tables) -> Vec<(IpNet, u64)> {
-        tables
-            .prefixes
-            .iter()
-            .map(|(net, owner)| (*net, self.hash(owner)))
-            .collect()
-    }
 }
 
-/// The namespaces whose pods or NetworkPolicies differ between the two listings (both in
-/// key order; an unchanged pod is the same allocation, an unchanged policy hashes the same).
+/// The pods of `cluster` in key order, the unchanged ones taken over from the previous
+/// listing `old` (no reference count touched: a node sees every pod of the cluster), and the
+/// pods added, removed or replaced since.
+fn relist(old: Vec<Arc<Pod>>, cluster: &Cluster) -> (Vec<Arc<Pod>>, Vec<PodChange>) {
+    let mut out = Vec::with_capacity(cluster.pods.len());
+    let mut changes = Vec::new();
+    let mut old = old.into_iter().peekable();
+    for new in cluster.pods.values() {
+        // Pods before this one's key are gone.
+        while let Some(gone) = old.next_if(|o| o.key < new.key) {
+            changes.push((Some(gone), None));
+        }
+        match old.next_if(|o| o.key == new.key) {
+            Some(same) if Arc::ptr_eq(&same, new) => out.push(same),
+            Some(before) => {
+                changes.push((Some(before), Some(new.clone())));
+                out.push(new.clone());
+            }
+            None => {
+                changes.push((None, Some(new.clone())));
+                out.push(new.clone());
+            }
+        }
+    }
+    changes.extend(old.map(|gone| (Some(gone), None)));
+    (out, changes)
+}
+
+/// The namespaces with a pod added, removed or changed (a pod replaced by an equal one is
+/// none), or whose NetworkPolicies differ between the two listings (in key order; an
+/// unchanged policy hashes the same).
 fn changed_namespaces(
-    old_pods: &[Arc<Pod>],
-    new_pods: &[Arc<Pod>],
+    pods: &[PodChange],
     old_policies: &[(PolicyKey, u64)],
     new_policies: &[(PolicyKey, u64)],
 ) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    merge(
-        old_pods,
-        new_pods,
-        |a, b| Arc::ptr_eq(a, b) || a == b,
-        |p| &p.key,
-        |p| {
-            out.insert(p.key.namespace.clone());
-        },
-    );
+    for change in pods {
+        match change {
+            (Some(old), Some(new)) if old == new => {}
+            (Some(pod), _) | (None, Some(pod)) => {
+                out.insert(pod.key.namespace.clone());
+            }
+            (None, None) => {}
+        }
+    }
     merge(
         old_policies,
         new_policies,
@@ -202,15 +235,6 @@ fn merge<T, K: Ord>(
             (None, None) => unreachable!("the loop condition"),
         }
     }
-}
-
-/// The prefixes that came, went or changed owner.
-fn changed_prefixes(old: &[(IpNet, u64)], new: &[(IpNet, u64)]) -> Vec<IpNet> {
-    let mut out = Vec::new();
-    merge(old, new, |a, b| a == b, |p| &p.0, |p| out.push(p.0));
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// The previous plan of `pod`, if its inputs did not change; `None` compiles it afresh.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::model::cluster_policy::{ClusterPeer, ClusterPolicy, Tier};
+use crate::model::cluster_policy::{ClusterPolicy, Tier};
 use crate::model::{
     Cluster, Labels, NetworkPolicy, PeerSpec, Pod, PodKey, PortRef, PortSpec, Protocol, Rule,
     NAMESPACE_NAME_LABEL,
@@ -22,6 +22,7 @@ use crate::model::{
 
 mod evaluate;
 mod incremental;
+mod prefixes;
 mod resolve;
 pub mod services;
 pub mod tables;
@@ -58,21 +59,24 @@ impl NodeInput {
 
 /// Compiles the allow entries of every local pod of `node`.
 pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
-    compile_reusing(cluster, node, &mut |_, _| None)
+    let prefixes = prefixes::identity_prefixes(cluster, node);
+    compile_reusing(cluster, node, prefixes, &mut |_, _| None)
 }
 
 /// Given a local pod and the rules as numbered in this compile: the plan to take as it is.
 pub(crate) type Reuse<'a> = dyn FnMut(&Pod, &[RuleRef]) -> Option<Arc<EndpointPlan>> + 'a;
 
-/// [`compile`], with the plans of the local pods `reuse` answers for taken as they are
-/// ([`Compiler`] answers for those whose inputs did not change; it is given each local pod
-/// and the rules as numbered in this compile). Those pods' policies are not resolved.
+/// [`compile`], with the identity prefixes given (they must be `identity_prefixes(cluster,
+/// node)`: [`Compiler`] keeps them up to date), and the plans of the local pods `reuse`
+/// answers for taken as they are ([`Compiler`] answers for those whose inputs did not
+/// change; it is given each local pod and the rules as numbered in this compile). Those
+/// pods' policies are not resolved.
 pub(crate) fn compile_reusing(
     cluster: &Cluster,
     node: &NodeInput,
+    prefixes: PrefixTable,
     reuse: &mut Reuse<'_>,
 ) -> Tables {
-    let prefixes = identity_prefixes(cluster, node);
     let index = ClusterIndex::new(cluster, &prefixes);
 
     // Ids are handed out to every counted rule, selected or not, so a rule keeps its id
@@ -441,91 +445,6 @@ pub fn host_prefix(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-/// Every prefix of the identity tries, with its owner (pod over host over cidr).
-fn identity_prefixes(cluster: &Cluster, node: &NodeInput) -> BTreeMap<IpNet, PrefixOwner> {
-    // Claims are collected, sorted by prefix and rank, and the best of each prefix kept: one
-    // sort and a map built in one pass (every pod of the cluster has a prefix).
-    let mut claims = Claims(Vec::with_capacity(cluster.pods.len() + 16));
-    claims.insert("0.0.0.0/0".parse().expect("valid"), PrefixOwner::Cidr);
-    claims.insert("::/0".parse().expect("valid"), PrefixOwner::Cidr);
-    for policy in cluster.policies.values() {
-        let rules = policy.ingress.iter().chain(&policy.egress).flatten();
-        for peer in rules.flat_map(|r| &r.peers) {
-            if let PeerSpec::IpBlock { cidr, except } = peer {
-                for net in std::iter::once(cidr).chain(except) {
-                    claims.insert(net.trunc(), PrefixOwner::Cidr);
-                }
-            }
-        }
-    }
-    for policy in cluster.cluster_policies.values() {
-        let rules = policy.ingress.iter().chain(&policy.egress);
-        for peer in rules.flat_map(|r| &r.peers) {
-            match peer {
-                ClusterPeer::Networks(nets) => {
-                    for net in nets {
-                        claims.insert(net.trunc(), PrefixOwner::Cidr);
-                    }
-                }
-                // Other nodes' addresses, so that a `nodes` peer can name them.
-                ClusterPeer::Nodes(_) => {
-                    for ip in cluster.nodes.values().flatten() {
-                        claims.insert(host_prefix(*ip), PrefixOwner::Cidr);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    for ip in &node.host_ips {
-        claims.insert(host_prefix(*ip), PrefixOwner::Host);
-    }
-    // Should two pods claim one address, the first pod (in key order) keeps it.
-    for (rank, pod) in cluster.pods.values().enumerate() {
-        for ip in &pod.ips {
-            claims
-                .0
-                .push((host_prefix(*ip), Rank::Pod(rank), Some(pod)));
-        }
-    }
-    claims.0.sort_unstable_by_key(|&(net, rank, _)| (net, rank));
-    claims.0.dedup_by(|later, first| later.0 == first.0);
-    claims
-        .0
-        .into_iter()
-        .map(|(net, rank, pod)| {
-            let owner = match (rank, pod) {
-                (Rank::Pod(_), Some(pod)) => PrefixOwner::Pod(pod.key.clone()),
-                (Rank::Host, _) => PrefixOwner::Host,
-                _ => PrefixOwner::Cidr,
-            };
-            (net, owner)
-        })
-        .collect()
-}
-
-/// Which claim on a prefix wins: a pod's (the first pod's), then this node's, then a cidr's.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Rank {
-    Pod(usize),
-    Host,
-    Cidr,
-}
-
-/// The claims on identity prefixes, before the best of each is kept.
-struct Claims<'a>(Vec<(IpNet, Rank, Option<&'a Pod>)>);
-
-impl Claims<'_> {
-    /// A host or cidr claim (pods' claims carry their pod).
-    fn insert(&mut self, net: IpNet, owner: PrefixOwner) {
-        let rank = match owner {
-            PrefixOwner::Host => Rank::Host,
-            _ => Rank::Cidr,
-        };
-        self.0.push((net, rank, None));
-    }
-}
-
 /// Every pod-owned prefix with its pod: in prefix order, and by prefix.
 struct PodPrefixes<'a> {
     list: Vec<(IpNet, &'a Pod)>,
@@ -534,7 +453,7 @@ struct PodPrefixes<'a> {
 
 /// Lookups the compiler needs, built once per compile.
 struct ClusterIndex<'a> {
-    prefixes: &'a BTreeMap<IpNet, PrefixOwner>,
+    prefixes: &'a PrefixTable,
     pods: &'a BTreeMap<PodKey, Arc<Pod>>,
     /// Labels of each namespace that has pods or a Namespace object. A namespace without an
     /// object (standalone manifests) only has its `kubernetes.io/metadata.name` label.
@@ -545,25 +464,29 @@ struct ClusterIndex<'a> {
 }
 
 impl<'a> ClusterIndex<'a> {
-    fn new(cluster: &'a Cluster, prefixes: &'a BTreeMap<IpNet, PrefixOwner>) -> Self {
+    fn new(cluster: &'a Cluster, prefixes: &'a PrefixTable) -> Self {
         let mut namespace_labels: BTreeMap<&str, std::borrow::Cow<'a, Labels>> = cluster
             .namespaces
             .values()
             .map(|ns| (ns.name.as_str(), std::borrow::Cow::Borrowed(&ns.labels)))
             .collect();
-        let mut last: Option<&str> = None;
-        for pod in cluster.pods.values() {
-            let ns = pod.key.namespace.as_str();
-            if last == Some(ns) {
-                continue;
-            }
-            last = Some(ns);
+        // The namespaces that have pods: one lookup each, not a walk over every pod (keyed by
+        // namespace first, the pods of the next namespace start at the first key past
+        // `namespace + "\0"`, the least string after `namespace`).
+        let mut next = cluster.pods.keys().next();
+        while let Some(key) = next {
+            let ns = key.namespace.as_str();
             namespace_labels.entry(ns).or_insert_with(|| {
                 std::borrow::Cow::Owned(Labels::from([(
                     NAMESPACE_NAME_LABEL.to_owned(),
                     ns.to_owned(),
                 )]))
             });
+            next = cluster
+                .pods
+                .range(PodKey::new(format!("{ns}\0"), "")..)
+                .next()
+                .map(|(k, _)| k);
         }
         ClusterIndex {
             prefixes,

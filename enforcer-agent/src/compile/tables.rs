@@ -216,6 +216,11 @@ pub struct StagedEntry {
     pub would_allow: bool,
 }
 
+/// Every prefix of the identity tries with its owner: a persistent map, so that a table
+/// edited from the previous one shares what did not change with it (a cluster has a prefix
+/// per pod address).
+pub type PrefixTable = imbl::OrdMap<IpNet, PrefixOwner>;
+
 /// What a trie prefix stands for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum PrefixOwner {
@@ -291,7 +296,7 @@ impl EndpointPlan {
 pub struct Tables {
     /// Every prefix of the identity tries (both families), with its owner. Always holds
     /// 0.0.0.0/0 and ::/0. A pod address that is also a host address is owned by the pod.
-    pub prefixes: BTreeMap<IpNet, PrefixOwner>,
+    pub prefixes: PrefixTable,
     /// The local pods (those on this node with at least one IP). Shared: a [`super::Compiler`]
     /// hands the plan of a pod whose inputs did not change to the next compile as it is.
     pub endpoints: BTreeMap<PodKey, std::sync::Arc<EndpointPlan>>,

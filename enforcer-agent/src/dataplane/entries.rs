@@ -14,8 +14,9 @@ use enforcer_common::proto;
 use ipnet::IpNet;
 
 use crate::compile::tables::{
-    Direction, EndpointPlan, Peer, PrefixOwner, RuleRef, StagedEntry, Tables,
+    Direction, EndpointPlan, Peer, PrefixOwner, PrefixTable, RuleRef, StagedEntry, Tables,
 };
+use imbl::ordmap::DiffItem;
 
 /// A `POLICY_RANGES` entry without its set id: (prefix length in bits, key with `set` = 0).
 pub type RangeKey = (u32, PolicyKey);
@@ -37,12 +38,30 @@ impl PolicyEntries {
     }
 }
 
+/// Prefix → identity, as the identity tries hold it: a persistent map, so that the
+/// assignment of one sync is the previous one with the changed prefixes edited.
+pub type IdTable = imbl::OrdMap<IpNet, u32>;
+
 /// Stable prefix → identity assignment. Ids are never reused while the agent runs, so a packet
 /// racing a policy update can never meet a stale entry that now means another prefix.
 #[derive(Debug, Default)]
 pub struct Identities {
-    pub by_prefix: BTreeMap<IpNet, u32>,
+    /// What the tries hold (as far as the agent wrote them).
+    pub by_prefix: IdTable,
     next: u32,
+    /// The prefix table `by_prefix` was assigned from: the next assignment is the difference
+    /// to it (`None` after an adoption: a walk over every prefix).
+    assigned_from: Option<PrefixTable>,
+}
+
+/// The identities one set of tables needs, and how they differ from those in force.
+pub struct Assignment {
+    /// Every prefix of the tables with its identity.
+    pub ids: IdTable,
+    /// The prefixes that are new or have another id than in force, in order.
+    pub differing: Vec<(IpNet, u32)>,
+    /// The prefixes in force that the tables no longer have, in order.
+    pub missing: Vec<IpNet>,
 }
 
 impl Identities {
@@ -56,17 +75,58 @@ impl Identities {
                 (m + 1).max(identity::FIRST_ALLOCATED)
             });
         Identities {
-            by_prefix: existing,
+            by_prefix: existing.into_iter().collect(),
             next,
+            assigned_from: None,
         }
     }
 
     /// The identities the tables need: kept where a prefix already has one, new otherwise.
     /// The node's own addresses all share `identity::HOST`.
-    pub fn assign(&mut self, tables: &Tables) -> BTreeMap<IpNet, u32> {
-        // Both are in prefix order: one walk, no lookups (a node sees every pod's address).
+    pub fn assign(&mut self, tables: &Tables) -> Assignment {
+        let mut differing = Vec::new();
+        let mut missing = Vec::new();
+        let Some(last) = self.assigned_from.take() else {
+            return self.assign_all(tables);
+        };
+        // Only the prefixes whose owner changed since the last assignment: the diff skips
+        // what the two tables share.
+        let mut ids = self.by_prefix.clone();
+        for change in last.diff(&tables.prefixes) {
+            match change {
+                DiffItem::Add(net, owner)
+                | DiffItem::Update {
+                    new: (net, owner), ..
+                } => {
+                    let existing = self.by_prefix.get(net).copied();
+                    let id = self.id_for(owner, existing);
+                    if existing != Some(id) {
+                        ids.insert(*net, id);
+                        differing.push((*net, id));
+                    }
+                }
+                DiffItem::Remove(net, _) => {
+                    if ids.remove(net).is_some() {
+                        missing.push(*net);
+                    }
+                }
+            }
+        }
+        self.assigned_from = Some(last);
+        differing.sort_unstable();
+        missing.sort_unstable();
+        Assignment {
+            ids,
+            differing,
+            missing,
+        }
+    }
+
+    /// [`Self::assign`] by a walk over every prefix (both in prefix order: no lookups).
+    fn assign_all(&mut self, tables: &Tables) -> Assignment {
         let mut known = self.by_prefix.iter().peekable();
-        let mut out = Vec::with_capacity(tables.prefixes.len());
+        let mut ids = Vec::with_capacity(tables.prefixes.len());
+        let mut differing = Vec::new();
         for (net, owner) in &tables.prefixes {
             while known.next_if(|(k, _)| *k < net).is_some() {}
             let existing = known.next_if(|(k, _)| *k == net).map(|(_, &id)| id);
@@ -81,36 +141,43 @@ impl Identities {
                     }
                 },
             };
-            out.push((*net, id));
-        }
-        // Sorted already: the map is built in one pass.
-        out.into_iter().collect()
-    }
-
-    /// The prefixes of `ids` that are new or have another id than in force, in order.
-    pub fn differing<'a>(&self, ids: &'a BTreeMap<IpNet, u32>) -> Vec<(&'a IpNet, u32)> {
-        let mut known = self.by_prefix.iter().peekable();
-        let mut out = Vec::new();
-        for (net, &id) in ids {
-            while known.next_if(|(k, _)| *k < net).is_some() {}
-            if known.next_if(|(k, _)| *k == net).map(|(_, &id)| id) != Some(id) {
-                out.push((net, id));
+            if existing != Some(id) {
+                differing.push((*net, id));
             }
+            ids.push((*net, id));
         }
-        out
-    }
-
-    /// The prefixes in force that `ids` does not hold, in order.
-    pub fn missing_from(&self, ids: &BTreeMap<IpNet, u32>) -> Vec<IpNet> {
-        let mut wanted = ids.keys().peekable();
-        let mut out = Vec::new();
+        let mut wanted = ids.iter().map(|(net, _)| net).peekable();
+        let mut missing = Vec::new();
         for net in self.by_prefix.keys() {
             while wanted.next_if(|k| *k < net).is_some() {}
             if wanted.next_if(|k| *k == net).is_none() {
-                out.push(*net);
+                missing.push(*net);
             }
         }
-        out
+        Assignment {
+            ids: ids.into_iter().collect(),
+            differing,
+            missing,
+        }
+    }
+
+    /// A prefix's identity: this node's for its addresses, else the one it has, else a new one.
+    fn id_for(&mut self, owner: &PrefixOwner, existing: Option<u32>) -> u32 {
+        match (owner, existing) {
+            (PrefixOwner::Host, _) => identity::HOST,
+            (_, Some(id)) if id >= identity::FIRST_ALLOCATED => id,
+            _ => {
+                let id = self.next;
+                self.next += 1;
+                id
+            }
+        }
+    }
+
+    /// Records an assignment as what the tries hold: the next is the difference to it.
+    pub fn in_force(&mut self, ids: IdTable, from: &PrefixTable) {
+        self.by_prefix = ids;
+        self.assigned_from = Some(from.clone());
     }
 }
 
@@ -119,7 +186,7 @@ impl Identities {
 /// port prefixes for the trie. A deny's value has [`RULE_DENY`] set. (Denies exist only in
 /// directions with cluster policies, whose entries the compiler resolved into disjoint keys
 /// with narrow blocks already expanded, so the lowest-rule merge below never meets one.)
-pub fn policy_entries(plan: &EndpointPlan, ids: &BTreeMap<IpNet, u32>) -> PolicyEntries {
+pub fn policy_entries(plan: &EndpointPlan, ids: &IdTable) -> PolicyEntries {
     let mut out = PolicyEntries::default();
     let allows = plan.allows.iter().map(|(a, r)| (a, *r));
     let denies = plan.denies.iter().map(|(a, r)| (a, *r | RULE_DENY));
@@ -165,11 +232,7 @@ pub fn policy_entries(plan: &EndpointPlan, ids: &BTreeMap<IpNet, u32>) -> Policy
 /// [`policy_entries`] with the compiler's rule ids (positions in `Tables::rules`) replaced by
 /// stable ones (`stable[position - 1]`, from [`RuleIds::assign`]). The rule an entry credits
 /// is still the lowest position that allows it, so it does not depend on history.
-pub fn policy_entries_stable(
-    plan: &EndpointPlan,
-    ids: &BTreeMap<IpNet, u32>,
-    stable: &[u32],
-) -> PolicyEntries {
+pub fn policy_entries_stable(plan: &EndpointPlan, ids: &IdTable, stable: &[u32]) -> PolicyEntries {
     let mut out = policy_entries(plan, ids);
     let map = |r: &mut u32| {
         let (deny, id) = (*r & RULE_DENY, *r & !RULE_DENY);
@@ -335,31 +398,75 @@ mod tests {
     use super::*;
     use crate::compile::tables::{Allow, PortPrefix, Proto};
 
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn identities_are_stable_and_host_is_shared() {
         let mut t = Tables::default();
-        t.prefixes
-            .insert("10.0.0.1/32".parse().unwrap(), PrefixOwner::Host);
-        t.prefixes
-            .insert("10.0.0.2/32".parse().unwrap(), PrefixOwner::Cidr);
+        t.prefixes.insert(net("10.0.0.1/32"), PrefixOwner::Host);
+        t.prefixes.insert(net("10.0.0.2/32"), PrefixOwner::Cidr);
         let mut ids = Identities::adopt(BTreeMap::new());
         let a = ids.assign(&t);
-        ids.by_prefix = a.clone();
-        t.prefixes
-            .insert("10.0.0.3/32".parse().unwrap(), PrefixOwner::Cidr);
+        assert_eq!(a.differing.len(), 2);
+        ids.in_force(a.ids.clone(), &t.prefixes);
+        t.prefixes.insert(net("10.0.0.3/32"), PrefixOwner::Cidr);
         let b = ids.assign(&t);
-        assert_eq!(a[&"10.0.0.1/32".parse::<IpNet>().unwrap()], identity::HOST);
-        assert_eq!(
-            a[&"10.0.0.2/32".parse::<IpNet>().unwrap()],
-            b[&"10.0.0.2/32".parse::<IpNet>().unwrap()]
-        );
-        assert_ne!(
-            b[&"10.0.0.3/32".parse::<IpNet>().unwrap()],
-            b[&"10.0.0.2/32".parse::<IpNet>().unwrap()]
-        );
+        assert_eq!(a.ids[&net("10.0.0.1/32")], identity::HOST);
+        assert_eq!(a.ids[&net("10.0.0.2/32")], b.ids[&net("10.0.0.2/32")]);
+        assert_ne!(b.ids[&net("10.0.0.3/32")], b.ids[&net("10.0.0.2/32")]);
         assert!(b
+            .ids
             .values()
             .all(|&id| id == identity::HOST || id >= identity::FIRST_ALLOCATED));
+        // Only the new prefix differs from what is in force; nothing is missing.
+        assert_eq!(
+            b.differing,
+            vec![(net("10.0.0.3/32"), b.ids[&net("10.0.0.3/32")])]
+        );
+        assert!(b.missing.is_empty());
+    }
+
+    /// The assignment from the difference to the last tables is the one a walk over every
+    /// prefix gives (what an agent that adopted the same state computes).
+    #[test]
+    fn an_assignment_by_difference_equals_a_full_one() {
+        let mut t = Tables::default();
+        for i in 1..=20u8 {
+            t.prefixes
+                .insert(net(&format!("10.0.0.{i}/32")), PrefixOwner::Cidr);
+        }
+        t.prefixes.insert(net("10.0.1.0/24"), PrefixOwner::Cidr);
+        let mut ids = Identities::adopt(BTreeMap::new());
+        let first = ids.assign(&t);
+        ids.in_force(first.ids.clone(), &t.prefixes);
+
+        // Gone, new, a cidr becoming this node's address and one becoming a pod's again.
+        let mut next = t.clone();
+        next.prefixes.remove(&net("10.0.0.4/32"));
+        next.prefixes.remove(&net("10.0.1.0/24"));
+        next.prefixes.insert(net("10.0.2.0/24"), PrefixOwner::Cidr);
+        next.prefixes.insert(net("10.0.0.7/32"), PrefixOwner::Host);
+        let by_difference = ids.assign(&next);
+
+        let mut walked = Identities::adopt(first.ids.iter().map(|(k, v)| (*k, *v)).collect());
+        walked.next = ids.next - 1;
+        let full = walked.assign(&next);
+        assert_eq!(
+            by_difference.missing,
+            vec![net("10.0.0.4/32"), net("10.0.1.0/24")]
+        );
+        assert_eq!(by_difference.missing, full.missing);
+        assert_eq!(by_difference.differing.len(), 2);
+        assert_eq!(by_difference.ids[&net("10.0.0.7/32")], identity::HOST);
+        assert_eq!(
+            by_difference.ids.keys().collect::<Vec<_>>(),
+            full.ids.keys().collect::<Vec<_>>()
+        );
+        // The same ids for the prefixes both had; the new one got the next id in each.
+        assert_eq!(by_difference.ids, full.ids);
+        assert_eq!(by_difference.differing, full.differing);
     }
 
     fn allow(peer: Peer, proto: Proto, port: u16, len: u8) -> Allow {
@@ -374,7 +481,7 @@ mod tests {
     #[test]
     fn small_blocks_are_expanded_wide_ones_stay_prefixes() {
         let net: IpNet = "10.1.0.0/16".parse().unwrap();
-        let ids = BTreeMap::from([(net, 300)]);
+        let ids = IdTable::from_iter([(net, 300u32)]);
         let mut plan = EndpointPlan::default();
         plan.allows
             .insert(allow(Peer::Prefix(net), Proto::Tcp, 80, 15), 4); // 80-81
@@ -417,7 +524,7 @@ mod tests {
     #[test]
     fn probe_flags_name_only_the_kinds_of_entry_present() {
         let net: IpNet = "10.1.0.0/16".parse().unwrap();
-        let ids = BTreeMap::from([(net, 300)]);
+        let ids = IdTable::from_iter([(net, 300u32)]);
         let mut plan = EndpointPlan::default();
         plan.allows
             .insert(allow(Peer::Prefix(net), Proto::Tcp, 80, 16), 1);
@@ -433,7 +540,7 @@ mod tests {
     fn a_block_of_256_ports_is_expanded_without_port_zero() {
         let mut plan = EndpointPlan::default();
         plan.allows.insert(allow(Peer::Any, Proto::Tcp, 0, 8), 1); // 0-255 (as a block)
-        let e = policy_entries(&plan, &BTreeMap::new());
+        let e = policy_entries(&plan, &IdTable::new());
         assert_eq!(e.exact.len(), 255);
         assert!(!e
             .exact

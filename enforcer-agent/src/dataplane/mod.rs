@@ -490,16 +490,16 @@ impl Dataplane {
     ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         self.retry_leftovers(&mut report);
-        let ids = self.ids.assign(tables);
-        let differing = self.ids.differing(&ids);
+        let assigned = self.ids.assign(tables);
         // An address whose identity changed (it became or stopped being this node's) changes
         // the entries that name it, whatever plan they come from.
-        let ids_moved = differing
+        let ids_moved = assigned
+            .differing
             .iter()
             .any(|(net, _)| self.ids.by_prefix.contains_key(net));
-        let mut changed = self.add_identities(differing, &mut report);
+        let mut changed = self.add_identities(&assigned.differing, &mut report);
         let (programmed, ep_changed) =
-            self.sync_endpoints(tables, ifaces, &ids, ids_moved, &mut report);
+            self.sync_endpoints(tables, ifaces, &assigned.ids, ids_moved, &mut report);
         changed |= ep_changed;
         changed |= self.remove_gone_endpoints(&programmed, &mut report);
         match self.services.sync(&tables.services) {
@@ -509,8 +509,8 @@ impl Dataplane {
         if changed || report.entries_written > 0 {
             self.bump_revision()?;
         }
-        report.identities_removed = self.remove_stale_identities(&ids);
-        self.ids.by_prefix = ids;
+        report.identities_removed = self.remove_stale_identities(&assigned.missing);
+        self.ids.in_force(assigned.ids, &tables.prefixes);
         report.endpoints = self.endpoints.len();
         report.revision = self.revision;
         Ok(report)
@@ -519,10 +519,10 @@ impl Dataplane {
     /// Writes new prefixes and changed ids. One that cannot be written leaves its addresses
     /// unknown to the datapath (matched by no peer rule: fails closed). Returns whether any
     /// was written.
-    fn add_identities(&mut self, differing: Vec<(&IpNet, u32)>, report: &mut SyncReport) -> bool {
+    fn add_identities(&mut self, differing: &[(IpNet, u32)], report: &mut SyncReport) -> bool {
         let mut changed = false;
-        for (net, id) in differing {
-            match self.insert_identity(net, id) {
+        for &(net, id) in differing {
+            match self.insert_identity(&net, id) {
                 Ok(()) => {
                     report.identities_added += 1;
                     changed = true;
@@ -540,7 +540,7 @@ impl Dataplane {
         &mut self,
         tables: &Tables,
         ifaces: &BTreeMap<PodKey, Iface>,
-        ids: &BTreeMap<IpNet, u32>,
+        ids: &entries::IdTable,
         ids_moved: bool,
         report: &mut SyncReport,
     ) -> (BTreeSet<u32>, bool) {
@@ -645,9 +645,8 @@ impl Dataplane {
 
     /// Removes the prefixes no longer in `ids` (no entry names them any more); returns how
     /// many.
-    fn remove_stale_identities(&mut self, ids: &BTreeMap<IpNet, u32>) -> usize {
-        let stale: Vec<IpNet> = self.ids.missing_from(ids);
-        for net in &stale {
+    fn remove_stale_identities(&mut self, stale: &[IpNet]) -> usize {
+        for net in stale {
             self.remove_identity(net);
         }
         stale.len()

@@ -70,3 +70,77 @@ proptest! {
         }
     }
 }
+
+/// The kept prefix table follows who owns an address that several claim: two pods (the
+/// first in key order wins), this node, an ipBlock; each step equal to a full compile.
+#[test]
+fn an_address_claimed_twice_changes_owner_as_its_claimants_come_and_go() {
+    use crate::compile::PrefixOwner;
+    use crate::model::{NetworkPolicy, PeerSpec, Pod, PodKey, PolicyKey, PolicyTypes, Rule};
+
+    let addr: IpAddr = "10.0.0.5".parse().unwrap();
+    let net: ipnet::IpNet = "10.0.0.5/32".parse().unwrap();
+    let pod = |key: &str| Pod {
+        key: key.parse().unwrap(),
+        labels: Default::default(),
+        ips: vec![addr, addr],
+        ports: vec![],
+        node: Some("n2".into()),
+        owner: None,
+        ready: true,
+    };
+    let block = NetworkPolicy {
+        key: PolicyKey::new("x", "block"),
+        pod_selector: Default::default(),
+        ingress: Some(vec![Rule {
+            peers: vec![PeerSpec::IpBlock {
+                cidr: net,
+                except: vec![],
+            }],
+            ports: vec![],
+        }]),
+        egress: None,
+        types: PolicyTypes {
+            ingress: true,
+            egress: false,
+        },
+        staged: false,
+    };
+    let mut node = NodeInput {
+        name: "n1".into(),
+        host_ips: vec![],
+        audit: false,
+    };
+    let mut c = Cluster::default();
+    let mut compiler = Compiler::default();
+    let mut step = |c: &Cluster, node: &NodeInput, want: Option<PrefixOwner>| {
+        let tables = compiler.compile(c, node);
+        assert_eq!(tables, compile(c, node));
+        assert_eq!(tables.prefixes.get(&net).cloned(), want);
+    };
+    let key = |s: &str| s.parse::<PodKey>().unwrap();
+
+    step(&c, &node, None);
+    c.insert_pod(pod("y/b"));
+    step(&c, &node, Some(PrefixOwner::Pod(key("y/b"))));
+    c.insert_pod(pod("x/a"));
+    step(&c, &node, Some(PrefixOwner::Pod(key("x/a"))));
+    c.pods.remove(&key("x/a"));
+    step(&c, &node, Some(PrefixOwner::Pod(key("y/b"))));
+    node.host_ips.push(addr);
+    step(&c, &node, Some(PrefixOwner::Pod(key("y/b"))));
+    c.insert_policy(block);
+    c.pods.remove(&key("y/b"));
+    step(&c, &node, Some(PrefixOwner::Host));
+    node.host_ips.clear();
+    step(&c, &node, Some(PrefixOwner::Cidr));
+    c.policies.clear();
+    step(&c, &node, None);
+    // Moved to another address, then given it back.
+    let mut moved = pod("y/b");
+    moved.ips = vec!["10.0.0.6".parse().unwrap()];
+    c.insert_pod(moved);
+    step(&c, &node, None);
+    c.insert_pod(pod("y/b"));
+    step(&c, &node, Some(PrefixOwner::Pod(key("y/b"))));
+}
