@@ -246,6 +246,42 @@ fn main() {
         report.entries_written
     );
 
+    // What a sync starts with: the source's snapshot of its stores (the models of every
+    // object, shared), built as the agent builds it.
+    let objects: Vec<enforcer_agent::source::objects::Object> = c
+        .namespaces
+        .values()
+        .cloned()
+        .map(enforcer_agent::source::objects::Object::Namespace)
+        .chain(
+            c.pods
+                .values()
+                .cloned()
+                .map(enforcer_agent::source::objects::Object::Pod),
+        )
+        .chain(
+            c.policies
+                .values()
+                .cloned()
+                .map(enforcer_agent::source::objects::Object::Policy),
+        )
+        .collect();
+    let mut snapshot_ms: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let snap = enforcer_agent::source::objects::cluster_of(objects.iter());
+            let took = ms(t.elapsed());
+            drop(snap);
+            took
+        })
+        .collect();
+    snapshot_ms.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    println!(
+        "source snapshot (every object's model, as a sync takes it): p50 {:.1} ms",
+        snapshot_ms[10]
+    );
+    drop(objects);
+
     let mut compile_ms = Vec::new();
     let mut total_ms = Vec::new();
     let mut kinds: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
