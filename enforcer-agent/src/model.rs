@@ -322,24 +322,30 @@ pub enum PortRef {
     Name(String),
 }
 
+/// A map of a [`Cluster`]: ordered, and persistent, so that a copy shares its structure with
+/// the original and an edit copies only the path to what it changes. The API source keeps its
+/// cluster this way: a sync's snapshot of 100,000 pods is a copy of a few pointers, and the
+/// compiler finds what changed since the last one by a diff that skips what they share.
+pub type Map<K, V> = imbl::OrdMap<K, V>;
+
 /// Everything the compiler looks at.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
-    pub namespaces: BTreeMap<String, Namespace>,
+    pub namespaces: Map<String, Namespace>,
     /// Shared (`Arc`) with the source's store and the flow enrichment: a snapshot of a large
     /// cluster copies no pod.
-    pub pods: BTreeMap<PodKey, std::sync::Arc<Pod>>,
-    pub policies: BTreeMap<PolicyKey, NetworkPolicy>,
-    pub services: BTreeMap<ServiceKey, Service>,
-    pub endpoint_slices: BTreeMap<SliceKey, EndpointSlice>,
+    pub pods: Map<PodKey, std::sync::Arc<Pod>>,
+    pub policies: Map<PolicyKey, NetworkPolicy>,
+    pub services: Map<ServiceKey, Service>,
+    pub endpoint_slices: Map<SliceKey, EndpointSlice>,
     /// Node addresses by node name (the Node objects' InternalIP/ExternalIP), for the `nodes`
     /// peers of cluster policies and for `explain` (the agent takes its own node's addresses
     /// from its network namespace).
-    pub nodes: BTreeMap<String, Vec<IpAddr>>,
+    pub nodes: Map<String, Vec<IpAddr>>,
     /// Node labels by node name, for the `nodes` peers of cluster policies.
-    pub node_labels: BTreeMap<String, Labels>,
+    pub node_labels: Map<String, Labels>,
     /// ClusterNetworkPolicies (and converted v1alpha1 Admin/BaselineAdminNetworkPolicies).
-    pub cluster_policies: BTreeMap<cluster_policy::ClusterPolicyKey, cluster_policy::ClusterPolicy>,
+    pub cluster_policies: Map<cluster_policy::ClusterPolicyKey, cluster_policy::ClusterPolicy>,
 }
 
 impl Cluster {
@@ -366,5 +372,26 @@ impl Cluster {
 
     pub fn insert_endpoint_slice(&mut self, slice: EndpointSlice) {
         self.endpoint_slices.insert(slice.key.clone(), slice);
+    }
+
+    /// Adds every object of `other` (one both have: `other`'s). A kind `self` has none of is
+    /// taken over as a shared copy, in constant time: the API source's snapshot puts together
+    /// the clusters of its kinds' stores this way.
+    pub fn absorb(&mut self, other: &Cluster) {
+        fn join<K: Ord + Clone, V: Clone>(into: &mut Map<K, V>, from: &Map<K, V>) {
+            if into.is_empty() {
+                *into = from.clone();
+            } else {
+                into.extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        join(&mut self.namespaces, &other.namespaces);
+        join(&mut self.pods, &other.pods);
+        join(&mut self.policies, &other.policies);
+        join(&mut self.services, &other.services);
+        join(&mut self.endpoint_slices, &other.endpoint_slices);
+        join(&mut self.nodes, &other.nodes);
+        join(&mut self.node_labels, &other.node_labels);
+        join(&mut self.cluster_policies, &other.cluster_policies);
     }
 }

@@ -220,3 +220,74 @@ spec:
     );
     assert!(!refs.values().any(|r| r.policy.to_string() == "x/aaa-first"));
 }
+
+/// An endpoint whose plan is the one last programmed (the incremental compiler hands it on
+/// as the same allocation) is skipped by a sync, unless an address its entries name changed
+/// identity: here 10.9.9.9, which x/a's ipBlock allows on port 80, stops being this node's
+/// address (every node address has the shared host identity) and gets an identity of its
+/// own; the entries must follow, or its port-80 traffic would be dropped.
+#[test]
+fn a_plan_handed_on_unchanged_is_rewritten_when_an_address_it_names_changes_identity() {
+    use enforcer_agent::compile::PrefixOwner;
+    if !privileged() {
+        return;
+    }
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/enforcer/test-skip-{}",
+        std::process::id()
+    )));
+    let _ = std::fs::remove_dir_all(&pins.0);
+    let mut dp = Dataplane::open(&pins.0).unwrap();
+    let run = |dp: &Dataplane, pkt: &[u8]| {
+        let prog = dp.program(names::programs::POD_INGRESS).unwrap();
+        prog.test_run(aya::programs::TestRunOptions {
+            data_in: Some(pkt),
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap()
+        .return_value
+    };
+    let from_block = |dport: u16| tcp("10.9.9.9", "10.244.1.10", 40000, dport, SYN);
+    let block = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{ipBlock: {cidr: 10.9.9.9/32}}], ports: [{port: 80}]}]
+"#;
+    let pods = [(PodKey::new("x", "a"), 1)];
+    let as_host = compile(
+        &cluster(&[CLUSTER, block]),
+        &NodeInput {
+            name: "node".into(),
+            host_ips: vec![ip(NODE_IP), ip("10.9.9.9")],
+            audit: false,
+        },
+    );
+    let net: ipnet::IpNet = "10.9.9.9/32".parse().unwrap();
+    assert_eq!(as_host.prefixes.get(&net), Some(&PrefixOwner::Host));
+    let report = dp.sync_for_test_run_many(&as_host, &pods).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // The node's own address: always allowed.
+    assert_eq!(run(&dp, &from_block(80)), PASS);
+    assert_eq!(run(&dp, &from_block(81)), PASS);
+
+    // The same plans (shared, as the incremental compiler hands them on); only the owner of
+    // the prefix changed.
+    let mut as_block = as_host.clone();
+    as_block.prefixes.insert(net, PrefixOwner::Cidr);
+    assert!(std::sync::Arc::ptr_eq(
+        &as_host.endpoints[&pods[0].0],
+        &as_block.endpoints[&pods[0].0]
+    ));
+    let report = dp.sync_for_test_run_many(&as_block, &pods).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.entries_written > 0, "x/a's entries were rewritten");
+    assert_eq!(run(&dp, &from_block(80)), PASS, "allowed by the ipBlock");
+    assert_eq!(run(&dp, &from_block(81)), DROP, "no longer the node's");
+    // Nothing changed since: nothing is written.
+    let report = dp.sync_for_test_run_many(&as_block, &pods).unwrap();
+    assert_eq!(report.entries_written, 0);
+}

@@ -13,63 +13,59 @@
 //! is its own destination, wherever it lives), and any cluster with cluster policies or
 //! staged policies (their tiers are resolved over the whole plan).
 //!
+//! What changed is found by diffs of the cluster's maps against the previous compile's copies
+//! (persistent maps: the diff skips what they share, so it costs what changed, not the
+//! cluster), and the identity prefix table is edited from the changed pods
+//! (`prefixes.rs`).
+//!
 //! The result is always what [`compile`](super::compile) gives for the same input (the
 //! tests compare the two over sequences of changes).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
+use imbl::ordmap::DiffItem;
 use ipnet::IpNet;
 
 use super::prefixes::{KeptPrefixes, PodChange};
 use super::{compile_reusing, EndpointPlan, NodeInput, RuleId, RuleRef, Tables};
-use crate::model::{Cluster, Labels, Namespace, PeerSpec, Pod, PolicyKey, PortRef};
+use crate::model::{
+    Cluster, Labels, Map, Namespace, NetworkPolicy, PeerSpec, Pod, PodKey, PolicyKey, PortRef,
+};
 
 /// Compiles like [`compile`](super::compile), reusing what the previous compile of this
 /// value produced where its inputs did not change.
 #[derive(Default)]
 pub struct Compiler {
     previous: Option<Previous>,
-    hasher: foldhash::quality::RandomState,
 }
 
 /// What the previous compile read and produced, for the next one's comparison.
 struct Previous {
     node: NodeInput,
-    namespaces: BTreeMap<String, Namespace>,
-    /// Every pod, in key order: kept alive, so an unchanged pod is the same allocation.
-    pods: Vec<Arc<Pod>>,
-    /// Every NetworkPolicy's key and content hash, in key order.
-    policies: Vec<(PolicyKey, u64)>,
+    /// The cluster's maps as they were (shared copies: the diff to the next skips what they
+    /// still share).
+    namespaces: Map<String, Namespace>,
+    pods: Map<PodKey, Arc<Pod>>,
+    policies: Map<PolicyKey, NetworkPolicy>,
     /// The identity prefix table, edited from the changed pods at the next compile.
     prefixes: KeptPrefixes,
     rules: Vec<RuleRef>,
-    endpoints: BTreeMap<crate::model::PodKey, Arc<EndpointPlan>>,
+    endpoints: BTreeMap<PodKey, Arc<EndpointPlan>>,
 }
 
 impl Compiler {
     /// The tables for `cluster` on `node`, equal to `compile(cluster, node)`.
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeInput) -> Tables {
-        let policies: Vec<(PolicyKey, u64)> = cluster
-            .policies
-            .values()
-            .map(|p| (p.key.clone(), self.hash(p)))
-            .collect();
         let mut previous = self.previous.take();
-        let (pods, pod_changes, kept, moved) = match previous.as_mut() {
+        let (pod_changes, kept, moved) = match previous.as_mut() {
             Some(prev) => {
-                let (pods, changes) = relist(std::mem::take(&mut prev.pods), cluster);
+                let changes = pod_changes(&prev.pods, &cluster.pods);
                 let mut kept = std::mem::take(&mut prev.prefixes);
                 let moved = kept.update(cluster, node, &changes);
-                (pods, changes, kept, moved)
+                (changes, kept, moved)
             }
-            None => (
-                cluster.pods.values().cloned().collect(),
-                Vec::new(),
-                KeptPrefixes::new(cluster, node),
-                Vec::new(),
-            ),
+            None => (Vec::new(), KeptPrefixes::new(cluster, node), Vec::new()),
         };
         let reusable = previous.as_ref().filter(|prev| {
             cluster.cluster_policies.is_empty()
@@ -82,7 +78,7 @@ impl Compiler {
             None => compile_reusing(cluster, node, table.clone(), &mut |_, _| None),
             Some(prev) => {
                 // Namespaces with a pod or a NetworkPolicy added, removed or changed.
-                let changed = changed_namespaces(&pod_changes, &prev.policies, &policies);
+                let changed = changed_namespaces(&pod_changes, &prev.policies, &cluster.policies);
                 let mut reused = BTreeSet::new();
                 // Asked once: the rules are the same for every pod of one compile.
                 let mut same_rules: Option<bool> = None;
@@ -121,120 +117,52 @@ impl Compiler {
         self.previous = Some(Previous {
             node: node.clone(),
             namespaces: cluster.namespaces.clone(),
-            pods,
-            policies,
+            pods: cluster.pods.clone(),
+            policies: cluster.policies.clone(),
             prefixes: kept,
             rules: tables.rules.clone(),
             endpoints: tables.endpoints.clone(),
         });
         tables
     }
-
-    fn hash(&self, value: &impl Hash) -> u64 {
-        self.hasher.hash_one(value)
-    }
 }
 
-/// The pods of `cluster` in key order, the unchanged ones taken over from the previous
-/// listing `old` (no reference count touched: a node sees every pod of the cluster), and the
-/// pods added, removed or replaced since.
-fn relist(old: Vec<Arc<Pod>>, cluster: &Cluster) -> (Vec<Arc<Pod>>, Vec<PodChange>) {
-    let mut out = Vec::with_capacity(cluster.pods.len());
-    let mut changes = Vec::new();
-    let mut old = old.into_iter().peekable();
-    for new in cluster.pods.values() {
-        // Pods before this one's key are gone.
-        while let Some(gone) = old.next_if(|o| o.key < new.key) {
-            changes.push((Some(gone), None));
-        }
-        match old.next_if(|o| o.key == new.key) {
-            Some(same) if Arc::ptr_eq(&same, new) => out.push(same),
-            Some(before) => {
-                changes.push((Some(before), Some(new.clone())));
-                out.push(new.clone());
-            }
-            None => {
-                changes.push((None, Some(new.clone())));
-                out.push(new.clone());
-            }
-        }
-    }
-    changes.extend(old.map(|gone| (Some(gone), None)));
-    (out, changes)
+/// The pods added, removed or changed between two listings (a diff: what the two maps still
+/// share is not looked at).
+fn pod_changes(old: &Map<PodKey, Arc<Pod>>, new: &Map<PodKey, Arc<Pod>>) -> Vec<PodChange> {
+    old.diff(new)
+        .map(|change| match change {
+            DiffItem::Add(_, pod) => (None, Some(pod.clone())),
+            DiffItem::Update {
+                old: (_, before),
+                new: (_, after),
+            } => (Some(before.clone()), Some(after.clone())),
+            DiffItem::Remove(_, pod) => (Some(pod.clone()), None),
+        })
+        .collect()
 }
 
-/// The namespaces with a pod added, removed or changed (a pod replaced by an equal one is
-/// none), or whose NetworkPolicies differ between the two listings (in key order; an
-/// unchanged policy hashes the same).
+/// The namespaces with a pod added, removed or changed, or a NetworkPolicy added, removed or
+/// changed.
 fn changed_namespaces(
     pods: &[PodChange],
-    old_policies: &[(PolicyKey, u64)],
-    new_policies: &[(PolicyKey, u64)],
+    old_policies: &Map<PolicyKey, NetworkPolicy>,
+    new_policies: &Map<PolicyKey, NetworkPolicy>,
 ) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for change in pods {
-        match change {
-            (Some(old), Some(new)) if old == new => {}
-            (Some(pod), _) | (None, Some(pod)) => {
-                out.insert(pod.key.namespace.clone());
-            }
-            (None, None) => {}
+        if let (Some(pod), _) | (None, Some(pod)) = change {
+            out.insert(pod.key.namespace.clone());
         }
     }
-    merge(
-        old_policies,
-        new_policies,
-        |a, b| a == b,
-        |p| &p.0,
-        |p| {
-            out.insert(p.0.namespace.clone());
-        },
-    );
+    for change in old_policies.diff(new_policies) {
+        let key = match change {
+            DiffItem::Add(key, _) | DiffItem::Remove(key, _) => key,
+            DiffItem::Update { new: (key, _), .. } => key,
+        };
+        out.insert(key.namespace.clone());
+    }
     out
-}
-
-/// Walks two key-ordered listings side by side and calls `changed` for every element only
-/// one has, or that differs (`same`) between them.
-fn merge<T, K: Ord>(
-    old: &[T],
-    new: &[T],
-    same: impl Fn(&T, &T) -> bool,
-    key: impl Fn(&T) -> &K,
-    mut changed: impl FnMut(&T),
-) {
-    let (mut i, mut j) = (0, 0);
-    while i < old.len() || j < new.len() {
-        match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) if same(a, b) => {
-                i += 1;
-                j += 1;
-            }
-            (Some(a), Some(b)) => match key(a).cmp(key(b)) {
-                std::cmp::Ordering::Less => {
-                    changed(a);
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    changed(b);
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    changed(b);
-                    i += 1;
-                    j += 1;
-                }
-            },
-            (Some(a), None) => {
-                changed(a);
-                i += 1;
-            }
-            (None, Some(b)) => {
-                changed(b);
-                j += 1;
-            }
-            (None, None) => unreachable!("the loop condition"),
-        }
-    }
 }
 
 /// The previous plan of `pod`, if its inputs did not change; `None` compiles it afresh.

@@ -454,7 +454,7 @@ struct PodPrefixes<'a> {
 /// Lookups the compiler needs, built once per compile.
 struct ClusterIndex<'a> {
     prefixes: &'a PrefixTable,
-    pods: &'a BTreeMap<PodKey, Arc<Pod>>,
+    pods: &'a crate::model::Map<PodKey, Arc<Pod>>,
     /// Labels of each namespace that has pods or a Namespace object. A namespace without an
     /// object (standalone manifests) only has its `kubernetes.io/metadata.name` label.
     namespace_labels: BTreeMap<&'a str, std::borrow::Cow<'a, Labels>>,

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 
 use super::{host_prefix, NodeInput, PrefixOwner, PrefixTable};
 use crate::model::cluster_policy::ClusterPeer;
-use crate::model::{Cluster, PeerSpec, Pod};
+use crate::model::{Cluster, PeerSpec, Pod, PodKey};
 
 /// Every prefix of the identity tries, with its owner.
 pub(super) fn identity_prefixes(cluster: &Cluster, node: &NodeInput) -> PrefixTable {
@@ -118,21 +118,21 @@ pub(super) struct KeptPrefixes {
     table: PrefixTable,
     others: BTreeMap<IpNet, PrefixOwner>,
     /// The pods that have each address (almost always one).
-    claimants: HashMap<IpNet, Vec<Arc<Pod>>, foldhash::fast::RandomState>,
+    claimants: HashMap<IpNet, Vec<PodKey>, foldhash::fast::RandomState>,
 }
 
 impl KeptPrefixes {
     pub(super) fn new(cluster: &Cluster, node: &NodeInput) -> Self {
-        let mut claimants: HashMap<IpNet, Vec<Arc<Pod>>, _> = HashMap::with_capacity_and_hasher(
+        let mut claimants: HashMap<IpNet, Vec<PodKey>, _> = HashMap::with_capacity_and_hasher(
             cluster.pods.len(),
             foldhash::fast::RandomState::default(),
         );
         for pod in cluster.pods.values() {
             for ip in &pod.ips {
-                claimants
-                    .entry(host_prefix(*ip))
-                    .or_default()
-                    .push(pod.clone());
+                let list = claimants.entry(host_prefix(*ip)).or_default();
+                if !list.contains(&pod.key) {
+                    list.push(pod.key.clone());
+                }
             }
         }
         KeptPrefixes {
@@ -161,7 +161,7 @@ impl KeptPrefixes {
                 for ip in &old.ips {
                     let net = host_prefix(*ip);
                     if let Some(list) = self.claimants.get_mut(&net) {
-                        list.retain(|p| p.key != old.key);
+                        list.retain(|key| *key != old.key);
                         if list.is_empty() {
                             self.claimants.remove(&net);
                         }
@@ -174,8 +174,8 @@ impl KeptPrefixes {
                     let net = host_prefix(*ip);
                     let list = self.claimants.entry(net).or_default();
                     // An address listed twice by one pod is one claim.
-                    if !list.iter().any(|p| p.key == new.key) {
-                        list.push(new.clone());
+                    if !list.contains(&new.key) {
+                        list.push(new.key.clone());
                     }
                     touched.insert(net);
                 }
@@ -189,11 +189,7 @@ impl KeptPrefixes {
         let mut moved = Vec::new();
         for net in touched {
             let owner = match self.claimants.get(&net) {
-                Some(pods) => pods
-                    .iter()
-                    .map(|p| &p.key)
-                    .min()
-                    .map(|key| PrefixOwner::Pod(key.clone())),
+                Some(pods) => pods.iter().min().map(|key| PrefixOwner::Pod(key.clone())),
                 None => self.others.get(&net).cloned(),
             };
             let before = match owner {

@@ -52,6 +52,37 @@ pub struct Identities {
     /// The prefix table `by_prefix` was assigned from: the next assignment is the difference
     /// to it (`None` after an adoption: a walk over every prefix).
     assigned_from: Option<PrefixTable>,
+    /// How many of `by_prefix` are in each identity map (for the map usage metrics, read
+    /// after every sync: counted as they change, not by a walk).
+    pub counts: IdCounts,
+}
+
+/// How many prefixes each identity map holds: addresses (host-length prefixes, one exact map
+/// for both families), shorter IPv4 and shorter IPv6 prefixes (one trie each).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IdCounts {
+    pub addresses: usize,
+    pub v4: usize,
+    pub v6: usize,
+}
+
+impl IdCounts {
+    fn of<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Self {
+        let mut counts = IdCounts::default();
+        for net in nets {
+            counts.add(net, 1);
+        }
+        counts
+    }
+
+    fn add(&mut self, net: &IpNet, n: isize) {
+        let slot = match net {
+            _ if net.prefix_len() == net.max_prefix_len() => &mut self.addresses,
+            IpNet::V4(_) => &mut self.v4,
+            IpNet::V6(_) => &mut self.v6,
+        };
+        *slot = slot.saturating_add_signed(n);
+    }
 }
 
 /// The identities one set of tables needs, and how they differ from those in force.
@@ -62,6 +93,8 @@ pub struct Assignment {
     pub differing: Vec<(IpNet, u32)>,
     /// The prefixes in force that the tables no longer have, in order.
     pub missing: Vec<IpNet>,
+    /// How many of `ids` are in each identity map.
+    pub counts: IdCounts,
 }
 
 impl Identities {
@@ -75,6 +108,7 @@ impl Identities {
                 (m + 1).max(identity::FIRST_ALLOCATED)
             });
         Identities {
+            counts: IdCounts::of(existing.keys()),
             by_prefix: existing.into_iter().collect(),
             next,
             assigned_from: None,
@@ -92,6 +126,7 @@ impl Identities {
         // Only the prefixes whose owner changed since the last assignment: the diff skips
         // what the two tables share.
         let mut ids = self.by_prefix.clone();
+        let mut counts = self.counts;
         for change in last.diff(&tables.prefixes) {
             match change {
                 DiffItem::Add(net, owner)
@@ -101,12 +136,15 @@ impl Identities {
                     let existing = self.by_prefix.get(net).copied();
                     let id = self.id_for(owner, existing);
                     if existing != Some(id) {
-                        ids.insert(*net, id);
+                        if ids.insert(*net, id).is_none() {
+                            counts.add(net, 1);
+                        }
                         differing.push((*net, id));
                     }
                 }
                 DiffItem::Remove(net, _) => {
                     if ids.remove(net).is_some() {
+                        counts.add(net, -1);
                         missing.push(*net);
                     }
                 }
@@ -119,6 +157,7 @@ impl Identities {
             ids,
             differing,
             missing,
+            counts,
         }
     }
 
@@ -155,6 +194,7 @@ impl Identities {
             }
         }
         Assignment {
+            counts: IdCounts::of(ids.iter().map(|(net, _)| net)),
             ids: ids.into_iter().collect(),
             differing,
             missing,
@@ -175,8 +215,9 @@ impl Identities {
     }
 
     /// Records an assignment as what the tries hold: the next is the difference to it.
-    pub fn in_force(&mut self, ids: IdTable, from: &PrefixTable) {
+    pub fn in_force(&mut self, ids: IdTable, counts: IdCounts, from: &PrefixTable) {
         self.by_prefix = ids;
+        self.counts = counts;
         self.assigned_from = Some(from.clone());
     }
 }
@@ -410,7 +451,7 @@ mod tests {
         let mut ids = Identities::adopt(BTreeMap::new());
         let a = ids.assign(&t);
         assert_eq!(a.differing.len(), 2);
-        ids.in_force(a.ids.clone(), &t.prefixes);
+        ids.in_force(a.ids.clone(), a.counts, &t.prefixes);
         t.prefixes.insert(net("10.0.0.3/32"), PrefixOwner::Cidr);
         let b = ids.assign(&t);
         assert_eq!(a.ids[&net("10.0.0.1/32")], identity::HOST);
@@ -440,7 +481,7 @@ mod tests {
         t.prefixes.insert(net("10.0.1.0/24"), PrefixOwner::Cidr);
         let mut ids = Identities::adopt(BTreeMap::new());
         let first = ids.assign(&t);
-        ids.in_force(first.ids.clone(), &t.prefixes);
+        ids.in_force(first.ids.clone(), first.counts, &t.prefixes);
 
         // Gone, new, a cidr becoming this node's address and one becoming a pod's again.
         let mut next = t.clone();
@@ -467,6 +508,15 @@ mod tests {
         // The same ids for the prefixes both had; the new one got the next id in each.
         assert_eq!(by_difference.ids, full.ids);
         assert_eq!(by_difference.differing, full.differing);
+        assert_eq!(by_difference.counts, full.counts);
+        assert_eq!(
+            full.counts,
+            IdCounts {
+                addresses: 19,
+                v4: 1,
+                v6: 0
+            }
+        );
     }
 
     fn allow(peer: Peer, proto: Proto, port: u16, len: u8) -> Allow {

@@ -430,33 +430,12 @@ impl Dataplane {
             exact += e.entries.exact.len();
             ranges += e.entries.ranges.len();
         }
-        let addrs = self
-            .ids
-            .by_prefix
-            .keys()
-            .filter(|n| n.prefix_len() == n.max_prefix_len())
-            .count();
+        let ids = self.ids.counts;
         vec![
             (names::ENDPOINTS, self.endpoints.len(), sizes::ENDPOINTS),
-            (names::IDENTITY_ADDR, addrs, sizes::IDENTITY),
-            (
-                names::IDENTITY_V4,
-                self.ids
-                    .by_prefix
-                    .keys()
-                    .filter(|n| matches!(n, IpNet::V4(v) if v.prefix_len() < 32))
-                    .count(),
-                sizes::IDENTITY,
-            ),
-            (
-                names::IDENTITY_V6,
-                self.ids
-                    .by_prefix
-                    .keys()
-                    .filter(|n| matches!(n, IpNet::V6(v) if v.prefix_len() < 128))
-                    .count(),
-                sizes::IDENTITY,
-            ),
+            (names::IDENTITY_ADDR, ids.addresses, sizes::IDENTITY),
+            (names::IDENTITY_V4, ids.v4, sizes::IDENTITY),
+            (names::IDENTITY_V6, ids.v6, sizes::IDENTITY),
             (names::POLICY_EXACT, exact, sizes::POLICY_EXACT),
             (names::POLICY_RANGES, ranges, sizes::POLICY_RANGES),
             (
@@ -510,7 +489,8 @@ impl Dataplane {
             self.bump_revision()?;
         }
         report.identities_removed = self.remove_stale_identities(&assigned.missing);
-        self.ids.in_force(assigned.ids, &tables.prefixes);
+        self.ids
+            .in_force(assigned.ids, assigned.counts, &tables.prefixes);
         report.endpoints = self.endpoints.len();
         report.revision = self.revision;
         Ok(report)

@@ -218,8 +218,10 @@ pub type PodInfo = std::sync::Arc<crate::model::Pod>;
 pub struct Context {
     pub node: String,
     pub tables: Tables,
-    /// Every pod address in the cluster.
-    pub pods_by_ip: BTreeMap<IpAddr, PodInfo>,
+    /// Every pod of the cluster (a shared copy of the snapshot's). The pod at an address is
+    /// the owner of its identity prefix in `tables` (the one the policies saw there), so no
+    /// index by address is built per sync.
+    pub pods: crate::model::Map<PodKey, PodInfo>,
     /// Endpoint id → (local pod, host interface).
     pub endpoints: BTreeMap<u32, (PodKey, String)>,
     /// Service frontend id → the Service port it stands for.
@@ -244,16 +246,10 @@ impl Context {
         tables: Tables,
         endpoints: BTreeMap<u32, (PodKey, String)>,
     ) -> Self {
-        let mut pods_by_ip = BTreeMap::new();
-        for pod in cluster.pods.values() {
-            for ip in &pod.ips {
-                pods_by_ip.insert(*ip, pod.clone());
-            }
-        }
         Context {
             node: node.into(),
             tables,
-            pods_by_ip,
+            pods: cluster.pods.clone(),
             endpoints,
             frontends: BTreeMap::new(),
             rules: BTreeMap::new(),
@@ -275,9 +271,17 @@ impl Context {
         }
     }
 
+    /// The pod whose address `ip` is: its identity prefix's owner.
+    pub fn pod_at(&self, ip: IpAddr) -> Option<&PodInfo> {
+        match self.tables.prefixes.get(&crate::compile::host_prefix(ip))? {
+            crate::compile::PrefixOwner::Pod(key) => self.pods.get(key),
+            _ => None,
+        }
+    }
+
     /// The pod at `ip` as flow ends show it, made the first time it is asked for.
     fn pod_end(&self, ip: IpAddr) -> Option<Arc<PodEnd>> {
-        let pod = self.pods_by_ip.get(&ip)?;
+        let pod = self.pod_at(ip)?;
         // Only the flow sink makes records; a poisoned lock only means a panic elsewhere
         // while it held it, and the map is whole after every operation.
         let mut ends = self.pod_ends.lock().unwrap_or_else(|p| p.into_inner());

@@ -159,7 +159,7 @@ impl Service {
 /// What endpoint derivation looks up, indexed once per cluster snapshot (derivation is then
 /// proportional to the Service's own pods and slices, not to the cluster).
 pub struct EndpointIndex<'a> {
-    pods: &'a BTreeMap<super::PodKey, std::sync::Arc<Pod>>,
+    pods: &'a super::Map<super::PodKey, std::sync::Arc<Pod>>,
     /// Built on first use: only Services whose slices name addresses need it, and a sync
     /// of a large cluster should not pay for it otherwise.
     pod_by_ip: std::cell::OnceCell<BTreeMap<IpAddr, &'a Pod>>,

@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 
 use super::kube_crd::{watch_crd, CrdWatch};
 use super::kube_store::{Key, KindStore};
-use super::objects::{cluster_of, node_from_k8s, Object};
+use super::objects::{node_from_k8s, Object};
 use super::revision::KindRevision;
 use crate::model::cluster_policy_api::{
     AdminNetworkPolicyObject, BaselineAdminNetworkPolicyObject, ClusterNetworkPolicyObject,
@@ -267,21 +267,36 @@ pub(super) fn apply_event<K: Watched>(
 ) {
     let lock = || stores.lock().expect("stores lock");
     match event {
-        watcher::Event::Init => lock().entry(kind).or_default().begin_list(),
+        watcher::Event::Init => lock()
+            .entry(kind)
+            .or_insert_with(|| KindStore::new(kind))
+            .begin_list(),
         watcher::Event::InitApply(o) => {
             let (key, version, model) = arrival(&o);
             drop(o);
-            lock().entry(kind).or_default().listed(key, version, model);
+            lock()
+                .entry(kind)
+                .or_insert_with(|| KindStore::new(kind))
+                .listed(key, version, model);
         }
-        watcher::Event::InitDone => lock().entry(kind).or_default().end_list(),
+        watcher::Event::InitDone => lock()
+            .entry(kind)
+            .or_insert_with(|| KindStore::new(kind))
+            .end_list(),
         watcher::Event::Apply(o) => {
             let (key, version, model) = arrival(&o);
             drop(o);
-            lock().entry(kind).or_default().apply(key, version, model);
+            lock()
+                .entry(kind)
+                .or_insert_with(|| KindStore::new(kind))
+                .apply(key, version, model);
         }
         watcher::Event::Delete(o) => {
             let (key, version, _) = arrival(&o);
-            lock().entry(kind).or_default().delete(&key, &version);
+            lock()
+                .entry(kind)
+                .or_insert_with(|| KindStore::new(kind))
+                .delete(&key, &version);
         }
     }
 }
@@ -344,7 +359,7 @@ impl KubeSource {
         let health = Health::default();
         let absent = Absent::default();
         let stores: Stores = Arc::new(Mutex::new(
-            KINDS.iter().map(|k| (*k, KindStore::default())).collect(),
+            KINDS.iter().map(|k| (*k, KindStore::new(k))).collect(),
         ));
         let wc = watcher::Config::default().timeout(watch_timeout.as_secs().max(1) as u32);
         let (c, n, h, st) = (&client, &changed, &health, &stores);
@@ -451,8 +466,13 @@ impl KubeSource {
     /// [`KubeSource::snapshot`] with what it holds of each kind.
     pub fn snapshot_full(&mut self) -> Snapshot {
         let stores = self.stores.lock().expect("stores lock");
+        // Each kind's models are a cluster of their own: put together by sharing, not copying.
+        let mut cluster = Cluster::default();
+        for store in stores.values() {
+            cluster.absorb(store.models());
+        }
         Snapshot {
-            cluster: cluster_of(stores.values().flat_map(KindStore::objects)),
+            cluster,
             errors: stores
                 .values()
                 .flat_map(KindStore::errors)
@@ -524,7 +544,7 @@ mod tests {
     #[test]
     fn a_recorded_pod_list_is_held_as_its_model() {
         let list: k8s_openapi::List<Pod> = serde_json::from_str(POD_LIST).unwrap();
-        let mut store = KindStore::default();
+        let mut store = KindStore::new("Pod");
         store.begin_list();
         for pod in &list.items {
             let (key, version, model) = arrival(pod);
@@ -532,7 +552,7 @@ mod tests {
         }
         store.end_list();
         assert_eq!(store.errors().count(), 0);
-        let cluster = cluster_of(store.objects());
+        let cluster = store.models().clone();
         let web = cluster
             .pods
             .values()

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::kube::{apply_event, Absent, Health, Stores, WatchBackoff, Watched};
+use super::kube_store::KindStore;
 use crate::model::cluster_policy_api::{
     AdminNetworkPolicyObject, BaselineAdminNetworkPolicyObject, ClusterNetworkPolicyObject,
 };
@@ -182,7 +183,7 @@ pub(super) fn watch_crd<K: Watched>(w: CrdWatch) {
             absent.lock().expect("absent lock").insert(kind);
             let emptied = {
                 let mut st = stores.lock().expect("stores lock");
-                let store = st.entry(kind).or_default();
+                let store = st.entry(kind).or_insert_with(|| KindStore::new(kind));
                 let changes = !store.is_synced() || store.revision().objects > 0;
                 if changes {
                     store.begin_list();

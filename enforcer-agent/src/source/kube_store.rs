@@ -12,58 +12,74 @@
 
 use std::collections::BTreeMap;
 
-use super::objects::{Object, KEPT_LAST_GOOD};
+use super::objects::{insert_model, remove_model, Object, KEPT_LAST_GOOD};
 use super::revision::{self, KindRevision};
-use crate::model::InvalidObject;
+use crate::model::{Cluster, InvalidObject};
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped kinds.
 pub type Key = (String, String);
 
-/// One object as held.
+/// One object as held: its version, and whether a model of it is in force (this version's,
+/// or its last good one's). The model itself is in the kind's cluster.
 #[derive(Debug, Clone, PartialEq)]
 struct Held {
     version: String,
-    /// The model of this version, or the last good one (`None`: never valid).
-    object: Option<Object>,
+    in_force: bool,
+}
+
+/// One object of a relist in progress: its model (`None`: it did not convert) or error.
+struct Listed {
+    version: String,
+    model: Option<Object>,
     error: Option<String>,
 }
 
 /// One kind's objects.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KindStore {
+    kind: &'static str,
     objects: BTreeMap<Key, Held>,
+    /// The models in force, as the cluster holds them (only this kind's maps have any): edited
+    /// one object at a time, so that a snapshot shares it instead of copying it.
+    models: Cluster,
+    /// The objects whose version did not convert, with why.
+    errors: BTreeMap<Key, String>,
     /// A relist in progress.
-    relist: Option<BTreeMap<Key, Held>>,
+    relist: Option<BTreeMap<Key, Listed>>,
     /// The first list is complete.
     synced: bool,
     /// The newest resourceVersion an event carried.
     newest: u64,
+    /// The digest's sum over `objects` ([`revision::digest_keys`]), kept as they change.
+    digest_sum: u64,
 }
 
 impl KindStore {
-    fn held(&self, key: &Key, version: String, converted: Result<Object, InvalidObject>) -> Held {
-        match converted {
-            Ok(object) => Held {
-                version,
-                object: Some(object),
-                error: None,
-            },
-            Err(e) => {
-                let kept = self.objects.get(key).and_then(|h| h.object.clone());
-                let error = format!("{e}{}", if kept.is_some() { KEPT_LAST_GOOD } else { "" });
-                Held {
-                    version,
-                    object: kept,
-                    error: Some(error),
-                }
-            }
+    /// The store of API kind `kind` (as [`super::objects::remove_model`] names it).
+    pub fn new(kind: &'static str) -> Self {
+        KindStore {
+            kind,
+            ..KindStore::default()
         }
+    }
+
+    /// Why `key`'s version did not convert, and whether its last good version stays.
+    fn error_text(&self, key: &Key, e: &InvalidObject) -> (String, bool) {
+        let kept = self.objects.get(key).is_some_and(|h| h.in_force);
+        (
+            format!("{e}{}", if kept { KEPT_LAST_GOOD } else { "" }),
+            kept,
+        )
     }
 
     fn saw(&mut self, version: &str) {
         if let Some(v) = revision::version_number(Some(version)) {
             self.newest = self.newest.max(v);
         }
+    }
+
+    fn term(key: &Key, version: &str) -> u64 {
+        revision::digest_term(&key.0, &key.1, version)
     }
 
     /// A (re)list starts.
@@ -74,29 +90,95 @@ impl KindStore {
     /// An object of the list in progress.
     pub fn listed(&mut self, key: Key, version: String, converted: Result<Object, InvalidObject>) {
         self.saw(&version);
-        let held = self.held(&key, version, converted);
+        let listed = match converted {
+            Ok(model) => Listed {
+                version,
+                model: Some(model),
+                error: None,
+            },
+            Err(e) => Listed {
+                version,
+                model: None,
+                error: Some(self.error_text(&key, &e).0),
+            },
+        };
         self.relist
             .get_or_insert_with(BTreeMap::new)
-            .insert(key, held);
+            .insert(key, listed);
     }
 
-    /// The list is complete: it replaces what the kind held.
+    /// The list is complete: it replaces what the kind held (the models edited: what is gone
+    /// removed, what came or changed put in, a last good version kept).
     pub fn end_list(&mut self) {
-        self.objects = self.relist.take().unwrap_or_default();
+        let relist = self.relist.take().unwrap_or_default();
+        // What the list no longer has is gone; what it has replaces it, or (when it does not
+        // convert) leaves it in force.
+        for (key, held) in &self.objects {
+            if held.in_force && !relist.contains_key(key) {
+                remove_model(&mut self.models, self.kind, (&key.0, &key.1));
+            }
+        }
+        let mut objects = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        let mut sum = 0u64;
+        for (key, listed) in relist {
+            let in_force = match listed.model {
+                Some(model) => {
+                    insert_model(&mut self.models, model);
+                    true
+                }
+                None => self.objects.get(&key).is_some_and(|h| h.in_force),
+            };
+            if let Some(e) = listed.error {
+                errors.insert(key.clone(), e);
+            }
+            sum = sum.wrapping_add(Self::term(&key, &listed.version));
+            objects.insert(
+                key,
+                Held {
+                    version: listed.version,
+                    in_force,
+                },
+            );
+        }
+        self.objects = objects;
+        self.errors = errors;
+        self.digest_sum = sum;
         self.synced = true;
     }
 
     /// An object was added or changed.
     pub fn apply(&mut self, key: Key, version: String, converted: Result<Object, InvalidObject>) {
         self.saw(&version);
-        let held = self.held(&key, version, converted);
-        self.objects.insert(key, held);
+        let in_force = match converted {
+            Ok(model) => {
+                insert_model(&mut self.models, model);
+                self.errors.remove(&key);
+                true
+            }
+            Err(e) => {
+                let (error, kept) = self.error_text(&key, &e);
+                self.errors.insert(key.clone(), error);
+                kept
+            }
+        };
+        self.digest_sum = self.digest_sum.wrapping_add(Self::term(&key, &version));
+        let held = Held { version, in_force };
+        if let Some(old) = self.objects.insert(key.clone(), held) {
+            self.digest_sum = self.digest_sum.wrapping_sub(Self::term(&key, &old.version));
+        }
     }
 
     /// An object was deleted (`version`: the deletion's).
     pub fn delete(&mut self, key: &Key, version: &str) {
         self.saw(version);
-        self.objects.remove(key);
+        self.errors.remove(key);
+        if let Some(old) = self.objects.remove(key) {
+            self.digest_sum = self.digest_sum.wrapping_sub(Self::term(key, &old.version));
+            if old.in_force {
+                remove_model(&mut self.models, self.kind, (&key.0, &key.1));
+            }
+        }
     }
 
     pub fn is_synced(&self) -> bool {
@@ -104,25 +186,21 @@ impl KindStore {
     }
 
     /// The models in force.
-    pub fn objects(&self) -> impl Iterator<Item = &Object> {
-        self.objects.values().filter_map(|h| h.object.as_ref())
+    pub fn models(&self) -> &Cluster {
+        &self.models
     }
 
     /// The objects that did not convert.
     pub fn errors(&self) -> impl Iterator<Item = &String> {
-        self.objects.values().filter_map(|h| h.error.as_ref())
+        self.errors.values()
     }
 
     /// What the kind holds, to compare with the API's list.
     pub fn revision(&self) -> KindRevision {
-        let (objects, digest) = revision::digest_keys(
-            self.objects
-                .iter()
-                .map(|((ns, name), h)| (ns.as_str(), name.as_str(), h.version.as_str())),
-        );
+        let objects = self.objects.len();
         KindRevision {
             objects,
-            digest,
+            digest: revision::digest_text(objects, self.digest_sum),
             newest: (self.newest > 0).then_some(self.newest),
         }
     }
@@ -155,17 +233,16 @@ mod tests {
 
     fn names(store: &KindStore) -> Vec<String> {
         store
-            .objects()
-            .map(|o| match o {
-                Object::Namespace(n) => format!("{}={}", n.name, n.labels["team"]),
-                other => format!("{other:?}"),
-            })
+            .models()
+            .namespaces
+            .values()
+            .map(|n| format!("{}={}", n.name, n.labels["team"]))
             .collect()
     }
 
     #[test]
     fn a_relist_replaces_the_kind_only_when_complete() {
-        let mut s = KindStore::default();
+        let mut s = KindStore::new("Namespace");
         s.begin_list();
         s.listed(key("a"), "5".into(), ns("a", "1"));
         s.listed(key("b"), "6".into(), ns("b", "1"));
@@ -190,7 +267,7 @@ mod tests {
 
     #[test]
     fn events_change_one_object_and_advance_the_newest_version() {
-        let mut s = KindStore::default();
+        let mut s = KindStore::new("Namespace");
         s.begin_list();
         s.end_list();
         s.apply(key("a"), "10".into(), ns("a", "1"));
@@ -209,7 +286,7 @@ mod tests {
 
     #[test]
     fn an_invalid_version_keeps_the_last_good_one_and_a_new_invalid_object_is_not_applied() {
-        let mut s = KindStore::default();
+        let mut s = KindStore::new("Namespace");
         s.begin_list();
         s.end_list();
         s.apply(key("a"), "1".into(), ns("a", "1"));

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 
-use crate::model::cluster_policy::ClusterPolicy;
+use crate::model::cluster_policy::{ClusterPolicy, ClusterPolicyKey, ClusterPolicyKind};
 use crate::model::cluster_policy_api::ClusterPolicyObject;
 use crate::model::{self, Cluster, InvalidObject, Labels};
 
@@ -123,24 +123,75 @@ pub fn node_from_k8s(node: &core::Node) -> Result<Object, InvalidObject> {
 pub fn cluster_of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Cluster {
     let mut cluster = Cluster::default();
     for o in objects {
-        match o {
-            Object::Namespace(n) => cluster.insert_namespace(n.clone()),
-            Object::Pod(p) => cluster.insert_pod(p.clone()),
-            Object::Policy(p) => cluster.insert_policy(p.clone()),
-            Object::Service(s) => cluster.insert_service(s.clone()),
-            Object::EndpointSlice(s) => cluster.insert_endpoint_slice(s.clone()),
-            Object::Node {
-                name,
-                addresses,
-                labels,
-            } => {
-                cluster.nodes.insert(name.clone(), addresses.clone());
-                cluster.node_labels.insert(name.clone(), labels.clone());
-            }
-            Object::ClusterPolicy(p) => cluster.insert_cluster_policy(p.clone()),
-        }
+        insert_model(&mut cluster, o.clone());
     }
     cluster
+}
+
+/// Puts an object's model in the cluster, replacing the one of the same identity unless it is
+/// equal: an unchanged object keeps its allocation and the map its structure, which is what
+/// the compiler's diff and its reuse of plans go by (a relist converts every object again).
+pub fn insert_model(cluster: &mut Cluster, object: Object) {
+    fn put<K: Ord + Clone, V: Clone + PartialEq>(map: &mut model::Map<K, V>, key: K, value: V) {
+        if map.get(&key) != Some(&value) {
+            map.insert(key, value);
+        }
+    }
+    match object {
+        Object::Namespace(n) => put(&mut cluster.namespaces, n.name.clone(), n),
+        Object::Pod(p) => put(&mut cluster.pods, p.key.clone(), p),
+        Object::Policy(p) => put(&mut cluster.policies, p.key.clone(), p),
+        Object::Service(s) => put(&mut cluster.services, s.key.clone(), s),
+        Object::EndpointSlice(s) => put(&mut cluster.endpoint_slices, s.key.clone(), s),
+        Object::Node {
+            name,
+            addresses,
+            labels,
+        } => {
+            put(&mut cluster.nodes, name.clone(), addresses);
+            put(&mut cluster.node_labels, name, labels);
+        }
+        Object::ClusterPolicy(p) => put(&mut cluster.cluster_policies, p.key.clone(), p),
+    }
+}
+
+/// Takes the model of the API object `kind` `namespace`/`name` out of the cluster, if it has
+/// one (a model's identity is its object's: every conversion keys it by its metadata).
+pub fn remove_model(cluster: &mut Cluster, kind: &str, (namespace, name): (&str, &str)) {
+    match kind {
+        "Namespace" => {
+            cluster.namespaces.remove(name);
+        }
+        "Pod" => {
+            cluster.pods.remove(&model::PodKey::new(namespace, name));
+        }
+        "NetworkPolicy" => {
+            cluster
+                .policies
+                .remove(&model::PolicyKey::new(namespace, name));
+        }
+        "Service" => {
+            cluster
+                .services
+                .remove(&model::ServiceKey::new(namespace, name));
+        }
+        "EndpointSlice" => {
+            cluster
+                .endpoint_slices
+                .remove(&model::SliceKey::new(namespace, name));
+        }
+        "Node" => {
+            cluster.nodes.remove(name);
+            cluster.node_labels.remove(name);
+        }
+        other => {
+            if let Some(kind) = ClusterPolicyKind::from_kind(other) {
+                cluster
+                    .cluster_policies
+                    .remove(&ClusterPolicyKey::new(kind, name));
+            }
+        }
+    }
 }
 
 /// Said of an object whose new version is invalid while an earlier one stays in force, by both

@@ -39,13 +39,24 @@ pub fn version_number(rv: Option<&str>) -> Option<u64> {
 pub fn digest_keys<'a>(
     items: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
 ) -> (usize, String) {
-    let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
     let (mut count, mut sum) = (0usize, 0u64);
-    for item in items {
-        sum = sum.wrapping_add(hasher.hash_one(item));
+    for (namespace, name, version) in items {
+        sum = sum.wrapping_add(digest_term(namespace, name, version));
         count += 1;
     }
-    (count, format!("{count}:{sum:016x}"))
+    (count, digest_text(count, sum))
+}
+
+/// One object's term of [`digest_keys`]'s sum (a holder that changes one object at a time
+/// keeps the sum up to date: subtract the old version's term, add the new one's).
+pub fn digest_term(namespace: &str, name: &str, version: &str) -> u64 {
+    let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
+    hasher.hash_one((namespace, name, version))
+}
+
+/// The digest of `count` objects whose terms sum to `sum`.
+pub fn digest_text(count: usize, sum: u64) -> String {
+    format!("{count}:{sum:016x}")
 }
 
 /// [`digest_keys`] of objects' metadata.

@@ -199,7 +199,9 @@ pub fn baseline_admin_network_policy(name: &str, action: &str, port: u16) -> Val
 
 /// What a cluster model holds, one line per kind (for failure messages).
 pub fn summary(c: &enforcer_agent::model::Cluster) -> String {
-    fn keys<K: std::fmt::Display, V>(m: &std::collections::BTreeMap<K, V>) -> String {
+    fn keys<K: std::fmt::Display + Ord + Clone, V: Clone>(
+        m: &enforcer_agent::model::Map<K, V>,
+    ) -> String {
         let mut names: Vec<String> = m.keys().take(8).map(|k| k.to_string()).collect();
         if m.len() > 8 {
             names.push(format!("... ({} in all)", m.len()));

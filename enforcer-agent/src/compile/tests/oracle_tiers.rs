@@ -164,8 +164,9 @@ prop_compose! {
         for p in policies {
             cluster.insert_cluster_policy(p);
         }
-        for (np, staged) in cluster.policies.values_mut().zip(staged_np) {
-            np.staged = staged;
+        let keys: Vec<_> = cluster.policies.keys().cloned().collect();
+        for (key, staged) in keys.iter().zip(staged_np) {
+            cluster.policies.get_mut(key).expect("listed above").staged = staged;
         }
         let (name, ip) = OTHER_NODE;
         cluster.nodes.insert(name.into(), vec![ip.parse().unwrap()]);
