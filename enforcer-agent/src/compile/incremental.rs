@@ -50,7 +50,7 @@ struct Previous {
     policies: Map<PolicyKey, NetworkPolicy>,
     /// The identity prefix table, edited from the changed pods at the next compile.
     prefixes: KeptPrefixes,
-    rules: Vec<RuleRef>,
+    rules: Arc<Vec<RuleRef>>,
     endpoints: BTreeMap<PodKey, Arc<EndpointPlan>>,
 }
 
@@ -75,25 +75,46 @@ impl Compiler {
         });
         let table = kept.table();
         let tables = match reusable {
-            None => compile_reusing(cluster, node, table.clone(), &mut |_, _| None),
+            None => compile_reusing(cluster, node, table.clone(), None, &mut |_, _| None),
             Some(prev) => {
+                let policy_changes: Vec<_> = prev.policies.diff(&cluster.policies).collect();
                 // Namespaces with a pod or a NetworkPolicy added, removed or changed.
-                let changed = changed_namespaces(&pod_changes, &prev.policies, &cluster.policies);
+                let changed = changed_namespaces(&pod_changes, &policy_changes);
+                // No policy came or went, and each changed one kept its number of rules: the
+                // rules are numbered as before (no cluster policy here).
+                let known_rules = policy_changes
+                    .iter()
+                    .all(|change| match change {
+                        DiffItem::Update {
+                            old: (_, before),
+                            new: (_, after),
+                        } => rule_counts(before) == rule_counts(after),
+                        _ => false,
+                    })
+                    .then(|| prev.rules.clone());
                 let mut reused = BTreeSet::new();
                 // Asked once: the rules are the same for every pod of one compile.
-                let mut same_rules: Option<bool> = None;
+                let mut same_rules: Option<bool> = known_rules.is_some().then_some(true);
                 let mut moved_rules: Option<Vec<Option<RuleId>>> = None;
-                let tables = compile_reusing(cluster, node, table.clone(), &mut |pod, rules| {
-                    let plan = reuse(prev, cluster, &changed, pod)?;
-                    let plan = if *same_rules.get_or_insert_with(|| prev.rules == rules) {
-                        plan.clone()
-                    } else {
-                        let ids = moved_rules.get_or_insert_with(|| moved_ids(&prev.rules, rules));
-                        Arc::new(renumber(plan, ids)?)
-                    };
-                    reused.insert(pod.key.clone());
-                    Some(plan)
-                });
+                let tables = compile_reusing(
+                    cluster,
+                    node,
+                    table.clone(),
+                    known_rules.clone(),
+                    &mut |pod, rules| {
+                        let plan = reuse(prev, cluster, &changed, pod)?;
+                        let plan =
+                            if *same_rules.get_or_insert_with(|| prev.rules.as_slice() == rules) {
+                                plan.clone()
+                            } else {
+                                let ids = moved_rules
+                                    .get_or_insert_with(|| moved_ids(&prev.rules, rules));
+                                Arc::new(renumber(plan, ids)?)
+                            };
+                        reused.insert(pod.key.clone());
+                        Some(plan)
+                    },
+                );
                 // A reused plan whose ipBlocks hold an identity prefix that came, went or
                 // changed owner is compiled again.
                 let stale: BTreeSet<_> = reused
@@ -107,7 +128,7 @@ impl Compiler {
                     tables
                 } else {
                     let kept_plans = &tables.endpoints;
-                    compile_reusing(cluster, node, table.clone(), &mut |pod, _| {
+                    compile_reusing(cluster, node, table.clone(), known_rules, &mut |pod, _| {
                         (!stale.contains(&pod.key)).then(|| kept_plans.get(&pod.key).cloned())?
                     })
                 }
@@ -142,12 +163,19 @@ fn pod_changes(old: &Map<PodKey, Arc<Pod>>, new: &Map<PodKey, Arc<Pod>>) -> Vec<
         .collect()
 }
 
+/// How many rules a policy numbers (ingress, egress).
+fn rule_counts(policy: &NetworkPolicy) -> (usize, usize) {
+    (
+        policy.effective_ingress().len(),
+        policy.effective_egress().len(),
+    )
+}
+
 /// The namespaces with a pod added, removed or changed, or a NetworkPolicy added, removed or
 /// changed.
 fn changed_namespaces(
     pods: &[PodChange],
-    old_policies: &Map<PolicyKey, NetworkPolicy>,
-    new_policies: &Map<PolicyKey, NetworkPolicy>,
+    policies: &[DiffItem<'_, '_, PolicyKey, NetworkPolicy>],
 ) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for change in pods {
@@ -155,7 +183,7 @@ fn changed_namespaces(
             out.insert(pod.key.namespace.clone());
         }
     }
-    for change in old_policies.diff(new_policies) {
+    for change in policies {
         let key = match change {
             DiffItem::Add(key, _) | DiffItem::Remove(key, _) => key,
             DiffItem::Update { new: (key, _), .. } => key,

@@ -60,53 +60,40 @@ impl NodeInput {
 /// Compiles the allow entries of every local pod of `node`.
 pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
     let prefixes = prefixes::identity_prefixes(cluster, node);
-    compile_reusing(cluster, node, prefixes, &mut |_, _| None)
+    compile_reusing(cluster, node, prefixes, None, &mut |_, _| None)
 }
 
 /// Given a local pod and the rules as numbered in this compile: the plan to take as it is.
 pub(crate) type Reuse<'a> = dyn FnMut(&Pod, &[RuleRef]) -> Option<Arc<EndpointPlan>> + 'a;
 
 /// [`compile`], with the identity prefixes given (they must be `identity_prefixes(cluster,
-/// node)`: [`Compiler`] keeps them up to date), and the plans of the local pods `reuse`
-/// answers for taken as they are ([`Compiler`] answers for those whose inputs did not
-/// change; it is given each local pod and the rules as numbered in this compile). Those
-/// pods' policies are not resolved.
+/// node)`: [`Compiler`] keeps them up to date), the NetworkPolicies' rules too when the
+/// caller knows them (`known_rules`: what [`number_rules`] gives for this cluster, as the
+/// previous compile's when no policy came, went or changed its number of rules; only without
+/// cluster policies), and the plans of the local pods `reuse` answers for taken as they are
+/// ([`Compiler`] answers for those whose inputs did not change; it is given each local pod
+/// and the rules as numbered in this compile). Those pods' policies are not resolved.
 pub(crate) fn compile_reusing(
     cluster: &Cluster,
     node: &NodeInput,
     prefixes: PrefixTable,
+    known_rules: Option<Arc<Vec<RuleRef>>>,
     reuse: &mut Reuse<'_>,
 ) -> Tables {
     let index = ClusterIndex::new(cluster, &prefixes);
 
-    // Ids are handed out to every counted rule, selected or not, so a rule keeps its id
-    // whichever node compiles it.
-    let mut rules = Vec::new();
-    let mut first_ids = Vec::with_capacity(cluster.policies.len());
-    for policy in cluster.policies.values() {
-        first_ids.push(rules.len() as RuleId + 1);
-        for (index, _) in policy.effective_ingress().iter().enumerate() {
-            rules.push(RuleRef::network(
-                policy.key.clone(),
-                Direction::Ingress,
-                index,
-            ));
-        }
-        for (index, _) in policy.effective_egress().iter().enumerate() {
-            rules.push(RuleRef::network(
-                policy.key.clone(),
-                Direction::Egress,
-                index,
-            ));
-        }
-    }
+    let mut rules = match known_rules {
+        Some(rules) if cluster.cluster_policies.is_empty() => rules,
+        _ => Arc::new(number_rules(cluster)),
+    };
+    let first_ids = first_rule_ids(cluster);
 
     let mut reused: BTreeMap<PodKey, Arc<EndpointPlan>> = BTreeMap::new();
     let mut endpoints: BTreeMap<PodKey, EndpointPlan> = cluster
         .pods
         .values()
         .filter(|p| node.is_local(p) && !p.ips.is_empty())
-        .filter(|p| match reuse(p, &rules) {
+        .filter(|p| match reuse(p, rules.as_slice()) {
             Some(plan) => {
                 reused.insert(p.key.clone(), plan);
                 false
@@ -182,6 +169,44 @@ pub(crate) fn compile_reusing(
     }
 }
 
+/// Every NetworkPolicy's rules in order, rule id `i` being `out[i - 1]`. Ids are handed out
+/// to every counted rule, selected or not, so a rule keeps its id whichever node compiles it.
+pub(crate) fn number_rules(cluster: &Cluster) -> Vec<RuleRef> {
+    let mut rules = Vec::new();
+    for policy in cluster.policies.values() {
+        for (index, _) in policy.effective_ingress().iter().enumerate() {
+            rules.push(RuleRef::network(
+                policy.key.clone(),
+                Direction::Ingress,
+                index,
+            ));
+        }
+        for (index, _) in policy.effective_egress().iter().enumerate() {
+            rules.push(RuleRef::network(
+                policy.key.clone(),
+                Direction::Egress,
+                index,
+            ));
+        }
+    }
+    rules
+}
+
+/// The id of each NetworkPolicy's first rule, in policy order (as [`number_rules`] numbers
+/// them).
+fn first_rule_ids(cluster: &Cluster) -> Vec<RuleId> {
+    let mut next = 1;
+    cluster
+        .policies
+        .values()
+        .map(|policy| {
+            let first = next;
+            next += (policy.effective_ingress().len() + policy.effective_egress().len()) as RuleId;
+            first
+        })
+        .collect()
+}
+
 /// Staged NetworkPolicies compiled alone, per selected local pod.
 type StagedNetworkPolicies = BTreeMap<PodKey, Vec<(crate::model::PolicyKey, EndpointPlan)>>;
 
@@ -191,14 +216,15 @@ type StagedNetworkPolicies = BTreeMap<PodKey, Vec<(crate::model::PolicyKey, Endp
 fn compile_tiers(
     cluster: &Cluster,
     index: &ClusterIndex<'_>,
-    rules: &mut Vec<RuleRef>,
+    rules: &mut Arc<Vec<RuleRef>>,
     staged_np: &StagedNetworkPolicies,
     endpoints: &mut BTreeMap<PodKey, EndpointPlan>,
 ) -> Vec<StagedEntry> {
-    let firsts = tiers::number_rules(cluster, rules);
     if cluster.cluster_policies.is_empty() && staged_np.is_empty() {
         return Vec::new();
     }
+    // Only here are the rules written to (a shared numbering is handed on untouched).
+    let firsts = tiers::number_rules(cluster, Arc::make_mut(rules));
     let mut ids = resolve::StagedIds::new(rules);
     for (key, plan) in endpoints.iter_mut() {
         let Some(pod) = cluster.pods.get(key) else {

@@ -300,8 +300,9 @@ pub struct Tables {
     /// The local pods (those on this node with at least one IP). Shared: a [`super::Compiler`]
     /// hands the plan of a pod whose inputs did not change to the next compile as it is.
     pub endpoints: BTreeMap<PodKey, std::sync::Arc<EndpointPlan>>,
-    /// Rule id `i` is `rules[i - 1]`.
-    pub rules: Vec<RuleRef>,
+    /// Rule id `i` is `rules[i - 1]`. Shared: a compile whose policies kept their rules hands
+    /// on the previous numbering, and the dataplane keeps its ids when it is the same.
+    pub rules: std::sync::Arc<Vec<RuleRef>>,
     /// Id `rules.len() + i` is `staged[i - 1]`: entries a staged policy would change.
     pub staged: Vec<StagedEntry>,
     /// Every Service port's address, with the backends a client on this node may reach.

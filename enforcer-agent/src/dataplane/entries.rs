@@ -2,6 +2,7 @@
 //! prefixes, policy-trie keys for an endpoint's allows, the endpoint record.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use enforcer_common::endpoint::{
     EndpointInfo, F_ALL_PORTS, F_ANY_PEER, F_ANY_PROTO, F_EGRESS_ISOLATED, F_EGRESS_TIERED,
@@ -296,6 +297,12 @@ pub fn policy_entries_stable(plan: &EndpointPlan, ids: &IdTable, stable: &[u32])
 pub struct RuleIds {
     by_rule: BTreeMap<IdKey, u32>,
     next: u32,
+    /// The rules last assigned (when the tables had no staged entries) and their ids: tables
+    /// that share them (the compiler hands its numbering on while no policy changes its
+    /// number of rules) get the same ids without a lookup per rule.
+    last: Option<(Arc<Vec<RuleRef>>, Vec<u32>)>,
+    /// Stable id -> rule, made when the ids change (read after every sync).
+    refs: Arc<BTreeMap<u32, RuleRef>>,
 }
 
 /// What a stable id stands for: a rule, or an entry a staged policy would change.
@@ -317,12 +324,19 @@ impl RuleIds {
         RuleIds {
             by_rule: BTreeMap::new(),
             next: largest.saturating_add(1).max(1),
+            last: None,
+            refs: Arc::default(),
         }
     }
 
     /// Stable id of every rule and staged entry of `tables`, by position (`out[position -
     /// 1]`: rules first, then `Tables::staged`); those that are gone are forgotten.
     pub fn assign(&mut self, tables: &Tables) -> Vec<u32> {
+        if let Some((rules, ids)) = &self.last {
+            if tables.staged.is_empty() && Arc::ptr_eq(rules, &tables.rules) {
+                return ids.clone();
+            }
+        }
         let mut by_rule = BTreeMap::new();
         let mut out = Vec::with_capacity(tables.rules.len() + tables.staged.len());
         let keys = (tables.rules.iter().cloned().map(IdKey::Rule))
@@ -336,22 +350,29 @@ impl RuleIds {
                     id
                 }
             };
-            by_rule.insert(rule.clone(), id);
+            by_rule.insert(rule, id);
             out.push(id);
         }
         self.by_rule = by_rule;
+        self.refs = Arc::new(
+            self.by_rule
+                .iter()
+                .filter_map(|(k, id)| match k {
+                    IdKey::Rule(r) => Some((*id, r.clone())),
+                    IdKey::Staged(_) => None,
+                })
+                .collect(),
+        );
+        self.last = tables
+            .staged
+            .is_empty()
+            .then(|| (tables.rules.clone(), out.clone()));
         out
     }
 
     /// Stable id -> rule, for flow attribution.
-    pub fn rules(&self) -> BTreeMap<u32, RuleRef> {
-        self.by_rule
-            .iter()
-            .filter_map(|(k, id)| match k {
-                IdKey::Rule(r) => Some((*id, r.clone())),
-                IdKey::Staged(_) => None,
-            })
-            .collect()
+    pub fn rules(&self) -> Arc<BTreeMap<u32, RuleRef>> {
+        self.refs.clone()
     }
 
     /// Stable id -> staged entry, for flow attribution.

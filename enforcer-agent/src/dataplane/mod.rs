@@ -638,7 +638,7 @@ impl Dataplane {
         self.rules.staged()
     }
 
-    pub fn rule_refs(&self) -> BTreeMap<u32, crate::compile::tables::RuleRef> {
+    pub fn rule_refs(&self) -> Arc<BTreeMap<u32, crate::compile::tables::RuleRef>> {
         self.rules.rules()
     }
 

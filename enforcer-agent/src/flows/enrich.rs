@@ -227,7 +227,7 @@ pub struct Context {
     /// Service frontend id → the Service port it stands for.
     pub frontends: BTreeMap<u32, crate::compile::services::FrontendName>,
     /// Rule id in the datapath → the rule (empty: the compiler's ids, `tables.rules`).
-    pub rules: BTreeMap<u32, crate::compile::tables::RuleRef>,
+    pub rules: Arc<BTreeMap<u32, crate::compile::tables::RuleRef>>,
     /// Id in the datapath → an entry a staged policy would change (with `rules`).
     pub staged: BTreeMap<u32, crate::compile::tables::StagedEntry>,
     /// The pods flows were seen with so far, as their ends show them (see [`FlowEnd`]); filled
@@ -252,7 +252,7 @@ impl Context {
             pods: cluster.pods.clone(),
             endpoints,
             frontends: BTreeMap::new(),
-            rules: BTreeMap::new(),
+            rules: Arc::default(),
             staged: BTreeMap::new(),
             pod_ends: Mutex::default(),
         }
