@@ -246,7 +246,7 @@ fn reuse<'p>(
 fn namespace_labels(cluster: &Cluster, name: &str) -> Labels {
     match cluster.namespaces.get(name) {
         Some(ns) => ns.labels.clone(),
-        None => Labels::from([(
+        None => Labels::from_iter([(
             crate::model::NAMESPACE_NAME_LABEL.to_owned(),
             name.to_owned(),
         )]),

@@ -503,7 +503,7 @@ impl<'a> ClusterIndex<'a> {
         while let Some(key) = next {
             let ns = key.namespace.as_str();
             namespace_labels.entry(ns).or_insert_with(|| {
-                std::borrow::Cow::Owned(Labels::from([(
+                std::borrow::Cow::Owned(Labels::from_iter([(
                     NAMESPACE_NAME_LABEL.to_owned(),
                     ns.to_owned(),
                 )]))

@@ -113,32 +113,51 @@ pub(super) type PodChange = (Option<Arc<Pod>>, Option<Arc<Pod>>);
 
 /// The prefix table of the last compile, with what it was made of, for the next compile to
 /// edit: equal to [`identity_prefixes`] of the cluster it was last updated with.
+///
+/// Which pods claim an address is the table's owner when one does (a pod outranks every other
+/// claim); only addresses that several pods claim are listed apart (`shared`), so a cluster
+/// of pods with addresses of their own costs nothing here beyond the table.
 #[derive(Default)]
 pub(super) struct KeptPrefixes {
     table: PrefixTable,
     others: BTreeMap<IpNet, PrefixOwner>,
-    /// The pods that have each address (almost always one).
-    claimants: HashMap<IpNet, Vec<PodKey>, foldhash::fast::RandomState>,
+    /// Every pod claiming an address two or more pods claim.
+    shared: HashMap<IpNet, Vec<PodKey>, foldhash::fast::RandomState>,
+}
+
+/// What happened to one address's claims: the pods that let go of it, those that took it.
+#[derive(Default)]
+struct Claims {
+    gone: Vec<PodKey>,
+    came: Vec<PodKey>,
 }
 
 impl KeptPrefixes {
     pub(super) fn new(cluster: &Cluster, node: &NodeInput) -> Self {
-        let mut claimants: HashMap<IpNet, Vec<PodKey>, _> = HashMap::with_capacity_and_hasher(
-            cluster.pods.len(),
-            foldhash::fast::RandomState::default(),
-        );
+        let mut first: HashMap<IpNet, &PodKey, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(cluster.pods.len(), Default::default());
+        let mut shared: HashMap<IpNet, Vec<PodKey>, _> = HashMap::default();
         for pod in cluster.pods.values() {
             for ip in &pod.ips {
-                let list = claimants.entry(host_prefix(*ip)).or_default();
-                if !list.contains(&pod.key) {
-                    list.push(pod.key.clone());
+                let net = host_prefix(*ip);
+                match first.get(&net) {
+                    None => {
+                        first.insert(net, &pod.key);
+                    }
+                    Some(&one) if *one == pod.key => {}
+                    Some(&one) => {
+                        let list = shared.entry(net).or_insert_with(|| vec![one.clone()]);
+                        if !list.contains(&pod.key) {
+                            list.push(pod.key.clone());
+                        }
+                    }
                 }
             }
         }
         KeptPrefixes {
             table: identity_prefixes(cluster, node),
             others: other_claims(cluster, node),
-            claimants,
+            shared,
         }
     }
 
@@ -155,43 +174,54 @@ impl KeptPrefixes {
         node: &NodeInput,
         changed: &[PodChange],
     ) -> Vec<IpNet> {
-        let mut touched = BTreeSet::new();
+        let mut touched: BTreeMap<IpNet, Claims> = BTreeMap::new();
         for (old, new) in changed {
-            if let Some(old) = old {
-                for ip in &old.ips {
-                    let net = host_prefix(*ip);
-                    if let Some(list) = self.claimants.get_mut(&net) {
-                        list.retain(|key| *key != old.key);
-                        if list.is_empty() {
-                            self.claimants.remove(&net);
-                        }
-                    }
-                    touched.insert(net);
+            if let Some(pod) = old {
+                for ip in &pod.ips {
+                    let claims = touched.entry(host_prefix(*ip)).or_default();
+                    claims.gone.push(pod.key.clone());
                 }
             }
-            if let Some(new) = new {
-                for ip in &new.ips {
-                    let net = host_prefix(*ip);
-                    let list = self.claimants.entry(net).or_default();
-                    // An address listed twice by one pod is one claim.
-                    if !list.contains(&new.key) {
-                        list.push(new.key.clone());
-                    }
-                    touched.insert(net);
+            if let Some(pod) = new {
+                for ip in &pod.ips {
+                    let claims = touched.entry(host_prefix(*ip)).or_default();
+                    claims.came.push(pod.key.clone());
                 }
             }
         }
         let others = other_claims(cluster, node);
         if others != self.others {
-            merge_keys(&self.others, &others, &mut touched);
+            let mut nets = BTreeSet::new();
+            merge_keys(&self.others, &others, &mut nets);
+            for net in nets {
+                touched.entry(net).or_default();
+            }
             self.others = others;
         }
         let mut moved = Vec::new();
-        for net in touched {
-            let owner = match self.claimants.get(&net) {
-                Some(pods) => pods.iter().min().map(|key| PrefixOwner::Pod(key.clone())),
+        for (net, claims) in touched {
+            // The pods claiming it before: listed apart, or the table's owner, or none.
+            let mut pods = match self.shared.remove(&net) {
+                Some(pods) => pods,
+                None => match self.table.get(&net) {
+                    Some(PrefixOwner::Pod(key)) => vec![key.clone()],
+                    _ => Vec::new(),
+                },
+            };
+            pods.retain(|key| !claims.gone.contains(key));
+            for key in claims.came {
+                // An address listed twice by one pod is one claim.
+                if !pods.contains(&key) {
+                    pods.push(key);
+                }
+            }
+            let owner = match pods.iter().min() {
+                Some(key) => Some(PrefixOwner::Pod(key.clone())),
                 None => self.others.get(&net).cloned(),
             };
+            if pods.len() > 1 {
+                self.shared.insert(net, pods);
+            }
             let before = match owner {
                 Some(owner) if self.table.get(&net) == Some(&owner) => continue,
                 Some(owner) => self.table.insert(net, owner),

@@ -236,7 +236,7 @@ mod tests {
             .models()
             .namespaces
             .values()
-            .map(|n| format!("{}={}", n.name, n.labels["team"]))
+            .map(|n| format!("{}={}", n.name, n.labels.get("team").unwrap()))
             .collect()
     }
 

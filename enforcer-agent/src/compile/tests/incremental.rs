@@ -143,4 +143,18 @@ fn an_address_claimed_twice_changes_owner_as_its_claimants_come_and_go() {
     step(&c, &node, None);
     c.insert_pod(pod("y/b"));
     step(&c, &node, Some(PrefixOwner::Pod(key("y/b"))));
+    // Three claimants, going one by one (the last two, then the last, listed apart or not).
+    c.insert_pod(pod("z/c"));
+    c.insert_pod(pod("x/a"));
+    step(&c, &node, Some(PrefixOwner::Pod(key("x/a"))));
+    c.pods.remove(&key("x/a"));
+    step(&c, &node, Some(PrefixOwner::Pod(key("y/b"))));
+    c.pods.remove(&key("y/b"));
+    step(&c, &node, Some(PrefixOwner::Pod(key("z/c"))));
+    c.insert_pod(pod("x/a"));
+    step(&c, &node, Some(PrefixOwner::Pod(key("x/a"))));
+    c.pods.remove(&key("z/c"));
+    step(&c, &node, Some(PrefixOwner::Pod(key("x/a"))));
+    c.pods.remove(&key("x/a"));
+    step(&c, &node, None);
 }

@@ -362,14 +362,14 @@ fn compiles_ten_thousand_policies_quickly() {
     let mut cluster = Cluster::default();
     for n in 0..10 {
         let name = format!("ns{n}");
-        let labels = Labels::from([
+        let labels = Labels::from_iter([
             (NAMESPACE_NAME_LABEL.to_string(), name.clone()),
             ("team".into(), format!("t{}", n % 3)),
         ]);
         cluster.insert_namespace(Namespace { name, labels });
     }
     for i in 0..300u32 {
-        let labels = Labels::from([
+        let labels = Labels::from_iter([
             ("app".to_string(), format!("app{}", i % 50)),
             ("tier".into(), format!("t{}", i % 4)),
         ]);
@@ -393,7 +393,7 @@ fn compiles_ten_thousand_policies_quickly() {
         });
     }
     let sel = |k: &str, v: String| LabelSelector {
-        match_labels: Labels::from([(k.to_string(), v)]),
+        match_labels: Labels::from_iter([(k.to_string(), v)]),
         match_expressions: vec![],
     };
     for i in 0..10_000u32 {

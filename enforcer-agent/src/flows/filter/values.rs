@@ -2,7 +2,6 @@
 //! `--policy`, `--direction`, `--reason`, ...): their types, parsers and how one value matches a
 //! flow end.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -210,7 +209,7 @@ impl From<LabelSelector> for String {
 }
 
 impl LabelSelector {
-    pub(super) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(super) fn matches(&self, labels: &crate::model::Labels) -> bool {
         self.requirements.iter().all(|(k, v)| match v {
             Some(v) => labels.get(k) == Some(v),
             None => labels.contains_key(k),

@@ -162,7 +162,10 @@ pub fn namespace_from_k8s(ns: &core::Namespace) -> Result<Namespace, InvalidObje
     labels
         .entry(NAMESPACE_NAME_LABEL.to_owned())
         .or_insert_with(|| name.clone());
-    Ok(Namespace { name, labels })
+    Ok(Namespace {
+        name,
+        labels: labels.into_iter().collect(),
+    })
 }
 
 pub fn pod_from_k8s(pod: &core::Pod) -> Result<Pod, InvalidObject> {
@@ -201,7 +204,7 @@ pub fn pod_from_k8s(pod: &core::Pod) -> Result<Pod, InvalidObject> {
     let ready = pod_ready(pod);
     Ok(Pod {
         key,
-        labels,
+        labels: labels.into_iter().collect(),
         ips,
         ports,
         node,
@@ -478,7 +481,7 @@ pub fn node_labels_from_k8s(node: &core::Node) -> Result<Labels, InvalidObject> 
     };
     let labels = node.metadata.labels.clone().unwrap_or_default();
     validate_labels(&ctx, "metadata.labels", &labels)?;
-    Ok(labels)
+    Ok(labels.into_iter().collect())
 }
 
 /// A Node's name and addresses (`status.addresses` of type InternalIP and ExternalIP);

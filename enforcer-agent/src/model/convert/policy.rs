@@ -226,8 +226,9 @@ pub(in crate::model) fn convert_selector(
     base: &str,
     sel: &meta::LabelSelector,
 ) -> Result<LabelSelector, InvalidObject> {
-    let match_labels: Labels = sel.match_labels.clone().unwrap_or_default();
+    let match_labels = sel.match_labels.clone().unwrap_or_default();
     validate_labels(ctx, &format!("{base}.matchLabels"), &match_labels)?;
+    let match_labels: Labels = match_labels.into_iter().collect();
     let mut match_expressions = Vec::new();
     for (i, req) in sel
         .match_expressions

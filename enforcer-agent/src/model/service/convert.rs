@@ -44,7 +44,7 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<Service, InvalidObject> {
     let selector = match &spec.selector {
         Some(sel) if !sel.is_empty() => {
             validate_labels(&ctx, "spec.selector", sel)?;
-            Some(sel.clone())
+            Some(sel.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         }
         _ => None,
     };
