@@ -1,5 +1,6 @@
 //! Policy compile and apply at cluster scale (`cargo xtask bench`, as root): 100,000 pods in
-//! 1,000 namespaces on 1,000 nodes, 10,000 NetworkPolicies (10 per namespace), this node
+//! 1,000 namespaces on 1,000 nodes, 10,000 NetworkPolicies and 10,000 Services (10 of each per
+//! namespace, each Service selecting one app of its namespace), this node
 //! holding 100 of the pods on interfaces of their own (veths in a network namespace of the
 //! bench's own), each pod's ingress allowed from 5,010 peers.
 //!
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use enforcer_agent::compile::{Compiler, NodeInput};
 use enforcer_agent::dataplane::{Dataplane, Iface};
+use enforcer_agent::model::service::{ServicePort, TargetPort, TrafficPolicy};
 use enforcer_agent::model::*;
 use enforcer_agent::source::kube_store::KindStore;
 use enforcer_agent::source::objects::Object;
@@ -31,6 +33,7 @@ use enforcer_tests::privileged;
 const NAMESPACES: usize = 1_000;
 const PODS_PER_NS: usize = 100;
 const POLICIES_PER_NS: usize = 10;
+const SERVICES_PER_NS: usize = 10;
 const NODES: usize = 1_000;
 const NODE: &str = "node-0";
 
@@ -117,6 +120,7 @@ struct Source {
     namespaces: KindStore,
     pods: KindStore,
     policies: KindStore,
+    services: KindStore,
     version: u64,
 }
 
@@ -133,6 +137,10 @@ impl Source {
                 &mut self.policies,
                 (p.key.namespace.clone(), p.key.name.clone()),
             ),
+            Object::Service(svc) => (
+                &mut self.services,
+                (svc.key.namespace.clone(), svc.key.name.clone()),
+            ),
             _ => unreachable!("the bench has no other kind"),
         };
         store.apply(key, self.version.to_string(), Ok(object));
@@ -147,7 +155,7 @@ impl Source {
     /// What a sync starts from (`KubeSource::snapshot`).
     fn snapshot(&self) -> Cluster {
         let mut c = Cluster::default();
-        for store in [&self.namespaces, &self.pods, &self.policies] {
+        for store in [&self.namespaces, &self.pods, &self.policies, &self.services] {
             c.absorb(store.models());
         }
         c
@@ -159,6 +167,7 @@ fn source() -> Source {
         namespaces: KindStore::new("Namespace"),
         pods: KindStore::new("Pod"),
         policies: KindStore::new("NetworkPolicy"),
+        services: KindStore::new("Service"),
         version: 0,
     };
     for ns in 0..NAMESPACES {
@@ -176,8 +185,29 @@ fn source() -> Source {
         for p in 0..POLICIES_PER_NS {
             s.put(Object::Policy(policy(ns, p, None)));
         }
+        for k in 0..SERVICES_PER_NS {
+            s.put(Object::Service(service(ns, k)));
+        }
     }
     s
+}
+
+/// Service `k` of namespace `ns`: selects app-k, port 80 to the pods' `http`.
+fn service(ns: usize, k: usize) -> Service {
+    let n = ns * SERVICES_PER_NS + k;
+    Service {
+        key: ServiceKey::new(ns_name(ns), format!("svc-{k}")),
+        cluster_ips: vec![IpAddr::V4(Ipv4Addr::new(10, 96, (n >> 8) as u8, n as u8))],
+        selector: Some(labels(&[("app", format!("app-{k}"))])),
+        ports: vec![ServicePort {
+            name: Some("http".into()),
+            port: 80,
+            protocol: Protocol::Tcp,
+            target: TargetPort::Name("http".into()),
+        }],
+        internal_traffic: TrafficPolicy::Cluster,
+        affinity_timeout: None,
+    }
 }
 
 /// One change touching one namespace, the `k`-th of the run.

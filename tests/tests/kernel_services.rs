@@ -92,10 +92,10 @@ fn a_service_connection_goes_to_its_backend_and_its_replies_come_from_the_servic
     assert_eq!(opened.len(), 1, "{events:?}");
     assert_eq!(opened[0].dst, ip("10.244.2.11"));
     assert_eq!(opened[0].dport, 8080);
-    let name =
-        f.dp.frontend_names()
-            .get(&opened[0].frontend)
-            .expect("the event names its Service port");
+    let names = f.dp.frontend_names();
+    let name = names
+        .get(&opened[0].frontend)
+        .expect("the event names its Service port");
     assert_eq!(name.service.to_string(), "y/web");
     assert_eq!((name.ip, name.port), (ip("10.96.2.10"), 80));
 }

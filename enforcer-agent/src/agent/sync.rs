@@ -210,7 +210,7 @@ fn publish_flow_context(
 ) {
     let mut flow_ctx =
         enrich::Context::new(&opts.node, &desired.cluster, tables, dp.endpoint_pods());
-    flow_ctx.frontends = dp.frontend_names().clone();
+    flow_ctx.frontends = dp.frontend_names();
     flow_ctx.rules = dp.rule_refs();
     flow_ctx.staged = dp.staged_refs();
     *ctx.write().expect("flow context lock poisoned") = flow_ctx;

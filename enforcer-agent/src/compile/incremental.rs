@@ -28,9 +28,14 @@ use imbl::ordmap::DiffItem;
 use ipnet::IpNet;
 
 use super::prefixes::{KeptPrefixes, PodChange};
-use super::{compile_reusing, EndpointPlan, NodeInput, RuleId, RuleRef, Tables};
+use super::services::{compile_services_checked, update_services, Frontends};
+use super::{
+    compile_reusing, is_endpoint, EndpointPlan, Known, NodeInput, RuleId, RuleRef, Tables,
+};
+use crate::model::cluster_policy::{ClusterPolicy, ClusterPolicyKey};
 use crate::model::{
-    Cluster, Labels, Map, Namespace, NetworkPolicy, PeerSpec, Pod, PodKey, PolicyKey, PortRef,
+    Cluster, EndpointSlice, Labels, Map, Namespace, NetworkPolicy, PeerSpec, Pod, PodKey,
+    PolicyKey, PortRef, Service, ServiceKey, SliceKey,
 };
 
 /// Compiles like [`compile`](super::compile), reusing what the previous compile of this
@@ -48,8 +53,18 @@ struct Previous {
     namespaces: Map<String, Namespace>,
     pods: Map<PodKey, Arc<Pod>>,
     policies: Map<PolicyKey, NetworkPolicy>,
+    services: Map<ServiceKey, Service>,
+    endpoint_slices: Map<SliceKey, EndpointSlice>,
+    cluster_policies: Map<ClusterPolicyKey, ClusterPolicy>,
+    nodes: Map<String, Vec<std::net::IpAddr>>,
     /// The identity prefix table, edited from the changed pods at the next compile.
     prefixes: KeptPrefixes,
+    /// The node's endpoints, edited from the changed pods.
+    local: BTreeSet<PodKey>,
+    /// The Service frontends, and whether two claimed one address (then each compile
+    /// compiles them all).
+    frontends: Frontends,
+    frontends_collided: bool,
     rules: Arc<Vec<RuleRef>>,
     endpoints: BTreeMap<PodKey, Arc<EndpointPlan>>,
 }
@@ -58,14 +73,39 @@ impl Compiler {
     /// The tables for `cluster` on `node`, equal to `compile(cluster, node)`.
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeInput) -> Tables {
         let mut previous = self.previous.take();
-        let (pod_changes, kept, moved) = match previous.as_mut() {
+        let (pod_changes, kept, moved, local) = match previous.as_mut() {
             Some(prev) => {
                 let changes = pod_changes(&prev.pods, &cluster.pods);
                 let mut kept = std::mem::take(&mut prev.prefixes);
-                let moved = kept.update(cluster, node, &changes);
-                (changes, kept, moved)
+                // The claims that are not pods' come from the policies, the cluster policies,
+                // the Nodes and this node: looked at again only when one of them changed.
+                let others_changed = prev.node != *node
+                    || differ(&prev.policies, &cluster.policies)
+                    || differ(&prev.cluster_policies, &cluster.cluster_policies)
+                    || differ(&prev.nodes, &cluster.nodes);
+                let moved = kept.update(cluster, node, &changes, others_changed);
+                let local = if prev.node == *node {
+                    let mut local = std::mem::take(&mut prev.local);
+                    for (old, new) in &changes {
+                        if let Some(old) = old {
+                            local.remove(&old.key);
+                        }
+                        if let Some(new) = new.as_ref().filter(|p| is_endpoint(node, p)) {
+                            local.insert(new.key.clone());
+                        }
+                    }
+                    local
+                } else {
+                    endpoints_of(cluster, node)
+                };
+                (changes, kept, moved, local)
             }
-            None => (Vec::new(), KeptPrefixes::new(cluster, node), Vec::new()),
+            None => (
+                Vec::new(),
+                KeptPrefixes::new(cluster, node),
+                Vec::new(),
+                endpoints_of(cluster, node),
+            ),
         };
         let reusable = previous.as_ref().filter(|prev| {
             cluster.cluster_policies.is_empty()
@@ -74,8 +114,16 @@ impl Compiler {
                 && prev.namespaces == cluster.namespaces
         });
         let table = kept.table();
+        let (frontends, frontends_collided) =
+            frontends(previous.as_ref(), cluster, node, &pod_changes);
+        let known = |rules: Option<Arc<Vec<RuleRef>>>| Known {
+            prefixes: table.clone(),
+            rules,
+            services: Some(frontends.clone()),
+            local: Some(&local),
+        };
         let tables = match reusable {
-            None => compile_reusing(cluster, node, table.clone(), None, &mut |_, _| None),
+            None => compile_reusing(cluster, node, known(None), &mut |_, _| None),
             Some(prev) => {
                 let policy_changes: Vec<_> = prev.policies.diff(&cluster.policies).collect();
                 // Namespaces with a pod or a NetworkPolicy added, removed or changed.
@@ -99,8 +147,7 @@ impl Compiler {
                 let tables = compile_reusing(
                     cluster,
                     node,
-                    table.clone(),
-                    known_rules.clone(),
+                    known(known_rules.clone()),
                     &mut |pod, rules| {
                         let plan = reuse(prev, cluster, &changed, pod)?;
                         let plan =
@@ -128,7 +175,7 @@ impl Compiler {
                     tables
                 } else {
                     let kept_plans = &tables.endpoints;
-                    compile_reusing(cluster, node, table.clone(), known_rules, &mut |pod, _| {
+                    compile_reusing(cluster, node, known(known_rules), &mut |pod, _| {
                         (!stale.contains(&pod.key)).then(|| kept_plans.get(&pod.key).cloned())?
                     })
                 }
@@ -140,11 +187,81 @@ impl Compiler {
             namespaces: cluster.namespaces.clone(),
             pods: cluster.pods.clone(),
             policies: cluster.policies.clone(),
+            services: cluster.services.clone(),
+            endpoint_slices: cluster.endpoint_slices.clone(),
+            cluster_policies: cluster.cluster_policies.clone(),
+            nodes: cluster.nodes.clone(),
             prefixes: kept,
+            local,
+            frontends,
+            frontends_collided,
             rules: tables.rules.clone(),
             endpoints: tables.endpoints.clone(),
         });
         tables
+    }
+}
+
+/// Whether two versions of a map differ (a diff: what they share is not looked at).
+fn differ<K: Ord + Clone, V: Clone + PartialEq>(old: &Map<K, V>, new: &Map<K, V>) -> bool {
+    old.diff(new).next().is_some()
+}
+
+/// The keys of the node's endpoints, found among all pods.
+fn endpoints_of(cluster: &Cluster, node: &NodeInput) -> BTreeSet<PodKey> {
+    cluster
+        .pods
+        .values()
+        .filter(|p| is_endpoint(node, p))
+        .map(|p| p.key.clone())
+        .collect()
+}
+
+/// The Service frontends: the previous compile's with the Services whose frontends may have
+/// changed compiled again (same node, and no two frontends claimed one address), else all.
+/// A Service's frontends are read from the Service, the pods of its namespace (a selector's)
+/// or its EndpointSlices and every pod (whose addresses they name), and the node.
+fn frontends(
+    previous: Option<&Previous>,
+    cluster: &Cluster,
+    node: &NodeInput,
+    pod_changes: &[PodChange],
+) -> (Frontends, bool) {
+    let Some(prev) = previous.filter(|p| p.node == *node && !p.frontends_collided) else {
+        return compile_services_checked(cluster, node);
+    };
+    let mut stale: BTreeSet<ServiceKey> = prev
+        .services
+        .diff(&cluster.services)
+        .map(|change| match change {
+            DiffItem::Add(key, _) | DiffItem::Remove(key, _) => key.clone(),
+            DiffItem::Update { new: (key, _), .. } => key.clone(),
+        })
+        .collect();
+    let pod_namespaces: BTreeSet<&str> = pod_changes
+        .iter()
+        .filter_map(|(old, new)| new.as_ref().or(old.as_ref()))
+        .map(|pod| pod.key.namespace.as_str())
+        .collect();
+    let slices_changed = prev
+        .endpoint_slices
+        .diff(&cluster.endpoint_slices)
+        .next()
+        .is_some();
+    if !pod_namespaces.is_empty() || slices_changed {
+        for svc in cluster.services.values() {
+            let touched = match svc.selector {
+                Some(_) => pod_namespaces.contains(svc.key.namespace.as_str()),
+                None => true,
+            };
+            if touched {
+                stale.insert(svc.key.clone());
+            }
+        }
+    }
+    match update_services(&prev.frontends, &prev.services, cluster, node, &stale) {
+        Some(frontends) => (frontends, false),
+        None => compile_services_checked(cluster, node),
     }
 }
 

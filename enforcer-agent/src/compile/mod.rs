@@ -59,27 +59,54 @@ impl NodeInput {
 
 /// Compiles the allow entries of every local pod of `node`.
 pub fn compile(cluster: &Cluster, node: &NodeInput) -> Tables {
-    let prefixes = prefixes::identity_prefixes(cluster, node);
-    compile_reusing(cluster, node, prefixes, None, &mut |_, _| None)
+    let known = Known {
+        prefixes: prefixes::identity_prefixes(cluster, node),
+        rules: None,
+        services: None,
+        local: None,
+    };
+    compile_reusing(cluster, node, known, &mut |_, _| None)
+}
+
+/// Whether `pod` is one of the node's endpoints: on it, with an address.
+pub(crate) fn is_endpoint(node: &NodeInput, pod: &Pod) -> bool {
+    node.is_local(pod) && !pod.ips.is_empty()
+}
+
+/// What the caller of [`compile_reusing`] already has of this compile's output.
+pub(crate) struct Known<'a> {
+    /// The identity prefixes: always given (`prefixes::identity_prefixes(cluster, node)`;
+    /// [`Compiler`] keeps them up to date).
+    pub prefixes: PrefixTable,
+    /// The NetworkPolicies' rules, when known ([`number_rules`] of this cluster: the previous
+    /// compile's when no policy came, went or changed its number of rules); only without
+    /// cluster policies.
+    pub rules: Option<Arc<Vec<RuleRef>>>,
+    /// The Service frontends, when known (`services::compile_services(cluster, node)`).
+    pub services: Option<services::Frontends>,
+    /// The keys of the node's endpoints ([`is_endpoint`]), when known.
+    pub local: Option<&'a BTreeSet<PodKey>>,
 }
 
 /// Given a local pod and the rules as numbered in this compile: the plan to take as it is.
 pub(crate) type Reuse<'a> = dyn FnMut(&Pod, &[RuleRef]) -> Option<Arc<EndpointPlan>> + 'a;
 
-/// [`compile`], with the identity prefixes given (they must be `identity_prefixes(cluster,
-/// node)`: [`Compiler`] keeps them up to date), the NetworkPolicies' rules too when the
-/// caller knows them (`known_rules`: what [`number_rules`] gives for this cluster, as the
-/// previous compile's when no policy came, went or changed its number of rules; only without
-/// cluster policies), and the plans of the local pods `reuse` answers for taken as they are
-/// ([`Compiler`] answers for those whose inputs did not change; it is given each local pod
-/// and the rules as numbered in this compile). Those pods' policies are not resolved.
+/// [`compile`], with what the caller already has of the output taken as it is (`known`), and
+/// the plans of the local pods `reuse` answers for ([`Compiler`] answers for those whose
+/// inputs did not change; it is given each local pod and the rules as numbered in this
+/// compile). Those pods' policies are not resolved.
 pub(crate) fn compile_reusing(
     cluster: &Cluster,
     node: &NodeInput,
-    prefixes: PrefixTable,
-    known_rules: Option<Arc<Vec<RuleRef>>>,
+    known: Known<'_>,
     reuse: &mut Reuse<'_>,
 ) -> Tables {
+    let Known {
+        prefixes,
+        rules: known_rules,
+        services: known_services,
+        local: known_local,
+    } = known;
     let index = ClusterIndex::new(cluster, &prefixes);
 
     let mut rules = match known_rules {
@@ -89,10 +116,12 @@ pub(crate) fn compile_reusing(
     let first_ids = first_rule_ids(cluster);
 
     let mut reused: BTreeMap<PodKey, Arc<EndpointPlan>> = BTreeMap::new();
-    let mut endpoints: BTreeMap<PodKey, EndpointPlan> = cluster
-        .pods
-        .values()
-        .filter(|p| node.is_local(p) && !p.ips.is_empty())
+    // The local pods: as the caller keeps them, or found among all pods.
+    let local: Box<dyn Iterator<Item = &Arc<Pod>>> = match known_local {
+        Some(keys) => Box::new(keys.iter().filter_map(|key| cluster.pods.get(key))),
+        None => Box::new(cluster.pods.values().filter(|p| is_endpoint(node, p))),
+    };
+    let mut endpoints: BTreeMap<PodKey, EndpointPlan> = local
         .filter(|p| match reuse(p, rules.as_slice()) {
             Some(plan) => {
                 reused.insert(p.key.clone(), plan);
@@ -165,7 +194,7 @@ pub(crate) fn compile_reusing(
         endpoints,
         rules,
         staged,
-        services: services::compile_services(cluster, node),
+        services: known_services.unwrap_or_else(|| services::compile_services(cluster, node)),
     }
 }
 

@@ -167,12 +167,15 @@ impl KeptPrefixes {
     }
 
     /// Brings the table to `cluster` on `node`, given the pods that changed since the last
-    /// update; returns the prefixes that came, went or changed owner, in order.
+    /// update and whether the other claims may have (`others_changed`: a policy, a cluster
+    /// policy, a Node or the node changed); returns the prefixes that came, went or changed
+    /// owner, in order.
     pub(super) fn update(
         &mut self,
         cluster: &Cluster,
         node: &NodeInput,
         changed: &[PodChange],
+        others_changed: bool,
     ) -> Vec<IpNet> {
         let mut touched: BTreeMap<IpNet, Claims> = BTreeMap::new();
         for (old, new) in changed {
@@ -189,14 +192,16 @@ impl KeptPrefixes {
                 }
             }
         }
-        let others = other_claims(cluster, node);
-        if others != self.others {
-            let mut nets = BTreeSet::new();
-            merge_keys(&self.others, &others, &mut nets);
-            for net in nets {
-                touched.entry(net).or_default();
+        if others_changed {
+            let others = other_claims(cluster, node);
+            if others != self.others {
+                let mut nets = BTreeSet::new();
+                merge_keys(&self.others, &others, &mut nets);
+                for net in nets {
+                    touched.entry(net).or_default();
+                }
+                self.others = others;
             }
-            self.others = others;
         }
         let mut moved = Vec::new();
         for (net, claims) in touched {

@@ -306,7 +306,7 @@ pub struct Tables {
     /// Id `rules.len() + i` is `staged[i - 1]`: entries a staged policy would change.
     pub staged: Vec<StagedEntry>,
     /// Every Service port's address, with the backends a client on this node may reach.
-    pub services: BTreeMap<super::services::FrontendAddr, super::services::FrontendPlan>,
+    pub services: super::services::Frontends,
 }
 
 impl Tables {

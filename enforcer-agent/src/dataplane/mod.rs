@@ -402,8 +402,8 @@ impl Dataplane {
     }
 
     /// What each Service frontend id stands for (flow enrichment).
-    pub fn frontend_names(&self) -> &BTreeMap<u32, crate::compile::services::FrontendName> {
-        self.services.names()
+    pub fn frontend_names(&self) -> Arc<BTreeMap<u32, crate::compile::services::FrontendName>> {
+        self.services.names().clone()
     }
 
     /// The counters summed over CPUs, by `enforcer_common::reason::counter` index.

@@ -19,7 +19,9 @@ use enforcer_common::service::{
 };
 
 use super::{map_err, Result};
-use crate::compile::services::{FrontendAddr, FrontendName, FrontendPlan};
+use crate::compile::services::{FrontendAddr, FrontendName, FrontendPlan, Frontends};
+use imbl::ordmap::DiffItem;
+use std::sync::Arc;
 
 /// The 16-byte form of an address (IPv4-mapped for IPv4), as the maps hold it.
 pub fn addr16(ip: IpAddr) -> [u8; 16] {
@@ -80,11 +82,15 @@ pub struct ServiceMaps {
     backends: HashMap<MapData, BackendKey, BackendAddr>,
     members: HashMap<MapData, MemberKey, u32>,
     state: BTreeMap<FrontendKey, FrontendState>,
-    /// Every id handed out while this agent runs (removed frontends included).
-    names: BTreeMap<u32, FrontendName>,
+    /// Every id handed out while this agent runs (removed frontends included); shared with
+    /// the flow enrichment, copied only when it changes.
+    names: Arc<BTreeMap<u32, FrontendName>>,
     ids: BTreeMap<FrontendKey, u32>,
     next_id: u32,
     next_set: u32,
+    /// The plans the maps were last made to hold: the next sync writes the difference to them
+    /// (`None` after an adoption or a failed sync: it compares every frontend).
+    last: Option<Frontends>,
 }
 
 impl ServiceMaps {
@@ -136,10 +142,11 @@ impl ServiceMaps {
             backends,
             members,
             state,
-            names: BTreeMap::new(),
+            names: Arc::default(),
             ids,
             next_id,
             next_set,
+            last: None,
         };
         // Backends of sets no frontend uses are leftovers of an interrupted update.
         let in_use: std::collections::BTreeSet<u32> = maps.state.values().map(|s| s.set).collect();
@@ -153,7 +160,7 @@ impl ServiceMaps {
     }
 
     /// The Service each frontend id stands for.
-    pub fn names(&self) -> &BTreeMap<u32, FrontendName> {
+    pub fn names(&self) -> &Arc<BTreeMap<u32, FrontendName>> {
         &self.names
     }
 
@@ -169,55 +176,103 @@ impl ServiceMaps {
     /// Makes the maps hold exactly `plans`: each changed frontend gets a complete new backend
     /// set before its frontend entry switches to it (a packet sees the old set or the new one),
     /// then the old set and the frontends that are gone are removed.
-    pub fn sync(&mut self, plans: &BTreeMap<FrontendAddr, FrontendPlan>) -> Result<ServiceSync> {
+    pub fn sync(&mut self, plans: &Frontends) -> Result<ServiceSync> {
+        let result = match self.last.take() {
+            Some(last) => self.sync_difference(&last, plans),
+            None => self.sync_all(plans),
+        };
+        if result.is_ok() {
+            self.last = Some(plans.clone());
+        }
+        result
+    }
+
+    /// [`Self::sync`] by every frontend.
+    fn sync_all(&mut self, plans: &Frontends) -> Result<ServiceSync> {
         let mut report = ServiceSync::default();
-        let desired = self.desired(plans);
+        let mut desired = Desired::new();
+        for (addr, plan) in plans {
+            let (key, wanted) = self.desired(addr, plan);
+            desired.insert(key, wanted);
+        }
         for (key, (id, backends, affinity)) in &desired {
-            let unchanged = self
-                .state
-                .get(key)
-                .is_some_and(|s| s.id == *id && &s.backends == backends && &s.affinity == affinity);
-            if !unchanged {
-                self.write_frontend(key, *id, backends, *affinity, &mut report)?;
-            }
+            self.write_if_changed(key, *id, backends, *affinity, &mut report)?;
         }
         self.remove_gone(&desired, &mut report);
         report.frontends = self.state.len();
         Ok(report)
     }
 
-    /// Each frontend's key, id (kept while it exists, allocated when new), backends and
-    /// affinity; also records what each id stands for (flow attribution).
-    fn desired(&mut self, plans: &BTreeMap<FrontendAddr, FrontendPlan>) -> Desired {
-        let mut desired = BTreeMap::new();
-        for (addr, plan) in plans {
-            let key = frontend_key(addr);
-            let backends: Vec<BackendAddr> = plan
-                .backends
-                .iter()
-                .map(|b| BackendAddr {
-                    addr: addr16(b.ip),
-                    port: b.port.to_be(),
-                    _pad: [0; 2],
-                })
-                .collect();
-            let id = *self.ids.entry(key).or_insert_with(|| {
-                let id = self.next_id;
-                self.next_id += 1;
-                id
-            });
-            self.names.insert(
-                id,
-                FrontendName {
-                    service: plan.service.clone(),
-                    port_name: plan.port_name.clone(),
-                    ip: addr.ip,
-                    port: addr.port,
-                },
-            );
-            desired.insert(key, (id, backends, plan.affinity_timeout));
+    /// [`Self::sync`] by the frontends that differ from those last synced (what the two plan
+    /// maps share is not looked at).
+    fn sync_difference(&mut self, last: &Frontends, plans: &Frontends) -> Result<ServiceSync> {
+        let mut report = ServiceSync::default();
+        for change in last.diff(plans) {
+            match change {
+                DiffItem::Add(addr, plan)
+                | DiffItem::Update {
+                    new: (addr, plan), ..
+                } => {
+                    let (key, (id, backends, affinity)) = self.desired(addr, plan);
+                    self.write_if_changed(&key, id, &backends, affinity, &mut report)?;
+                }
+                DiffItem::Remove(addr, _) => self.remove_frontend(frontend_key(addr), &mut report),
+            }
         }
-        desired
+        report.frontends = self.state.len();
+        Ok(report)
+    }
+
+    fn write_if_changed(
+        &mut self,
+        key: &FrontendKey,
+        id: u32,
+        backends: &[BackendAddr],
+        affinity: Option<u32>,
+        report: &mut ServiceSync,
+    ) -> Result<()> {
+        let unchanged = self
+            .state
+            .get(key)
+            .is_some_and(|s| s.id == id && s.backends == backends && s.affinity == affinity);
+        if unchanged {
+            return Ok(());
+        }
+        self.write_frontend(key, id, backends, affinity, report)
+    }
+
+    /// A frontend's key, id (kept while it exists, allocated when new), backends and
+    /// affinity; also records what its id stands for (flow attribution).
+    fn desired(
+        &mut self,
+        addr: &FrontendAddr,
+        plan: &FrontendPlan,
+    ) -> (FrontendKey, (u32, Vec<BackendAddr>, Option<u32>)) {
+        let key = frontend_key(addr);
+        let backends: Vec<BackendAddr> = plan
+            .backends
+            .iter()
+            .map(|b| BackendAddr {
+                addr: addr16(b.ip),
+                port: b.port.to_be(),
+                _pad: [0; 2],
+            })
+            .collect();
+        let id = *self.ids.entry(key).or_insert_with(|| {
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        });
+        let name = FrontendName {
+            service: plan.service.clone(),
+            port_name: plan.port_name.clone(),
+            ip: addr.ip,
+            port: addr.port,
+        };
+        if self.names.get(&id) != Some(&name) {
+            Arc::make_mut(&mut self.names).insert(id, name);
+        }
+        (key, (id, backends, plan.affinity_timeout))
     }
 
     /// Writes a new backend set for `key`, switches its frontend to it, and removes the set
@@ -298,15 +353,20 @@ impl ServiceMaps {
             .copied()
             .collect();
         for key in gone {
-            let _ = self.frontends.remove(&key);
-            if let Some(old) = self.state.remove(&key) {
-                if key.proto == enforcer_common::proto::UDP {
-                    report
-                        .gone_udp_backends
-                        .extend(old.backends.iter().map(|b| (old.id, b.addr, b.port)));
-                }
-                self.remove_set(&old);
+            self.remove_frontend(key, report);
+        }
+    }
+
+    /// Removes one frontend, with its backend set.
+    fn remove_frontend(&mut self, key: FrontendKey, report: &mut ServiceSync) {
+        let _ = self.frontends.remove(&key);
+        if let Some(old) = self.state.remove(&key) {
+            if key.proto == enforcer_common::proto::UDP {
+                report
+                    .gone_udp_backends
+                    .extend(old.backends.iter().map(|b| (old.id, b.addr, b.port)));
             }
+            self.remove_set(&old);
             report.frontends_removed += 1;
         }
     }

@@ -225,7 +225,7 @@ pub struct Context {
     /// Endpoint id → (local pod, host interface).
     pub endpoints: BTreeMap<u32, (PodKey, String)>,
     /// Service frontend id → the Service port it stands for.
-    pub frontends: BTreeMap<u32, crate::compile::services::FrontendName>,
+    pub frontends: Arc<BTreeMap<u32, crate::compile::services::FrontendName>>,
     /// Rule id in the datapath → the rule (empty: the compiler's ids, `tables.rules`).
     pub rules: Arc<BTreeMap<u32, crate::compile::tables::RuleRef>>,
     /// Id in the datapath → an entry a staged policy would change (with `rules`).
@@ -251,7 +251,7 @@ impl Context {
             tables,
             pods: cluster.pods.clone(),
             endpoints,
-            frontends: BTreeMap::new(),
+            frontends: Arc::default(),
             rules: Arc::default(),
             staged: BTreeMap::new(),
             pod_ends: Mutex::default(),

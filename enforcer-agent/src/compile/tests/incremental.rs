@@ -1,14 +1,65 @@
 //! Property test: the incremental [`Compiler`] gives exactly what [`compile`] gives, over
-//! walks from one random cluster to another one object at a time (each pod, each policy, then
-//! the namespaces), so that most steps change one namespace and most plans are reused.
+//! walks from one random cluster to another one object at a time (each pod, each policy, each
+//! Service, then the namespaces), so that most steps change one namespace and most plans and
+//! Service frontends are reused.
 
 use std::net::IpAddr;
 
 use proptest::prelude::*;
 
-use super::oracle::{cluster, HOSTS};
+use super::oracle::{cluster, labels, HOSTS, NAMESPACES, PORT_NAMES};
 use super::{compile, Compiler, NodeInput};
-use crate::model::Cluster;
+use crate::model::service::{ServicePort, TargetPort, TrafficPolicy};
+use crate::model::{Cluster, Protocol, Service, ServiceKey};
+
+/// A few Services over the cluster's pods: selectors from the pods' label space, ClusterIPs
+/// from a small pool (so that two sometimes share one), target ports by number or name, some
+/// of local traffic only, and one without a selector (its endpoints would come from slices).
+fn services() -> impl Strategy<Value = Vec<Service>> {
+    let one = (
+        0..NAMESPACES.len(),
+        prop::option::weighted(0.85, labels()),
+        0..4u8,
+        prop::sample::select(&[80u16, 53][..]),
+        prop::option::of(0..PORT_NAMES.len()),
+        any::<bool>(),
+    );
+    prop::collection::vec(one, 0..=4).prop_map(|list| {
+        list.into_iter()
+            .enumerate()
+            .map(|(i, (ns, selector, ip, port, named, local))| Service {
+                key: ServiceKey::new(NAMESPACES[ns], format!("s{i}")),
+                cluster_ips: vec![format!("10.96.0.{}", ip + 1).parse().unwrap()],
+                // The model's selector is never empty (an empty one is none).
+                selector: selector.filter(|l| !l.is_empty()),
+                ports: vec![ServicePort {
+                    name: Some("p".into()),
+                    port,
+                    protocol: Protocol::Tcp,
+                    target: match named {
+                        Some(n) => TargetPort::Name(PORT_NAMES[n].into()),
+                        None => TargetPort::Number(port),
+                    },
+                }],
+                internal_traffic: if local {
+                    TrafficPolicy::Local
+                } else {
+                    TrafficPolicy::Cluster
+                },
+                affinity_timeout: None,
+            })
+            .collect()
+    })
+}
+
+fn with_services() -> impl Strategy<Value = Cluster> {
+    (cluster(), services()).prop_map(|(mut c, services)| {
+        for svc in services {
+            c.insert_service(svc);
+        }
+        c
+    })
+}
 
 fn node() -> NodeInput {
     NodeInput {
@@ -44,6 +95,19 @@ fn walk(from: &Cluster, to: &Cluster) -> Vec<Cluster> {
         };
         out.push(at.clone());
     }
+    let keys: std::collections::BTreeSet<_> = from
+        .services
+        .keys()
+        .chain(to.services.keys())
+        .cloned()
+        .collect();
+    for key in keys {
+        match to.services.get(&key) {
+            Some(s) => at.services.insert(key, s.clone()),
+            None => at.services.remove(&key),
+        };
+        out.push(at.clone());
+    }
     at.namespaces = to.namespaces.clone();
     out.push(at.clone());
     out.push(to.clone());
@@ -55,7 +119,7 @@ proptest! {
 
     #[test]
     fn the_incremental_compiler_gives_what_a_full_compile_gives(
-        clusters in prop::collection::vec(cluster(), 2..4)
+        clusters in prop::collection::vec(with_services(), 2..4)
     ) {
         let node = node();
         let mut compiler = Compiler::default();

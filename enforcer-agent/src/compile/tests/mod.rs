@@ -543,7 +543,7 @@ spec: {clusterIP: None, selector: {pod: b}, ports: [{port: 80}]}
         tables.services.len(),
         5,
         "SCTP and headless are not translated: {:?}",
-        tables.services.keys()
+        tables.services.keys().collect::<Vec<_>>()
     );
     // Pods without a node are on every node, so z/b backs z/local here; on a named node
     // elsewhere it would not.
