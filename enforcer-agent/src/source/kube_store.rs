@@ -1,6 +1,8 @@
 //! The API's objects as the agent keeps them: converted to the model when they arrive, so that
-//! only what the compiler reads is held (no API object, no managedFields), and a sync copies
-//! small model objects instead of converting every API object again.
+//! only what the compiler reads is held (no API object, no managedFields), in a [`Cluster`] of
+//! the kind's own whose persistent maps are edited one object at a time: a sync's snapshot
+//! shares them (no copy, whatever the cluster's size), and the compiler's diff against the
+//! previous snapshot skips what did not change.
 //!
 //! One [`KindStore`] per watched kind follows the watcher's events:
 //! - a (re)list (`Init`, `InitApply`..., `InitDone`) is collected apart and replaces the kind's
