@@ -59,6 +59,27 @@ fn tables(policies: &str) -> enforcer_agent::compile::Tables {
 
 struct Pins(PathBuf);
 
+impl Pins {
+    /// A pin directory of this test process's own, empty.
+    fn new(tag: &str) -> Self {
+        let dir = PathBuf::from(format!("/sys/fs/bpf/enforcer/{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Pins(dir)
+    }
+}
+
+/// What the ingress program returns for `pkt` (run on ifindex 1, x/a's in these tests).
+fn run(dp: &Dataplane, pkt: &[u8]) -> u32 {
+    let prog = dp.program(names::programs::POD_INGRESS).unwrap();
+    prog.test_run(aya::programs::TestRunOptions {
+        data_in: Some(pkt),
+        repeat: 1,
+        ..Default::default()
+    })
+    .unwrap()
+    .return_value
+}
+
 impl Drop for Pins {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -89,26 +110,12 @@ fn one_endpoint_that_cannot_be_programmed_keeps_its_state_and_stops_no_other() {
     if !privileged() {
         return;
     }
-    let pins = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/enforcer/test-sync-{}",
-        std::process::id()
-    )));
-    let _ = std::fs::remove_dir_all(&pins.0);
+    let pins = Pins::new("test-sync");
     // Room for a few dozen entries: a policy of 200 single ports does not fit.
     let mut dp = Dataplane::open_with_sizes(&pins.0, &[(names::POLICY_EXACT, 48)]).unwrap();
     let (a, c) = (PodKey::new("x", "a"), PodKey::new("x", "c"));
     // x/a runs the test packets (ifindex 1, where BPF_PROG_TEST_RUN runs them); x/c is 2.
     let pods = [(a.clone(), 1), (c.clone(), 2)];
-    let run = |dp: &Dataplane, pkt: &[u8]| {
-        let prog = dp.program(names::programs::POD_INGRESS).unwrap();
-        prog.test_run(aya::programs::TestRunOptions {
-            data_in: Some(pkt),
-            repeat: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .return_value
-    };
 
     let report = dp
         .sync_for_test_run_many(&tables(&policies("{port: 80}", "{port: 80}")), &pods)
@@ -161,11 +168,7 @@ fn adding_a_policy_rewrites_only_the_entries_of_the_pods_it_selects() {
     if !privileged() {
         return;
     }
-    let pins = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/enforcer/test-ruleids-{}",
-        std::process::id()
-    )));
-    let _ = std::fs::remove_dir_all(&pins.0);
+    let pins = Pins::new("test-ruleids");
     let mut dp = Dataplane::open(&pins.0).unwrap();
     let pods = [(PodKey::new("x", "a"), 1), (PodKey::new("x", "c"), 2)];
     let base = policies("{port: 80}", "{port: 80}, {port: 8080}");
@@ -232,22 +235,8 @@ fn a_plan_handed_on_unchanged_is_rewritten_when_an_address_it_names_changes_iden
     if !privileged() {
         return;
     }
-    let pins = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/enforcer/test-skip-{}",
-        std::process::id()
-    )));
-    let _ = std::fs::remove_dir_all(&pins.0);
+    let pins = Pins::new("test-skip");
     let mut dp = Dataplane::open(&pins.0).unwrap();
-    let run = |dp: &Dataplane, pkt: &[u8]| {
-        let prog = dp.program(names::programs::POD_INGRESS).unwrap();
-        prog.test_run(aya::programs::TestRunOptions {
-            data_in: Some(pkt),
-            repeat: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .return_value
-    };
     let from_block = |dport: u16| tcp("10.9.9.9", "10.244.1.10", 40000, dport, SYN);
     let block = r#"
 apiVersion: networking.k8s.io/v1
