@@ -75,7 +75,7 @@ pub fn key_into(k: &mut CtKey, ep_id: u32, t: &Tuple) -> bool {
         k.port_hi = t.sport;
     }
     k.proto = t.proto;
-    k._pad = [0; 3];
+    crate::mem::zero_pad(&mut k._pad);
     src_lo
 }
 

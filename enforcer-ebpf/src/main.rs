@@ -23,6 +23,7 @@
 
 mod conntrack;
 mod maps;
+mod mem;
 mod parse;
 mod policy;
 mod report;

@@ -2,10 +2,11 @@
 //! headers), the ports of TCP/UDP/SCTP, ICMP/ICMPv6 types and, for ICMP errors, the tuple of the
 //! packet the error is about.
 //!
-//! Every read goes through `bpf_skb_load_bytes` (`TcContext::load`): it copies from linear and
-//! paged data alike and fails on a short packet, so there is no direct-packet-access bounds
-//! check to get wrong and no non-linear skb whose headers we would silently miss. A read that
-//! fails is `Malformed`: the packet is dropped, never passed unchecked.
+//! Every read goes through [`load`]: in place when the bytes are in the skb's linear data
+//! (bounds-checked against `data_end`, which the verifier enforces), otherwise through
+//! `bpf_skb_load_bytes`, which copies from paged data too and fails on a short packet; so no
+//! non-linear skb has headers we would silently miss. A read that fails is `Malformed`: the
+//! packet is dropped, never passed unchecked.
 
 use aya_ebpf::programs::TcContext;
 use enforcer_common::{
@@ -14,6 +15,8 @@ use enforcer_common::{
     reason::DropReason,
     service::{NatEntry, NatKey},
 };
+
+use crate::mem::store;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -54,8 +57,10 @@ pub enum Frag {
     Later,
 }
 
-/// A connection tuple; addresses IPv4-mapped for IPv4, ports in network order.
-#[repr(C)]
+/// A connection tuple; addresses IPv4-mapped for IPv4, ports in network order. Aligned to 8
+/// bytes so that the compiler copies and clears it a word at a time: at the alignment of its
+/// fields (1) the BPF target copies byte by byte and clears through a byte-loop `memset`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Tuple {
     pub src: [u8; 16],
@@ -120,15 +125,36 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// Bytes `off..off + size_of::<T>()` of the frame. Read in place when they are in the skb's
+/// linear part (the usual case for headers: no helper call, no copy), otherwise copied by
+/// `bpf_skb_load_bytes`, which reads paged data too and fails on a short packet. Either way
+/// the same bytes.
 #[inline(always)]
 fn load<T>(ctx: &TcContext, off: usize) -> Result<T, DropReason> {
+    let start = ctx.data();
+    if start + off + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the bytes are within the linear packet data (checked just above, and by the
+        // verifier); an unaligned read has no alignment needs.
+        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
     ctx.load::<T>(off).map_err(|_| DropReason::Malformed)
 }
 
+/// Writes the IPv4-mapped form (`::ffff:a.b.c.d`) of IPv4 address `a` into a tuple's address,
+/// in three word stores (as an array expression it becomes a call to a byte-loop `memset` for
+/// the zero prefix, and byte stores for the rest).
 #[inline(always)]
-fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+fn set_mapped_v4(dst: &mut [u8; 16], a: [u8; 4]) {
+    let p = dst.as_mut_ptr();
+    // SAFETY: `dst` is a `Tuple` address: 16 bytes at an 8-aligned offset of an 8-aligned
+    // struct, so the word stores are in bounds and aligned.
+    unsafe {
+        core::ptr::write(p as *mut u64, 0);
+        core::ptr::write(p.add(8) as *mut u32, u32::from_ne_bytes([0, 0, 0xff, 0xff]));
+        core::ptr::write(p.add(12) as *mut u32, u32::from_ne_bytes(a));
+    }
 }
+
 
 /// The least a first fragment must hold of protocol `p`'s header (its ports, TCP's flags and
 /// data offset, an ICMP type and echo identifier), and so the offset below which a later
@@ -151,31 +177,42 @@ pub fn has_ports(p: u8) -> bool {
 }
 
 impl Tuple {
-    pub const ZERO: Tuple = Tuple { src: [0; 16], dst: [0; 16], sport: 0, dport: 0, proto: 0 };
+    /// Zeroes every field, in word stores (see [`crate::mem`]).
+    #[inline(always)]
+    pub fn clear(&mut self) {
+        let p = self as *mut Tuple as *mut u64;
+        // SAFETY: a `Tuple` is 40 bytes, 8-aligned: five aligned words.
+        unsafe {
+            for i in 0..5 {
+                core::ptr::write_volatile(p.add(i), 0);
+            }
+        }
+    }
 }
+const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
 
 impl Packet {
     /// Clears what one run reads before writing. Field by field: a whole `Packet` built on the
     /// stack would take most of the 512 bytes. The scratch parts (`nat_key`, `nat_entry`,
     /// `ct_key`, `ct_entry`, `wire`, `out`) are always written before they are read, and so
-    /// are `frag_off`, `l4_end` and `ip_end` (by `parse`, for the packets that use them).
+    /// are `frag_off`, `l4_end` and `ip_end` (by `parse`, for the packets that use them), and
+    /// `inner` (cleared by `parse` when the packet is an ICMP error: only those read it).
     #[inline(always)]
     pub fn reset(&mut self) {
-        self.family = 0;
-        self.kind = Kind::Plain;
-        self.frag = Frag::None;
-        self.frag_id = 0;
-        self.tcp_flags = 0;
-        self.icmp_type = 0;
-        self.icmp_code = 0;
-        self.tuple = Tuple::ZERO;
-        self.inner = Tuple::ZERO;
-        self.l4_off = 0;
-        self.frag_start = 0;
-        self.inner_l4 = 0;
-        self.nat = 0;
-        self.frontend = 0;
-        self.backend_set = 0;
+        store(&mut self.family, 0);
+        store(&mut self.kind, Kind::Plain);
+        store(&mut self.frag, Frag::None);
+        store(&mut self.frag_id, 0);
+        store(&mut self.tcp_flags, 0);
+        store(&mut self.icmp_type, 0);
+        store(&mut self.icmp_code, 0);
+        self.tuple.clear();
+        store(&mut self.l4_off, 0);
+        store(&mut self.frag_start, 0);
+        store(&mut self.inner_l4, 0);
+        store(&mut self.nat, 0);
+        store(&mut self.frontend, 0);
+        store(&mut self.backend_set, 0);
     }
 }
 
@@ -261,8 +298,8 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<usize, DropReason> {
     let more = frag_off & 0x2000 != 0;
     pkt.family = family::IPV4;
     pkt.tuple.proto = h[9];
-    pkt.tuple.src = mapped_v4([h[12], h[13], h[14], h[15]]);
-    pkt.tuple.dst = mapped_v4([h[16], h[17], h[18], h[19]]);
+    set_mapped_v4(&mut pkt.tuple.src, [h[12], h[13], h[14], h[15]]);
+    set_mapped_v4(&mut pkt.tuple.dst, [h[16], h[17], h[18], h[19]]);
     if offset != 0 || more {
         pkt.frag_id = u16::from_ne_bytes([h[4], h[5]]) as u32;
         pkt.frag = if offset != 0 { Frag::Later } else { Frag::First };
@@ -367,6 +404,7 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4: usize) -> Result<(), DropReas
             // problem: errors about an earlier packet, whose header follows.
             3 | 4 | 5 | 11 | 12 => {
                 pkt.kind = Kind::IcmpError;
+                pkt.inner.clear();
                 parse_inner_ipv4(ctx, pkt, l4 + 8)?;
             }
             _ => {}
@@ -382,6 +420,7 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4: usize) -> Result<(), DropReas
             129 => pkt.tuple.dport = u16::from_ne_bytes([hdr[4], hdr[5]]),
             1..=4 => {
                 pkt.kind = Kind::IcmpError;
+                pkt.inner.clear();
                 parse_inner_ipv6(ctx, pkt, l4 + 8)?;
             }
             // MLD (130-132, 143) and neighbour discovery (133-137), unfragmented: link
@@ -403,8 +442,8 @@ fn parse_inner_ipv4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(),
         return Err(DropReason::Malformed);
     }
     pkt.inner.proto = load::<u8>(ctx, off + 9)?;
-    pkt.inner.src = mapped_v4(load::<[u8; 4]>(ctx, off + 12)?);
-    pkt.inner.dst = mapped_v4(load::<[u8; 4]>(ctx, off + 16)?);
+    set_mapped_v4(&mut pkt.inner.src, load::<[u8; 4]>(ctx, off + 12)?);
+    set_mapped_v4(&mut pkt.inner.dst, load::<[u8; 4]>(ctx, off + 16)?);
     inner_ports(ctx, pkt, off + ihl * 4, 8)
 }
 

@@ -8,6 +8,7 @@ use enforcer_common::{
 };
 
 use crate::maps::{COUNTERS, DROP_RATELIMIT, FLOW_EVENTS};
+use crate::mem::zero_pad;
 use crate::parse::Packet;
 
 #[inline(always)]
@@ -133,7 +134,7 @@ fn emit(pkt: &Packet, r: &Report, verdict: u8, reason: u8, rule: u32, now: u64) 
     ev.icmp_type = pkt.icmp_type;
     ev.peer_identity = r.peer_identity;
     ev.icmp_code = pkt.icmp_code;
-    ev._pad = [0; 3];
+    zero_pad(&mut ev._pad);
     ev.frontend = pkt.frontend;
     entry.submit(RB_NO_WAKEUP);
 }
@@ -158,7 +159,7 @@ pub fn end_event(key: &CtKey, e: &CtEntry, ifindex: u32, family: u8, end_reason:
     ev.flow.icmp_type = 0;
     ev.flow.peer_identity = 0;
     ev.flow.icmp_code = 0;
-    ev.flow._pad = [0; 3];
+    zero_pad(&mut ev.flow._pad);
     ev.flow.frontend = e.frontend;
     ev.created_ns = e.created_ns;
     ev.packets_orig = e.packets_orig;
@@ -166,6 +167,6 @@ pub fn end_event(key: &CtKey, e: &CtEntry, ifindex: u32, family: u8, end_reason:
     ev.packets_reply = e.packets_reply;
     ev.bytes_reply = e.bytes_reply;
     ev.end_reason = end_reason;
-    ev._pad = [0; 7];
+    zero_pad(&mut ev._pad);
     entry.submit(RB_NO_WAKEUP);
 }

@@ -63,7 +63,7 @@ fn set_key(k: &mut NatKey, ep_id: u32, t: &Tuple, reversed: bool) {
         k.dport = t.dport;
     }
     k.proto = t.proto;
-    k._pad = [0; 3];
+    crate::mem::zero_pad(&mut k._pad);
 }
 
 /// Fills `e` with `t` (`reversed`: the other way).
@@ -212,7 +212,7 @@ pub fn remember(ep_id: u32, pkt: &mut Packet) {
     pkt.nat_entry.frontend = pkt.frontend;
     pkt.nat_entry.backend_set = pkt.backend_set;
     pkt.nat_entry.flags = if pkt.nat == NAT_HAIRPIN { NAT_F_HAIRPIN } else { 0 };
-    pkt.nat_entry._pad = [0; 3];
+    crate::mem::zero_pad(&mut pkt.nat_entry._pad);
     // The client's packets, as they leave the pod, go to the backend...
     set_key(&mut pkt.nat_key, ep_id, &pkt.wire, false);
     set_entry(&mut pkt.nat_entry, &pkt.out, false);
