@@ -22,24 +22,56 @@ pub fn identity_of(fam: u8, addr: &[u8; 16]) -> u32 {
         return *id;
     }
     if fam == family::IPV4 {
-        let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
-        IDENTITY_V4.get(&key).copied().unwrap_or(identity::WORLD)
+        let key = Words([32, u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]])]);
+        IDENTITY_V4.get(key.as_key::<Key<[u8; 4]>>()).copied().unwrap_or(identity::WORLD)
     } else {
         let key = Key::new(128, *addr);
         IDENTITY_V6.get(&key).copied().unwrap_or(identity::WORLD)
     }
 }
 
+/// A map key built in aligned 32-bit words. `PolicyKey` and the trie's `Key` have alignment 1
+/// (byte arrays, packed): built field by field, the BPF target stores them a byte at a time and
+/// clears their padding through a call to its byte-loop `memset`, at every probe.
+#[repr(C, align(8))]
+struct Words<const N: usize>([u32; N]);
+
+impl<const N: usize> Words<N> {
+    /// The words as the key type `K`, which must be `N * 4` bytes of plain data.
+    #[inline(always)]
+    fn as_key<K>(&self) -> &K {
+        const { assert!(core::mem::size_of::<K>() == N * 4) };
+        // SAFETY: same size (checked above), `K` is plain data of alignment ≤ 8, every byte
+        // of the words is initialised.
+        unsafe { &*(self.0.as_ptr() as *const K) }
+    }
+}
+
+/// The words of `PolicyKey::new(set, dir, p, ident, port)`, in its byte order.
+#[inline(always)]
+fn policy_words(set: u32, dir: u8, p: u8, ident: u32, port: u16) -> [u32; 4] {
+    let port = port.to_be_bytes();
+    [
+        u32::from_ne_bytes(set.to_be_bytes()),
+        u32::from_ne_bytes([dir, p, 0, 0]),
+        u32::from_ne_bytes(ident.to_be_bytes()),
+        u32::from_ne_bytes([port[0], port[1], 0, 0]),
+    ]
+}
+
 #[inline(always)]
 fn exact(set: u32, dir: u8, p: u8, ident: u32, port: u16) -> Option<u32> {
+    let key = Words(policy_words(set, dir, p, ident, port));
     // SAFETY: the value is copied out at once.
-    unsafe { POLICY_EXACT.get(&PolicyKey::new(set, dir, p, ident, port)) }.copied()
+    unsafe { POLICY_EXACT.get(key.as_key::<PolicyKey>()) }.copied()
 }
 
 #[inline(always)]
 fn range(set: u32, dir: u8, p: u8, ident: u32, port: u16) -> Option<u32> {
-    let key = Key::new(POLICY_KEY_FULL_BITS, PolicyKey::new(set, dir, p, ident, port));
-    POLICY_RANGES.get(&key).copied()
+    let [a, b, c, d] = policy_words(set, dir, p, ident, port);
+    // `Key` is packed: its prefix length, then the data.
+    let key = Words([POLICY_KEY_FULL_BITS, a, b, c, d]);
+    POLICY_RANGES.get(key.as_key::<Key<PolicyKey>>()).copied()
 }
 
 /// The entry that decides a new flow, if any (its value: the rule, with
