@@ -45,7 +45,10 @@ pub fn run(data: &[u8]) {
     let flow_size = std::mem::size_of::<FlowEvent>();
     let end_size = std::mem::size_of::<ConnEndEvent>();
     match decode(data) {
-        Ok(ev) => render(&context().record(&ev, "2026-12-02T01:00:00.123456789Z".into())),
+        Ok(ev) => render(&context().record(
+            &ev,
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_637_200_123),
+        )),
         Err(DecodeError::Size { got, expected }) => {
             assert_eq!(got, data.len());
             assert!(
@@ -64,7 +67,7 @@ pub fn run(data: &[u8]) {
             unsafe { std::ptr::read_unaligned(data.as_ptr() as *const ConnEndEvent) };
         if let Ok(ev) = decode_end(&c) {
             assert!(ev.end.is_some(), "a connection end decodes as one");
-            render(&context().record(&ev, "1970-01-01T00:00:00Z".into()));
+            render(&context().record(&ev, std::time::UNIX_EPOCH));
         }
     } else if data.len() >= flow_size && data[..flow_size].len() == flow_size {
         // A record that says it is an end but is too short for one is an error, not a read

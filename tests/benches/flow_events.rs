@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use aya::programs::{TestRun, TestRunOptions};
 use enforcer_agent::agent::flow_sink::{Filter, Pipeline};
 use enforcer_agent::alerts::{Alerts, AlertsConfig};
+use enforcer_agent::flows::decode::decode;
 use enforcer_agent::flows::enrich::Context;
 use enforcer_agent::flows::store::FlowStore;
 use enforcer_agent::metrics::Metrics;
@@ -37,6 +38,11 @@ fn main() {
     if !privileged() {
         return;
     }
+    if std::env::var_os("ENFORCER_BENCH_SINK_ONLY").is_some() {
+        sink_alone();
+        return;
+    }
+    sink_alone();
     for log_allowed in [false, true] {
         println!(
             "flow events through the agent's pipeline, {} ({}s per rate)",
@@ -80,6 +86,75 @@ struct Run {
     sink_cpu_ns: u64,
 }
 
+/// The sink's own cost per event, without the generator on the other core: events the real
+/// program wrote (allowed connections from 256 client ports) captured from the ring once, then
+/// decoded and run through the pipeline over and over, as `--log-allowed` and as the default.
+/// (`ENFORCER_BENCH_SINK_ONLY=1`: this alone.)
+fn sink_alone() {
+    const EVENTS: usize = 1_000_000;
+    let mut f = Fixture::new(POLICY);
+    let mut ring = f.take_events();
+    let prog = f.dp.program(POD_INGRESS).expect("loaded");
+    for port in 0..256u16 {
+        let pkt = tcp("10.244.2.11", "10.244.1.10", 40000 + port, 80, RST);
+        prog.test_run(TestRunOptions {
+            data_in: Some(&pkt),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    }
+    let mut captured = Vec::new();
+    while let Some(item) = ring.next() {
+        captured.push(item.to_vec());
+    }
+    assert_eq!(captured.len(), 256, "one event per connection");
+    for log_allowed in [false, true] {
+        let ctx = Context::new(
+            "bench",
+            &cluster(&[CLUSTER, POLICY]),
+            tables(POLICY),
+            f.dp.endpoint_pods(),
+        );
+        let mut sink = pipeline(ctx, log_allowed);
+        let start = Instant::now();
+        let cpu0 = thread_cpu_ns();
+        // In batches, as the sink drains the ring (decoded first: the same work).
+        for batch in captured
+            .iter()
+            .cycle()
+            .take(EVENTS)
+            .collect::<Vec<_>>()
+            .chunks(256)
+        {
+            let evs: Vec<_> = batch.iter().map(|b| decode(b).expect("decodes")).collect();
+            sink.events(&evs);
+        }
+        let cpu = thread_cpu_ns() - cpu0;
+        println!(
+            "sink alone, {}: {:.0} ns CPU per event ({:.2} M events/s on one core, {EVENTS} events)",
+            if log_allowed { "--log-allowed" } else { "default" },
+            cpu as f64 / EVENTS as f64,
+            EVENTS as f64 / start.elapsed().as_secs_f64() / 1e6,
+        );
+    }
+}
+
+/// The agent's flow sink as the agent wires it (the log into a sink).
+fn pipeline(ctx: Context, log_allowed: bool) -> Pipeline {
+    Pipeline {
+        ctx: Arc::new(RwLock::new(ctx)),
+        out: Box::new(std::io::sink()),
+        filter: Filter {
+            allowed: log_allowed,
+            records: Default::default(),
+        },
+        metrics: Metrics::new(),
+        store: FlowStore::new(10_000),
+        alerts: Some(Alerts::new(AlertsConfig::default())),
+        webhook: None,
+    }
+}
+
 /// Events at `rate` for `STEP` through a fresh datapath and the agent's flow sink.
 fn run(rate: u64, log_allowed: bool) -> Run {
     let mut f = Fixture::new(POLICY);
@@ -95,18 +170,7 @@ fn run(rate: u64, log_allowed: bool) -> Run {
     let consumer = {
         let (done, consumed) = (done.clone(), consumed.clone());
         std::thread::spawn(move || {
-            let mut sink = Pipeline {
-                ctx: Arc::new(RwLock::new(ctx)),
-                out: Box::new(std::io::sink()),
-                filter: Filter {
-                    allowed: log_allowed,
-                    records: Default::default(),
-                },
-                metrics: Metrics::new(),
-                store: FlowStore::new(10_000),
-                alerts: Some(Alerts::new(AlertsConfig::default())),
-                webhook: None,
-            };
+            let mut sink = pipeline(ctx, log_allowed);
             let records = |s: &Pipeline| s.alerts.as_ref().expect("on").stats().records;
             let cpu0 = thread_cpu_ns();
             loop {

@@ -96,7 +96,10 @@ fn the_flow_record_names_pods_and_the_isolating_policy() {
     let t = tables(POLICY);
     let c = cluster(&[CLUSTER, POLICY]);
     let ctx = Context::new("node", &c, t, f.dp.endpoint_pods());
-    let rec = ctx.record(&ev, "2026-01-01T00:00:00.000Z".into());
+    let rec = ctx.record(
+        &ev,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600),
+    );
     let json = serde_json::to_value(&rec).unwrap();
     assert_eq!(json["verdict"], "dropped");
     assert_eq!(json["direction"], "ingress");
@@ -116,6 +119,52 @@ fn the_flow_record_names_pods_and_the_isolating_policy() {
         f.dp.endpoint_pods().values().next().map(|(p, _)| p.clone()),
         Some(PodKey::new("x", "a"))
     );
+}
+
+/// Records made under one context share parts (pods, rules, sentences, times) across events:
+/// each is still exactly the record a fresh context makes of its event, whatever came before
+/// (allowed by a rule, allowed without isolation, dropped, each direction, ends; times within
+/// one millisecond and across).
+#[test]
+fn records_made_under_one_context_are_those_of_a_fresh_context() {
+    if !privileged() {
+        return;
+    }
+    // Two rules, so that two sentences "allowed by" are made.
+    let policy = format!(
+        "{POLICY}  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}, podSelector: {{matchLabels: {{pod: c}}}}}}]\n    ports: [{{port: 81}}]\n"
+    );
+    let mut f = Fixture::new(&policy);
+    let (a, b, c) = ("10.244.1.10", "10.244.2.11", "10.244.2.12");
+    for (pkt, ingress, verdict) in [
+        (tcp(b, a, 40000, 80, SYN), true, PASS),
+        (tcp(c, a, 40001, 80, SYN), true, DROP),
+        (tcp(a, c, 40002, 443, SYN), false, PASS),
+        (udp(a, b, 40003, 53), false, PASS),
+        (tcp(c, a, 40004, 81, SYN), true, PASS),
+        (tcp(b, a, 40005, 80, RST), true, PASS),
+        (tcp(b, a, 40006, 81, SYN), true, DROP),
+    ] {
+        let got = if ingress {
+            f.ingress(&pkt)
+        } else {
+            f.egress(&pkt)
+        };
+        assert_eq!(got, verdict);
+    }
+    let events = f.drain_events();
+    assert!(events.len() >= 7, "{events:?}");
+    let c = cluster(&[CLUSTER, &policy]);
+    let fresh = || Context::new("node", &c, tables(&policy), f.dp.endpoint_pods());
+    let shared = fresh();
+    let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_000);
+    // Twice over, so that every part was made before it is reused.
+    for (i, ev) in events.iter().chain(events.iter()).enumerate() {
+        let t = t0 + std::time::Duration::from_micros(300 * i as u64);
+        let want = serde_json::to_value(fresh().record(ev, t)).unwrap();
+        let got = serde_json::to_value(shared.record(ev, t)).unwrap();
+        assert_eq!(got, want, "event {i}: {ev:?}");
+    }
 }
 
 /// A whole TCP connection into x/a: its end is reported once, when the second FIN passes, with
@@ -453,7 +502,10 @@ fn audit_mode_passes_and_reports_what_the_policy_denies() {
         tables(AUDITED),
         f.dp.endpoint_pods(),
     );
-    let rec = ctx.record(e, "2026-01-01T00:00:00.000Z".into());
+    let rec = ctx.record(
+        e,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600),
+    );
     assert_eq!(rec.verdict, "audit");
     assert_eq!(rec.isolated_by, ["x/a-in"]);
     assert!(
@@ -491,7 +543,10 @@ fn icmp_records_carry_the_message_type() {
         tables(POLICY),
         f.dp.endpoint_pods(),
     );
-    let rec = ctx.record(&ev[0], "2026-01-01T00:00:00.000Z".into());
+    let rec = ctx.record(
+        &ev[0],
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600),
+    );
     let icmp = rec.icmp.expect("an ICMP record");
     assert_eq!(
         (icmp.kind, icmp.code, icmp.name.as_deref()),

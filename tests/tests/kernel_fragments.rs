@@ -504,12 +504,18 @@ fn fragment_drops_are_reported_with_their_reason() {
 
     let c = cluster(&[CLUSTER, POLICY]);
     let ctx = Context::new("node", &c, tables(POLICY), f.dp.endpoint_pods());
-    let tiny =
-        serde_json::to_value(ctx.record(drops[0], "2026-01-01T00:00:00.000Z".into())).unwrap();
+    let tiny = serde_json::to_value(ctx.record(
+        drops[0],
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600),
+    ))
+    .unwrap();
     assert_eq!(tiny["reason"], "tiny_fragment");
     assert_eq!(tiny["verdict"], "dropped");
-    let overlap =
-        serde_json::to_value(ctx.record(drops[1], "2026-01-01T00:00:00.000Z".into())).unwrap();
+    let overlap = serde_json::to_value(ctx.record(
+        drops[1],
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600),
+    ))
+    .unwrap();
     assert_eq!(overlap["reason"], "fragment_overlap");
     assert_eq!(overlap["fragment"], true);
     assert_eq!(overlap["src"]["pod"], "b");

@@ -342,7 +342,10 @@ spec:
     );
     ctx.rules = f.dp.rule_refs();
     ctx.staged = f.dp.staged_refs();
-    let rec = ctx.record(ev, "2026-01-01T00:00:00.000Z".into());
+    let rec = ctx.record(
+        ev,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600),
+    );
     assert_eq!(rec.verdict, "audit");
     let s = rec.staged.as_ref().expect("a staged block");
     assert_eq!(

@@ -103,15 +103,46 @@ impl LostMarker {
 
 /// Wall-clock time of a `CLOCK_MONOTONIC` timestamp (what `bpf_ktime_get_ns` returns).
 pub fn wall_time(ts_ns: u64) -> SystemTime {
-    let now_wall = SystemTime::now();
-    let now_mono = monotonic_now();
-    now_wall - Duration::from_nanos(now_mono.saturating_sub(ts_ns))
+    Clock::now().wall_time(ts_ns)
+}
+
+/// The two clocks read together, to turn the datapath's timestamps into wall-clock times: read
+/// once per batch of events, not twice per event.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    wall: SystemTime,
+    mono: u64,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            wall: SystemTime::now(),
+            mono: monotonic_now(),
+        }
+    }
+
+    /// Wall-clock time of a `CLOCK_MONOTONIC` timestamp.
+    pub fn wall_time(&self, ts_ns: u64) -> SystemTime {
+        match ts_ns.checked_sub(self.mono) {
+            Some(after) => self.wall + Duration::from_nanos(after),
+            None => self.wall - Duration::from_nanos(self.mono - ts_ns),
+        }
+    }
 }
 
 fn write_line(out: &mut dyn Write, value: &impl serde::Serialize) {
-    let r = serde_json::to_writer(&mut *out, value)
-        .map_err(std::io::Error::from)
-        .and_then(|()| out.write_all(b"\n"));
+    thread_local! {
+        /// The line being written: serialised here first, then written at once (the
+        /// serialiser writes a record in some hundred pieces, each a call through `dyn Write`).
+        static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let r = LINE.with_borrow_mut(|line| {
+        line.clear();
+        serde_json::to_writer(&mut *line, value)?;
+        line.push(b'\n');
+        out.write_all(line)
+    });
     if let Err(e) = r {
         // The log is for people; enforcement, metrics and the store go on without it.
         tracing::warn!(error = %e, "writing the flow log");
@@ -168,11 +199,12 @@ impl Pipeline {
         loop {
             let shared = self.ctx.clone();
             let ctx = shared.read().expect("flow context lock poisoned");
+            let clock = Clock::now();
             let mut n = 0;
             while n < BATCH {
                 let Some(item) = ring.next() else { break };
                 match decode(&item) {
-                    Ok(ev) => self.event_in(&ev, &ctx),
+                    Ok(ev) => self.event_in(&ev, &ctx, &clock),
                     Err(e) => self.undecodable(&e),
                 }
                 n += 1;
@@ -188,11 +220,22 @@ impl Pipeline {
     pub fn event(&mut self, ev: &Event) {
         let shared = self.ctx.clone();
         let ctx = shared.read().expect("flow context lock poisoned");
-        self.event_in(ev, &ctx);
+        self.event_in(ev, &ctx, &Clock::now());
     }
 
-    fn event_in(&mut self, ev: &Event, ctx: &Context) {
-        let (rec, time) = record_of(ev, ctx);
+    /// Events through every output as [`Self::drain`] takes them from the ring: under one
+    /// read of the context and one reading of the clocks (no flush).
+    pub fn events<'a>(&mut self, evs: impl IntoIterator<Item = &'a Event>) {
+        let shared = self.ctx.clone();
+        let ctx = shared.read().expect("flow context lock poisoned");
+        let clock = Clock::now();
+        for ev in evs {
+            self.event_in(ev, &ctx, &clock);
+        }
+    }
+
+    fn event_in(&mut self, ev: &Event, ctx: &Context, clock: &Clock) {
+        let (rec, time) = record_of(ev, ctx, clock);
         self.metrics.observe_flow(&rec);
         // Audit records are what would have been dropped: logged like drops.
         if self.filter.logs(&rec, ev.dropped || ev.audit) {
@@ -203,14 +246,15 @@ impl Pipeline {
             None => Vec::new(),
         };
         self.raise(fired);
-        self.store.push_at(rec, time);
+        self.store.push_shared(rec, time);
     }
 
     /// What a connection carried since the sweeper's previous pass: for the volume detector
     /// only (it is not a flow, so it is neither logged nor kept).
     pub fn bytes_sample(&mut self, ev: &Event) {
         let shared = self.ctx.clone();
-        let (rec, time) = record_of(ev, &shared.read().expect("flow context lock poisoned"));
+        let ctx = shared.read().expect("flow context lock poisoned");
+        let (rec, time) = record_of(ev, &ctx, &Clock::now());
         let fired = match &mut self.alerts {
             Some(alerts) => alerts.observe_at(&rec, time),
             None => Vec::new(),
@@ -259,14 +303,13 @@ impl Pipeline {
 /// The record of an event, attributed with `ctx`, and its time: the event's wall-clock time to
 /// the millisecond, as the record's `time` says it (so that the store and the detectors, which
 /// take it as a number, see what a reader of the record sees).
-fn record_of(ev: &Event, ctx: &Context) -> (FlowRecord, SystemTime) {
-    let t = wall_time(ev.ts_ns);
+fn record_of(ev: &Event, ctx: &Context, clock: &Clock) -> (Arc<FlowRecord>, SystemTime) {
+    let t = clock.wall_time(ev.ts_ns);
     let t = match t.duration_since(UNIX_EPOCH) {
         Ok(d) => UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64),
         Err(_) => t,
     };
-    let time = humantime::format_rfc3339_millis(t).to_string();
-    (ctx.record(ev, time), t)
+    (Arc::new(ctx.record(ev, t)), t)
 }
 
 #[cfg(test)]

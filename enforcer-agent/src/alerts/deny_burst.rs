@@ -111,7 +111,7 @@ impl DenyBurst {
         out.push(Alert {
             kind: AlertKind::DenyBurst,
             severity: sev,
-            time: f.rec.time.clone(),
+            time: f.rec.time.to_string(),
             source: f.initiator.clone(),
             target,
             summary: format!(

@@ -75,7 +75,7 @@ impl FirstSeen {
             } else {
                 Severity::Info
             },
-            time: f.rec.time.clone(),
+            time: f.rec.time.to_string(),
             summary: format!(
                 "first connection from {source} to {}{target} ({} {}{port}) since learning ended",
                 if external { "external " } else { "" },

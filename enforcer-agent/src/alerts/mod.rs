@@ -181,6 +181,7 @@ pub struct Alerts {
     records: u64,
     bad_times: u64,
     exempt_records: u64,
+    workloads: workload::Workloads,
 }
 
 impl Alerts {
@@ -214,6 +215,7 @@ impl Alerts {
             records: 0,
             bad_times: 0,
             exempt_records: 0,
+            workloads: workload::Workloads::default(),
         }
     }
 
@@ -258,8 +260,8 @@ impl Alerts {
         let view = FlowView {
             rec,
             t_ms,
-            initiator: workload::workload_of(init),
-            responder: workload::workload_of(resp),
+            initiator: self.workloads.of(init),
+            responder: self.workloads.of(resp),
             responder_ip: resp.ip,
             port: resp.port,
             denied: rec.verdict == "dropped",

@@ -166,7 +166,7 @@ impl Source {
         Alert {
             kind: AlertKind::PortScan,
             severity: finding.severity(),
-            time: f.rec.time.clone(),
+            time: f.rec.time.to_string(),
             source: f.initiator.clone(),
             target,
             summary,

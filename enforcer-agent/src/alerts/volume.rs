@@ -130,7 +130,7 @@ impl Volume {
         out.push(Alert {
             kind: AlertKind::VolumeSpike,
             severity: finding.severity,
-            time: f.rec.time.clone(),
+            time: f.rec.time.to_string(),
             source: f.initiator.clone(),
             target: Some(f.responder.clone()),
             summary: format!(

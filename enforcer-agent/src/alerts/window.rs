@@ -74,7 +74,13 @@ impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
 
     /// The entry of `key`, created with `init` if absent; marks it seen at `now`.
     pub fn touch(&mut self, key: &K, now: u64, init: impl FnOnce() -> V) -> &mut V {
-        if !self.entries.contains_key(key) && self.entries.len() >= self.cap {
+        // A key seen before (most records): one more lookup, but no copy of the key.
+        if self.entries.contains_key(key) {
+            let slot = self.entries.get_mut(key).expect("just found");
+            slot.last_seen = slot.last_seen.max(now);
+            return &mut slot.value;
+        }
+        if self.entries.len() >= self.cap {
             self.evict_oldest();
         }
         let slot = self.entries.entry(key.clone()).or_insert_with(|| Slot {
@@ -166,6 +172,12 @@ impl<K: Hash + Eq + Clone> DistinctWindow<K> {
     /// window.
     pub fn insert(&mut self, now: u64, key: K) -> bool {
         let current = now / self.slot_ms;
+        // Already in the current slot (most records: the same peers again): nothing changes.
+        if let Some((i, keys)) = self.ring.back() {
+            if *i == current && keys.contains(&key) {
+                return false;
+            }
+        }
         let is_new = !self.refs.contains_key(&key);
         if is_new && self.refs.len() >= self.cap {
             return false;

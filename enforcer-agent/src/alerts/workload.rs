@@ -1,8 +1,10 @@
 //! Who a flow end is, in the terms an alert speaks: workloads, addresses and networks.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,7 @@ pub enum Workload {
     /// The pods of one app: `name` is the pod's owning workload (a Deployment, StatefulSet, ...)
     /// when known, else the `app` label, else `app.kubernetes.io/name`, else the pod name
     /// without its controller suffix.
-    Pod { namespace: String, name: String },
+    Pod { namespace: Arc<str>, name: Arc<str> },
     /// An address that is no known pod.
     Ip(IpAddr),
     /// A non-pod network (/24 or /64), for first-seen edges.
@@ -100,11 +102,57 @@ pub fn workload_of(end: &FlowEnd) -> Workload {
                 })
                 .unwrap_or_else(|| trim_controller_suffix(pod).to_string());
             Workload::Pod {
-                namespace: namespace.to_string(),
-                name,
+                namespace: namespace.clone(),
+                name: name.into(),
             }
         }
         _ => Workload::Ip(end.ip),
+    }
+}
+
+/// [`workload_of`], remembered per pod: every record asks for two workloads, and the flow
+/// records of one pod share its name (one `Arc` per pod, see `flows::enrich::FlowEnd`), which
+/// is the key here.
+#[derive(Default)]
+pub struct Workloads {
+    by_pod: HashMap<SamePod, Workload, foldhash::fast::RandomState>,
+}
+
+/// A pod's name as records share it, compared by identity: the same `Arc` is the same pod
+/// under the same flow context, hence the same end. Held, so the address is not reused.
+struct SamePod(Arc<str>);
+
+impl PartialEq for SamePod {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for SamePod {}
+impl std::hash::Hash for SamePod {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (Arc::as_ptr(&self.0) as *const u8 as usize).hash(h)
+    }
+}
+
+/// Pods a [`Workloads`] remembers; past this it starts over (flow contexts come and go with
+/// syncs, and their pods with them).
+const WORKLOADS: usize = 16_384;
+
+impl Workloads {
+    pub fn of(&mut self, end: &FlowEnd) -> Workload {
+        let Some(pod) = &end.pod else {
+            return workload_of(end);
+        };
+        let key = SamePod(pod.clone());
+        if let Some(w) = self.by_pod.get(&key) {
+            return w.clone();
+        }
+        if self.by_pod.len() >= WORKLOADS {
+            self.by_pod.clear();
+        }
+        let w = workload_of(end);
+        self.by_pod.insert(key, w.clone());
+        w
     }
 }
 

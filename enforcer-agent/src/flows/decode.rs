@@ -51,6 +51,16 @@ pub struct ConnEnd {
     pub bytes_reply: u64,
 }
 
+/// Every name [`ConnEnd::reason_name`] gives.
+pub const END_REASONS: &[&str] = &[
+    "closed",
+    "reset",
+    "timeout",
+    "active",
+    "backend_gone",
+    "unknown",
+];
+
 impl ConnEnd {
     pub fn reason_name(&self) -> &'static str {
         match self.reason {
@@ -171,7 +181,7 @@ pub fn icmp_type_name(v6: bool, t: u8) -> Option<&'static str> {
     })
 }
 
-pub fn tcp_flags_text(f: u8) -> String {
+pub fn tcp_flags_text(f: u8) -> std::borrow::Cow<'static, str> {
     const NAMES: [(u8, &str); 6] = [
         (0x02, "SYN"),
         (0x10, "ACK"),
@@ -180,17 +190,57 @@ pub fn tcp_flags_text(f: u8) -> String {
         (0x08, "PSH"),
         (0x20, "URG"),
     ];
-    NAMES
+    /// Every combination of the six flags, made once: each TCP record names its flags.
+    static TEXTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        (0..64u8)
+            .map(|i| {
+                let f = (0..6)
+                    .filter(|b| i & (1 << b) != 0)
+                    .fold(0u8, |f, b| f | NAMES[b].0);
+                NAMES
+                    .iter()
+                    .filter(|(b, _)| f & b != 0)
+                    .map(|(_, n)| *n)
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect()
+    });
+    // The index of `f`'s named flags in TEXTS (bit i of the index: NAMES[i]).
+    let index = NAMES
         .iter()
-        .filter(|(b, _)| f & b != 0)
-        .map(|(_, n)| *n)
-        .collect::<Vec<_>>()
-        .join("|")
+        .enumerate()
+        .filter(|(_, (b, _))| f & b != 0)
+        .fold(0usize, |i, (n, _)| i | 1 << n);
+    std::borrow::Cow::Borrowed(TEXTS[index].as_str())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table of flag texts says what joining the flag names says, for every flags byte.
+    #[test]
+    fn tcp_flags_text_names_the_set_flags_in_order() {
+        let names = [
+            (0x02, "SYN"),
+            (0x10, "ACK"),
+            (0x01, "FIN"),
+            (0x04, "RST"),
+            (0x08, "PSH"),
+            (0x20, "URG"),
+        ];
+        for f in 0..=255u8 {
+            let want: Vec<_> = names
+                .iter()
+                .filter(|(b, _)| f & b != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            assert_eq!(tcp_flags_text(f), want.join("|"), "flags {f:#04x}");
+        }
+        assert_eq!(tcp_flags_text(0x12), "SYN|ACK");
+        assert_eq!(tcp_flags_text(0xc0), "");
+    }
 
     fn raw(e: flow::FlowEvent) -> Vec<u8> {
         // SAFETY: FlowEvent is repr(C) plain data.

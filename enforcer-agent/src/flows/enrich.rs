@@ -1,12 +1,14 @@
 //! Attribution: which pods a flow is between, and which policy decided it.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use enforcer_common::proto;
 use enforcer_common::reason::DropReason;
 use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::decode::{tcp_flags_text, Event};
 use crate::compile::services::FrontendName;
@@ -148,7 +150,7 @@ pub struct Icmp {
     pub code: u8,
     /// `echo-request`, `destination-unreachable`, ... when the type has a usual name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Word>,
 }
 
 /// How a connection ended and what it carried (on end records only). "Sent" is from the
@@ -156,7 +158,7 @@ pub struct Icmp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionEnd {
     /// `closed` (FIN both ways), `reset` (RST) or `timeout` (idle).
-    pub reason: String,
+    pub reason: Word,
     pub packets_sent: u64,
     pub bytes_sent: u64,
     pub packets_received: u64,
@@ -165,36 +167,47 @@ pub struct ConnectionEnd {
     pub duration_ms: u64,
 }
 
+/// Text of a record that is most often one of a few fixed words (`allowed`, `TCP`, ...): no
+/// allocation for those.
+pub type Word = Cow<'static, str>;
+
+/// Text of a record that many records share (the node, an interface, a rule's sentence):
+/// shared, not copied, into each.
+pub type Shared = Arc<str>;
+
 /// A flow record: one line of the flow log.
+///
+/// Made for every event (up to a million a second), so it is built mostly from shared
+/// (`Arc`) and static parts: a record of an allowed connection allocates little beyond itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
-    pub schema: String,
-    pub time: String,
-    pub node: String,
+    pub schema: Word,
+    pub time: Shared,
+    pub node: Shared,
     /// `allowed`, `dropped`, or `audit` (the policy denies it, but the pod is in audit mode:
     /// it passed).
-    pub verdict: String,
+    pub verdict: Word,
     /// As the local pod sees it: `ingress` (into the pod) or `egress` (out of it).
     pub direction: Direction,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub protocol: String,
+    pub reason: Option<Word>,
+    pub protocol: Word,
     pub src: FlowEnd,
     pub dst: FlowEnd,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub tcp_flags: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub tcp_flags: Word,
     /// ICMP and ICMPv6 flows: the message type and code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp: Option<Icmp>,
     pub length: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
+    pub interface: Option<Shared>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reply: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fragment: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<RuleAttribution>,
+    pub rule: Option<Arc<RuleAttribution>>,
     /// For a policy drop: the policies that isolate the local pod in this direction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
@@ -207,7 +220,7 @@ pub struct FlowRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged: Option<StagedAttribution>,
     /// One sentence for humans.
-    pub detail: String,
+    pub detail: Shared,
 }
 
 /// What a flow record says about a pod: the model's pod, shared with the cluster snapshot.
@@ -216,7 +229,7 @@ pub type PodInfo = std::sync::Arc<crate::model::Pod>;
 /// What the agent knows when an event arrives.
 #[derive(Default)]
 pub struct Context {
-    pub node: String,
+    pub node: Shared,
     pub tables: Tables,
     /// Every pod of the cluster (a shared copy of the snapshot's). The pod at an address is
     /// the owner of its identity prefix in `tables` (the one the policies saw there), so no
@@ -230,9 +243,37 @@ pub struct Context {
     pub rules: Arc<BTreeMap<u32, crate::compile::tables::RuleRef>>,
     /// Id in the datapath → an entry a staged policy would change (with `rules`).
     pub staged: BTreeMap<u32, crate::compile::tables::StagedEntry>,
-    /// The pods flows were seen with so far, as their ends show them (see [`FlowEnd`]); filled
-    /// as flows come, bounded by [`POD_ENDS`].
-    pod_ends: Mutex<BTreeMap<IpAddr, Arc<PodEnd>>>,
+    /// What the records made under this context share, made as flows come.
+    memo: Mutex<Memo>,
+}
+
+/// The parts of records that many records share, made the first time an event needs them and
+/// kept for the context's life (the next sync makes a new context): a record per event cannot
+/// afford to name its pods, format its rule or its sentence each time.
+#[derive(Default)]
+struct Memo {
+    /// Pods flows were seen with, as their ends show them (see [`FlowEnd`]); bounded by
+    /// [`POD_ENDS`].
+    pod_ends: HashMap<IpAddr, Arc<PodEnd>, foldhash::fast::RandomState>,
+    /// Endpoint id → the local pod as a sentence names it, and its interface.
+    locals: HashMap<u32, Local, foldhash::fast::RandomState>,
+    /// Rule id → how records name it (`None`: no such rule).
+    rules: HashMap<u32, Option<Arc<RuleAttribution>>, foldhash::fast::RandomState>,
+    /// Rule id → the sentence of a flow it allowed.
+    allowed_by: HashMap<u32, Shared, foldhash::fast::RandomState>,
+    /// Endpoint id and direction → the sentence of a flow allowed there without a rule.
+    not_isolated: HashMap<(u32, bool), Shared, foldhash::fast::RandomState>,
+    /// The last record time made (milliseconds since the epoch) and its text: records come in
+    /// bursts within one millisecond.
+    time: Option<(u128, Shared)>,
+}
+
+/// A local endpoint as records show it.
+#[derive(Clone)]
+struct Local {
+    /// `namespace/name`, or `endpoint N` when it is not known.
+    who: Shared,
+    interface: Option<Shared>,
 }
 
 /// Pods whose ends a [`Context`] keeps made; past this it starts over (the next sync makes a
@@ -254,12 +295,12 @@ impl Context {
             frontends: Arc::default(),
             rules: Arc::default(),
             staged: BTreeMap::new(),
-            pod_ends: Mutex::default(),
+            memo: Mutex::default(),
         }
     }
 
-    fn end(&self, ip: IpAddr, port: Option<u16>) -> FlowEnd {
-        let pod = self.pod_end(ip);
+    fn end(&self, memo: &mut Memo, ip: IpAddr, port: Option<u16>) -> FlowEnd {
+        let pod = self.pod_end(memo, ip);
         FlowEnd {
             ip,
             port,
@@ -280,16 +321,13 @@ impl Context {
     }
 
     /// The pod at `ip` as flow ends show it, made the first time it is asked for.
-    fn pod_end(&self, ip: IpAddr) -> Option<Arc<PodEnd>> {
-        let pod = self.pod_at(ip)?;
-        // Only the flow sink makes records; a poisoned lock only means a panic elsewhere
-        // while it held it, and the map is whole after every operation.
-        let mut ends = self.pod_ends.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = ends.get(&ip) {
+    fn pod_end(&self, memo: &mut Memo, ip: IpAddr) -> Option<Arc<PodEnd>> {
+        if let Some(e) = memo.pod_ends.get(&ip) {
             return Some(e.clone());
         }
-        if ends.len() >= POD_ENDS {
-            ends.clear();
+        let pod = self.pod_at(ip)?;
+        if memo.pod_ends.len() >= POD_ENDS {
+            memo.pod_ends.clear();
         }
         let e = Arc::new(PodEnd {
             namespace: pod.key.namespace.as_str().into(),
@@ -297,12 +335,51 @@ impl Context {
             labels: Arc::new(pod.labels.clone()),
             workload: pod.owner.clone().map(Arc::new),
         });
-        ends.insert(ip, e.clone());
+        memo.pod_ends.insert(ip, e.clone());
         Some(e)
     }
 
-    /// Builds the record of an event; `time` is the wall-clock time of the event.
-    pub fn record(&self, ev: &Event, time: String) -> FlowRecord {
+    /// The local endpoint `ep_id` as records show it.
+    fn local(&self, memo: &mut Memo, ep_id: u32) -> Local {
+        memo.locals
+            .entry(ep_id)
+            .or_insert_with(|| match self.endpoints.get(&ep_id) {
+                Some((pod, interface)) => Local {
+                    who: pod.to_string().into(),
+                    interface: Some(interface.as_str().into()),
+                },
+                None => Local {
+                    who: format!("endpoint {ep_id}").into(),
+                    interface: None,
+                },
+            })
+            .clone()
+    }
+
+    /// The record time of a wall-clock time to the millisecond (RFC 3339, UTC).
+    fn time_text(memo: &mut Memo, time: SystemTime) -> Shared {
+        let ms = time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        match &memo.time {
+            Some((at, text)) if *at == ms => text.clone(),
+            _ => {
+                let text: Shared = humantime::format_rfc3339_millis(time).to_string().into();
+                memo.time = Some((ms, text.clone()));
+                text
+            }
+        }
+    }
+
+    /// Builds the record of an event; `time` is the wall-clock time of the event (the
+    /// record says it to the millisecond).
+    pub fn record(&self, ev: &Event, time: SystemTime) -> FlowRecord {
+        // Only the flow sink makes records; a poisoned lock only means a panic elsewhere
+        // while it held it, and the memo is whole after every operation.
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        let memo = &mut *memo;
+        let time = Self::time_text(memo, time);
         let has_ports = matches!(ev.proto, proto::TCP | proto::UDP | proto::SCTP);
         let (sport, dport) = if has_ports {
             (Some(ev.sport), Some(ev.dport))
@@ -314,15 +391,15 @@ impl Context {
         } else {
             Direction::Ingress
         };
-        let local = self.endpoints.get(&ev.ep_id);
+        let local = self.local(memo, ev.ep_id);
         let reason = ev.reason.map(|r| match r {
-            Ok(r) => r.name().to_string(),
-            Err(raw) => format!("unknown_{raw}"),
+            Ok(r) => Word::Borrowed(r.name()),
+            Err(raw) => Word::Owned(format!("unknown_{raw}")),
         });
         let staged_entry = self.staged_of(ev);
         let rule = match staged_entry {
-            Some(e) => e.enforced.as_ref().map(attribution),
-            None => self.rule_of(ev),
+            Some(e) => e.enforced.as_ref().map(|r| Arc::new(attribution(r))),
+            None => self.rule_of(memo, ev),
         };
         let staged = staged_entry.map(|e| StagedAttribution {
             policy: e.policy.to_string(),
@@ -330,54 +407,55 @@ impl Context {
             rule: e.rule.as_ref().map(attribution),
             would_be: if e.would_allow { "allowed" } else { "denied" }.to_owned(),
         });
-        let isolated_by = self.isolated_by(ev, local, direction);
+        let endpoint = self.endpoints.get(&ev.ep_id);
+        let isolated_by = self.isolated_by(ev, endpoint, direction);
         let service = self.service_of(ev);
-        let (src, dst) = self.ends(ev, service, sport, dport);
+        let (src, dst) = self.ends(memo, ev, service, sport, dport);
         let end = connection_end(ev);
         let facts = DetailFacts {
-            who: local
-                .map(|(p, _)| p.to_string())
-                .unwrap_or_else(|| format!("endpoint {}", ev.ep_id)),
+            who: &local.who,
             direction,
-            rule: rule.as_ref(),
+            rule: rule.as_deref(),
             isolated_by: &isolated_by,
             service,
         };
-        let mut detail = match &end {
-            Some(c) => end_detail(c),
-            None => self.detail(ev, &facts),
+        let detail = match (&end, &staged) {
+            (Some(c), None) => end_detail(c).into(),
+            (Some(c), Some(s)) => format!("{}; {s}", end_detail(c)).into(),
+            (None, None) => self.detail(memo, ev, &facts),
+            (None, Some(s)) => format!("{}; {s}", self.detail(memo, ev, &facts)).into(),
         };
-        if let Some(s) = &staged {
-            detail.push_str(&format!("; {s}"));
-        }
         // An allowed flow a staged policy would deny is the staged policy's audit.
         let verdict = match &staged {
             Some(s) if !ev.dropped && s.would_be == "denied" => "audit",
             _ => verdict(ev),
         };
         FlowRecord {
-            schema: SCHEMA.to_string(),
+            schema: Word::Borrowed(SCHEMA),
             time,
             node: self.node.clone(),
-            verdict: verdict.to_string(),
+            verdict: Word::Borrowed(verdict),
             direction,
             reason,
-            protocol: proto::Display(ev.proto).to_string(),
+            protocol: match proto::name(ev.proto) {
+                Some(n) => Word::Borrowed(n),
+                None => Word::Owned(proto::Display(ev.proto).to_string()),
+            },
             src,
             dst,
             tcp_flags: if ev.proto == proto::TCP {
                 tcp_flags_text(ev.tcp_flags)
             } else {
-                String::new()
+                Word::Borrowed("")
             },
             icmp: ev.icmp.map(|(t, code)| Icmp {
                 kind: t,
                 code,
                 name: super::decode::icmp_type_name(ev.proto == proto::ICMPV6, t)
-                    .map(str::to_string),
+                    .map(Word::Borrowed),
             }),
             length: ev.len,
-            interface: local.map(|(_, i)| i.clone()),
+            interface: local.interface,
             reply: ev.reply,
             fragment: ev.fragment,
             rule,
@@ -398,12 +476,17 @@ impl Context {
 
     /// The rule that allowed the flow: by the datapath's stable rule ids when the dataplane
     /// gave them, else by the compiler's.
-    fn rule_of(&self, ev: &Event) -> Option<RuleAttribution> {
-        let rule = match self.rules.is_empty() {
-            true => self.tables.rule(ev.rule),
-            false => self.rules.get(&ev.rule),
-        };
-        rule.map(attribution)
+    fn rule_of(&self, memo: &mut Memo, ev: &Event) -> Option<Arc<RuleAttribution>> {
+        memo.rules
+            .entry(ev.rule)
+            .or_insert_with(|| {
+                let rule = match self.rules.is_empty() {
+                    true => self.tables.rule(ev.rule),
+                    false => self.rules.get(&ev.rule),
+                };
+                rule.map(|r| Arc::new(attribution(r)))
+            })
+            .clone()
     }
 
     /// For a policy drop: the policies that isolate the local pod in the flow's direction.
@@ -438,6 +521,7 @@ impl Context {
     /// Source and destination, with the pods they are and the Service on the destination.
     fn ends(
         &self,
+        memo: &mut Memo,
         ev: &Event,
         service: Option<&FrontendName>,
         sport: Option<u16>,
@@ -449,8 +533,8 @@ impl Context {
             Some(f) if f.ip == ev.src => ev.dst,
             _ => ev.src,
         };
-        let src = self.end(src_ip, sport);
-        let mut dst = self.end(ev.dst, dport);
+        let src = self.end(memo, src_ip, sport);
+        let mut dst = self.end(memo, ev.dst, dport);
         dst.service = service.map(|f| ServiceRef {
             name: f.service.to_string(),
             ip: f.ip,
@@ -462,23 +546,42 @@ impl Context {
 
     /// The sentence of a record that is not a connection's end: why it was allowed, passed in
     /// audit mode, or dropped.
-    fn detail(&self, ev: &Event, facts: &DetailFacts<'_>) -> String {
+    fn detail(&self, memo: &mut Memo, ev: &Event, facts: &DetailFacts<'_>) -> Shared {
         let DetailFacts { who, direction, .. } = facts;
         if !ev.dropped {
             if ev.audit {
                 return match facts.rule {
                     Some(r) => format!("audit mode: passed, but denied by {r}"),
                     None => format!("audit mode: passed, but {}", facts.isolation()),
-                };
+                }
+                .into();
             }
+            // The sentences of allowed flows, most of the records, are made once.
             return match facts.rule {
-                Some(r) => format!("allowed by {r}"),
-                None => format!(
-                    "allowed: {who} is not isolated for {}",
-                    dir_word(*direction)
-                ),
+                Some(r) => memo
+                    .allowed_by
+                    .entry(ev.rule)
+                    .or_insert_with(|| format!("allowed by {r}").into())
+                    .clone(),
+                None => memo
+                    .not_isolated
+                    .entry((ev.ep_id, ev.egress))
+                    .or_insert_with(|| {
+                        format!(
+                            "allowed: {who} is not isolated for {}",
+                            dir_word(*direction)
+                        )
+                        .into()
+                    })
+                    .clone(),
             };
         }
+        self.drop_detail(ev, facts).into()
+    }
+
+    /// The sentence of a dropped flow.
+    fn drop_detail(&self, ev: &Event, facts: &DetailFacts<'_>) -> String {
+        let who = facts.who;
         match &ev.reason {
             Some(Ok(DropReason::PolicyDenied)) => match facts.rule {
                 Some(r) => format!("dropped at {who}: denied by {r}"),
@@ -525,7 +628,7 @@ fn cluster_tier(p: &crate::compile::tables::PolicyRef) -> Option<String> {
 /// What the detail sentence of a record is made of.
 struct DetailFacts<'a> {
     /// The local pod (`ns/name`), or `endpoint N` when it is not known.
-    who: String,
+    who: &'a str,
     direction: Direction,
     rule: Option<&'a RuleAttribution>,
     isolated_by: &'a [String],
@@ -562,7 +665,7 @@ fn verdict(ev: &Event) -> &'static str {
 /// carried each way, how long it lasted.
 fn connection_end(ev: &Event) -> Option<ConnectionEnd> {
     ev.end.map(|c| ConnectionEnd {
-        reason: c.reason_name().to_string(),
+        reason: Word::Borrowed(c.reason_name()),
         packets_sent: c.packets_orig,
         bytes_sent: c.bytes_orig,
         packets_received: c.packets_reply,
@@ -575,7 +678,7 @@ fn connection_end(ev: &Event) -> Option<ConnectionEnd> {
 fn end_detail(c: &ConnectionEnd) -> String {
     format!(
         "connection {} after {}.{:03} s: {} packets / {} bytes sent, {} packets / {} bytes received",
-        match c.reason.as_str() {
+        match &*c.reason {
             "timeout" => "timed out",
             r => r,
         },

@@ -168,7 +168,12 @@ impl FlowStore {
     /// [`Self::push`] for a record whose `time` the caller has at hand (the flow sink made the
     /// string from it): no parsing it back.
     pub fn push_at(&self, rec: FlowRecord, time: SystemTime) {
-        let rec = Arc::new(rec);
+        self.push_shared(Arc::new(rec), time);
+    }
+
+    /// [`Self::push_at`] for a record already shared (the flow sink makes it in place: a
+    /// record is large, and each move copies it).
+    pub fn push_shared(&self, rec: Arc<FlowRecord>, time: SystemTime) {
         let mut ring = self.ring();
         if ring.len() >= self.inner.capacity {
             ring.pop_front();
@@ -238,7 +243,7 @@ mod tests {
         } else {
             allowed(s, d)
         };
-        r.time = humantime::format_rfc3339_millis(at(i)).to_string();
+        r.time = humantime::format_rfc3339_millis(at(i)).to_string().into();
         r
     }
 

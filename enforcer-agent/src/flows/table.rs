@@ -117,7 +117,7 @@ pub fn attribution(r: &FlowRecord) -> String {
                 dir_word(rule.direction),
                 rule.index
             ),
-            None => r.detail.clone(),
+            None => r.detail.to_string(),
         }
     }
 }
@@ -148,7 +148,7 @@ impl TableFormat {
         } else {
             verdict
         };
-        let mut proto = r.protocol.clone();
+        let mut proto = r.protocol.to_string();
         if let Some(icmp) = &r.icmp {
             match &icmp.name {
                 Some(name) => proto.push_str(&format!(" {name}")),
@@ -375,7 +375,7 @@ mod tests {
     fn a_connection_end() {
         let (s, d) = debug_to_backend();
         let mut r = allowed(s, d);
-        r.tcp_flags.clear();
+        r.tcp_flags = "".into();
         r.end = Some(crate::flows::enrich::ConnectionEnd {
             reason: "closed".into(),
             packets_sent: 6,
@@ -402,7 +402,7 @@ mod tests {
         );
         r.direction = Direction::Egress;
         r.protocol = "ICMPv6".into();
-        r.tcp_flags.clear();
+        r.tcp_flags = "".into();
         r.reason = Some("spoofed_source".into());
         r.isolated_by.clear();
         r.time = "2025-01-02T03:04:05.006Z".into();

@@ -10,8 +10,11 @@ pub mod http;
 
 use enforcer_common::reason::{counter, DropReason};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
+
+use std::sync::{Arc, OnceLock};
 
 use crate::flows::enrich::FlowRecord;
 
@@ -68,6 +71,41 @@ pub struct Metrics {
     /// Bytes and packets of ended connections, by sender (`originator`, `responder`).
     pub connection_bytes: IntCounterVec,
     pub connection_packets: IntCounterVec,
+    /// Handles of the counters every record adds to, made on first use: `with_label_values`
+    /// hashes the values under the family's lock at each call, a sizeable part of a record's
+    /// cost at a million records a second.
+    handles: Arc<Handles>,
+}
+
+/// The label values of the per-record counters the agent writes, in index order.
+const DIRECTIONS: [&str; 2] = ["ingress", "egress"];
+const VERDICTS: [&str; 3] = ["allowed", "dropped", "audit"];
+const MATCHES: [&str; 5] = ["l3-l4", "l3-only", "l4-only", "all", "none"];
+const ACTIONS: [&str; 3] = ["forwarded", "dropped", "audit"];
+const SENDERS: [&str; 2] = ["originator", "responder"];
+
+/// Per-record counters by label index (see the label lists above).
+#[derive(Default)]
+struct Handles {
+    flows: [[OnceLock<IntCounter>; 3]; 2],
+    verdicts: [[[OnceLock<IntCounter>; 3]; 5]; 2],
+    ended: [OnceLock<IntCounter>; crate::flows::decode::END_REASONS.len()],
+    packets: [OnceLock<IntCounter>; 2],
+    bytes: [OnceLock<IntCounter>; 2],
+}
+
+/// The counter of `vec` with `labels`, made once in `slot`.
+fn handle<'a>(
+    slot: &'a OnceLock<IntCounter>,
+    vec: &IntCounterVec,
+    labels: &[&str],
+) -> &'a IntCounter {
+    slot.get_or_init(|| vec.with_label_values(labels))
+}
+
+/// The index of `word` in `words`.
+fn index(word: &str, words: &[&str]) -> Option<usize> {
+    words.iter().position(|w| *w == word)
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -139,6 +177,7 @@ impl Metrics {
             connection_bytes: reg(&r, IntCounterVec::new(Opts::new("enforcer_connection_bytes_total", "Bytes carried by ended connections, by sender (originator, responder)"), &["sender"]).expect("valid")),
             connection_packets: reg(&r, IntCounterVec::new(Opts::new("enforcer_connection_packets_total", "Packets carried by ended connections, by sender (originator, responder)"), &["sender"]).expect("valid")),
             registry: r,
+            handles: Arc::default(),
         }
     }
 
@@ -146,29 +185,40 @@ impl Metrics {
     pub fn observe_flow(&self, rec: &FlowRecord) {
         if let Some(end) = &rec.end {
             // An end is not a new flow: it adds what the connection carried.
-            self.connections_ended
-                .with_label_values(&[end.reason.as_str()])
-                .inc();
-            for (sender, packets, bytes) in [
-                ("originator", end.packets_sent, end.bytes_sent),
-                ("responder", end.packets_received, end.bytes_received),
+            let h = &self.handles;
+            match index(&end.reason, crate::flows::decode::END_REASONS) {
+                Some(i) => handle(&h.ended[i], &self.connections_ended, &[&end.reason]).inc(),
+                None => self
+                    .connections_ended
+                    .with_label_values(&[&*end.reason])
+                    .inc(),
+            }
+            for (i, packets, bytes) in [
+                (0, end.packets_sent, end.bytes_sent),
+                (1, end.packets_received, end.bytes_received),
             ] {
-                self.connection_packets
-                    .with_label_values(&[sender])
-                    .inc_by(packets);
-                self.connection_bytes
-                    .with_label_values(&[sender])
-                    .inc_by(bytes);
+                handle(&h.packets[i], &self.connection_packets, &[SENDERS[i]]).inc_by(packets);
+                handle(&h.bytes[i], &self.connection_bytes, &[SENDERS[i]]).inc_by(bytes);
             }
             return;
         }
-        let dir = match rec.direction {
-            crate::compile::Direction::Ingress => "ingress",
-            crate::compile::Direction::Egress => "egress",
+        let d = match rec.direction {
+            crate::compile::Direction::Ingress => 0,
+            crate::compile::Direction::Egress => 1,
         };
-        self.flows_processed
-            .with_label_values(&[dir, &rec.verdict])
-            .inc();
+        let dir = DIRECTIONS[d];
+        match index(&rec.verdict, &VERDICTS) {
+            Some(v) => handle(
+                &self.handles.flows[d][v],
+                &self.flows_processed,
+                &[dir, VERDICTS[v]],
+            )
+            .inc(),
+            None => self
+                .flows_processed
+                .with_label_values(&[dir, &*rec.verdict])
+                .inc(),
+        }
         if rec.reply || rec.fragment {
             return;
         }
@@ -177,26 +227,32 @@ impl Metrics {
                 .with_label_values(&[&s.policy, dir, &s.would_be])
                 .inc();
         }
-        let (mtch, action) = match (&rec.rule, rec.verdict.as_str(), rec.reason.as_deref()) {
+        let (mtch, action) = match (&rec.rule, &*rec.verdict, rec.reason.as_deref()) {
             (Some(_), "allowed", _) => (policy_match(rec), "forwarded"),
             (None, "allowed", _) => ("all", "forwarded"),
             (_, "audit", _) => ("none", "audit"),
             (_, _, Some("policy_denied")) => ("none", "dropped"),
             _ => return,
         };
-        if let Some(
-            rule @ crate::flows::enrich::RuleAttribution {
-                tier: Some(tier), ..
-            },
-        ) = &rec.rule
-        {
-            self.cluster_policy_verdicts
-                .with_label_values(&[tier, &rule.policy, &rule.index.to_string(), dir, action])
-                .inc();
+        if let Some(rule) = &rec.rule {
+            if let Some(tier) = &rule.tier {
+                self.cluster_policy_verdicts
+                    .with_label_values(&[tier, &rule.policy, &rule.index.to_string(), dir, action])
+                    .inc();
+            }
         }
-        self.policy_verdicts
-            .with_label_values(&[dir, mtch, action])
-            .inc();
+        match (index(mtch, &MATCHES), index(action, &ACTIONS)) {
+            (Some(m), Some(a)) => handle(
+                &self.handles.verdicts[d][m][a],
+                &self.policy_verdicts,
+                &[dir, mtch, action],
+            )
+            .inc(),
+            _ => self
+                .policy_verdicts
+                .with_label_values(&[dir, mtch, action])
+                .inc(),
+        }
     }
 
     /// Copies the kernel's counters (summed over CPUs).
@@ -256,14 +312,14 @@ mod tests {
         let m = Metrics::new();
         let (src, dst) = debug_to_backend();
         let mut rec = dropped(src, dst);
-        rec.rule = Some(crate::flows::enrich::RuleAttribution {
+        rec.rule = Some(std::sync::Arc::new(crate::flows::enrich::RuleAttribution {
             policy: "ClusterNetworkPolicy/guard".into(),
             direction: crate::compile::Direction::Ingress,
             index: 2,
             tier: Some("admin".into()),
             action: Some("Deny".into()),
             name: None,
-        });
+        }));
         m.observe_flow(&rec);
         let text = m.render();
         assert!(

@@ -70,7 +70,7 @@ pub fn flow(src: &FlowEnd, dst: &FlowEnd) -> Flow {
     Flow {
         rec: FlowRecord {
             schema: SCHEMA.into(),
-            time: String::new(),
+            time: "".into(),
             node: "node-1".into(),
             verdict: "allowed".into(),
             direction: Direction::Egress,
@@ -116,7 +116,7 @@ impl Flow {
     /// A byte sample of this connection: it carried `sent` bytes from the initiator and
     /// `received` back since the sweeper's previous pass.
     pub fn carried(mut self, sent: u64, received: u64) -> Self {
-        self.rec.tcp_flags.clear();
+        self.rec.tcp_flags = "".into();
         self.rec.length = 0;
         self.rec.end = Some(crate::flows::enrich::ConnectionEnd {
             reason: "active".into(),
@@ -142,7 +142,9 @@ impl Flow {
     }
     pub fn build(self) -> FlowRecord {
         let mut rec = self.rec;
-        rec.time = humantime::format_rfc3339_millis(wall(self.offset_ms)).to_string();
+        rec.time = humantime::format_rfc3339_millis(wall(self.offset_ms))
+            .to_string()
+            .into();
         rec
     }
 }

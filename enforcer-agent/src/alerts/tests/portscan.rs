@@ -40,7 +40,7 @@ fn vertical_scan_fires_on_the_twentieth_port_then_escalates_once() {
     );
     assert_eq!(a.source, w("shop/attacker"));
     assert_eq!(a.target, Some(w("shop/db")));
-    assert_eq!(a.time, flow(&attacker, &db).at(19 * 200).build().time);
+    assert_eq!(*a.time, *flow(&attacker, &db).at(19 * 200).build().time);
     let e = &a.evidence;
     assert_eq!(e.counts["distinct_ports"], 20);
     assert_eq!(e.counts["distinct_peers"], 1);

@@ -74,7 +74,7 @@ pub fn query_agents<W: Write>(
     // Flow times are RFC 3339 in UTC with a fixed width: they sort as strings; the sort is
     // stable, so one agent's order is kept.
     let time = |m: &Message| match m {
-        Message::Flow(r) => r.time.clone(),
+        Message::Flow(r) => r.time.to_string(),
         _ => String::new(),
     };
     history.sort_by_key(time);

@@ -59,14 +59,14 @@ pub fn allowed(src: FlowEnd, dst: FlowEnd) -> FlowRecord {
         reason: None,
         isolated_by: Vec::new(),
         end: None,
-        rule: Some(RuleAttribution {
+        rule: Some(std::sync::Arc::new(RuleAttribution {
             policy: "prod/backend-from-frontend".into(),
             direction: Direction::Ingress,
             index: 0,
             tier: None,
             action: None,
             name: None,
-        }),
+        })),
         detail: "allowed".into(),
         ..dropped(src, dst)
     }

@@ -209,16 +209,16 @@ fn probe() -> FlowRecord {
         service: None,
     };
     FlowRecord {
-        schema: String::new(),
-        time: String::new(),
-        node: String::new(),
-        verdict: String::new(),
+        schema: "".into(),
+        time: "".into(),
+        node: "".into(),
+        verdict: "".into(),
         direction: Direction::Ingress,
         reason: None,
-        protocol: String::new(),
+        protocol: "".into(),
         src: end.clone(),
         dst: end,
-        tcp_flags: String::new(),
+        tcp_flags: "".into(),
         icmp: None,
         length: 0,
         interface: None,
@@ -228,7 +228,7 @@ fn probe() -> FlowRecord {
         isolated_by: Vec::new(),
         end: None,
         staged: None,
-        detail: String::new(),
+        detail: "".into(),
     }
 }
 
@@ -388,14 +388,14 @@ mod tests {
         // A cluster policy's Deny.
         let mut admin = dropped(s, d);
         admin.isolated_by.clear();
-        admin.rule = Some(crate::flows::enrich::RuleAttribution {
+        admin.rule = Some(std::sync::Arc::new(crate::flows::enrich::RuleAttribution {
             policy: "ClusterNetworkPolicy/guard".into(),
             direction: crate::compile::Direction::Ingress,
             index: 1,
             tier: Some("admin".into()),
             action: Some("Deny".into()),
             name: Some("no-debug".into()),
-        });
+        }));
         assert!(f("admin").matches(&admin));
         assert!(!f("baseline").matches(&admin));
         assert!(!f("networkpolicy").matches(&admin));
