@@ -1,6 +1,7 @@
 //! Policy compile and apply at cluster scale (`cargo xtask bench`, as root): 100,000 pods in
 //! 1,000 namespaces on 1,000 nodes, 10,000 NetworkPolicies and 10,000 Services (10 of each per
-//! namespace, each Service selecting one app of its namespace), this node
+//! namespace, each Service selecting one app of its namespace; and `default/kubernetes`,
+//! without a selector, as every cluster has it), this node
 //! holding 100 of the pods on interfaces of their own (veths in a network namespace of the
 //! bench's own), each pod's ingress allowed from 5,010 peers.
 //!
@@ -121,6 +122,7 @@ struct Source {
     pods: KindStore,
     policies: KindStore,
     services: KindStore,
+    slices: KindStore,
     version: u64,
 }
 
@@ -141,6 +143,10 @@ impl Source {
                 &mut self.services,
                 (svc.key.namespace.clone(), svc.key.name.clone()),
             ),
+            Object::EndpointSlice(s) => (
+                &mut self.slices,
+                (s.key.namespace.clone(), s.key.name.clone()),
+            ),
             _ => unreachable!("the bench has no other kind"),
         };
         store.apply(key, self.version.to_string(), Ok(object));
@@ -155,7 +161,13 @@ impl Source {
     /// What a sync starts from (`KubeSource::snapshot`).
     fn snapshot(&self) -> Cluster {
         let mut c = Cluster::default();
-        for store in [&self.namespaces, &self.pods, &self.policies, &self.services] {
+        for store in [
+            &self.namespaces,
+            &self.pods,
+            &self.policies,
+            &self.services,
+            &self.slices,
+        ] {
             c.absorb(store.models());
         }
         c
@@ -168,8 +180,17 @@ fn source() -> Source {
         pods: KindStore::new("Pod"),
         policies: KindStore::new("NetworkPolicy"),
         services: KindStore::new("Service"),
+        slices: KindStore::new("EndpointSlice"),
         version: 0,
     };
+    // What every cluster has: `default/kubernetes`, a Service without a selector whose slice
+    // names the API servers.
+    s.put(Object::Namespace(Namespace {
+        name: "default".into(),
+        labels: labels(&[(NAMESPACE_NAME_LABEL, "default".into())]),
+    }));
+    s.put(Object::Service(kubernetes_service()));
+    s.put(Object::EndpointSlice(kubernetes_slice()));
     for ns in 0..NAMESPACES {
         let name = ns_name(ns);
         s.put(Object::Namespace(Namespace {
@@ -190,6 +211,44 @@ fn source() -> Source {
         }
     }
     s
+}
+
+/// `default/kubernetes`: 443 to the API servers' 6443, by its EndpointSlice.
+fn kubernetes_service() -> Service {
+    Service {
+        key: ServiceKey::new("default", "kubernetes"),
+        cluster_ips: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 255, 1))],
+        selector: None,
+        ports: vec![ServicePort {
+            name: Some("https".into()),
+            port: 443,
+            protocol: Protocol::Tcp,
+            target: TargetPort::Number(6443),
+        }],
+        internal_traffic: TrafficPolicy::Cluster,
+        affinity_timeout: None,
+    }
+}
+
+fn kubernetes_slice() -> EndpointSlice {
+    use enforcer_agent::model::service::{IpFamily, SliceEndpoint, SlicePort};
+    EndpointSlice {
+        key: SliceKey::new("default", "kubernetes"),
+        service: Some("kubernetes".into()),
+        family: Some(IpFamily::V4),
+        ports: vec![SlicePort {
+            name: Some("https".into()),
+            port: Some(6443),
+            protocol: Protocol::Tcp,
+        }],
+        endpoints: (1..=3)
+            .map(|i| SliceEndpoint {
+                addresses: vec![IpAddr::V4(Ipv4Addr::new(172, 20, 0, i))],
+                ready: true,
+                node: None,
+            })
+            .collect(),
+    }
 }
 
 /// Service `k` of namespace `ns`: selects app-k, port 80 to the pods' `http`.

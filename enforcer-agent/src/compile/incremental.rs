@@ -22,6 +22,7 @@
 //! tests compare the two over sequences of changes).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use imbl::ordmap::DiffItem;
@@ -243,16 +244,44 @@ fn frontends(
         .filter_map(|(old, new)| new.as_ref().or(old.as_ref()))
         .map(|pod| pod.key.namespace.as_str())
         .collect();
-    let slices_changed = prev
-        .endpoint_slices
-        .diff(&cluster.endpoint_slices)
-        .next()
-        .is_some();
-    if !pod_namespaces.is_empty() || slices_changed {
+    // A Service without a selector reads its EndpointSlices and, for each address they name,
+    // the pod there (the first in key order that has it): it is stale when one of its slices
+    // changed, or a changed pod had or has one of those addresses. (Every cluster has one,
+    // `default/kubernetes`: recompiling it at every pod change would index every pod's
+    // address at every change.)
+    let mut slice_services: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for change in prev.endpoint_slices.diff(&cluster.endpoint_slices) {
+        let (old, new) = match change {
+            DiffItem::Add(_, s) => (None, Some(s)),
+            DiffItem::Remove(_, s) => (Some(s), None),
+            DiffItem::Update { old, new } => (Some(old.1), Some(new.1)),
+        };
+        for slice in old.into_iter().chain(new) {
+            if let Some(svc) = &slice.service {
+                slice_services.insert((slice.key.namespace.as_str(), svc.as_str()));
+            }
+        }
+    }
+    let pod_ips: BTreeSet<IpAddr> = pod_changes
+        .iter()
+        .flat_map(|(old, new)| old.iter().chain(new.iter()))
+        .flat_map(|pod| pod.ips.iter().copied())
+        .collect();
+    if !pod_namespaces.is_empty() || !slice_services.is_empty() {
         for svc in cluster.services.values() {
             let touched = match svc.selector {
                 Some(_) => pod_namespaces.contains(svc.key.namespace.as_str()),
-                None => true,
+                None => {
+                    slice_services.contains(&(svc.key.namespace.as_str(), svc.key.name.as_str()))
+                        || (!pod_ips.is_empty()
+                            && slices_of(cluster, &svc.key).any(|slice| {
+                                slice
+                                    .endpoints
+                                    .iter()
+                                    .flat_map(|e| &e.addresses)
+                                    .any(|a| pod_ips.contains(a))
+                            }))
+                }
             };
             if touched {
                 stale.insert(svc.key.clone());
@@ -263,6 +292,20 @@ fn frontends(
         Some(frontends) => (frontends, false),
         None => compile_services_checked(cluster, node),
     }
+}
+
+/// The EndpointSlices of a Service (`kubernetes.io/service-name`): those of its namespace that
+/// name it.
+fn slices_of<'a>(
+    cluster: &'a Cluster,
+    svc: &'a ServiceKey,
+) -> impl Iterator<Item = &'a crate::model::EndpointSlice> + 'a {
+    cluster
+        .endpoint_slices
+        .range(crate::model::SliceKey::new(svc.namespace.as_str(), "")..)
+        .take_while(move |(k, _)| k.namespace == svc.namespace)
+        .map(|(_, s)| s)
+        .filter(move |s| s.service.as_deref() == Some(svc.name.as_str()))
 }
 
 /// The pods added, removed or changed between two listings (a diff: what the two maps still

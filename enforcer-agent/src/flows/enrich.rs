@@ -276,9 +276,18 @@ struct Local {
     interface: Option<Shared>,
 }
 
-/// Pods whose ends a [`Context`] keeps made; past this it starts over (the next sync makes a
-/// new context anyway).
+/// Entries each of a [`Memo`]'s maps keeps; past this it starts over (the next sync makes a
+/// new context anyway). Ids come from the datapath, but an event is input: no map grows
+/// without bound.
 const POD_ENDS: usize = 16_384;
+
+/// `map`, emptied first when it is full (see [`POD_ENDS`]).
+fn bounded<K, V, S>(map: &mut HashMap<K, V, S>) -> &mut HashMap<K, V, S> {
+    if map.len() >= POD_ENDS {
+        map.clear();
+    }
+    map
+}
 
 impl Context {
     pub fn new(
@@ -341,7 +350,7 @@ impl Context {
 
     /// The local endpoint `ep_id` as records show it.
     fn local(&self, memo: &mut Memo, ep_id: u32) -> Local {
-        memo.locals
+        bounded(&mut memo.locals)
             .entry(ep_id)
             .or_insert_with(|| match self.endpoints.get(&ep_id) {
                 Some((pod, interface)) => Local {
@@ -477,7 +486,7 @@ impl Context {
     /// The rule that allowed the flow: by the datapath's stable rule ids when the dataplane
     /// gave them, else by the compiler's.
     fn rule_of(&self, memo: &mut Memo, ev: &Event) -> Option<Arc<RuleAttribution>> {
-        memo.rules
+        bounded(&mut memo.rules)
             .entry(ev.rule)
             .or_insert_with(|| {
                 let rule = match self.rules.is_empty() {
@@ -558,13 +567,11 @@ impl Context {
             }
             // The sentences of allowed flows, most of the records, are made once.
             return match facts.rule {
-                Some(r) => memo
-                    .allowed_by
+                Some(r) => bounded(&mut memo.allowed_by)
                     .entry(ev.rule)
                     .or_insert_with(|| format!("allowed by {r}").into())
                     .clone(),
-                None => memo
-                    .not_isolated
+                None => bounded(&mut memo.not_isolated)
                     .entry((ev.ep_id, ev.egress))
                     .or_insert_with(|| {
                         format!(

@@ -157,31 +157,39 @@ impl Service {
 }
 
 /// What endpoint derivation looks up, indexed once per cluster snapshot (derivation is then
-/// proportional to the Service's own pods and slices, not to the cluster).
+/// proportional to the Service's own pods and slices, not to the cluster). Both indexes are
+/// built on first use: only Services without a selector read slices and the pods at their
+/// addresses, and a compile that recompiles a few Services with selectors (most changes) pays
+/// for neither.
 pub struct EndpointIndex<'a> {
-    pods: &'a super::Map<super::PodKey, std::sync::Arc<Pod>>,
-    /// Built on first use: only Services whose slices name addresses need it, and a sync
-    /// of a large cluster should not pay for it otherwise.
+    cluster: &'a Cluster,
     pod_by_ip: std::cell::OnceCell<BTreeMap<IpAddr, &'a Pod>>,
-    slices_by_service: BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    slices_by_service: std::cell::OnceCell<BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>>,
 }
 
 impl<'a> EndpointIndex<'a> {
     pub fn new(cluster: &'a Cluster) -> Self {
-        let mut slices_by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-        for slice in cluster.endpoint_slices.values() {
-            if let Some(svc) = &slice.service {
-                slices_by_service
-                    .entry((slice.key.namespace.as_str(), svc.as_str()))
-                    .or_default()
-                    .push(slice);
-            }
-        }
         Self {
-            pods: &cluster.pods,
+            cluster,
             pod_by_ip: std::cell::OnceCell::new(),
-            slices_by_service,
+            slices_by_service: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The slices of every Service, by (namespace, Service name).
+    fn slices_by_service(&self) -> &BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
+        self.slices_by_service.get_or_init(|| {
+            let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+            for slice in self.cluster.endpoint_slices.values() {
+                if let Some(svc) = &slice.service {
+                    by_service
+                        .entry((slice.key.namespace.as_str(), svc.as_str()))
+                        .or_default()
+                        .push(slice);
+                }
+            }
+            by_service
+        })
     }
 
     /// The pod that holds `ip`, if any.
@@ -189,7 +197,7 @@ impl<'a> EndpointIndex<'a> {
         self.pod_by_ip
             .get_or_init(|| {
                 let mut by_ip = BTreeMap::new();
-                for pod in self.pods.values() {
+                for pod in self.cluster.pods.values() {
                     for ip in &pod.ips {
                         // The first pod (in key order) keeps an address two pods claim.
                         by_ip.entry(*ip).or_insert(&**pod);
@@ -210,6 +218,7 @@ impl<'a> EndpointIndex<'a> {
                 let namespace = svc.key.namespace.as_str();
                 // Keyed by namespace first: a namespace's pods are one range.
                 let selected = self
+                    .cluster
                     .pods
                     .range(super::PodKey::new(namespace, "")..)
                     .take_while(|(k, _)| k.namespace == namespace)
@@ -242,7 +251,7 @@ impl<'a> EndpointIndex<'a> {
             }
             None => {
                 let slices = self
-                    .slices_by_service
+                    .slices_by_service()
                     .get(&(svc.key.namespace.as_str(), svc.key.name.as_str()))
                     .into_iter()
                     .flatten()

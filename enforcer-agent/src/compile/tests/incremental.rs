@@ -1,6 +1,6 @@
 //! Property test: the incremental [`Compiler`] gives exactly what [`compile`] gives, over
 //! walks from one random cluster to another one object at a time (each pod, each policy, each
-//! Service, then the namespaces), so that most steps change one namespace and most plans and
+//! Service, each EndpointSlice, then the namespaces), so that most steps change one namespace and most plans and
 //! Service frontends are reused.
 
 use std::net::IpAddr;
@@ -9,12 +9,14 @@ use proptest::prelude::*;
 
 use super::oracle::{cluster, labels, HOSTS, NAMESPACES, PORT_NAMES};
 use super::{compile, Compiler, NodeInput};
-use crate::model::service::{ServicePort, TargetPort, TrafficPolicy};
-use crate::model::{Cluster, Protocol, Service, ServiceKey};
+use crate::model::service::{
+    IpFamily, ServicePort, SliceEndpoint, SlicePort, TargetPort, TrafficPolicy,
+};
+use crate::model::{Cluster, EndpointSlice, Protocol, Service, ServiceKey, SliceKey};
 
 /// A few Services over the cluster's pods: selectors from the pods' label space, ClusterIPs
 /// from a small pool (so that two sometimes share one), target ports by number or name, some
-/// of local traffic only, and one without a selector (its endpoints would come from slices).
+/// of local traffic only, and some without a selector (their endpoints come from slices).
 fn services() -> impl Strategy<Value = Vec<Service>> {
     let one = (
         0..NAMESPACES.len(),
@@ -52,10 +54,57 @@ fn services() -> impl Strategy<Value = Vec<Service>> {
     })
 }
 
+/// EndpointSlices naming the Services by name (`s0`..`s3` of a namespace; those without a
+/// selector read them, the others ignore them), with addresses from the pods' pool (10.0.s.i:
+/// a pod change moves who is at one) and one outside it.
+fn slices() -> impl Strategy<Value = Vec<EndpointSlice>> {
+    let address = prop_oneof![
+        (0..3u8, 1..7u8).prop_map(|(s, i)| format!("10.0.{s}.{i}")),
+        Just("192.0.2.1".to_string()),
+    ];
+    let endpoint = (
+        prop::collection::vec(address, 1..=2),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(&["n1", "n2"][..])),
+    );
+    let one = (
+        0..NAMESPACES.len(),
+        0..4usize,
+        prop::collection::vec(endpoint, 1..=3),
+        prop::option::of(prop::sample::select(&[80u16, 8080][..])),
+    );
+    prop::collection::vec(one, 0..=3).prop_map(|list| {
+        list.into_iter()
+            .enumerate()
+            .map(|(n, (ns, svc, endpoints, port))| EndpointSlice {
+                key: SliceKey::new(NAMESPACES[ns], format!("s{svc}-{n}")),
+                service: Some(format!("s{svc}")),
+                family: Some(IpFamily::V4),
+                ports: vec![SlicePort {
+                    name: Some("p".into()),
+                    port,
+                    protocol: Protocol::Tcp,
+                }],
+                endpoints: endpoints
+                    .into_iter()
+                    .map(|(addresses, ready, node)| SliceEndpoint {
+                        addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+                        ready,
+                        node: node.map(str::to_string),
+                    })
+                    .collect(),
+            })
+            .collect()
+    })
+}
+
 fn with_services() -> impl Strategy<Value = Cluster> {
-    (cluster(), services()).prop_map(|(mut c, services)| {
+    (cluster(), services(), slices()).prop_map(|(mut c, services, slices)| {
         for svc in services {
             c.insert_service(svc);
+        }
+        for slice in slices {
+            c.insert_endpoint_slice(slice);
         }
         c
     })
@@ -105,6 +154,19 @@ fn walk(from: &Cluster, to: &Cluster) -> Vec<Cluster> {
         match to.services.get(&key) {
             Some(s) => at.services.insert(key, s.clone()),
             None => at.services.remove(&key),
+        };
+        out.push(at.clone());
+    }
+    let keys: std::collections::BTreeSet<_> = from
+        .endpoint_slices
+        .keys()
+        .chain(to.endpoint_slices.keys())
+        .cloned()
+        .collect();
+    for key in keys {
+        match to.endpoint_slices.get(&key) {
+            Some(s) => at.endpoint_slices.insert(key, s.clone()),
+            None => at.endpoint_slices.remove(&key),
         };
         out.push(at.clone());
     }
