@@ -101,13 +101,9 @@ impl LostMarker {
     }
 }
 
-/// Wall-clock time of a `CLOCK_MONOTONIC` timestamp (what `bpf_ktime_get_ns` returns).
-pub fn wall_time(ts_ns: u64) -> SystemTime {
-    Clock::now().wall_time(ts_ns)
-}
-
-/// The two clocks read together, to turn the datapath's timestamps into wall-clock times: read
-/// once per batch of events, not twice per event.
+/// The two clocks read together, to turn the datapath's timestamps (`CLOCK_MONOTONIC`, what
+/// `bpf_ktime_get_ns` returns) into wall-clock times: read once per batch of events, not twice
+/// per event.
 #[derive(Clone, Copy)]
 pub struct Clock {
     wall: SystemTime,

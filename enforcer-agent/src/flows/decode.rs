@@ -181,15 +181,19 @@ pub fn icmp_type_name(v6: bool, t: u8) -> Option<&'static str> {
     })
 }
 
+/// The TCP flags records name, in the order they name them.
+const TCP_FLAG_NAMES: [(u8, &str); 6] = [
+    (0x02, "SYN"),
+    (0x10, "ACK"),
+    (0x01, "FIN"),
+    (0x04, "RST"),
+    (0x08, "PSH"),
+    (0x20, "URG"),
+];
+
+/// The set flags of `f` by name, `|`-separated (`SYN|ACK`); flags without a name are left out.
 pub fn tcp_flags_text(f: u8) -> std::borrow::Cow<'static, str> {
-    const NAMES: [(u8, &str); 6] = [
-        (0x02, "SYN"),
-        (0x10, "ACK"),
-        (0x01, "FIN"),
-        (0x04, "RST"),
-        (0x08, "PSH"),
-        (0x20, "URG"),
-    ];
+    const NAMES: [(u8, &str); 6] = TCP_FLAG_NAMES;
     /// Every combination of the six flags, made once: each TCP record names its flags.
     static TEXTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
         (0..64u8)
@@ -222,16 +226,8 @@ mod tests {
     /// The table of flag texts says what joining the flag names says, for every flags byte.
     #[test]
     fn tcp_flags_text_names_the_set_flags_in_order() {
-        let names = [
-            (0x02, "SYN"),
-            (0x10, "ACK"),
-            (0x01, "FIN"),
-            (0x04, "RST"),
-            (0x08, "PSH"),
-            (0x20, "URG"),
-        ];
         for f in 0..=255u8 {
-            let want: Vec<_> = names
+            let want: Vec<_> = TCP_FLAG_NAMES
                 .iter()
                 .filter(|(b, _)| f & b != 0)
                 .map(|(_, n)| *n)

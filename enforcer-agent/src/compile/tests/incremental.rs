@@ -122,58 +122,35 @@ fn node() -> NodeInput {
 fn walk(from: &Cluster, to: &Cluster) -> Vec<Cluster> {
     let mut at = from.clone();
     let mut out = Vec::new();
-    let keys: std::collections::BTreeSet<_> =
-        from.pods.keys().chain(to.pods.keys()).cloned().collect();
-    for key in keys {
-        match to.pods.get(&key) {
-            Some(p) => at.pods.insert(key, p.clone()),
-            None => at.pods.remove(&key),
-        };
-        out.push(at.clone());
-    }
-    let keys: std::collections::BTreeSet<_> = from
-        .policies
-        .keys()
-        .chain(to.policies.keys())
-        .cloned()
-        .collect();
-    for key in keys {
-        match to.policies.get(&key) {
-            Some(p) => at.policies.insert(key, p.clone()),
-            None => at.policies.remove(&key),
-        };
-        out.push(at.clone());
-    }
-    let keys: std::collections::BTreeSet<_> = from
-        .services
-        .keys()
-        .chain(to.services.keys())
-        .cloned()
-        .collect();
-    for key in keys {
-        match to.services.get(&key) {
-            Some(s) => at.services.insert(key, s.clone()),
-            None => at.services.remove(&key),
-        };
-        out.push(at.clone());
-    }
-    let keys: std::collections::BTreeSet<_> = from
-        .endpoint_slices
-        .keys()
-        .chain(to.endpoint_slices.keys())
-        .cloned()
-        .collect();
-    for key in keys {
-        match to.endpoint_slices.get(&key) {
-            Some(s) => at.endpoint_slices.insert(key, s.clone()),
-            None => at.endpoint_slices.remove(&key),
-        };
-        out.push(at.clone());
-    }
+    step(&mut at, &mut out, &to.pods, |c| &mut c.pods);
+    step(&mut at, &mut out, &to.policies, |c| &mut c.policies);
+    step(&mut at, &mut out, &to.services, |c| &mut c.services);
+    step(&mut at, &mut out, &to.endpoint_slices, |c| {
+        &mut c.endpoint_slices
+    });
     at.namespaces = to.namespaces.clone();
     out.push(at.clone());
     out.push(to.clone());
     out
+}
+
+/// Moves `at`'s map `field` to `target` one key at a time (in key order), each step a cluster
+/// of `out`.
+fn step<K: Ord + Clone, V: Clone>(
+    at: &mut Cluster,
+    out: &mut Vec<Cluster>,
+    target: &crate::model::Map<K, V>,
+    field: impl Fn(&mut Cluster) -> &mut crate::model::Map<K, V>,
+) {
+    let keys: std::collections::BTreeSet<K> =
+        field(at).keys().chain(target.keys()).cloned().collect();
+    for key in keys {
+        match target.get(&key) {
+            Some(v) => field(at).insert(key, v.clone()),
+            None => field(at).remove(&key),
+        };
+        out.push(at.clone());
+    }
 }
 
 proptest! {
