@@ -55,6 +55,20 @@ pub fn expired(e: &CtEntry, p: u8, now: u64) -> bool {
     (p == proto::TCP && e.state == state::CLOSED) || ct::elapsed(now, e.last_seen_ns) > ct::idle_timeout(p, e.state)
 }
 
+/// Whether `pkt` opens a new connection on the tuple of a closing one: a SYN (no ACK, no
+/// RST) after a FIN. Such a packet never belongs to the old connection (every segment after
+/// the handshake carries an ACK), so it is the port used again: a client reusing its port, or
+/// a pod opening directly the tuple its translated connection to a Service just closed. Taken
+/// as the old connection's packet, it would pass unjudged, and its replies would be
+/// translated back as the old connection's were. A retransmitted SYN of a connection still
+/// opening (SYN_SENT, or ESTABLISHED when the SYN-ACK was lost past this hook) stays with it.
+#[inline(always)]
+pub fn reopens(e: &CtEntry, pkt: &Packet) -> bool {
+    pkt.tuple.proto == proto::TCP
+        && pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+        && (e.state == state::CLOSING || e.state == state::FIN_ACKED)
+}
+
 /// The canonical key of a tuple written into `k` (scratch memory: the key does not fit on the
 /// stack next to the rest); returns whether the tuple's source is the key's lower end.
 #[inline(always)]

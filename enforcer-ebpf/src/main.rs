@@ -272,7 +272,8 @@ fn decide(
 
 /// A packet of a tracked connection: passes (re-checked once after a policy change), and a
 /// reply of a translated connection gets the Service address back. `None` when the packet's
-/// tuple is not tracked (or its entry expired: that connection's end is reported).
+/// tuple is not tracked, or its entry expired, or a SYN opens that closing connection's tuple
+/// again (the old connection's end is then reported).
 /// Not inlined (like [`new_flow`]): each gets a stack frame of its own, which the 512-byte
 /// stack could not hold inlined together.
 #[inline(never)]
@@ -283,7 +284,8 @@ fn established(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report) -> Option<
     // benign races (statistics), state changes are single-byte stores.
     let e = unsafe { &mut *e };
     let (now, rev) = (pkt.now, pkt.revision);
-    if !conntrack::expired(e, pkt.tuple.proto, now) {
+    let reopened = conntrack::reopens(e, pkt);
+    if !reopened && !conntrack::expired(e, pkt.tuple.proto, now) {
         let is_reply = from_lo != (e.flags & enforcer_common::ct::CT_F_ORIG_LO != 0);
         if is_reply {
             rep.flags |= EV_F_REPLY;
@@ -322,10 +324,12 @@ fn established(ep: &EndpointInfo, pkt: &mut Packet, rep: &mut Report) -> Option<
         return Some(Ok(()));
     }
     if e.flags & enforcer_common::ct::CT_F_END_REPORTED == 0 {
-        // An idle connection found expired by its next packet, which is about to be
-        // checked as a new flow (and may replace the entry): report its end first.
+        // An idle connection found expired by its next packet, or a closing one whose tuple
+        // opens again, which is about to be checked as a new flow (and may replace the
+        // entry): report its end first.
         e.flags |= enforcer_common::ct::CT_F_END_REPORTED;
-        report::end_event(&pkt.ct_key, e, rep.ifindex, pkt.family, enforcer_common::ct::end::TIMEOUT, e.last_seen_ns);
+        let why = if reopened { enforcer_common::ct::end::CLOSED } else { enforcer_common::ct::end::TIMEOUT };
+        report::end_event(&pkt.ct_key, e, rep.ifindex, pkt.family, why, e.last_seen_ns);
     }
     None
 }

@@ -269,3 +269,32 @@ fn a_full_conntrack_table_fails_closed() {
     assert!(passed > 0, "the most recent connections are still tracked");
     assert!(f.counter(counter::DROP_BASE + DropReason::PolicyDenied as u32) >= 256 - 32);
 }
+
+/// A SYN on the tuple of a closing connection opens a new one, judged by policy: here the
+/// reverse of a connection x/a accepted, which x/a may not open itself. Taken as the old
+/// connection's packet, it would pass as that connection's reply.
+#[test]
+fn a_syn_on_a_closed_connections_tuple_is_a_new_connection() {
+    if !privileged() {
+        return;
+    }
+    let egress_none = format!(
+        "{SERVER}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {{name: a-no-egress, namespace: x}}\n\
+         spec: {{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Egress]}}\n"
+    );
+    let f = Fixture::new(&egress_none);
+    assert_eq!(f.ingress(&tcp(B, A, 40000, 80, SYN)), PASS);
+    assert_eq!(f.egress(&tcp(A, B, 80, 40000, SYN | ACK)), PASS, "reply");
+    assert_eq!(f.ingress(&tcp(B, A, 40000, 80, FIN | ACK)), PASS);
+    assert_eq!(f.egress(&tcp(A, B, 80, 40000, FIN | ACK)), PASS, "reply");
+    assert_eq!(f.ingress(&tcp(B, A, 40000, 80, ACK)), PASS);
+    assert_eq!(
+        f.egress(&tcp(A, B, 80, 40000, SYN)),
+        DROP,
+        "x/a opening the same tuple is judged: no egress allowed"
+    );
+    // b opening it again is allowed, as a new connection.
+    assert_eq!(f.ingress(&tcp(B, A, 40000, 80, SYN)), PASS);
+    assert_eq!(f.counter(counter::CT_CREATED), 2);
+}

@@ -5,7 +5,7 @@
 
 use enforcer_agent::dataplane::services::addr16;
 use enforcer_common::reason::{counter, DropReason};
-use enforcer_tests::packet::{seen, tcp, udp, with_l4_checksum, ACK, SYN};
+use enforcer_tests::packet::{seen, tcp, udp, with_l4_checksum, ACK, FIN, SYN};
 use enforcer_tests::{ip, privileged, Fixture, DROP, PASS, REDIRECT};
 
 /// y/web: ClusterIPs 10.96.2.10 and fd00:10:96:2::10, backend y/b (the only pod labelled
@@ -532,4 +532,52 @@ fn a_client_port_used_again_keeps_its_backend_only_while_the_backends_are_unchan
     // y/web moves to y/c: the port's next connection chooses among the new backends.
     f.apply(&SERVICES.replacen("selector: {pod: b}", "selector: {pod: c}", 1));
     assert_eq!(open_and_reset(&f), ip("10.244.2.12"));
+}
+
+/// The tuple of a closed translated connection, opened again directly (the client's port
+/// used again, to the backend's own address) is a new connection of its own: judged, reported,
+/// and its replies are not translated back to the Service address, which the client's stack
+/// would refuse (it answers a SYN-ACK from an address it never called with a reset).
+#[test]
+fn a_direct_connection_on_a_closed_service_connections_tuple_is_not_translated() {
+    if !privileged() {
+        return;
+    }
+    let mut f = fixture("");
+    let (a, b, svc) = ("10.244.1.10", "10.244.2.11", "10.96.2.10");
+    let seg = |src, dst, sport, dport, flags| with_l4_checksum(tcp(src, dst, sport, dport, flags));
+    // Through the Service, closed both ways and the last ACK sent.
+    assert_eq!(f.egress(&seg(a, svc, 46100, 80, SYN)), PASS);
+    assert_eq!(f.ingress(&seg(b, a, 8080, 46100, SYN | ACK)), PASS);
+    assert_eq!(f.egress(&seg(a, svc, 46100, 80, FIN | ACK)), PASS);
+    assert_eq!(f.ingress(&seg(b, a, 8080, 46100, FIN | ACK)), PASS);
+    assert_eq!(f.egress(&seg(a, svc, 46100, 80, ACK)), PASS);
+    f.drain_events();
+
+    // The same port, straight to the backend.
+    let (verdict, out) = f.egress_out(&seg(a, b, 46100, 8080, SYN));
+    assert_eq!(verdict, PASS);
+    assert_eq!((seen(&out).dst, seen(&out).dport), (ip(b), 8080));
+    let (verdict, out) = f.ingress_out(&seg(b, a, 8080, 46100, SYN | ACK));
+    assert_eq!(verdict, PASS);
+    let s = seen(&out);
+    assert_eq!(
+        (s.src, s.sport),
+        (ip(b), 8080),
+        "the direct connection's reply comes from the backend, untranslated"
+    );
+    let events = f.drain_events();
+    let opened: Vec<_> = events
+        .iter()
+        .filter(|e| e.end.is_none() && !e.reply)
+        .collect();
+    assert_eq!(
+        opened.len(),
+        1,
+        "the direct connection is reported: {events:?}"
+    );
+    assert_eq!(
+        opened[0].frontend, 0,
+        "not a Service connection: {events:?}"
+    );
 }

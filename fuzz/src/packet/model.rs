@@ -461,6 +461,8 @@ fn conn_key(t: &Tuple) -> Tuple {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Conn {
     Open,
+    /// A FIN was seen: a SYN without ACK on its tuple opens a new connection.
+    Closing,
     /// Reset, or opened by a RST: its next packet is a new flow (closed timeout 0).
     Closed,
 }
@@ -490,7 +492,10 @@ fn addr(b: [u8; 16], v6: bool) -> IpAddr {
 impl Model {
     /// Whether a packet of this tuple belongs to an open connection (either direction).
     pub fn tracks(&self, t: &Tuple) -> bool {
-        self.conns.get(&conn_key(t)) == Some(&Conn::Open)
+        matches!(
+            self.conns.get(&conn_key(t)),
+            Some(Conn::Open | Conn::Closing)
+        )
     }
 
     /// The verdict for a frame, updating the model's state as the kernel updates its maps.
@@ -566,11 +571,20 @@ impl Model {
         }
         let key = conn_key(&p.tuple);
         let tcp = p.tuple.proto == proto::TCP;
+        const FIN: u8 = 0x01;
+        const SYN: u8 = 0x02;
         const RST: u8 = 0x04;
-        if self.conns.get(&key) == Some(&Conn::Open) {
-            // A tracked connection passes; a RST closes it at once.
+        const ACK: u8 = 0x10;
+        let tracked = self.conns.get(&key).copied();
+        // A SYN (no ACK) after a FIN is a new connection on the old one's tuple.
+        let reopened =
+            tracked == Some(Conn::Closing) && tcp && p.tcp_flags & (SYN | ACK | RST) == SYN;
+        if matches!(tracked, Some(Conn::Open | Conn::Closing)) && !reopened {
+            // A tracked connection passes; a RST closes it at once, a FIN starts its close.
             if tcp && p.tcp_flags & RST != 0 {
                 self.conns.insert(key, Conn::Closed);
+            } else if tcp && p.tcp_flags & FIN != 0 {
+                self.conns.insert(key, Conn::Closing);
             }
             return Verdict::Pass;
         }
@@ -580,6 +594,8 @@ impl Model {
         }
         let state = if tcp && p.tcp_flags & RST != 0 {
             Conn::Closed
+        } else if tcp && p.tcp_flags & FIN != 0 {
+            Conn::Closing
         } else {
             Conn::Open
         };
