@@ -44,14 +44,18 @@ pub enum Verdict {
 
 /// Judges an entry at `now` (`CLOCK_MONOTONIC` ns, the clock of `bpf_ktime_get_ns`). Pure.
 pub fn judge(key: &CtKey, e: &CtEntry, now: u64) -> Verdict {
-    let idle = now.saturating_sub(e.last_seen_ns);
-    if idle <= ct::idle_timeout(key.proto, e.state) {
+    if live(key, e, now) {
         return Verdict::Keep;
     }
     if e.flags & ct::CT_F_END_REPORTED != 0 {
         return Verdict::Remove;
     }
     Verdict::ReportAndRemove(Box::new(end_event(key, e)))
+}
+
+/// Whether the entry is live at `now` (what [`judge`] keeps), without building its end.
+fn live(key: &CtKey, e: &CtEntry, now: u64) -> bool {
+    now.saturating_sub(e.last_seen_ns) <= ct::idle_timeout(key.proto, e.state)
 }
 
 /// The family of a connection whose addresses are both IPv4-mapped (as the datapath keeps IPv4
@@ -150,8 +154,12 @@ pub struct ByteMeter {
     /// of MiB, which allocated and faulted in anew every pass were a visible share of the
     /// agent's CPU.
     spare: FastMap<(CtKey, u64), [u64; 4]>,
-    /// The same for the entries a pass reads (see [`sweep_with_nat`]).
+    /// The same for the entries a pass reads (see [`sweep_with_nat`]) and the indices of the
+    /// expired ones among them: at thousands of connections a second, a pass finds as many
+    /// expired entries as the map holds closed connections, and a buffer grown anew every
+    /// pass was most of the agent's page faults.
     entries: Vec<(CtKey, CtEntry)>,
+    expired: Vec<usize>,
 }
 
 impl ByteMeter {
@@ -283,16 +291,34 @@ pub fn sweep_with_nat(
             io_error: e,
         })
     })?;
-    let mut expired = Vec::new();
-    for (key, e) in &all {
-        match judge(key, e, now) {
-            Verdict::Keep => out.live += 1,
-            v => expired.push((*key, *e, v)),
+    let mut expired = std::mem::take(&mut meter.expired);
+    expired.clear();
+    for (i, (key, e)) in all.iter().enumerate() {
+        if live(key, e, now) {
+            out.live += 1;
+        } else {
+            expired.push(i);
         }
     }
     out.samples = meter.pass(&all, now);
+    let result = remove_expired(map, nat.as_deref_mut(), &all, &expired, now, &mut out);
     meter.entries = all;
-    for (key, seen, verdict) in expired {
+    meter.expired = expired;
+    result.map(|()| out)
+}
+
+/// Removes the expired entries `expired` (indices into `all`, as a pass read them), counting
+/// them and their ends into `out`.
+fn remove_expired(
+    map: &mut HashMap<MapData, CtKey, CtEntry>,
+    mut nat: Option<&mut NatMaps>,
+    all: &[(CtKey, CtEntry)],
+    expired: &[usize],
+    now: u64,
+    out: &mut Sweep,
+) -> Result<(), MapError> {
+    for &i in expired {
+        let (key, seen) = all[i];
         // Removed and read back in one syscall. A packet may have renewed the entry (or a
         // new connection taken the tuple) since the pass read it: such an entry goes back
         // (unless the datapath has made a new one meanwhile, which is then the newer).
@@ -319,11 +345,11 @@ pub fn sweep_with_nat(
             nat.forget(&key, &seen)?;
         }
         out.removed += 1;
-        if let Verdict::ReportAndRemove(ev) = verdict {
+        if let Verdict::ReportAndRemove(ev) = judge(&key, &seen, now) {
             out.ends.push(*ev);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Entries per syscall of a pass's read.
