@@ -276,7 +276,7 @@ pub fn sweep(
 /// One pass, also removing the NAT entries of the translated connections it removes.
 pub fn sweep_with_nat(
     map: &mut HashMap<MapData, CtKey, CtEntry>,
-    mut nat: Option<&mut NatMaps>,
+    nat: Option<&mut NatMaps>,
     now: u64,
     meter: &mut ByteMeter,
 ) -> Result<Sweep, MapError> {
@@ -301,7 +301,7 @@ pub fn sweep_with_nat(
         }
     }
     out.samples = meter.pass(&all, now);
-    let result = remove_expired(map, nat.as_deref_mut(), &all, &expired, now, &mut out);
+    let result = remove_expired(map, nat, &all, &expired, now, &mut out);
     meter.entries = all;
     meter.expired = expired;
     result.map(|()| out)
