@@ -262,6 +262,11 @@ fn start_flow_tasks(
     let sweeper = tokio::spawn(sweep_conntrack(
         dp.take_conntrack().expect("taken once"),
         dp.take_nat().expect("taken once"),
+        dp.remover()
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "the conntrack sweeper removes entries one per syscall")
+            })
+            .ok(),
         opts.conntrack_sweep_interval,
         ends_tx,
         flush_rx,

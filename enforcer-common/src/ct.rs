@@ -153,6 +153,38 @@ pub struct CtEntry {
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
 
+/// One conntrack entry for the agent's sweeper to remove, as the remover program
+/// (`programs::CT_REMOVE`, run with `BPF_PROG_TEST_RUN` and never attached) reads it from its
+/// test packet: the program removes the entry only if it still has the stamps the sweeper read,
+/// so that an entry a packet renewed since (or a new connection that took the tuple) stays, and
+/// writes what it did into `outcome`. [`REMOVALS_PER_RUN`] of them follow an Ethernet header's
+/// 14 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Removal {
+    pub key: CtKey,
+    /// `removal::*`, written by the program.
+    pub outcome: u32,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Removal>() == 64);
+
+/// Removals in one run: a test packet holds at most about a page.
+pub const REMOVALS_PER_RUN: usize = 48;
+
+/// `Removal::outcome`.
+pub mod removal {
+    /// Not looked at (the record is past the packet's end).
+    pub const NONE: u32 = 0;
+    /// Removed.
+    pub const REMOVED: u32 = 1;
+    /// Kept: the entry's stamps changed since the sweeper read them.
+    pub const RENEWED: u32 = 2;
+    /// Not in the map (the datapath or the LRU removed it).
+    pub const GONE: u32 = 3;
+}
+
 /// Key of `FRAGMENTS`: one datagram of one endpoint, as it travels, identified as the
 /// receiving kernel reassembles it.
 #[repr(C)]

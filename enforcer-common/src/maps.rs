@@ -90,6 +90,9 @@ pub mod programs {
     pub const POD_EGRESS: &str = "pod_egress";
     /// Packets entering the pod: attached at TC egress of the host-side veth.
     pub const POD_INGRESS: &str = "pod_ingress";
+    /// The conntrack sweeper's remover (`ct::Removal`): loaded, run by the agent with
+    /// `BPF_PROG_TEST_RUN`, never attached.
+    pub const CT_REMOVE: &str = "ct_remove";
 }
 
 /// Sizes of the maps (entries).

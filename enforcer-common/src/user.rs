@@ -9,6 +9,7 @@ unsafe impl aya::Pod for policy::PolicyKey {}
 unsafe impl aya::Pod for policy::Config {}
 unsafe impl aya::Pod for ct::CtKey {}
 unsafe impl aya::Pod for ct::CtEntry {}
+unsafe impl aya::Pod for ct::Removal {}
 unsafe impl aya::Pod for ct::FragKey {}
 unsafe impl aya::Pod for ct::FragEntry {}
 unsafe impl aya::Pod for flow::FlowKey {}

@@ -26,6 +26,7 @@ mod maps;
 mod mem;
 mod parse;
 mod policy;
+mod remove;
 mod report;
 mod service;
 

@@ -676,3 +676,59 @@ fn an_acknowledged_close_lingers_briefly_and_a_retransmitted_fin_still_passes() 
     assert_eq!(ev.iter().filter(|e| e.end.is_some()).count(), 1, "{ev:?}");
     assert!(ev.iter().all(|e| !e.dropped), "{ev:?}");
 }
+
+/// The sweeper's remover program removes expired entries a batch per run, each only if it
+/// still has the stamps the pass read: an entry a packet renewed since (or a new connection
+/// that took the tuple) stays, one already gone is said to be gone. A pass over more entries
+/// than one run holds removes and reports them all.
+#[test]
+fn the_remover_takes_expired_entries_and_leaves_renewed_ones() {
+    use enforcer_agent::dataplane::ct_sweep;
+    use enforcer_common::ct::{removal, timeout, CtKey, Removal, REMOVALS_PER_RUN};
+    if !privileged() {
+        return;
+    }
+    let mut f = Fixture::new(POLICY);
+    let (b, a) = ("10.244.2.11", "10.244.1.10");
+    let flows = REMOVALS_PER_RUN as u16 + 12;
+    for p in 0..flows {
+        assert_eq!(f.egress(&udp(a, b, 41000 + p, 53)), PASS);
+    }
+    f.drain_events();
+    let mut ct = f.dp.take_conntrack().expect("the conntrack map");
+    let mut remover = f.dp.remover().expect("the remover program");
+    let entries: Vec<(CtKey, enforcer_common::ct::CtEntry)> =
+        ct.iter().map(|r| r.expect("readable entry")).collect();
+    assert_eq!(entries.len(), flows as usize);
+
+    let removal_of = |(k, e): &(CtKey, enforcer_common::ct::CtEntry)| Removal {
+        key: *k,
+        outcome: removal::NONE,
+        created_ns: e.created_ns,
+        last_seen_ns: e.last_seen_ns,
+    };
+    let mut stale = removal_of(&entries[0]);
+    stale.last_seen_ns -= 1; // the entry has been renewed since this was read
+    let mut missing = removal_of(&entries[1]);
+    missing.key.port_lo ^= 0xffff;
+    let mut batch = vec![stale, removal_of(&entries[1]), missing];
+    remover.run(&mut batch).expect("the remover runs");
+    assert_eq!(
+        batch.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+        [removal::RENEWED, removal::REMOVED, removal::GONE]
+    );
+    assert!(ct.get(&entries[0].0, 0).is_ok(), "the renewed entry stays");
+    assert!(
+        ct.get(&entries[1].0, 0).is_err(),
+        "the unchanged one is removed"
+    );
+
+    // A whole pass past the UDP timeout: the rest, in two runs, each end reported once.
+    let mut meter = ct_sweep::ByteMeter::default();
+    let later = ct_sweep::monotonic_now() + timeout::UDP + 1_000_000_000;
+    let pass =
+        ct_sweep::sweep_with_nat(&mut ct, None, Some(&mut remover), later, &mut meter).unwrap();
+    assert_eq!((pass.live, pass.removed), (0, flows as usize - 1));
+    assert_eq!(pass.ends.len(), flows as usize - 1);
+    assert_eq!(ct.iter().count(), 0, "nothing left");
+}

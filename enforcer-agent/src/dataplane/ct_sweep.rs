@@ -21,10 +21,12 @@
 /// One entry per conntrack entry, rebuilt every pass: foldhash rather than SipHash (bounded by
 /// the conntrack map's size, so chosen keys cost no more than a full map).
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use std::mem::size_of;
 use std::net::Ipv6Addr;
+use std::os::fd::AsFd;
 
 use aya::maps::{HashMap, IterableMap, MapData, MapError};
-use enforcer_common::ct::{self, CtEntry, CtKey};
+use enforcer_common::ct::{self, CtEntry, CtKey, Removal};
 use enforcer_common::family;
 use enforcer_common::flow::{verdict, ConnEndEvent, FlowEvent, EV_F_END};
 
@@ -264,19 +266,64 @@ pub fn monotonic_now() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The remover program (`programs::CT_REMOVE`, see `enforcer-ebpf/src/remove.rs`) on a file
+/// descriptor of its own: removes a batch of expired entries in one syscall, each only if its
+/// stamps are still those the pass read.
+pub struct Remover {
+    fd: aya::programs::ProgramFd,
+    frame: Vec<u8>,
+}
+
+/// The Ethernet header's room before the records (the test run wants a frame).
+const FRAME_HEAD: usize = 14;
+
+impl Remover {
+    pub fn new(fd: aya::programs::ProgramFd) -> Self {
+        Remover {
+            fd,
+            frame: Vec::with_capacity(FRAME_HEAD + ct::REMOVALS_PER_RUN * size_of::<Removal>()),
+        }
+    }
+
+    /// Removes what `batch` (at most `ct::REMOVALS_PER_RUN`) names, writing each outcome.
+    pub fn run(&mut self, batch: &mut [Removal]) -> std::io::Result<()> {
+        assert!(batch.len() <= ct::REMOVALS_PER_RUN);
+        self.frame.clear();
+        self.frame.resize(FRAME_HEAD, 0);
+        for r in batch.iter() {
+            // SAFETY: `Removal` is plain data without implicit padding (its size is asserted
+            // to be its fields'), so its bytes are all initialised.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(r as *const Removal as *const u8, size_of::<Removal>())
+            };
+            self.frame.extend_from_slice(bytes);
+        }
+        map_batch::test_run(self.fd.as_fd(), &mut self.frame)?;
+        for (i, r) in batch.iter_mut().enumerate() {
+            let at = FRAME_HEAD + i * size_of::<Removal>();
+            // SAFETY: the frame holds a whole record at `at` (it was written above and the
+            // program only overwrites outcomes); any bytes are a valid `Removal`.
+            *r = unsafe { std::ptr::read_unaligned(self.frame[at..].as_ptr() as *const Removal) };
+        }
+        Ok(())
+    }
+}
+
 /// One pass over the conntrack map at `now`.
 pub fn sweep(
     map: &mut HashMap<MapData, CtKey, CtEntry>,
     now: u64,
     meter: &mut ByteMeter,
 ) -> Result<Sweep, MapError> {
-    sweep_with_nat(map, None, now, meter)
+    sweep_with_nat(map, None, None, now, meter)
 }
 
-/// One pass, also removing the NAT entries of the translated connections it removes.
+/// One pass, also removing the NAT entries of the translated connections it removes; with a
+/// `remover`, expired entries go a batch per syscall (else one each).
 pub fn sweep_with_nat(
     map: &mut HashMap<MapData, CtKey, CtEntry>,
     nat: Option<&mut NatMaps>,
+    remover: Option<&mut Remover>,
     now: u64,
     meter: &mut ByteMeter,
 ) -> Result<Sweep, MapError> {
@@ -301,10 +348,63 @@ pub fn sweep_with_nat(
         }
     }
     out.samples = meter.pass(&all, now);
-    let result = remove_expired(map, nat, &all, &expired, now, &mut out);
+    let result = match remover {
+        Some(remover) => remove_in_batches(remover, nat, &all, &expired, now, &mut out),
+        None => remove_expired(map, nat, &all, &expired, now, &mut out),
+    };
     meter.entries = all;
     meter.expired = expired;
     result.map(|()| out)
+}
+
+/// [`remove_expired`] through the remover program, `ct::REMOVALS_PER_RUN` entries a syscall:
+/// an entry whose stamps changed since the pass read it stays in the map (live).
+fn remove_in_batches(
+    remover: &mut Remover,
+    mut nat: Option<&mut NatMaps>,
+    all: &[(CtKey, CtEntry)],
+    expired: &[usize],
+    now: u64,
+    out: &mut Sweep,
+) -> Result<(), MapError> {
+    let mut batch: Vec<Removal> = Vec::with_capacity(ct::REMOVALS_PER_RUN);
+    for chunk in expired.chunks(ct::REMOVALS_PER_RUN) {
+        batch.clear();
+        batch.extend(chunk.iter().map(|&i| {
+            let (key, e) = &all[i];
+            Removal {
+                key: *key,
+                outcome: ct::removal::NONE,
+                created_ns: e.created_ns,
+                last_seen_ns: e.last_seen_ns,
+            }
+        }));
+        remover.run(&mut batch).map_err(|e| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_test_run",
+                io_error: e,
+            })
+        })?;
+        for (r, &i) in batch.iter().zip(chunk) {
+            let (key, seen) = &all[i];
+            match r.outcome {
+                ct::removal::REMOVED => {}
+                ct::removal::RENEWED => {
+                    out.live += 1;
+                    continue;
+                }
+                _ => continue, // gone already (the datapath, or the LRU)
+            }
+            if let Some(nat) = nat.as_deref_mut() {
+                nat.forget(key, seen)?;
+            }
+            out.removed += 1;
+            if let Verdict::ReportAndRemove(ev) = judge(key, seen, now) {
+                out.ends.push(*ev);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the expired entries `expired` (indices into `all`, as a pass read them), counting

@@ -2,8 +2,9 @@
 //! syscalls, where aya's iterator takes two per entry: the next key, then its value) and
 //! `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map (an entry removed and returned in one
 //! syscall), for the conntrack sweeper; `BPF_MAP_UPDATE_BATCH` (many entries written in one
-//! syscall), for a pod's policy entries. All are plain `bpf(2)` commands on the map's fd
-//! (kernel 5.6 and 5.14; tcx needs 6.6 anyway).
+//! syscall), for a pod's policy entries; and `BPF_PROG_TEST_RUN` on a bare program fd (the
+//! sweeper's remover). All are plain `bpf(2)` commands (kernel 5.6 and 5.14; tcx needs 6.6
+//! anyway).
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -12,6 +13,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::maps::MapData;
 use aya::Pod;
 
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -39,6 +41,46 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
+}
+
+/// `union bpf_attr` for `BPF_PROG_TEST_RUN` (UAPI layout).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// Runs a program once on the packet `data` (`BPF_PROG_TEST_RUN`), which it gets back as the
+/// program left it; returns the program's return value. For a program that is a command
+/// rather than a hook (the conntrack sweeper's remover), from a thread that holds only its
+/// file descriptor.
+pub fn test_run(prog: std::os::fd::BorrowedFd<'_>, data: &mut [u8]) -> io::Result<u32> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: data.len() as u32,
+        data_size_out: data.len() as u32,
+        data_in: data.as_ptr() as u64,
+        data_out: data.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.retval)
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {

@@ -190,10 +190,14 @@ fn load_object(pin_dir: &Path, object: &[u8], sizes: &[(&'static str, u32)]) -> 
     if let Some(name) = names::ALL.into_iter().find(|n| ebpf.map(n).is_none()) {
         return Err(DataplaneError::MissingMap { name });
     }
-    for name in [names::programs::POD_EGRESS, names::programs::POD_INGRESS] {
+    for name in [
+        names::programs::POD_EGRESS,
+        names::programs::POD_INGRESS,
+        names::programs::CT_REMOVE,
+    ] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
-            .expect("the object defines both programs")
+            .expect("the object defines the programs")
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })?;
         prog.load()
@@ -393,6 +397,23 @@ impl Dataplane {
     /// The conntrack map (once: the sweeper owns it; see [`ct_sweep`]).
     pub fn take_conntrack(&mut self) -> Option<HashMap<MapData, CtKey, CtEntry>> {
         self.conntrack.take()
+    }
+
+    /// The conntrack sweeper's remover program (see [`ct_sweep::Remover`]), on a file
+    /// descriptor of its own.
+    pub fn remover(&self) -> Result<ct_sweep::Remover> {
+        let name = names::programs::CT_REMOVE;
+        let fd = self
+            .program_fd(name)?
+            .try_clone()
+            .map_err(|e| DataplaneError::Program {
+                name,
+                source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: e,
+                }),
+            })?;
+        Ok(ct_sweep::Remover::new(fd))
     }
 
     /// The NAT maps (once: the conntrack sweeper removes their entries with their
