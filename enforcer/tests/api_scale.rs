@@ -168,7 +168,7 @@ fn report(what: &str, mut took: Vec<f64>) {
 /// to the first packet that sees a change, on a node with local pods, at the cluster's scale.
 fn to_the_first_packet(api: &ApiServer, agent: &mut Agent, changes: usize) {
     let prober = first_packet::Prober::start();
-    let ports = first_packet::ports();
+    let ports = first_packet::PORTS;
     let now = |p: &first_packet::Prober| p.base.elapsed().as_nanos() as u64;
     assert!(
         prober
@@ -234,7 +234,7 @@ async fn memory_with_100000_pods_through_the_api() {
         for p in first_packet::pods("ns-000", "local-node") {
             api.create_json(p);
         }
-        api.create_json(first_packet::policy("ns-000", first_packet::ports()[0]));
+        api.create_json(first_packet::policy("ns-000", first_packet::PORTS[0]));
         pods
     });
     let mut agent = start_agent(

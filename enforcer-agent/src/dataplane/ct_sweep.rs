@@ -332,12 +332,8 @@ pub fn sweep_with_nat(
     // walking would restart the walk.
     let mut all = std::mem::take(&mut meter.entries);
     all.clear();
-    map_batch::lookup_all(map.map(), BATCH, &mut all).map_err(|e| {
-        MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_lookup_batch",
-            io_error: e,
-        })
-    })?;
+    map_batch::lookup_all(map.map(), BATCH, &mut all)
+        .map_err(syscall_error("bpf_map_lookup_batch"))?;
     let mut expired = std::mem::take(&mut meter.expired);
     expired.clear();
     for (i, (key, e)) in all.iter().enumerate() {
@@ -379,12 +375,9 @@ fn remove_in_batches(
                 last_seen_ns: e.last_seen_ns,
             }
         }));
-        remover.run(&mut batch).map_err(|e| {
-            MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_prog_test_run",
-                io_error: e,
-            })
-        })?;
+        remover
+            .run(&mut batch)
+            .map_err(syscall_error("bpf_prog_test_run"))?;
         for (r, &i) in batch.iter().zip(chunk) {
             let (key, seen) = &all[i];
             match r.outcome {
@@ -395,13 +388,7 @@ fn remove_in_batches(
                 }
                 _ => continue, // gone already (the datapath, or the LRU)
             }
-            if let Some(nat) = nat.as_deref_mut() {
-                nat.forget(key, seen)?;
-            }
-            out.removed += 1;
-            if let Verdict::ReportAndRemove(ev) = judge(key, seen, now) {
-                out.ends.push(*ev);
-            }
+            count_removed(nat.as_deref_mut(), key, seen, now, out)?;
         }
     }
     Ok(())
@@ -422,12 +409,8 @@ fn remove_expired(
         // Removed and read back in one syscall. A packet may have renewed the entry (or a
         // new connection taken the tuple) since the pass read it: such an entry goes back
         // (unless the datapath has made a new one meanwhile, which is then the newer).
-        let taken: Option<CtEntry> = map_batch::take(map.map(), &key).map_err(|e| {
-            MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_lookup_and_delete_elem",
-                io_error: e,
-            })
-        })?;
+        let taken: Option<CtEntry> = map_batch::take(map.map(), &key)
+            .map_err(syscall_error("bpf_map_lookup_and_delete_elem"))?;
         match taken {
             None => continue, // gone already (the datapath, or the LRU)
             Some(now_e)
@@ -441,15 +424,33 @@ fn remove_expired(
             }
             Some(_) => {}
         }
-        if let Some(nat) = nat.as_deref_mut() {
-            nat.forget(&key, &seen)?;
-        }
-        out.removed += 1;
-        if let Verdict::ReportAndRemove(ev) = judge(&key, &seen, now) {
-            out.ends.push(*ev);
-        }
+        count_removed(nat.as_deref_mut(), &key, &seen, now, out)?;
     }
     Ok(())
+}
+
+/// What follows an entry's removal, either way: its NAT entries go with it, and it is counted
+/// (its end reported, if the datapath has not).
+fn count_removed(
+    nat: Option<&mut NatMaps>,
+    key: &CtKey,
+    seen: &CtEntry,
+    now: u64,
+    out: &mut Sweep,
+) -> Result<(), MapError> {
+    if let Some(nat) = nat {
+        nat.forget(key, seen)?;
+    }
+    out.removed += 1;
+    if let Verdict::ReportAndRemove(ev) = judge(key, seen, now) {
+        out.ends.push(*ev);
+    }
+    Ok(())
+}
+
+/// A failed `bpf(2)` command as the map API reports it.
+fn syscall_error(call: &'static str) -> impl FnOnce(std::io::Error) -> MapError {
+    move |io_error| MapError::SyscallError(aya::sys::SyscallError { call, io_error })
 }
 
 /// Entries per syscall of a pass's read.

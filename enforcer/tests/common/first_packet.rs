@@ -18,7 +18,7 @@ pub const NODE_NETNS: &str = "enfp-node";
 const CLIENT: (&str, [u8; 4]) = ("enfp-a", [10, 244, 9, 10]);
 const SERVER: (&str, [u8; 4]) = ("enfp-b", [10, 244, 9, 11]);
 /// The two ports the policy alternates between.
-const PORTS: [u16; 2] = [9000, 9001];
+pub const PORTS: [u16; 2] = [9000, 9001];
 /// How often the prober sends to each port.
 const EVERY: Duration = Duration::from_micros(200);
 
@@ -262,9 +262,4 @@ impl Drop for Prober {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// The ports the policy alternates between.
-pub fn ports() -> [u16; 2] {
-    PORTS
 }
